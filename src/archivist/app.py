@@ -1,0 +1,125 @@
+"""The composition root: `Archivist.from_settings()` wires every component; CLI, server and tests use it."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from archivist.ingest.chunker import Chunker, ChunkerSettings
+
+from archivist.config import Settings, load_settings
+from archivist.embed.base import Embedder
+from archivist.ingest.pipeline import IngestPipeline, ProgressHook
+from archivist.retrieve.hybrid import HybridRetriever, Mode, RetrievalSettings
+from archivist.store import open_store
+from archivist.store.base import Filters, Store
+from archivist.types import Hit, IngestReport
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    """Return the embedder the settings name."""
+    if settings.embedder == "openai":
+        from archivist.embed.openai_http import OpenAIEmbedder, bundled_tokenizer
+
+        assert settings.embed_url and settings.embed_model  # checked by Settings
+        return OpenAIEmbedder(
+            settings.embed_url,
+            settings.embed_model,
+            tokenizer=bundled_tokenizer(settings.chunk_max_tokens),
+            api_key=settings.embed_api_key,
+            dim=settings.embed_dim,
+            timeout_s=settings.embed_timeout_s,
+        )
+    from archivist.embed.minilm_onnx import MiniLMEmbedder
+
+    return MiniLMEmbedder(batch_size=settings.embed_batch_size, threads=settings.embed_threads)
+
+
+def embedder_name(settings: Settings) -> str:
+    """Return the model id the settings' embedder stores vectors under, without loading it."""
+    if settings.embedder == "openai":
+        return f"openai:{settings.embed_model}"
+    from archivist.embed.minilm_onnx import MODEL_ID
+
+    return MODEL_ID
+
+
+class Archivist:
+    """The application: a store plus the components that ingest into it and search it."""
+
+    def __init__(self, settings: Settings, store: Store, embedder: Embedder | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self._embedder = embedder
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="archivist")
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> Archivist:
+        """Return an app wired from settings (environment and archivist.toml when none are given)."""
+        settings = settings or load_settings(**overrides)
+        return cls(settings, open_store(settings.store))
+
+    @property
+    def embedder(self) -> Embedder:
+        """Return the embedder, loading the model on first use (commands that only read skip the cost)."""
+        if self._embedder is None:
+            self._embedder = build_embedder(self.settings)
+        return self._embedder
+
+    @property
+    def embedding_model(self) -> str:
+        """Return the id of the embedding model in use."""
+        return self._embedder.model_id if self._embedder is not None else embedder_name(self.settings)
+
+    def chunker(self) -> Chunker:
+        """Return the chunker sized for the embedder's tokenizer."""
+        s = self.settings
+        return Chunker(
+            self.embedder.tokenizer,
+            ChunkerSettings(
+                max_tokens=s.chunk_max_tokens,
+                target_tokens=s.chunk_target_tokens,
+                overlap_tokens=s.chunk_overlap_tokens,
+            ),
+        )
+
+    def pipeline(self) -> IngestPipeline:
+        """Return the ingestion pipeline."""
+        return IngestPipeline(
+            self.store, self.embedder, self.chunker(), max_file_bytes=int(self.settings.max_file_mb * 1024 * 1024)
+        )
+
+    def retriever(self) -> HybridRetriever:
+        """Return the hybrid retriever."""
+        s = self.settings
+        return HybridRetriever(
+            self.store,
+            self.embedder,
+            RetrievalSettings(
+                candidates=s.candidates, rrf_k=s.rrf_k, dense_weight=s.dense_weight, bm25_weight=s.bm25_weight
+            ),
+            self._executor,
+        )
+
+    def ingest(self, paths: list[Path], *, sync: bool = False, progress: ProgressHook | None = None) -> IngestReport:
+        """Ingest files and folders; return the per-document outcome."""
+        return self.pipeline().run(paths, sync=sync, progress=progress)
+
+    def search(self, query: str, *, k: int = 10, filters: Filters = Filters(), mode: Mode = "hybrid") -> list[Hit]:
+        """Return the top-k hybrid search hits for a query."""
+        return self.retriever().search(query, k=k, filters=filters, mode=mode)
+
+    def close(self) -> None:
+        """Release the store and worker threads."""
+        self._executor.shutdown(wait=False)
+        self.store.close()
+
+    def __enter__(self) -> Archivist:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,95 @@
+"""Typed settings: environment variables `ARCHIVIST_*`, then `archivist.toml`, then defaults."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from archivist.types import UsageError
+
+DEFAULT_STORE = "sqlite:///.archivist/archivist.db"
+
+
+class Settings(BaseSettings):
+    """Everything `Archivist.from_settings()` needs to wire the components."""
+
+    model_config = SettingsConfigDict(env_prefix="ARCHIVIST_", extra="ignore")
+
+    store: str = DEFAULT_STORE
+
+    embedder: Literal["minilm", "openai"] = "minilm"
+    embed_url: str | None = Field(default=None, description="OpenAI-compatible base URL ending in /v1")
+    embed_model: str | None = None
+    embed_api_key: str | None = None
+    embed_dim: int | None = None
+    embed_batch_size: int = Field(default=8, ge=1, le=1024)
+    embed_threads: int | None = Field(default=None, ge=1, le=64)
+    embed_timeout_s: float = Field(default=60.0, gt=0)
+
+    chunk_max_tokens: int = Field(default=240, ge=16, le=8192)
+    chunk_target_tokens: int = Field(default=200, ge=8, le=8192)
+    chunk_overlap_tokens: int = Field(default=32, ge=0, le=4096)
+
+    max_file_mb: float = Field(default=50.0, gt=0)
+
+    rrf_k: int = Field(default=60, ge=1)
+    dense_weight: float = Field(default=1.0, ge=0)
+    bm25_weight: float = Field(default=1.0, ge=0)
+    candidates: int = Field(default=100, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.chunk_target_tokens > self.chunk_max_tokens:
+            raise ValueError("chunk_target_tokens must not exceed chunk_max_tokens")
+        if self.chunk_overlap_tokens >= self.chunk_target_tokens:
+            raise ValueError("chunk_overlap_tokens must be smaller than chunk_target_tokens")
+        if self.embedder == "openai" and not (self.embed_url and self.embed_model):
+            raise ValueError("embedder 'openai' needs embed_url and embed_model")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Return the sources in priority order: explicit arguments, environment, archivist.toml."""
+        return (init_settings, env_settings, _TomlSource(settings_cls))
+
+
+class _TomlSource(PydanticBaseSettingsSource):
+    """Reads the `[archivist]` table (or top-level keys) of `archivist.toml` or `$ARCHIVIST_CONFIG`."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = Path(os.environ.get("ARCHIVIST_CONFIG", "archivist.toml"))
+        if not path.is_file():
+            if "ARCHIVIST_CONFIG" in os.environ:
+                raise UsageError(f"ARCHIVIST_CONFIG names {path}, which does not exist")
+            return {}
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{path}: not valid TOML: {exc}") from exc
+        table = data.get("archivist", data)
+        return {k: v for k, v in table.items() if not isinstance(v, dict | list)}
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Return settings from the environment and config file, with explicit overrides on top."""
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise UsageError(f"invalid setting {where}: {first['msg']}") from exc

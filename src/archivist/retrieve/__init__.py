@@ -1,0 +1,1 @@
+"""Retrieval: dense and BM25 search, rank fusion, filters."""

@@ -1,0 +1,102 @@
+"""Hybrid search: dense kNN and BM25 run in parallel, fused with weighted reciprocal rank fusion."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal
+
+from archivist.embed.base import Embedder
+from archivist.retrieve.fusion import rrf
+from archivist.store.base import Filters, Store, check_filter_keys
+from archivist.types import Hit, UsageError
+
+Mode = Literal["hybrid", "dense", "bm25"]
+MAX_QUERY_CHARS = 4000
+
+
+@dataclass(frozen=True, slots=True)
+class RetrievalSettings:
+    """How many candidates each retriever contributes and how they are fused."""
+
+    candidates: int = 100
+    rrf_k: int = 60
+    dense_weight: float = 1.0
+    bm25_weight: float = 1.0
+
+
+class HybridRetriever:
+    """Searches a store densely and lexically at once and fuses the rankings."""
+
+    def __init__(
+        self, store: Store, embedder: Embedder, settings: RetrievalSettings, executor: ThreadPoolExecutor
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.settings = settings
+        self._executor = executor
+
+    def search(self, query: str, k: int = 10, filters: Filters = Filters(), mode: Mode = "hybrid") -> list[Hit]:
+        """Return the top-k hits for a query, each with its per-retriever scores and ranks."""
+        query = query.strip()
+        if not query:
+            raise UsageError("empty query")
+        if len(query) > MAX_QUERY_CHARS:
+            raise UsageError(f"query too long: {len(query)} characters (limit {MAX_QUERY_CHARS})")
+        if k < 1:
+            raise UsageError("k must be at least 1")
+        check_filter_keys(self.store, filters)
+        n = max(k, self.settings.candidates)
+        use_dense = mode in ("hybrid", "dense")
+        use_bm25 = mode in ("hybrid", "bm25")
+
+        bm25_future: Future[list[tuple[int, float]]] | None = None
+        if use_bm25:
+            bm25_future = self._executor.submit(self.store.bm25_search, query, n, filters)
+        dense: list[tuple[int, float]] = []
+        if use_dense:
+            vector = self.embedder.embed_query(query)
+            dense = self.store.dense_search(self.embedder.model_id, vector, n, filters)
+        bm25 = bm25_future.result() if bm25_future is not None else []
+
+        if mode == "hybrid":
+            fused = rrf(
+                [
+                    ([i for i, _ in dense], self.settings.dense_weight),
+                    ([i for i, _ in bm25], self.settings.bm25_weight),
+                ],
+                k=self.settings.rrf_k,
+            )
+        else:
+            fused = dense if use_dense else bm25
+        top = fused[:k]
+        chunks = self.store.get_chunks([i for i, _ in top])
+        dense_info = {cid: (score, rank) for rank, (cid, score) in enumerate(dense, start=1)}
+        bm25_info = {cid: (score, rank) for rank, (cid, score) in enumerate(bm25, start=1)}
+        hits = []
+        for cid, score in top:
+            c = chunks.get(cid)
+            if c is None:  # deleted between search and fetch
+                continue
+            d = dense_info.get(cid)
+            b = bm25_info.get(cid)
+            hits.append(
+                Hit(
+                    chunk_id=cid,
+                    document_id=c.document_id,
+                    source=c.source,
+                    title=c.title,
+                    heading_path=c.heading_path,
+                    text=c.text,
+                    start=c.start,
+                    end=c.end,
+                    page=c.page,
+                    score=score,
+                    metadata=c.metadata,
+                    dense_score=d[0] if d else None,
+                    dense_rank=d[1] if d else None,
+                    bm25_score=b[0] if b else None,
+                    bm25_rank=b[1] if b else None,
+                )
+            )
+        return hits

@@ -1,0 +1,168 @@
+"""The `Store` protocol every storage backend satisfies, and the records it exchanges."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from archivist.embed.base import Vectors
+from archivist.types import Chunk, Document, DocumentRecord, UsageError
+
+#: Filter keys every store understands; any other key names a document metadata field.
+BUILTIN_FILTER_KEYS = ("source", "title", "document_id", "media_type")
+_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
+_GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True, slots=True)
+class FilterClause:
+    """`key` equals `value`, or matches it as a glob when it holds *, ? or [."""
+
+    key: str
+    value: str
+
+    @property
+    def is_glob(self) -> bool:
+        """Return whether the value is a glob pattern."""
+        return any(c in _GLOB_CHARS for c in self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Clauses ANDed across keys and ORed within one key."""
+
+    clauses: tuple[FilterClause, ...] = ()
+
+    @classmethod
+    def parse(cls, specs: Sequence[str]) -> Filters:
+        """Return filters parsed from `key=value` strings, or raise UsageError on a malformed one."""
+        clauses = []
+        for spec in specs:
+            key, sep, value = spec.partition("=")
+            key = key.strip()
+            if not sep or not key:
+                raise UsageError(f"bad filter {spec!r}: expected key=value, e.g. source='docs/*.md'")
+            if not _KEY_RE.match(key):
+                raise UsageError(f"bad filter key {key!r}: use letters, digits, '_', '.', '-'")
+            clauses.append(FilterClause(key, value.strip()))
+        return cls(tuple(clauses))
+
+    def by_key(self) -> dict[str, list[FilterClause]]:
+        """Return the clauses grouped by key, in first-seen order."""
+        grouped: dict[str, list[FilterClause]] = {}
+        for c in self.clauses:
+            grouped.setdefault(c.key, []).append(c)
+        return grouped
+
+    def __bool__(self) -> bool:
+        return bool(self.clauses)
+
+
+@dataclass(slots=True)
+class StoredChunk:
+    """A chunk as stored, joined with its document's fields."""
+
+    id: int
+    document_id: str
+    ordinal: int
+    text: str
+    heading_path: tuple[str, ...]
+    start: int
+    end: int
+    page: int | None
+    page_end: int | None
+    token_count: int
+    source: str
+    title: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class DocumentWrite:
+    """One document to store with its chunks and the embedding key of each chunk."""
+
+    document: Document
+    chunks: list[Chunk]
+    embed_hashes: list[str]
+    chunker: str
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Durable storage for documents, chunks, vectors and their indexes."""
+
+    url: str
+
+    def document_states(self, sources: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Return {source: (content_hash, chunker fingerprint)} for the stored ones among `sources`."""
+        ...
+
+    def cached_vectors(self, model: str, hashes: Sequence[str]) -> dict[str, Vectors]:
+        """Return the stored vectors of `model` for those embedding hashes that have one."""
+        ...
+
+    def write_documents(self, model: str, writes: Sequence[DocumentWrite], vectors: dict[str, Vectors]) -> None:
+        """Store documents, replacing any with the same source; each document is all-or-nothing."""
+        ...
+
+    def delete_document(self, document_id: str) -> bool:
+        """Delete a document and its chunks; return whether it existed."""
+        ...
+
+    def get_document(self, document_id: str) -> DocumentRecord | None:
+        """Return one stored document, or None."""
+        ...
+
+    def list_documents(
+        self, *, limit: int = 100, offset: int = 0, filters: Filters = Filters()
+    ) -> list[DocumentRecord]:
+        """Return stored documents ordered by source."""
+        ...
+
+    def count_documents(self, filters: Filters = Filters()) -> int:
+        """Return how many stored documents pass the filters."""
+        ...
+
+    def document_chunks(self, document_id: str) -> list[StoredChunk]:
+        """Return a document's chunks in order."""
+        ...
+
+    def sources(self) -> list[str]:
+        """Return every stored document's source."""
+        ...
+
+    def filter_keys(self) -> set[str]:
+        """Return the filter keys that name something in this store."""
+        ...
+
+    def dense_search(self, model: str, query: Vectors, k: int, filters: Filters) -> list[tuple[int, float]]:
+        """Return up to k (chunk id, cosine similarity) pairs, best first, among chunks passing filters."""
+        ...
+
+    def bm25_search(self, query: str, k: int, filters: Filters) -> list[tuple[int, float]]:
+        """Return up to k (chunk id, BM25 score; higher is better) pairs, best first, among chunks passing filters."""
+        ...
+
+    def get_chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]:
+        """Return the stored chunks with these ids."""
+        ...
+
+    def stats(self) -> dict[str, Any]:
+        """Return counts and sizes: documents, chunks, vectors per model, bytes on disk."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and files."""
+        ...
+
+
+def check_filter_keys(store: Store, filters: Filters) -> None:
+    """Raise UsageError when a filter names a key nothing in the store has."""
+    if not filters:
+        return
+    known = store.filter_keys()
+    unknown = sorted({c.key for c in filters.clauses} - known)
+    if unknown:
+        raise UsageError(f"unknown filter key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")

@@ -1,0 +1,55 @@
+"""Versioned schema migrations of the SQLite store, applied in order, each in its own transaction."""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "documents, chunks, embeddings, full-text index",
+        """
+        CREATE TABLE documents (
+            id           TEXT PRIMARY KEY,
+            source       TEXT NOT NULL UNIQUE,
+            title        TEXT NOT NULL,
+            media_type   TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            chunker      TEXT NOT NULL,
+            metadata     TEXT NOT NULL DEFAULT '{}',
+            chunk_count  INTEGER NOT NULL,
+            char_count   INTEGER NOT NULL,
+            version      INTEGER NOT NULL DEFAULT 1,
+            created_at   TEXT NOT NULL,
+            updated_at   TEXT NOT NULL
+        );
+        CREATE TABLE chunks (
+            id           INTEGER PRIMARY KEY,
+            document_id  TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+            ordinal      INTEGER NOT NULL,
+            text         TEXT NOT NULL,
+            heading_path TEXT NOT NULL DEFAULT '[]',
+            start        INTEGER NOT NULL,
+            "end"        INTEGER NOT NULL,
+            page         INTEGER,
+            page_end     INTEGER,
+            token_count  INTEGER NOT NULL,
+            embed_hash   TEXT NOT NULL,
+            UNIQUE (document_id, ordinal)
+        );
+        CREATE INDEX chunks_embed_hash ON chunks(embed_hash);
+        -- Vectors are keyed by what was embedded, not by chunk: re-ingesting or re-chunking
+        -- identical text reuses them, and they survive a document's deletion as a cache.
+        CREATE TABLE embeddings (
+            model     TEXT NOT NULL,
+            text_hash TEXT NOT NULL,
+            vector    BLOB NOT NULL,
+            PRIMARY KEY (model, text_hash)
+        ) WITHOUT ROWID;
+        CREATE VIRTUAL TABLE chunks_fts USING fts5(
+            title, heading, body,
+            tokenize = 'porter unicode61 remove_diacritics 2'
+        );
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta (key, value) VALUES ('generation', '0');
+        """,
+    ),
+]

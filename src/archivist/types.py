@@ -1,0 +1,176 @@
+"""The domain records shared by every component."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+BlockKind = Literal["heading", "paragraph", "code", "table", "list"]
+
+
+def sha256_hex(text: str) -> str:
+    """Return the hex SHA-256 of a string's UTF-8 bytes."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def document_id_for(source: str) -> str:
+    """Return the stable document id derived from a source URI."""
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A structural unit of a document's text: `text[start:end]` of the document."""
+
+    kind: BlockKind
+    start: int
+    end: int
+    heading_path: tuple[str, ...] = ()
+    page: int | None = None
+
+
+@dataclass(slots=True)
+class Document:
+    """A loaded document: its full text and the structure the loader found in it."""
+
+    source: str
+    title: str
+    text: str
+    media_type: str
+    blocks: list[Block]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        """Return the document id (stable for a given source)."""
+        return document_id_for(self.source)
+
+    @property
+    def content_hash(self) -> str:
+        """Return the hash of everything that determines the document's chunks."""
+        return sha256_hex(self.title + "\x00" + self.text)
+
+
+@dataclass(slots=True)
+class Chunk:
+    """A contiguous span of a document, sized for the embedding model."""
+
+    document_id: str
+    ordinal: int
+    text: str
+    start: int
+    end: int
+    heading_path: tuple[str, ...]
+    token_count: int
+    page: int | None = None
+    page_end: int | None = None
+
+    def embedding_text(self, title: str) -> str:
+        """Return the text that is embedded: the chunk prefixed with its title and headings."""
+        context = " > ".join(p for p in (title, *self.heading_path) if p)
+        return f"{context}\n{self.text}" if context else self.text
+
+
+@dataclass(slots=True)
+class DocumentRecord:
+    """A stored document, as the store returns it."""
+
+    id: str
+    source: str
+    title: str
+    media_type: str
+    content_hash: str
+    metadata: dict[str, Any]
+    chunk_count: int
+    char_count: int
+    created_at: str
+    updated_at: str
+    version: int
+
+
+@dataclass(slots=True)
+class Hit:
+    """A retrieved chunk with its fused score and each retriever's score and rank."""
+
+    chunk_id: int
+    document_id: str
+    source: str
+    title: str
+    heading_path: tuple[str, ...]
+    text: str
+    start: int
+    end: int
+    page: int | None
+    score: float
+    metadata: dict[str, Any] = field(default_factory=dict)
+    dense_score: float | None = None
+    dense_rank: int | None = None
+    bm25_score: float | None = None
+    bm25_rank: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of the hit."""
+        return {
+            "chunk_id": self.chunk_id,
+            "document_id": self.document_id,
+            "source": self.source,
+            "title": self.title,
+            "heading_path": list(self.heading_path),
+            "text": self.text,
+            "start": self.start,
+            "end": self.end,
+            "page": self.page,
+            "score": self.score,
+            "metadata": self.metadata,
+            "dense_score": self.dense_score,
+            "dense_rank": self.dense_rank,
+            "bm25_score": self.bm25_score,
+            "bm25_rank": self.bm25_rank,
+        }
+
+
+@dataclass(slots=True)
+class Skipped:
+    """An input that was not ingested, and why."""
+
+    source: str
+    reason: str
+
+
+@dataclass(slots=True)
+class IngestReport:
+    """The outcome of one ingestion run."""
+
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    failed: list[Skipped] = field(default_factory=list)
+    chunks_written: int = 0
+    chunks_embedded: int = 0
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        """Return the per-outcome document counts."""
+        return {
+            "added": len(self.added),
+            "updated": len(self.updated),
+            "unchanged": len(self.unchanged),
+            "removed": len(self.removed),
+            "skipped": len(self.skipped),
+            "failed": len(self.failed),
+        }
+
+
+class ArchivistError(Exception):
+    """An error whose message is fit to show a user as is."""
+
+
+class UsageError(ArchivistError):
+    """The user asked for something malformed (exit code 2 in the CLI, 4xx in the API)."""
+
+
+class NotFoundError(ArchivistError):
+    """A named record does not exist."""
