@@ -7,15 +7,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from archivist.ingest.chunker import Chunker, ChunkerSettings
-
 from archivist.config import Settings, load_settings
 from archivist.embed.base import Embedder
+from archivist.ingest.chunker import Chunker, ChunkerSettings
 from archivist.ingest.pipeline import IngestPipeline, ProgressHook
 from archivist.retrieve.hybrid import HybridRetriever, Mode, RetrievalSettings
 from archivist.store import open_store
 from archivist.store.base import Filters, Store
-from archivist.types import Hit, IngestReport
+from archivist.types import Hit, IngestReport, UsageError
 
 
 def build_embedder(settings: Settings) -> Embedder:
@@ -86,7 +85,12 @@ class Archivist:
         )
 
     def pipeline(self) -> IngestPipeline:
-        """Return the ingestion pipeline."""
+        """Return the ingestion pipeline, or raise UsageError if chunks could not fit the model."""
+        if self.settings.chunk_max_tokens > self.embedder.max_tokens:
+            raise UsageError(
+                f"chunk_max_tokens={self.settings.chunk_max_tokens} exceeds what {self.embedder.model_id} reads "
+                f"({self.embedder.max_tokens} tokens): lower ARCHIVIST_CHUNK_MAX_TOKENS"
+            )
         return IngestPipeline(
             self.store, self.embedder, self.chunker(), max_file_bytes=int(self.settings.max_file_mb * 1024 * 1024)
         )
@@ -96,7 +100,7 @@ class Archivist:
         s = self.settings
         return HybridRetriever(
             self.store,
-            self.embedder,
+            lambda: self.embedder,
             RetrievalSettings(
                 candidates=s.candidates, rrf_k=s.rrf_k, dense_weight=s.dense_weight, bm25_weight=s.bm25_weight
             ),

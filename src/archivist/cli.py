@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import sqlite3
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,7 +49,11 @@ StoreOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 FilterOpt = Annotated[
     list[str] | None,
-    typer.Option("--filter", "-f", help="key=value; glob values (docs/*.md) allowed; repeatable (AND across keys)."),
+    typer.Option(
+        "--filter",
+        "-f",
+        help="key=value; glob values (docs/*.md) allowed; repeatable: AND across keys, OR within one key.",
+    ),
 ]
 
 
@@ -67,6 +72,8 @@ def _open(store: str | None) -> Iterator[Archivist]:
         _fail(str(exc), 2)
     except ArchivistError as exc:
         _fail(str(exc), 1)
+    except sqlite3.Error as exc:
+        _fail(f"store error: {exc}", 1)
 
 
 def _emit_json(data: Any) -> None:

@@ -31,8 +31,9 @@ class Settings(BaseSettings):
     embed_threads: int | None = Field(default=None, ge=1, le=64)
     embed_timeout_s: float = Field(default=60.0, gt=0)
 
-    chunk_max_tokens: int = Field(default=240, ge=16, le=8192)
-    chunk_target_tokens: int = Field(default=200, ge=8, le=8192)
+    # MiniLM reads 256 tokens; leave room for the title/heading prefix each chunk is embedded with.
+    chunk_max_tokens: int = Field(default=224, ge=16, le=8192)
+    chunk_target_tokens: int = Field(default=192, ge=8, le=8192)
     chunk_overlap_tokens: int = Field(default=32, ge=0, le=4096)
 
     max_file_mb: float = Field(default=50.0, gt=0)
@@ -91,5 +92,6 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise UsageError(f"invalid setting {where}: {first['msg']}") from exc
+        message = str(first["msg"]).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in first["loc"])
+        raise UsageError(f"invalid setting {where}: {message}" if where else f"invalid settings: {message}") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,8 +49,9 @@ class Document:
 
     @property
     def content_hash(self) -> str:
-        """Return the hash of everything that determines the document's chunks."""
-        return sha256_hex(self.title + "\x00" + self.text)
+        """Return the hash of everything stored for the document: title, text, type and metadata."""
+        meta = json.dumps(self.metadata, sort_keys=True, ensure_ascii=False, default=str)
+        return sha256_hex("\x00".join((self.title, self.media_type, meta, self.text)))
 
 
 @dataclass(slots=True)
@@ -68,7 +70,10 @@ class Chunk:
 
     def embedding_text(self, title: str) -> str:
         """Return the text that is embedded: the chunk prefixed with its title and headings."""
-        context = " > ".join(p for p in (title, *self.heading_path) if p)
+        path = self.heading_path
+        if path and path[0].strip().casefold() == title.strip().casefold():
+            path = path[1:]  # a Markdown H1 usually is the title: don't say it twice
+        context = " > ".join(p for p in (title, *path) if p)
         return f"{context}\n{self.text}" if context else self.text
 
 

@@ -111,7 +111,9 @@ class OpenAIEmbedder:
             raise ArchivistError(f"embedding server {self._url} returned a malformed response: {exc}") from exc
         if vectors.ndim != 2 or vectors.shape[0] != n:
             raise ArchivistError(f"embedding server {self._url} returned {vectors.shape[0]} vectors for {n} texts")
-        if self._dim is not None and vectors.shape[1] != self._dim:
+        if self._dim is None:
+            self._dim = int(vectors.shape[1])
+        elif vectors.shape[1] != self._dim:
             raise ArchivistError(
                 f"embedding server {self._url} returned {vectors.shape[1]}-dim vectors, expected {self._dim}"
             )

@@ -8,10 +8,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from archivist.embed.base import Embedder, Vectors
 from archivist.ingest.chunker import Chunker
 from archivist.ingest.loaders import iter_jsonl, load_path, source_for
-
-from archivist.embed.base import Embedder, Vectors
 from archivist.store.base import DocumentWrite, Store
 from archivist.types import ArchivistError, Document, IngestReport, Skipped, document_id_for, sha256_hex
 
@@ -74,7 +73,8 @@ class IngestPipeline:
         protected: set[str] = set()  # files with problems: --sync must not delete what they held
         pending = _Pending()
         done = 0
-        fingerprint = self.chunker.fingerprint()
+        # Vectors of another model are useless: switching embedders must re-chunk and re-embed.
+        fingerprint = f"{self.chunker.fingerprint()}|{self.embedder.model_id}"
 
         def tick(current: str) -> None:
             if progress is not None:
@@ -199,7 +199,7 @@ class IngestPipeline:
             file_source = source.split("#", 1)[0]
             in_scope = file_source in files or any(file_source.startswith(d) for d in dirs)
             # A source under a given path that was not named at all (e.g. a deleted file) is also gone.
-            if not in_scope or file_source in protected:
+            if not in_scope or file_source in protected or source in protected:
                 continue
             if self.store.delete_document(document_id_for(source)):
                 report.removed.append(source)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
@@ -29,10 +30,14 @@ class HybridRetriever:
     """Searches a store densely and lexically at once and fuses the rankings."""
 
     def __init__(
-        self, store: Store, embedder: Embedder, settings: RetrievalSettings, executor: ThreadPoolExecutor
+        self,
+        store: Store,
+        embedder: Callable[[], Embedder],
+        settings: RetrievalSettings,
+        executor: ThreadPoolExecutor,
     ) -> None:
         self.store = store
-        self.embedder = embedder
+        self._embedder = embedder  # called only when a dense search runs: BM25-only needs no model
         self.settings = settings
         self._executor = executor
 
@@ -47,16 +52,17 @@ class HybridRetriever:
             raise UsageError("k must be at least 1")
         check_filter_keys(self.store, filters)
         n = max(k, self.settings.candidates)
-        use_dense = mode in ("hybrid", "dense")
-        use_bm25 = mode in ("hybrid", "bm25")
+        use_dense = mode == "dense" or (mode == "hybrid" and self.settings.dense_weight > 0)
+        use_bm25 = mode == "bm25" or (mode == "hybrid" and self.settings.bm25_weight > 0)
 
         bm25_future: Future[list[tuple[int, float]]] | None = None
         if use_bm25:
             bm25_future = self._executor.submit(self.store.bm25_search, query, n, filters)
         dense: list[tuple[int, float]] = []
         if use_dense:
-            vector = self.embedder.embed_query(query)
-            dense = self.store.dense_search(self.embedder.model_id, vector, n, filters)
+            embedder = self._embedder()
+            vector = embedder.embed_query(query)
+            dense = self.store.dense_search(embedder.model_id, vector, n, filters)
         bm25 = bm25_future.result() if bm25_future is not None else []
 
         if mode == "hybrid":
@@ -68,7 +74,7 @@ class HybridRetriever:
                 k=self.settings.rrf_k,
             )
         else:
-            fused = dense if use_dense else bm25
+            fused = dense if mode == "dense" else bm25
         top = fused[:k]
         chunks = self.store.get_chunks([i for i, _ in top])
         dense_info = {cid: (score, rank) for rank, (cid, score) in enumerate(dense, start=1)}

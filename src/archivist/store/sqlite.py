@@ -1,21 +1,18 @@
-"""The embedded default store: one SQLite file in WAL mode, FTS5 for BM25, vectors searched in memory.
+"""The embedded default store: one SQLite file in WAL mode; search runs on in-memory indexes.
 
-Dense search runs over an in-memory float32 matrix loaded from the file and reloaded when another
-write bumps the store's generation. Measured at 100k x 384 on 2 cores: numpy 5.8 ms per query, where
-sqlite-vec's brute force takes 71 ms and its binary-quantized path 12.8 ms; and metadata filters are
-applied to the matrix as a mask, inside the search, which sqlite-vec's vec0 tables cannot do for
-arbitrary document metadata.
+The file holds documents, chunks, vectors (float32 blobs keyed by model and embedded-text hash) and
+each chunk's BM25 term counts. Searches run over a dense matrix and BM25 posting lists built from
+the file and rebuilt when a write bumps the store's generation (see `memindex`). Filters select
+documents in SQL and are applied as a mask inside both searches, never after top-k.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,41 +22,16 @@ import numpy.typing as npt
 
 from archivist.embed.base import Vectors
 from archivist.store.base import BUILTIN_FILTER_KEYS, DocumentWrite, Filters, StoredChunk
+from archivist.store.lexical import Analyzer, encode_counts
+from archivist.store.memindex import DenseIndex, LexicalIndex
 from archivist.store.sqlite_migrations import MIGRATIONS
 from archivist.types import ArchivistError, DocumentRecord
 
 _DOC_COLUMNS = {"source": "d.source", "title": "d.title", "document_id": "d.id", "media_type": "d.media_type"}
-_TERM_RE = re.compile(r"\w+", re.UNICODE)
-# Dropping these keeps an OR query over a natural-language question from matching every chunk.
-_STOPWORDS = frozenset(
-    (
-        "a an and are as at be been but by can could did do does for from had has have how i if in into is it "
-        "its me my no not of on or our so such than that the their them then there these they this those to "
-        "was we were what when where which while who whom why will with would you your "
-    ).split()
-)
-
-
-def fts_query(text: str) -> str | None:
-    """Return an FTS5 expression matching any content word of `text`, or None if it has none."""
-    terms = [t.lower() for t in _TERM_RE.findall(text)]
-    content = [t for t in terms if t not in _STOPWORDS] or terms
-    unique = list(dict.fromkeys(content))
-    if not unique:
-        return None
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in unique)
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-@dataclass(slots=True)
-class _DenseIndex:
-    model: str
-    generation: int
-    ids: npt.NDArray[np.int64]
-    matrix: npt.NDArray[np.float32]
 
 
 class SQLiteStore:
@@ -73,8 +45,10 @@ class SQLiteStore:
         self._all_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         self._write_lock = threading.Lock()
-        self._dense_lock = threading.Lock()
-        self._dense: _DenseIndex | None = None
+        self._index_lock = threading.Lock()
+        self._dense: tuple[str, int, DenseIndex] | None = None
+        self._lexical: tuple[int, LexicalIndex, dict[str, int]] | None = None
+        self._analyzer = Analyzer()
         self._keys_cache: tuple[int, set[str]] | None = None
         self.migrate()
 
@@ -184,8 +158,10 @@ class SQLiteStore:
             if missing:
                 raise ArchivistError(f"{w.document.source}: {len(missing)} chunk vectors missing from the write")
         now = _now()
+        counts = [[self._analyzer.counts(c.embedding_text(w.document.title)) for c in w.chunks] for w in writes]
         with self._transaction() as conn:
-            for w in writes:
+            term_ids = self._term_ids(conn, {t for per_doc in counts for c in per_doc for t in c})
+            for w, doc_counts in zip(writes, counts, strict=True):
                 doc = w.document
                 prev = conn.execute(
                     "SELECT id, version, created_at FROM documents WHERE source = ?", (doc.source,)
@@ -213,11 +189,12 @@ class SQLiteStore:
                         now,
                     ),
                 )
-                for chunk, h in zip(w.chunks, w.embed_hashes, strict=True):
+                for chunk, h, tc in zip(w.chunks, w.embed_hashes, doc_counts, strict=True):
                     heading = json.dumps(list(chunk.heading_path), ensure_ascii=False)
-                    cur = conn.execute(
+                    terms = encode_counts([term_ids[t] for t in tc], list(tc.values()))
+                    conn.execute(
                         'INSERT INTO chunks (document_id, ordinal, text, heading_path, start, "end", page,'
-                        " page_end, token_count, embed_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " page_end, token_count, embed_hash, terms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             doc.id,
                             chunk.ordinal,
@@ -229,11 +206,8 @@ class SQLiteStore:
                             chunk.page_end,
                             chunk.token_count,
                             h,
+                            terms,
                         ),
-                    )
-                    conn.execute(
-                        "INSERT INTO chunks_fts (rowid, title, heading, body) VALUES (?, ?, ?, ?)",
-                        (cur.lastrowid, doc.title, " ".join(chunk.heading_path), chunk.text),
                     )
                 conn.executemany(
                     "INSERT OR IGNORE INTO embeddings (model, text_hash, vector) VALUES (?, ?, ?)",
@@ -249,10 +223,18 @@ class SQLiteStore:
                 self._bump(conn)
         return found
 
+    def _term_ids(self, conn: sqlite3.Connection, terms: set[str]) -> dict[str, int]:
+        """Return ids for terms, adding the new ones (ids are never reused or changed)."""
+        ordered = sorted(terms)
+        conn.executemany("INSERT OR IGNORE INTO terms (term) VALUES (?)", [(t,) for t in ordered])
+        out: dict[str, int] = {}
+        for i in range(0, len(ordered), 500):
+            part = ordered[i : i + 500]
+            marks = ",".join("?" * len(part))
+            out.update(conn.execute(f"SELECT term, id FROM terms WHERE term IN ({marks})", part).fetchall())
+        return out
+
     def _delete_in(self, conn: sqlite3.Connection, document_id: str) -> bool:
-        conn.execute(
-            "DELETE FROM chunks_fts WHERE rowid IN (SELECT id FROM chunks WHERE document_id = ?)", (document_id,)
-        )
         conn.execute("DELETE FROM chunks WHERE document_id = ?", (document_id,))
         return conn.execute("DELETE FROM documents WHERE id = ?", (document_id,)).rowcount > 0
 
@@ -321,82 +303,65 @@ class SQLiteStore:
 
     # -- search -------------------------------------------------------------------------------------
 
-    def _dense_index(self, model: str) -> _DenseIndex:
+    def _dense_index(self, model: str) -> DenseIndex:
         gen = self.generation()
-        with self._dense_lock:
-            idx = self._dense
-            if idx is not None and idx.model == model and idx.generation == gen:
-                return idx
+        with self._index_lock:
+            if self._dense is not None and self._dense[:2] == (model, gen):
+                return self._dense[2]
             rows = (
                 self._conn()
                 .execute(
-                    "SELECT c.id, e.vector FROM chunks c JOIN embeddings e"
-                    " ON e.model = ? AND e.text_hash = c.embed_hash ORDER BY c.id",
+                    "SELECT c.id, d.rowid, e.vector FROM chunks c JOIN documents d ON d.id = c.document_id"
+                    " JOIN embeddings e ON e.model = ? AND e.text_hash = c.embed_hash ORDER BY c.id",
                     (model,),
                 )
                 .fetchall()
             )
-            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-            if rows:
-                matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(len(rows), -1)
-            else:
-                matrix = np.zeros((0, 0), dtype=np.float32)
-            self._dense = _DenseIndex(model, gen, ids, matrix)
-            return self._dense
+            index = DenseIndex.build(rows)
+            self._dense = (model, gen, index)
+            return index
+
+    def _lexical_index(self) -> tuple[LexicalIndex, dict[str, int]]:
+        gen = self.generation()
+        with self._index_lock:
+            if self._lexical is not None and self._lexical[0] == gen:
+                return self._lexical[1], self._lexical[2]
+            conn = self._conn()
+            vocab = {str(t): int(i) for t, i in conn.execute("SELECT term, id FROM terms")}
+            rows = conn.execute(
+                "SELECT c.id, d.rowid, c.terms FROM chunks c JOIN documents d ON d.id = c.document_id ORDER BY c.id"
+            ).fetchall()
+            index = LexicalIndex.build(rows, max(vocab.values(), default=0) + 1)
+            self._lexical = (gen, index, vocab)
+            return index, vocab
+
+    def _allowed_documents(self, filters: Filters) -> npt.NDArray[np.bool_] | None:
+        """Return a lookup table over document rowids of those passing the filters (None: no filter)."""
+        if not filters:
+            return None
+        where, params = _filter_sql(filters)
+        rowids = np.fromiter(
+            (r[0] for r in self._conn().execute(f"SELECT d.rowid FROM documents d WHERE {where}", params)),
+            dtype=np.int64,
+        )
+        table = np.zeros(int(rowids.max()) + 1 if rowids.size else 0, dtype=bool)
+        table[rowids] = True
+        return table
 
     def dense_search(self, model: str, query: Vectors, k: int, filters: Filters) -> list[tuple[int, float]]:
         """Return up to k (chunk id, cosine similarity) pairs, best first, among chunks passing filters."""
-        idx = self._dense_index(model)
-        if idx.ids.size == 0 or k <= 0:
-            return []
-        if idx.matrix.shape[1] != query.shape[0]:
+        index = self._dense_index(model)
+        if index.chunk_ids.size and index.matrix.shape[1] != query.shape[0]:
             raise ArchivistError(
-                f"query vector has {query.shape[0]} dimensions, stored {model} vectors have {idx.matrix.shape[1]}"
+                f"query vector has {query.shape[0]} dimensions, stored {model} vectors have {index.matrix.shape[1]}"
             )
-        if filters:
-            allowed = self._filtered_chunk_ids(filters)
-            pos = _members(idx.ids, allowed)
-            if pos.size == 0:
-                return []
-            scores = idx.matrix[pos] @ query
-            ids = idx.ids[pos]
-        else:
-            scores = idx.matrix @ query
-            ids = idx.ids
-        k = min(k, scores.size)
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [(int(ids[i]), float(scores[i])) for i in top]
-
-    def _filtered_chunk_ids(self, filters: Filters) -> npt.NDArray[np.int64]:
-        where, params = _filter_sql(filters)
-        rows = (
-            self._conn()
-            .execute(
-                f"SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE {where} ORDER BY c.id",
-                params,
-            )
-            .fetchall()
-        )
-        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        return index.search(query, k, self._allowed_documents(filters))
 
     def bm25_search(self, query: str, k: int, filters: Filters) -> list[tuple[int, float]]:
         """Return up to k (chunk id, BM25 score; higher is better) pairs, best first, among chunks passing filters."""
-        expr = fts_query(query)
-        if expr is None or k <= 0:
-            return []
-        where, params = _filter_sql(filters)
-        join = " JOIN chunks c ON c.id = f.rowid JOIN documents d ON d.id = c.document_id" if filters else ""
-        rows = (
-            self._conn()
-            .execute(
-                f"SELECT f.rowid, bm25(chunks_fts) AS s FROM chunks_fts f{join}"
-                f" WHERE chunks_fts MATCH ? AND {where} ORDER BY s LIMIT ?",
-                [expr, *params, k],
-            )
-            .fetchall()
-        )
-        return [(int(r[0]), -float(r[1])) for r in rows]
+        index, vocab = self._lexical_index()
+        term_ids = [vocab[t] for t in self._analyzer.terms(query) if t in vocab]
+        return index.search(term_ids, k, self._allowed_documents(filters))
 
     # -- housekeeping -------------------------------------------------------------------------------
 
@@ -427,15 +392,7 @@ class SQLiteStore:
             self._all_conns.clear()
         self._local = threading.local()
         self._dense = None
-
-
-def _members(sorted_ids: npt.NDArray[np.int64], wanted: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
-    """Return positions in `sorted_ids` of the values of `wanted` that are present."""
-    pos = np.searchsorted(sorted_ids, wanted)
-    ok = pos < sorted_ids.size
-    pos, wanted = pos[ok], wanted[ok]
-    found: npt.NDArray[np.intp] = pos[sorted_ids[pos] == wanted]
-    return found
+        self._lexical = None
 
 
 def _filter_sql(filters: Filters) -> tuple[str, list[Any]]:

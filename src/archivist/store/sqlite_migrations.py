@@ -5,7 +5,7 @@ from __future__ import annotations
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
         1,
-        "documents, chunks, embeddings, full-text index",
+        "documents, chunks, embeddings, BM25 terms",
         """
         CREATE TABLE documents (
             id           TEXT PRIMARY KEY,
@@ -33,6 +33,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             page_end     INTEGER,
             token_count  INTEGER NOT NULL,
             embed_hash   TEXT NOT NULL,
+            terms        BLOB NOT NULL,  -- BM25 term counts: int32 (term id, count) pairs
             UNIQUE (document_id, ordinal)
         );
         CREATE INDEX chunks_embed_hash ON chunks(embed_hash);
@@ -44,10 +45,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             vector    BLOB NOT NULL,
             PRIMARY KEY (model, text_hash)
         ) WITHOUT ROWID;
-        CREATE VIRTUAL TABLE chunks_fts USING fts5(
-            title, heading, body,
-            tokenize = 'porter unicode61 remove_diacritics 2'
-        );
+        CREATE TABLE terms (id INTEGER PRIMARY KEY, term TEXT NOT NULL UNIQUE);
         CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
         INSERT INTO meta (key, value) VALUES ('generation', '0');
         """,

