@@ -24,7 +24,7 @@ class HFTokenizer:
         """Return the number of model tokens in each text (special tokens excluded)."""
         if not texts:
             return []
-        encs = self._counter.encode_batch(list(texts), add_special_tokens=False)
+        encs = self._counter.encode_batch_fast(list(texts), add_special_tokens=False)
         return [len(e.ids) for e in encs]
 
     def offsets(self, text: str) -> list[tuple[int, int]]:
