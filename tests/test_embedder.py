@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-import pytest
 
 from archivist.embed.base import Embedder
 from archivist.embed.minilm_onnx import MiniLMEmbedder, bundled_model_dir, read_safetensors
@@ -95,8 +94,3 @@ def test_similar_texts_are_closer_than_unrelated_ones(embedder: MiniLMEmbedder) 
 
 def test_empty_input_gives_empty_matrix(embedder: MiniLMEmbedder) -> None:
     assert embedder.embed([]).shape == (0, 384)
-
-
-@pytest.fixture(scope="module")
-def embedder() -> MiniLMEmbedder:
-    return MiniLMEmbedder()

@@ -20,9 +20,10 @@ from archivist.embed.minilm_onnx import MiniLMEmbedder
 from archivist.embed.openai_http import OpenAIEmbedder, bundled_tokenizer
 from archivist.store.base import Filters
 from archivist.types import UsageError, document_id_for
+from conftest import DATASETS
 from fake_servers import EmbeddingServer, Fault
 
-SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact" / "corpus.jsonl"
+SCIFACT = DATASETS / "scifact" / "corpus.jsonl"
 
 MakeApp = Callable[..., Archivist]
 
@@ -225,8 +226,3 @@ def test_sigkill_mid_ingest_leaves_no_half_document_and_resumes(tmp_path: Path) 
     assert summary["unchanged"] == docs_after_kill
     assert summary["added"] + summary["unchanged"] == 120
     assert _store_invariants(db)[0] == 120
-
-
-@pytest.fixture(scope="module")
-def embedder() -> MiniLMEmbedder:
-    return MiniLMEmbedder()

@@ -49,6 +49,7 @@ class SQLiteStore:
         self._dense: tuple[str, int, DenseIndex] | None = None
         self._lexical: tuple[int, LexicalIndex, dict[str, int]] | None = None
         self._analyzer = Analyzer()
+        self._allowed_cache: dict[tuple[int, Filters], npt.NDArray[np.bool_]] = {}
         self._keys_cache: tuple[int, set[str]] | None = None
         self.migrate()
 
@@ -339,6 +340,11 @@ class SQLiteStore:
         """Return a lookup table over document rowids of those passing the filters (None: no filter)."""
         if not filters:
             return None
+        # Dense and BM25 both ask for the same filter in one search: compute it once per generation.
+        key = (self.generation(), filters)
+        cached = self._allowed_cache.get(key)
+        if cached is not None:
+            return cached
         where, params = _filter_sql(filters)
         rowids = np.fromiter(
             (r[0] for r in self._conn().execute(f"SELECT d.rowid FROM documents d WHERE {where}", params)),
@@ -346,6 +352,9 @@ class SQLiteStore:
         )
         table = np.zeros(int(rowids.max()) + 1 if rowids.size else 0, dtype=bool)
         table[rowids] = True
+        if len(self._allowed_cache) >= 64:
+            self._allowed_cache.clear()
+        self._allowed_cache[key] = table
         return table
 
     def dense_search(self, model: str, query: Vectors, k: int, filters: Filters) -> list[tuple[int, float]]:

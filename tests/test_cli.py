@@ -1,0 +1,145 @@
+"""The `archivist` command as a user runs it: real processes, exit codes, stdout that is pure JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+def run(cwd: Path, *args: str, store: str | None = "sqlite:///store.db") -> subprocess.CompletedProcess[str]:
+    """Run the CLI in `cwd` and return the finished process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")}
+    if store:
+        env["ARCHIVIST_STORE"] = store
+    return subprocess.run(
+        [sys.executable, "-m", "archivist.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def run_json(cwd: Path, *args: str) -> Any:
+    """Run the CLI with --json, assert success and that stdout is one JSON document; return it."""
+    proc = run(cwd, *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return a folder with a small corpus, ingested once into store.db."""
+    root = tmp_path_factory.mktemp("cli")
+    docs = root / "docs"
+    docs.mkdir()
+    (docs / "keys.md").write_text(
+        "---\nlang: en\n---\n# API keys\n\nEvery request carries an API key.\n\n## Rotating a key\n\n"
+        "Create a second key, roll it out, then revoke the first one.\n"
+    )
+    (docs / "backup.md").write_text("# Backups\n\nRun the online backup nightly and test a restore monthly.\n")
+    (docs / "empty.txt").write_text("")
+    summary = run_json(root, "ingest", "docs")
+    assert summary["added"] == 2 and summary["skipped"] == 1
+    assert summary["skipped_items"] == [{"source": "docs/empty.txt", "reason": "empty file"}]
+    return root
+
+
+def test_ingest_json_counts_and_idempotent_rerun(workdir: Path) -> None:
+    summary = run_json(workdir, "ingest", "docs")
+    assert {k: summary[k] for k in ("added", "updated", "unchanged", "skipped", "failed")} == {
+        "added": 0,
+        "updated": 0,
+        "unchanged": 2,
+        "skipped": 1,
+        "failed": 0,
+    }
+
+
+def test_search_json_has_the_documented_fields(workdir: Path) -> None:
+    hits = run_json(workdir, "search", "how do I rotate an API key", "--k", "2")
+    assert 1 <= len(hits) <= 2
+    top = hits[0]
+    for key in ("document_id", "source", "title", "heading_path", "text", "score", "dense_score", "bm25_score"):
+        assert key in top
+    assert top["source"] == "docs/keys.md" and top["heading_path"][-1] == "Rotating a key"
+
+
+def test_search_human_output_and_explain(workdir: Path) -> None:
+    proc = run(workdir, "search", "nightly backup", "--explain")
+    assert proc.returncode == 0, proc.stderr
+    assert "docs/backup.md" in proc.stdout and "dense #" in proc.stdout and "bm25 #" in proc.stdout
+
+
+def test_filters_on_metadata_and_glob(workdir: Path) -> None:
+    hits = run_json(workdir, "search", "key", "--filter", "lang=en")
+    assert {h["source"] for h in hits} == {"docs/keys.md"}
+    assert run_json(workdir, "search", "key", "--filter", "source=docs/b*.md")[0]["source"] == "docs/backup.md"
+
+
+def test_docs_list_show_delete(workdir: Path) -> None:
+    listing = run_json(workdir, "docs", "list")
+    assert listing["total"] == 2
+    doc = next(d for d in listing["documents"] if d["source"] == "docs/keys.md")
+    shown = run_json(workdir, "docs", "show", doc["id"])
+    assert shown["metadata"] == {"lang": "en"} and shown["chunks"][0]["document_id"] == doc["id"]
+    proc = run(workdir, "docs", "delete", doc["id"], "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout) == {"deleted": doc["id"]}
+    assert run_json(workdir, "docs", "list")["total"] == 1
+    again = run(workdir, "docs", "delete", doc["id"])
+    assert again.returncode == 1 and "no document with id" in again.stderr
+    assert run_json(workdir, "ingest", "docs")["added"] == 1  # restores it for other tests
+
+
+def test_stats_json(workdir: Path) -> None:
+    stats = run_json(workdir, "stats")
+    assert stats["documents"] == 2 and stats["chunks"] >= 2
+    assert stats["embedding_model"] == "all-MiniLM-L6-v2" and stats["bytes"] > 0
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("search", "key", "--filter", "colour=red"), 2, "unknown filter key 'colour'"),
+        (("search", "key", "--filter", "nonsense"), 2, "expected key=value"),
+        (("search", "key", "--mode", "fuzzy"), 2, "unknown --mode"),
+        (("search", "   "), 2, "empty query"),
+        (("docs", "show", "nope"), 1, "no document with id"),
+        (("ingest", "missing-folder"), 1, "no such file or directory"),
+        (("search", "--k", "0", "key"), 2, "--k"),
+        (("frobnicate",), 2, "No such command"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_exit_code(
+    workdir: Path, args: tuple[str, ...], code: int, message: str
+) -> None:
+    proc = run(workdir, *args)
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert run_json(workdir, "stats")["documents"] == 2  # nothing stored was lost
+
+
+def test_unknown_store_scheme_is_a_usage_error(workdir: Path) -> None:
+    proc = run(workdir, "stats", store="mongodb://localhost/db")
+    assert proc.returncode == 2 and "unsupported store URL scheme 'mongodb'" in proc.stderr
+
+
+def test_json_stdout_stays_clean_when_ingest_skips(workdir: Path) -> None:
+    (workdir / "bad.jsonl").write_text('{"_id": "1", "text": "fine"}\n{broken\n')
+    proc = run(workdir, "ingest", "bad.jsonl", "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["added"] == 1 and summary["skipped_items"][0]["source"].endswith("bad.jsonl:2")
+    added = run_json(workdir, "docs", "list", "--filter", "source=bad.jsonl*")["documents"]
+    assert [d["source"] for d in added] == ["bad.jsonl#1"]
+    assert run(workdir, "docs", "delete", added[0]["id"]).returncode == 0
+
+
+def test_default_store_location(tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("# A\n\nSome words here.\n")
+    proc = run(tmp_path, "ingest", "a.md", store=None)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / ".archivist" / "archivist.db").exists()
