@@ -9,25 +9,21 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import sqlite3
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from archivist.app import Archivist
-from archivist.config import load_settings
+from archivist.cli_eval import eval_app
+from archivist.cli_support import FilterOpt, JsonOpt, StoreOpt, emit_json, err, fail, open_app, out
 from archivist.ingest.pipeline import Progress as IngestProgress
 from archivist.retrieve.hybrid import Mode
 from archivist.store.base import Filters, check_filter_keys
-from archivist.types import ArchivistError, DocumentRecord, Hit, UsageError
+from archivist.types import DocumentRecord, Hit
 
 app = typer.Typer(
     help="Archivist: ingest documents, search them with hybrid retrieval.",
@@ -38,46 +34,7 @@ app = typer.Typer(
 )
 docs_app = typer.Typer(help="List, show and delete stored documents.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(docs_app, name="docs")
-
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
-
-StoreOpt = Annotated[
-    str | None,
-    typer.Option("--store", envvar="ARCHIVIST_STORE", help="Store URL (default sqlite:///.archivist/archivist.db)."),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
-FilterOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--filter",
-        "-f",
-        help="key=value; glob values (docs/*.md) allowed; repeatable: AND across keys, OR within one key.",
-    ),
-]
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {escape(message)}")
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _open(store: str | None) -> Iterator[Archivist]:
-    """Yield the app for a command, turning our errors into a message and an exit code."""
-    try:
-        with Archivist.from_settings(load_settings(store=store)) as archivist:
-            yield archivist
-    except UsageError as exc:
-        _fail(str(exc), 2)
-    except ArchivistError as exc:
-        _fail(str(exc), 1)
-    except sqlite3.Error as exc:
-        _fail(f"store error: {exc}", 1)
-
-
-def _emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
+app.add_typer(eval_app, name="eval")
 
 
 @app.command()
@@ -90,7 +47,7 @@ def ingest(
     as_json: JsonOpt = False,
 ) -> None:
     """Ingest files and folders: unchanged documents are skipped, changed ones replaced atomically."""
-    with _open(store) as archivist:
+    with open_app(store) as archivist:
         progress = Progress(
             TextColumn("[bold]ingest"),
             BarColumn(),
@@ -111,7 +68,7 @@ def ingest(
             report = archivist.ingest(paths, sync=sync, progress=hook)
         counts = report.counts()
         if as_json:
-            _emit_json(
+            emit_json(
                 {
                     **counts,
                     "chunks_written": report.chunks_written,
@@ -150,12 +107,12 @@ def search(
 ) -> None:
     """Search the store: dense and BM25 in parallel, fused by reciprocal rank."""
     if mode not in ("hybrid", "dense", "bm25"):
-        _fail(f"unknown --mode {mode!r}: use hybrid, dense or bm25", 2)
-    with _open(store) as archivist:
+        fail(f"unknown --mode {mode!r}: use hybrid, dense or bm25", 2)
+    with open_app(store) as archivist:
         parsed = Filters.parse(filters or [])
         hits = archivist.search(query, k=k, filters=parsed, mode=_mode(mode))
     if as_json:
-        _emit_json([h.to_dict() for h in hits])
+        emit_json([h.to_dict() for h in hits])
         return
     if not hits:
         out.print("no results")
@@ -231,13 +188,13 @@ def docs_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List stored documents."""
-    with _open(store) as archivist:
+    with open_app(store) as archivist:
         parsed = Filters.parse(filters or [])
         check_filter_keys(archivist.store, parsed)
         docs = archivist.store.list_documents(limit=limit, offset=offset, filters=parsed)
         total = archivist.store.count_documents(parsed)
     if as_json:
-        _emit_json({"total": total, "offset": offset, "documents": [_doc_dict(d) for d in docs]})
+        emit_json({"total": total, "offset": offset, "documents": [_doc_dict(d) for d in docs]})
         return
     table = Table("id", "title", "source", "chunks", "updated", box=None, header_style="bold")
     for d in docs:
@@ -253,13 +210,13 @@ def docs_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one document's fields and its chunks."""
-    with _open(store) as archivist:
+    with open_app(store) as archivist:
         doc = archivist.store.get_document(document_id)
         if doc is None:
-            _fail(f"no document with id {document_id!r} (see `archivist docs list`)", 1)
+            fail(f"no document with id {document_id!r} (see `archivist docs list`)", 1)
         chunks = archivist.store.document_chunks(document_id)
     if as_json:
-        _emit_json({**_doc_dict(doc), "chunks": [dataclasses.asdict(c) for c in chunks]})
+        emit_json({**_doc_dict(doc), "chunks": [dataclasses.asdict(c) for c in chunks]})
         return
     out.print(f"[bold]{escape(doc.title)}[/]  [dim]{doc.id}[/]")
     for key in ("source", "media_type", "chunk_count", "char_count", "version", "created_at", "updated_at"):
@@ -280,12 +237,12 @@ def docs_delete(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete a document and its chunks."""
-    with _open(store) as archivist:
+    with open_app(store) as archivist:
         deleted = archivist.store.delete_document(document_id)
     if not deleted:
-        _fail(f"no document with id {document_id!r} (see `archivist docs list`)", 1)
+        fail(f"no document with id {document_id!r} (see `archivist docs list`)", 1)
     if as_json:
-        _emit_json({"deleted": document_id})
+        emit_json({"deleted": document_id})
     else:
         out.print(f"deleted {document_id}")
 
@@ -293,10 +250,10 @@ def docs_delete(
 @app.command()
 def stats(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     """Show documents, chunks, store size and the embedding model."""
-    with _open(store) as archivist:
+    with open_app(store) as archivist:
         data = {**archivist.store.stats(), "embedding_model": archivist.embedding_model}
     if as_json:
-        _emit_json(data)
+        emit_json(data)
         return
     table = Table(box=None, show_header=False)
     table.add_row("store", escape(str(data["store"])))

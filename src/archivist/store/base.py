@@ -153,6 +153,18 @@ class Store(Protocol):
         """Return counts and sizes: documents, chunks, vectors per model, bytes on disk."""
         ...
 
+    def save_eval_run(self, record: dict[str, Any]) -> None:
+        """Store an eval run record (a JSON-ready dict with id, kind, dataset, split, tag, created_at)."""
+        ...
+
+    def list_eval_runs(self, *, dataset: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Return stored eval run records, newest first."""
+        ...
+
+    def get_eval_run(self, run_id: str) -> dict[str, Any] | None:
+        """Return one eval run record by id or unique id prefix, or None."""
+        ...
+
     def close(self) -> None:
         """Release connections and files."""
         ...

@@ -50,4 +50,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         INSERT INTO meta (key, value) VALUES ('generation', '0');
         """,
     ),
+    (
+        2,
+        "eval runs",
+        """
+        CREATE TABLE eval_runs (
+            id               TEXT PRIMARY KEY,
+            kind             TEXT NOT NULL,
+            dataset          TEXT NOT NULL,
+            split            TEXT NOT NULL,
+            tag              TEXT,
+            created_at       TEXT NOT NULL,
+            fingerprint_hash TEXT NOT NULL,
+            record           TEXT NOT NULL  -- the whole run as JSON: config, metrics, per-query, timings
+        );
+        CREATE INDEX eval_runs_dataset ON eval_runs(dataset, created_at);
+        """,
+    ),
 ]

@@ -1,0 +1,320 @@
+"""`archivist eval …`: run retrieval evals, list and compare runs, gate regressions, write reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from archivist.app import Archivist
+from archivist.cli_support import JsonOpt, StoreOpt, emit_json, err, fail, open_app, out
+from archivist.evals.datasets import Slice, load_dataset
+from archivist.evals.gate import run_gate
+from archivist.evals.metrics import DEFAULT_METRICS, parse_metric
+from archivist.evals.report import render_report
+from archivist.evals.retrieval import RetrievalEvalConfig, run_retrieval_eval
+from archivist.evals.significance import compare
+from archivist.types import UsageError
+
+eval_app = typer.Typer(help="Evaluate retrieval quality, compare runs, gate regressions.", no_args_is_help=True)
+
+CacheOpt = Annotated[
+    Path,
+    typer.Option("--cache-dir", envvar="ARCHIVIST_EVAL_CACHE", help="Where each dataset's own store is kept."),
+]
+MetricOpt = Annotated[list[str] | None, typer.Option("--metric", "-m", help="e.g. ndcg@10; repeatable.")]
+
+
+def _parse_slice(spec: str | None) -> Slice | None:
+    if not spec:
+        return None
+    try:
+        q, d = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise UsageError(f"bad --slice {spec!r}: expected QUERIES:DISTRACTORS, e.g. 30:400") from None
+    if q < 1 or d < 0:
+        raise UsageError("--slice needs at least 1 query and 0 or more distractors")
+    return Slice(q, d)
+
+
+def _metrics(names: list[str] | None, k: int | None) -> list[str]:
+    chosen = list(names) if names else list(DEFAULT_METRICS)
+    if k is not None:
+        chosen = [m if "@" not in m or m.startswith("recall@100") else f"{m.split('@')[0]}@{k}" for m in chosen]
+    for m in chosen:
+        parse_metric(m)
+    return list(dict.fromkeys(chosen))
+
+
+def _run_eval(
+    archivist: Archivist, dataset: Path, split: str, slice_: Slice | None, config: RetrievalEvalConfig, cache_dir: Path
+) -> dict[str, Any]:
+    ds = load_dataset(dataset, split, slice_, work_dir=cache_dir)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        tasks: dict[str, Any] = {}
+
+        def hook(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        record = run_retrieval_eval(archivist.settings, ds, config, cache_dir=cache_dir, progress=hook)
+    archivist.store.save_eval_run(record)
+    return record
+
+
+def _print_metrics(record: dict[str, Any]) -> None:
+    table = Table(title=f"{record['dataset']} ({record['split']}) · run {record['id']}", box=None)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in record["metrics"].items():
+        table.add_row(k, f"{v:.4f}")
+    out.print(table)
+    t = record["timings"]
+    out.print(
+        f"[dim]{record['n_queries']} queries · ingest {t['ingest_s']}s · search {t['search_s']}s "
+        f"(p50 {t['query_p50_ms']} ms) · fingerprint {record['fingerprint_hash']}[/]"
+    )
+
+
+@eval_app.command("retrieval")
+def eval_retrieval(
+    dataset: Annotated[Path, typer.Argument(help="A BEIR-layout folder: corpus.jsonl, queries.jsonl, qrels.tsv.")],
+    split: Annotated[str, typer.Option("--split", help="test or train.")] = "test",
+    k: Annotated[int | None, typer.Option("--k", min=1, help="Cutoff for the @k metrics (recall@100 is kept).")] = None,
+    metrics: MetricOpt = None,
+    mode: Annotated[str, typer.Option("--mode", help="hybrid, dense or bm25.")] = "hybrid",
+    depth: Annotated[int, typer.Option("--depth", min=1, max=5000, help="Chunk hits fetched per query.")] = 300,
+    slice_spec: Annotated[str | None, typer.Option("--slice", help="QUERIES:DISTRACTORS subset, e.g. 30:400.")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="A label stored with the run.")] = None,
+    save_baseline: Annotated[Path | None, typer.Option("--save-baseline", help="Also write the run here.")] = None,
+    cache_dir: CacheOpt = Path(".archivist/evals"),
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest the dataset's corpus into its own cached store, run its queries, store and print metrics."""
+    if mode not in ("hybrid", "dense", "bm25"):
+        fail(f"unknown --mode {mode!r}: use hybrid, dense or bm25", 2)
+    with open_app(store) as archivist:
+        config = RetrievalEvalConfig(mode=mode, depth=depth, metrics=_metrics(metrics, k), tag=tag)  # type: ignore[arg-type]
+        record = _run_eval(archivist, dataset, split, _parse_slice(slice_spec), config, cache_dir)
+    if save_baseline:
+        save_baseline.parent.mkdir(parents=True, exist_ok=True)
+        save_baseline.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        err.print(f"baseline written to {save_baseline}")
+    if as_json:
+        emit_json({k: v for k, v in record.items() if k not in ("per_query", "queries")})
+    else:
+        _print_metrics(record)
+
+
+@eval_app.command("runs")
+def eval_runs(
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Only runs of this dataset name.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 20,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List stored eval runs, newest first."""
+    with open_app(store) as archivist:
+        runs = archivist.store.list_eval_runs(dataset=dataset, limit=limit)
+    summaries = [
+        {
+            k: r.get(k)
+            for k in (
+                "id",
+                "kind",
+                "dataset",
+                "split",
+                "slice",
+                "tag",
+                "created_at",
+                "fingerprint_hash",
+                "metrics",
+                "n_queries",
+            )
+        }
+        for r in runs
+    ]
+    if as_json:
+        emit_json(summaries)
+        return
+    table = Table("id", "dataset", "split", "date", "fingerprint", "tag", "ndcg@10", "recall@100", box=None)
+    for r in summaries:
+        m = r["metrics"] or {}
+        table.add_row(
+            str(r["id"]),
+            str(r["dataset"]),
+            str(r["split"]),
+            str(r["created_at"]),
+            str(r["fingerprint_hash"]),
+            str(r["tag"] or ""),
+            _fmt(m.get("ndcg@10")),
+            _fmt(m.get("recall@100")),
+        )
+    out.print(table)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, int | float) else "–"
+
+
+def _load_run(archivist: Archivist, ref: str) -> dict[str, Any]:
+    """Return a run by id (or unique prefix) from the store, or from a JSON file path."""
+    path = Path(ref)
+    if path.suffix == ".json" and path.is_file():
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    run = archivist.store.get_eval_run(ref)
+    if run is None:
+        raise UsageError(f"no eval run {ref!r} (see `archivist eval runs`)")
+    return run
+
+
+@eval_app.command("compare")
+def eval_compare(
+    run_a: Annotated[str, typer.Argument(help="Baseline run id (or a run JSON file).")],
+    run_b: Annotated[str, typer.Argument(help="Candidate run id (or a run JSON file).")],
+    metrics: MetricOpt = None,
+    show: Annotated[int, typer.Option("--show", min=0, help="How many per-query wins and losses to list.")] = 5,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-metric deltas with a paired randomization test, and the queries that won and lost most."""
+    with open_app(store) as archivist:
+        a, b = _load_run(archivist, run_a), _load_run(archivist, run_b)
+        names = metrics or list(a["metrics"])
+        comps = [compare(a["per_query"], b["per_query"], m) for m in names if m in b["metrics"]]
+    focus = names[0]
+    deltas = sorted(
+        ((q, b["per_query"][q][focus] - v[focus]) for q, v in a["per_query"].items() if q in b["per_query"]),
+        key=lambda t: t[1],
+    )
+    texts = {**a.get("queries", {}), **b.get("queries", {})}
+    losses = [{"query_id": q, "query": texts.get(q, ""), "delta": d} for q, d in deltas[:show] if d < 0]
+    wins = [{"query_id": q, "query": texts.get(q, ""), "delta": d} for q, d in reversed(deltas[-show:]) if d > 0]
+    if a["fingerprint_hash"] != b["fingerprint_hash"]:
+        changed = sorted(k for k in a["fingerprint"] if a["fingerprint"].get(k) != b["fingerprint"].get(k))
+    else:
+        changed = []
+    if as_json:
+        emit_json(
+            {
+                "a": a["id"],
+                "b": b["id"],
+                "changed": changed,
+                "comparisons": [c.__dict__ for c in comps],
+                "wins": wins,
+                "losses": losses,
+            }
+        )
+        return
+    table = Table("metric", "A", "B", "Δ", "95% CI", "p", "wins/losses/ties", box=None)
+    for c in comps:
+        table.add_row(
+            c.metric,
+            f"{c.mean_a:.4f}",
+            f"{c.mean_b:.4f}",
+            f"{c.delta:+.4f}",
+            f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]",
+            f"{c.p_value:.4f}",
+            f"{c.wins}/{c.losses}/{c.ties}",
+        )
+    out.print(table)
+    if changed:
+        out.print(f"[dim]fingerprint differs in: {', '.join(changed)}[/]")
+    for title, rows in (("biggest losses", losses), ("biggest wins", wins)):
+        if rows:
+            out.print(f"[bold]{title}[/] ({focus})")
+            for r in rows:
+                out.print(f"  {r['delta']:+.3f}  {escape(r['query_id'])}  {escape(r['query'][:90])}")
+
+
+@eval_app.command("gate")
+def eval_gate(
+    baseline: Annotated[Path, typer.Option("--baseline", help="A run JSON written by --save-baseline.")],
+    max_drop: Annotated[float, typer.Option("--max-drop", min=0.0, help="Largest tolerated drop in a metric.")] = 0.01,
+    metrics: MetricOpt = None,
+    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Significance level.")] = 0.05,
+    run_ref: Annotated[str | None, typer.Option("--run", help="Gate this stored run instead of running anew.")] = None,
+    cache_dir: CacheOpt = Path(".archivist/evals"),
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Exit 1 when a metric dropped by more than --max-drop and significantly; print the queries that got worse."""
+    if not baseline.is_file():
+        fail(f"no baseline file at {baseline}", 2)
+    with open_app(store) as archivist:
+        base = json.loads(baseline.read_text())
+        if run_ref:
+            current = _load_run(archivist, run_ref)
+        else:
+            sl = base.get("slice")
+            config = RetrievalEvalConfig(
+                mode=base["config"]["mode"],
+                depth=base["config"]["depth"],
+                metrics=base["config"]["metrics"],
+                tag="gate",
+            )
+            current = _run_eval(
+                archivist, Path(base["dataset_path"]), base["split"], Slice(**sl) if sl else None, config, cache_dir
+            )
+        names = metrics or ["ndcg@10", "recall@100"]
+        names = [m for m in names if m in base["metrics"]]
+        result = run_gate(base, current, names, max_drop=max_drop, alpha=alpha)
+    if as_json:
+        emit_json(
+            {
+                "passed": result.passed,
+                "baseline": base["id"],
+                "run": current["id"],
+                "checks": [{**c.comparison.__dict__, "failed": c.failed, "reason": c.reason} for c in result.checks],
+                "worse_queries": result.worse,
+            }
+        )
+    else:
+        for c in result.checks:
+            mark = "[red]FAIL[/]" if c.failed else "[green]ok[/]"
+            out.print(
+                f"{mark} {c.comparison.metric}: {c.comparison.mean_a:.4f} → {c.comparison.mean_b:.4f}  {c.reason}"
+            )
+        if result.worse:
+            out.print(f"[bold]queries that got worse[/] ({result.worse[0]['metric']}):")
+            for w in result.worse:
+                out.print(f"  {w['before']:.3f} → {w['after']:.3f}  {escape(w['query_id'])}  {escape(w['query'][:80])}")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@eval_app.command("report")
+def eval_report(
+    run_ref: Annotated[str, typer.Argument(metavar="RUN", help="Run id (or prefix).")],
+    html_path: Annotated[Path, typer.Option("--html", help="Where to write the HTML report.")],
+    metric: Annotated[str, typer.Option("--metric", help="The metric charted.")] = "ndcg@10",
+    store: StoreOpt = None,
+) -> None:
+    """Write an HTML report: metrics, per-query distribution, the metric over time for this dataset."""
+    with open_app(store) as archivist:
+        parse_metric(metric)
+        run = _load_run(archivist, run_ref)
+        history = [
+            r
+            for r in archivist.store.list_eval_runs(dataset=run["dataset"], limit=200)
+            if r["split"] == run["split"] and r.get("slice") == run.get("slice")
+        ]
+    history.reverse()
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    html_path.write_text(render_report(run, history, metric), encoding="utf-8")
+    out.print(f"wrote {html_path}")

@@ -1,0 +1,58 @@
+"""What every CLI command shares: consoles, common options, error handling, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from archivist.app import Archivist
+from archivist.config import load_settings
+from archivist.types import ArchivistError, UsageError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+StoreOpt = Annotated[
+    str | None,
+    typer.Option("--store", envvar="ARCHIVIST_STORE", help="Store URL (default sqlite:///.archivist/archivist.db)."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+FilterOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--filter",
+        "-f",
+        help="key=value; glob values (docs/*.md) allowed; repeatable: AND across keys, OR within one key.",
+    ),
+]
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {escape(message)}")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def open_app(store: str | None) -> Iterator[Archivist]:
+    """Yield the app for a command, turning our errors into a message and an exit code."""
+    try:
+        with Archivist.from_settings(load_settings(store=store)) as archivist:
+            yield archivist
+    except UsageError as exc:
+        fail(str(exc), 2)
+    except ArchivistError as exc:
+        fail(str(exc), 1)
+    except sqlite3.Error as exc:
+        fail(f"store error: {exc}", 1)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
