@@ -226,3 +226,16 @@ def test_sigkill_mid_ingest_leaves_no_half_document_and_resumes(tmp_path: Path) 
     assert summary["unchanged"] == docs_after_kill
     assert summary["added"] + summary["unchanged"] == 120
     assert _store_invariants(db)[0] == 120
+
+
+def test_fusion_methods_agree_on_an_obvious_answer_and_report_exact_scores(make_app: MakeApp, tmp_path: Path) -> None:
+    docs = _corpus(tmp_path)
+    make_app().ingest([docs])
+    for fusion in ("zscore", "rrf"):
+        hits = make_app(fusion=fusion).search("how do I rotate an API key", k=3)
+        assert hits[0].heading_path[-1] == "Rotating a key", fusion
+        assert all(h.dense_score is not None and h.bm25_score is not None for h in hits[:1])
+    z = make_app(fusion="zscore").search("sourdough starter", k=5)
+    assert z[0].source == "docs/records.jsonl#r1"
+    # z-score fusion scores every candidate on both retrievers, even one BM25 did not return.
+    assert all(h.dense_score is not None and h.bm25_score is not None for h in z)

@@ -223,3 +223,42 @@ def test_analyzer_stems_and_drops_stopwords() -> None:
     assert a.terms("How do I rotate the API keys?") == ["rotat", "api", "key"]
     assert a.terms("Rotating keys") == ["rotat", "key"]
     assert a.terms("?!") == []
+
+
+def test_candidate_scores_are_exact_with_corpus_wide_statistics(store: Store) -> None:
+    vecs: dict = {}
+    for i in range(12):
+        w, vecs = _write(_doc(f"d{i}.txt", [f"alpha {'beta ' * i}gamma", f"delta {i}"]), vecs, seed=i)
+        store.write_documents(MODEL, [w], vecs)
+    q = np.ones(DIM, np.float32) / np.sqrt(DIM)
+    all_ids = sorted(c.id for d in store.list_documents() for c in store.document_chunks(d.id))
+    dense_all = {c: s for c, s in store.dense_search(MODEL, q, 1000, Filters())}
+    bm25_all = dict(store.bm25_search("beta", 1000, Filters()))
+    scores = store.candidate_scores(MODEL, q, "beta", all_ids)
+    assert scores.dense == pytest.approx([dense_all[c] for c in all_ids], abs=1e-5)
+    assert scores.bm25 == pytest.approx([bm25_all.get(c, 0.0) for c in all_ids], abs=1e-5)
+    dense_values = np.array([dense_all[c] for c in all_ids])
+    bm25_values = np.array([bm25_all.get(c, 0.0) for c in all_ids])
+    assert scores.dense_mean == pytest.approx(dense_values.mean(), abs=1e-5)
+    assert scores.dense_std == pytest.approx(dense_values.std(), abs=1e-4)
+    assert (scores.bm25_mean, scores.bm25_std) == pytest.approx((bm25_values.mean(), bm25_values.std()), abs=1e-5)
+
+
+def test_eval_runs_round_trip(store: Store) -> None:
+    for i, created in enumerate(["2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00"]):
+        store.save_eval_run(
+            {
+                "id": f"run{i}abc",
+                "kind": "retrieval",
+                "dataset": "ds",
+                "split": "test",
+                "tag": None,
+                "created_at": created,
+                "fingerprint_hash": "f",
+                "metrics": {"ndcg@10": i / 10},
+            }
+        )
+    assert [r["id"] for r in store.list_eval_runs(dataset="ds")] == ["run1abc", "run0abc"]
+    assert store.get_eval_run("run0")["metrics"] == {"ndcg@10": 0.0}  # type: ignore[index]
+    assert store.get_eval_run("run") is None  # ambiguous prefix
+    assert store.list_eval_runs(dataset="other") == []

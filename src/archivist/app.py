@@ -108,7 +108,11 @@ class Archivist:
             self.store,
             lambda: self.embedder,
             RetrievalSettings(
-                candidates=s.candidates, rrf_k=s.rrf_k, dense_weight=s.dense_weight, bm25_weight=s.bm25_weight
+                candidates=s.candidates,
+                fusion=s.fusion,
+                rrf_k=s.rrf_k,
+                dense_weight=s.dense_weight,
+                bm25_weight=s.bm25_weight,
             ),
             self._executor,
         )

@@ -66,6 +66,7 @@ def fingerprint(app: Archivist, config: RetrievalEvalConfig) -> dict[str, Any]:
             "mode": config.mode,
             "depth": config.depth,
             "candidates": max(s.candidates, config.depth),
+            "fusion": s.fusion,
             "rrf_k": s.rrf_k,
             "dense_weight": s.dense_weight,
             "bm25_weight": s.bm25_weight,

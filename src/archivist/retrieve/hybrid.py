@@ -1,4 +1,4 @@
-"""Hybrid search: dense kNN and BM25 run in parallel, fused with weighted reciprocal rank fusion."""
+"""Hybrid search: dense kNN and BM25 run in parallel, then fused (z-score fusion by default, or RRF)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from archivist.embed.base import Embedder
-from archivist.retrieve.fusion import rrf
+from archivist.retrieve.fusion import rrf, zscore_fusion
 from archivist.store.base import Filters, Store, check_filter_keys
 from archivist.types import Hit, UsageError
 
@@ -21,9 +21,10 @@ class RetrievalSettings:
     """How many candidates each retriever contributes and how they are fused."""
 
     candidates: int = 100
+    fusion: Literal["zscore", "rrf"] = "zscore"
     rrf_k: int = 60
-    dense_weight: float = 1.0
-    bm25_weight: float = 1.0
+    dense_weight: float = 0.75
+    bm25_weight: float = 0.25
 
 
 class HybridRetriever:
@@ -59,13 +60,19 @@ class HybridRetriever:
         if use_bm25:
             bm25_future = self._executor.submit(self.store.bm25_search, query, n, filters)
         dense: list[tuple[int, float]] = []
+        exact: dict[int, tuple[float, float]] = {}
         if use_dense:
             embedder = self._embedder()
             vector = embedder.embed_query(query)
             dense = self.store.dense_search(embedder.model_id, vector, n, filters)
         bm25 = bm25_future.result() if bm25_future is not None else []
 
-        if mode == "hybrid":
+        if mode == "hybrid" and use_dense and use_bm25 and self.settings.fusion == "zscore":
+            ids = list(dict.fromkeys([i for i, _ in dense] + [i for i, _ in bm25]))
+            scores = self.store.candidate_scores(embedder.model_id, vector, query, ids)
+            exact = {cid: (d, b) for cid, d, b in zip(ids, scores.dense, scores.bm25, strict=True)}
+            fused = zscore_fusion(ids, scores, self.settings.dense_weight, self.settings.bm25_weight)
+        elif mode == "hybrid":
             fused = rrf(
                 [
                     ([i for i, _ in dense], self.settings.dense_weight),
@@ -99,9 +106,10 @@ class HybridRetriever:
                     page=c.page,
                     score=score,
                     metadata=c.metadata,
-                    dense_score=d[0] if d else None,
+                    # Fusion scored every candidate on both retrievers: report those exact scores.
+                    dense_score=exact[cid][0] if cid in exact else d[0] if d else None,
                     dense_rank=d[1] if d else None,
-                    bm25_score=b[0] if b else None,
+                    bm25_score=exact[cid][1] if cid in exact else b[0] if b else None,
                     bm25_rank=b[1] if b else None,
                 )
             )

@@ -89,6 +89,18 @@ class DocumentWrite:
     chunker: str
 
 
+@dataclass(frozen=True, slots=True)
+class CandidateScores:
+    """Both retrievers' exact scores for a set of chunks, and each score's distribution over the corpus."""
+
+    dense: list[float]
+    bm25: list[float]
+    dense_mean: float
+    dense_std: float
+    bm25_mean: float
+    bm25_std: float
+
+
 @runtime_checkable
 class Store(Protocol):
     """Durable storage for documents, chunks, vectors and their indexes."""
@@ -143,6 +155,10 @@ class Store(Protocol):
 
     def bm25_search(self, query: str, k: int, filters: Filters) -> list[tuple[int, float]]:
         """Return up to k (chunk id, BM25 score; higher is better) pairs, best first, among chunks passing filters."""
+        ...
+
+    def candidate_scores(self, model: str, query_vector: Vectors, query: str, ids: Sequence[int]) -> CandidateScores:
+        """Return dense and BM25 scores of the given chunks plus the mean and spread of each over all chunks."""
         ...
 
     def get_chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]:

@@ -37,6 +37,7 @@ class DenseIndex:
     matrix: npt.NDArray[np.float32]
     mean: npt.NDArray[np.float32] | None = None
     codes: npt.NDArray[np.uint64] | None = None
+    second_moment: npt.NDArray[np.float64] | None = None
     oversample: int = 10
     min_rescore: int = 1000
 
@@ -54,6 +55,34 @@ class DenseIndex:
         if n > exact_max:
             index.quantize()
         return index
+
+    def score_stats(self, query: npt.NDArray[np.float32]) -> tuple[float, float]:
+        """Return the mean and standard deviation of the query's cosine over every row, without scanning.
+
+        E[q·x] = q·E[x] and E[(q·x)²] = qᵀ E[x xᵀ] q: one d×d matrix kept per index answers both.
+        """
+        if self.chunk_ids.size == 0:
+            return 0.0, 1.0
+        if self.second_moment is None:
+            m = self.matrix.astype(np.float64)
+            self.second_moment = (m.T @ m) / m.shape[0]
+            if self.mean is None:
+                self.mean = self.matrix.mean(axis=0).astype(np.float32)
+        assert self.mean is not None
+        q = query.astype(np.float64)
+        mu = float(q @ self.mean)
+        var = float(q @ self.second_moment @ q) - mu * mu
+        return mu, max(var, 1e-12) ** 0.5
+
+    def score_ids(self, query: npt.NDArray[np.float32], chunk_ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """Return the exact cosine of the query with each given chunk (0 for unknown chunks)."""
+        pos = np.searchsorted(self.chunk_ids, chunk_ids)
+        pos = np.minimum(pos, max(self.chunk_ids.size - 1, 0))
+        found = self.chunk_ids[pos] == chunk_ids if self.chunk_ids.size else np.zeros(chunk_ids.size, dtype=bool)
+        out = np.zeros(chunk_ids.size, dtype=np.float32)
+        if found.any():
+            out[found] = self.matrix[pos[found]] @ query
+        return out
 
     def quantize(self) -> None:
         """Compute the sign codes that let large indexes skip most of the float matrix."""
@@ -109,6 +138,7 @@ class LexicalIndex:
     tf: npt.NDArray[np.float32]
     idf: npt.NDArray[np.float32]
     norm: npt.NDArray[np.float32]
+    _last: tuple[tuple[int, ...], npt.NDArray[np.float32]] | None = None
 
     @classmethod
     def build(cls, rows: Sequence[tuple[int, int, bytes]], vocab_size: int) -> LexicalIndex:
@@ -133,21 +163,47 @@ class LexicalIndex:
         norm = (BM25_K1 * (1 - BM25_B + BM25_B * doc_len / max(avgdl, 1e-9))).astype(np.float32)
         return cls(ids, docs, ptr, row_of[order], counts[order], idf, norm)
 
-    def search(
-        self, term_ids: Sequence[int], k: int, allowed_docs: npt.NDArray[np.bool_] | None
-    ) -> list[tuple[int, float]]:
-        """Return up to k (chunk id, BM25 score) pairs, best first, among chunks of allowed documents."""
-        n = self.chunk_ids.size
-        terms = [t for t in dict.fromkeys(term_ids) if 0 <= t < self.idf.size and self.ptr[t + 1] > self.ptr[t]]
-        if n == 0 or k <= 0 or not terms:
-            return []
-        scores = np.zeros(n, dtype=np.float32)
+    def scores(self, term_ids: Sequence[int]) -> npt.NDArray[np.float32]:
+        """Return every row's BM25 score for the query terms (the last query's vector is reused)."""
+        terms = tuple(t for t in dict.fromkeys(term_ids) if 0 <= t < self.idf.size and self.ptr[t + 1] > self.ptr[t])
+        last = self._last
+        if last is not None and last[0] == terms:
+            return last[1]
+        scores = np.zeros(self.chunk_ids.size, dtype=np.float32)
         for t in terms:
             a, b = self.ptr[t], self.ptr[t + 1]
             r = self.rows[a:b]
             tf = self.tf[a:b]
             # Posting lists hold each row once per term, so fancy-index += is safe here.
             scores[r] += self.idf[t] * tf * (BM25_K1 + 1) / (tf + self.norm[r])
+        self._last = (terms, scores)
+        return scores
+
+    def score_stats(self, term_ids: Sequence[int]) -> tuple[float, float]:
+        """Return the mean and standard deviation of the query's BM25 score over every row."""
+        s = self.scores(term_ids)
+        if s.size == 0:
+            return 0.0, 1.0
+        return float(s.mean()), max(float(s.std()), 1e-12)
+
+    def score_ids(self, term_ids: Sequence[int], chunk_ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """Return the BM25 score of each given chunk (0 for unknown chunks)."""
+        s = self.scores(term_ids)
+        pos = np.searchsorted(self.chunk_ids, chunk_ids)
+        pos = np.minimum(pos, max(self.chunk_ids.size - 1, 0))
+        out = np.zeros(chunk_ids.size, dtype=np.float32)
+        if self.chunk_ids.size:
+            found = self.chunk_ids[pos] == chunk_ids
+            out[found] = s[pos[found]]
+        return out
+
+    def search(
+        self, term_ids: Sequence[int], k: int, allowed_docs: npt.NDArray[np.bool_] | None
+    ) -> list[tuple[int, float]]:
+        """Return up to k (chunk id, BM25 score) pairs, best first, among chunks of allowed documents."""
+        if self.chunk_ids.size == 0 or k <= 0:
+            return []
+        scores = self.scores(term_ids)
         matched = scores > 0
         if allowed_docs is not None:
             matched &= _row_mask(self.doc_rows, allowed_docs)

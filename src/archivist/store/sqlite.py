@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from archivist.embed.base import Vectors
-from archivist.store.base import BUILTIN_FILTER_KEYS, DocumentWrite, Filters, StoredChunk
+from archivist.store.base import BUILTIN_FILTER_KEYS, CandidateScores, DocumentWrite, Filters, StoredChunk
 from archivist.store.lexical import Analyzer, encode_counts
 from archivist.store.memindex import DenseIndex, LexicalIndex
 from archivist.store.sqlite_migrations import MIGRATIONS
@@ -371,6 +371,23 @@ class SQLiteStore:
         index, vocab = self._lexical_index()
         term_ids = [vocab[t] for t in self._analyzer.terms(query) if t in vocab]
         return index.search(term_ids, k, self._allowed_documents(filters))
+
+    def candidate_scores(self, model: str, query_vector: Vectors, query: str, ids: Sequence[int]) -> CandidateScores:
+        """Return dense and BM25 scores of the given chunks plus the mean and spread of each over all chunks."""
+        dense = self._dense_index(model)
+        lexical, vocab = self._lexical_index()
+        term_ids = [vocab[t] for t in self._analyzer.terms(query) if t in vocab]
+        wanted = np.asarray(list(ids), dtype=np.int64)
+        d_mean, d_std = dense.score_stats(query_vector)
+        b_mean, b_std = lexical.score_stats(term_ids)
+        return CandidateScores(
+            dense=[float(x) for x in dense.score_ids(query_vector, wanted)],
+            bm25=[float(x) for x in lexical.score_ids(term_ids, wanted)],
+            dense_mean=d_mean,
+            dense_std=d_std,
+            bm25_mean=b_mean,
+            bm25_std=b_std,
+        )
 
     # -- housekeeping -------------------------------------------------------------------------------
 

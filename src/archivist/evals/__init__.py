@@ -1,0 +1,1 @@
+"""Retrieval evaluation: trec_eval-compatible ranking metrics and paired significance tests."""
