@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import time
 
 import numpy as np
 import pytest
@@ -185,22 +184,6 @@ def test_doc_scores_from_chunks_keeps_each_docs_best_chunk() -> None:
     assert doc_scores_from_chunks(iter(())) == {}
 
 
-def test_evaluate_is_fast_at_scale() -> None:
-    rng = np.random.default_rng(0)
-    docs = [f"doc{j}" for j in range(5000)]
-    run: Run = {}
-    qrels: Qrels = {}
-    for q, start in enumerate(rng.integers(0, 4000, size=10_000).tolist()):
-        retrieved = docs[start : start + 1000]
-        run[f"q{q}"] = dict(zip(retrieved, rng.random(1000).tolist(), strict=True))
-        qrels[f"q{q}"] = {retrieved[7 * i]: 1 + i % 2 for i in range(5)} | {"unretrieved": 1, docs[0]: 0}
-    begin = time.perf_counter()
-    per_query = evaluate(run, qrels)
-    elapsed = time.perf_counter() - begin
-    assert len(per_query) == 10_000
-    assert elapsed < 2.5  # ~0.5 s on a 2-core VM, half of it turning 10M Python floats into an array
-
-
 def test_float32_score_ties_match_pytrec_eval() -> None:
     # Distinct doubles that trec_eval, storing scores as float32, sees as equal: the doc id then decides.
     run = {"q": {"a": 0.1 + 0.2, "b": 0.3, "c": 1.0 + 1e-9, "d": 1.0, "e": 1.0 + 1e-6}}
@@ -293,13 +276,3 @@ def test_deterministic_given_seed() -> None:
     b = per_query(rng.random(30).tolist())
     assert compare(a, b, "ndcg@10", seed=11) == compare(dict(reversed(a.items())), b, "ndcg@10", seed=11)
     assert compare(a, b, "ndcg@10", seed=11) != compare(a, b, "ndcg@10", seed=12)
-
-
-def test_compare_is_fast() -> None:
-    rng = np.random.default_rng(5)
-    a = per_query(rng.random(300).tolist())
-    b = per_query(rng.random(300).tolist())
-    compare(a, b, "ndcg@10", trials=100)  # warm up numpy's lazily loaded pieces
-    start = time.perf_counter()
-    compare(a, b, "ndcg@10", trials=10_000)
-    assert time.perf_counter() - start < 1.0  # ~0.05 s on a laptop-class core; slack for loaded CI machines
