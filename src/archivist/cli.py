@@ -19,9 +19,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from archivist.cli_eval import eval_app
-from archivist.cli_support import FilterOpt, JsonOpt, StoreOpt, emit_json, err, fail, open_app, out
+from archivist.cli_support import FilterOpt, JsonOpt, ModeOpt, StoreOpt, emit_json, err, fail, open_app, out, parse_mode
 from archivist.ingest.pipeline import Progress as IngestProgress
-from archivist.retrieve.hybrid import Mode
 from archivist.store.base import Filters, check_filter_keys
 from archivist.types import DocumentRecord, Hit
 
@@ -100,17 +99,16 @@ def search(
     query: Annotated[str, typer.Argument(help="What to look for, in natural language.")],
     k: Annotated[int, typer.Option("--k", "-k", min=1, max=1000, help="How many hits.")] = 5,
     filters: FilterOpt = None,
-    mode: Annotated[str, typer.Option("--mode", help="hybrid, dense or bm25.")] = "hybrid",
+    mode: ModeOpt = "hybrid",
     explain: Annotated[bool, typer.Option("--explain", help="Show each retriever's score and rank.")] = False,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Search the store: dense and BM25 in parallel, fused by reciprocal rank."""
-    if mode not in ("hybrid", "dense", "bm25"):
-        fail(f"unknown --mode {mode!r}: use hybrid, dense or bm25", 2)
+    """Search the store: dense and BM25 in parallel, then fused (z-score fusion by default)."""
+    retrieval_mode = parse_mode(mode)
     with open_app(store) as archivist:
         parsed = Filters.parse(filters or [])
-        hits = archivist.search(query, k=k, filters=parsed, mode=_mode(mode))
+        hits = archivist.search(query, k=k, filters=parsed, mode=retrieval_mode)
     if as_json:
         emit_json([h.to_dict() for h in hits])
         return
@@ -119,10 +117,6 @@ def search(
         return
     for rank, hit in enumerate(hits, start=1):
         _print_hit(rank, hit, query, explain)
-
-
-def _mode(mode: str) -> Mode:
-    return "dense" if mode == "dense" else "bm25" if mode == "bm25" else "hybrid"
 
 
 def _print_hit(rank: int, hit: Hit, query: str, explain: bool) -> None:

@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from archivist.app import Archivist
-from archivist.cli_support import JsonOpt, StoreOpt, emit_json, err, fail, open_app, out
+from archivist.cli_support import JsonOpt, ModeOpt, StoreOpt, emit_json, err, fail, open_app, out, parse_mode
 from archivist.evals.datasets import Slice, load_dataset
 from archivist.evals.gate import run_gate
 from archivist.evals.metrics import DEFAULT_METRICS, parse_metric
@@ -95,7 +95,7 @@ def eval_retrieval(
     split: Annotated[str, typer.Option("--split", help="test or train.")] = "test",
     k: Annotated[int | None, typer.Option("--k", min=1, help="Cutoff for the @k metrics (recall@100 is kept).")] = None,
     metrics: MetricOpt = None,
-    mode: Annotated[str, typer.Option("--mode", help="hybrid, dense or bm25.")] = "hybrid",
+    mode: ModeOpt = "hybrid",
     depth: Annotated[int, typer.Option("--depth", min=1, max=5000, help="Chunk hits fetched per query.")] = 300,
     slice_spec: Annotated[str | None, typer.Option("--slice", help="QUERIES:DISTRACTORS subset, e.g. 30:400.")] = None,
     tag: Annotated[str | None, typer.Option("--tag", help="A label stored with the run.")] = None,
@@ -105,10 +105,9 @@ def eval_retrieval(
     as_json: JsonOpt = False,
 ) -> None:
     """Ingest the dataset's corpus into its own cached store, run its queries, store and print metrics."""
-    if mode not in ("hybrid", "dense", "bm25"):
-        fail(f"unknown --mode {mode!r}: use hybrid, dense or bm25", 2)
+    retrieval_mode = parse_mode(mode)
     with open_app(store) as archivist:
-        config = RetrievalEvalConfig(mode=mode, depth=depth, metrics=_metrics(metrics, k), tag=tag)  # type: ignore[arg-type]
+        config = RetrievalEvalConfig(mode=retrieval_mode, depth=depth, metrics=_metrics(metrics, k), tag=tag)
         record = _run_eval(archivist, dataset, split, _parse_slice(slice_spec), config, cache_dir)
     if save_baseline:
         save_baseline.parent.mkdir(parents=True, exist_ok=True)

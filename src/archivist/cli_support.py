@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from archivist.app import Archivist
 from archivist.config import load_settings
+from archivist.retrieve.hybrid import Mode
 from archivist.types import ArchivistError, UsageError
 
 out = Console(highlight=False, soft_wrap=True)
@@ -33,6 +34,17 @@ FilterOpt = Annotated[
         help="key=value; glob values (docs/*.md) allowed; repeatable: AND across keys, OR within one key.",
     ),
 ]
+
+
+ModeOpt = Annotated[str, typer.Option("--mode", help="hybrid, dense or bm25.")]
+
+
+def parse_mode(mode: str) -> Mode:
+    """Return the retrieval mode named on the command line, or exit 2 on an unknown one."""
+    modes: dict[str, Mode] = {"hybrid": "hybrid", "dense": "dense", "bm25": "bm25"}
+    if mode not in modes:
+        fail(f"unknown --mode {mode!r}: use hybrid, dense or bm25", 2)
+    return modes[mode]
 
 
 def fail(message: str, code: int) -> NoReturn:

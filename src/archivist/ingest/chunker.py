@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from archivist.embed.base import Tokenizer
+from archivist.ingest.spans import trim_span
 from archivist.types import Block, Chunk, Document, UsageError
 
 # Bump whenever a change to this module can change the chunks of an unchanged document.
@@ -91,15 +92,6 @@ class _Section:
     blocks: list[Block]
 
 
-def _trim(text: str, start: int, end: int) -> tuple[int, int] | None:
-    """Return the span shrunk to exclude surrounding whitespace, or None if nothing is left."""
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return (start, end) if start < end else None
-
-
 def _is_abbreviation(text: str, period: int, floor: int) -> bool:
     """Return whether the period at text[period] ends an abbreviation rather than a sentence."""
     lowest = max(floor, period - _ABBREVIATION_LOOKBACK)
@@ -119,11 +111,11 @@ def sentence_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
         single_period = punctuation.rstrip("'\"”’)]") == "."
         if single_period and _is_abbreviation(text, match.start(1), begin):
             continue
-        span = _trim(text, begin, match.end(1))
+        span = trim_span(text, begin, match.end(1))
         if span is not None:
             spans.append(span)
         begin = match.end()
-    tail = _trim(text, begin, end)
+    tail = trim_span(text, begin, end)
     if tail is not None:
         spans.append(tail)
     return spans
@@ -139,17 +131,17 @@ def _item_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
 
 def _spans_between(text: str, bounds: Sequence[int]) -> list[tuple[int, int]]:
     """Return the non-empty trimmed spans between consecutive bounds."""
-    spans = (_trim(text, a, b) for a, b in itertools.pairwise(bounds))
+    spans = (trim_span(text, a, b) for a, b in itertools.pairwise(bounds))
     return [span for span in spans if span is not None]
 
 
 def _first_content(text: str, start: int, end: int) -> int:
-    span = _trim(text, start, end)
+    span = trim_span(text, start, end)
     return span[0] if span is not None else start
 
 
 def _line_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
-    spans = (_trim(text, m.start(), m.end()) for m in _NON_WS_LINE.finditer(text, start, end))
+    spans = (trim_span(text, m.start(), m.end()) for m in _NON_WS_LINE.finditer(text, start, end))
     return [span for span in spans if span is not None]
 
 
@@ -205,14 +197,14 @@ class Chunker:
     @staticmethod
     def _fallback_blocks(text: str) -> list[Block]:
         """Return one paragraph block over the whole text, for a document a loader gave no blocks."""
-        span = _trim(text, 0, len(text))
+        span = trim_span(text, 0, len(text))
         return [] if span is None else [Block("paragraph", span[0], span[1])]
 
     @staticmethod
     def _block_pieces(text: str, block: Block) -> list[tuple[int, int]]:
         """Return the spans whose token counts the block needs: sentences for prose, else the block."""
         if block.kind in _ATOMIC_KINDS:
-            span = _trim(text, block.start, block.end)
+            span = trim_span(text, block.start, block.end)
             return [] if span is None else [span]
         if block.kind == "list":
             return [s for a, b in _item_spans(text, block.start, block.end) for s in sentence_spans(text, a, b)]
@@ -275,7 +267,7 @@ class Chunker:
         token_bounds = [*cuts, len(offsets)]
         units = []
         for i in range(len(bounds) - 1):
-            span = _trim(text, bounds[i], bounds[i + 1])
+            span = trim_span(text, bounds[i], bounds[i + 1])
             if span is not None:
                 tokens = token_bounds[i + 1] - token_bounds[i]
                 units.append(replace(self._unit(block, span[0], span[1], tokens), exact=False))

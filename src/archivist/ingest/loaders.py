@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from archivist.ingest.spans import trim_span
 from archivist.types import Block, BlockKind, Document, Skipped
 
 _MB = 1024 * 1024
@@ -183,15 +184,6 @@ def normalise_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _trim(text: str, start: int, end: int) -> tuple[int, int] | None:
-    """Return the span shrunk to exclude surrounding whitespace, or None if nothing is left."""
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return (start, end) if start < end else None
-
-
 _PARAGRAPH_RUN = re.compile(r"[^\n]*\S[^\n]*(?:\n[^\n]*\S[^\n]*)*")
 _LINE_CONTENT = re.compile(r"\S(?:[^\n]*\S)?")
 
@@ -200,7 +192,7 @@ def paragraph_spans(text: str) -> list[tuple[int, int]]:
     """Return the (start, end) of each run of non-blank lines, whitespace-trimmed."""
     spans = []
     for match in _PARAGRAPH_RUN.finditer(text):
-        span = _trim(text, match.start(), match.end())
+        span = trim_span(text, match.start(), match.end())
         if span is not None:
             spans.append(span)
     return spans
@@ -378,7 +370,7 @@ class _MarkdownParser:
         return not self._paragraph or number is None or int(number) == 1
 
     def _add(self, kind: BlockKind, start: int, end: int, path: tuple[str, ...]) -> None:
-        span = _trim(self.text, start, end)
+        span = trim_span(self.text, start, end)
         if span is not None:
             self.blocks.append(Block(kind, span[0], span[1], path))
 
