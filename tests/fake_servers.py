@@ -22,6 +22,10 @@ class Fault:
     body: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    #: streams only: send this many pieces, then drop the connection without [DONE]
+    cut_after: int | None = None
+    #: streams only: send headers, then wait this long before the first piece
+    stall_s: float = 0.0
 
 
 def fake_vector(text: str, dim: int) -> list[float]:
@@ -80,6 +84,113 @@ class EmbeddingServer:
 
     @contextmanager
     def running(self) -> Iterator[EmbeddingServer]:
+        """Serve in a background thread for the duration of the block."""
+        thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+
+
+class ChatServer:
+    """An OpenAI-compatible /v1/chat/completions server (plain and SSE), with scripted faults."""
+
+    def __init__(self, reply: str = "pong from the fake model") -> None:
+        self.reply = reply
+        self.tool_call: dict[str, Any] | None = None
+        self.faults: deque[Fault] = deque()
+        self.requests: list[dict[str, Any]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                payload = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
+                server.requests.append(payload)
+                fault = server.faults.popleft() if server.faults else Fault()
+                time.sleep(fault.delay_s)
+                try:
+                    if fault.body is not None or fault.status != 200:
+                        self._send(fault.status, fault.body or b"{}", fault.headers)
+                    elif payload.get("stream"):
+                        self._stream(fault)
+                    else:
+                        self._send(200, json.dumps(server._completion(payload)).encode())
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _stream(self, fault: Fault) -> None:
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream")
+                self.send_header("connection", "close")
+                self.end_headers()
+                self.wfile.flush()
+                time.sleep(fault.stall_s)
+                pieces = [w + " " for w in server.reply.split()]
+                for i, piece in enumerate(pieces):
+                    if fault.cut_after is not None and i >= fault.cut_after:
+                        self.wfile.flush()
+                        self.close_connection = True
+                        return
+                    chunk = {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                    self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    self.wfile.flush()
+                done = {
+                    "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 7, "completion_tokens": len(pieces)},
+                }
+                self.wfile.write(f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode())
+                self.wfile.flush()
+                self.close_connection = True
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+
+    def _completion(self, payload: dict[str, Any]) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": self.reply}
+        finish = "stop"
+        if payload.get("tools") and self.tool_call is not None:
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {
+                            "name": self.tool_call["name"],
+                            "arguments": json.dumps(self.tool_call["arguments"]),
+                        },
+                    }
+                ],
+            }
+            finish = "tool_calls"
+        return {
+            "id": "cmpl-1",
+            "object": "chat.completion",
+            "model": payload["model"],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": len(self.reply.split())},
+        }
+
+    @contextmanager
+    def running(self) -> Iterator[ChatServer]:
         """Serve in a background thread for the duration of the block."""
         thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         thread.start()

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from archivist.cli_eval import eval_app
+from archivist.cli_llm import llm_app
 from archivist.cli_support import FilterOpt, JsonOpt, ModeOpt, StoreOpt, emit_json, err, fail, open_app, out, parse_mode
 from archivist.ingest.pipeline import Progress as IngestProgress
 from archivist.store.base import Filters, check_filter_keys
@@ -34,6 +35,7 @@ app = typer.Typer(
 docs_app = typer.Typer(help="List, show and delete stored documents.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(docs_app, name="docs")
 app.add_typer(eval_app, name="eval")
+app.add_typer(llm_app, name="llm")
 
 
 @app.command()

@@ -38,6 +38,13 @@ class Settings(BaseSettings):
 
     max_file_mb: float = Field(default=50.0, gt=0)
 
+    # One OpenAI-compatible provider; a fallback chain goes in archivist.toml ([[llm.providers]]).
+    llm_url: str | None = Field(default=None, description="OpenAI-compatible base URL ending in /v1")
+    llm_model: str | None = None
+    llm_api_key: str | None = None
+    llm_timeout_s: float = Field(default=60.0, gt=0)
+    llm_max_retries: int = Field(default=2, ge=0, le=10)
+
     fusion: Literal["zscore", "rrf"] = "zscore"
     rrf_k: int = Field(default=60, ge=1)
     # Tuned on SciFact's train queries only (z-score fusion); with fusion = "rrf", 1.0 / 1.0 is the usual choice.

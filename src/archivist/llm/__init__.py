@@ -1,0 +1,1 @@
+"""Language-model calls: the `LLM` protocol, providers, and the gateway every model call goes through."""

@@ -1,0 +1,195 @@
+"""The gateway: retries with backoff, a circuit breaker per provider and model, a fallback chain, deadlines.
+
+Every model call in Archivist goes through `Gateway.chat` or `Gateway.stream`.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from archivist.llm.base import LLM, ChatRequest, Completion, Deadline, DoneEvent, StreamEvent, TokenEvent
+from archivist.llm.errors import AllProvidersFailed, CircuitOpen, DeadlineExceeded, LLMError, StreamBroken
+
+BreakerState = Literal["closed", "open", "half-open"]
+
+
+class CircuitBreaker:
+    """Opens after `threshold` consecutive failures; after `cooldown_s` lets one probe call through."""
+
+    def __init__(self, threshold: int = 5, cooldown_s: float = 30.0, clock: Callable[[], float] = time.monotonic):
+        self.threshold = threshold
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._probing = False
+        self._lock = threading.Lock()
+
+    @property
+    def state(self) -> BreakerState:
+        """Return closed, open, or half-open (cooldown over: the next call is a probe)."""
+        with self._lock:
+            return self._state()
+
+    def _state(self) -> BreakerState:
+        if self._opened_at is None:
+            return "closed"
+        return "half-open" if self._clock() - self._opened_at >= self.cooldown_s else "open"
+
+    def allow(self) -> bool:
+        """Return whether a call may go through now (at most one probe while half-open)."""
+        with self._lock:
+            state = self._state()
+            if state == "closed":
+                return True
+            if state == "half-open" and not self._probing:
+                self._probing = True
+                return True
+            return False
+
+    def record(self, ok: bool) -> None:
+        """Record a call's outcome."""
+        with self._lock:
+            self._probing = False
+            if ok:
+                self._failures = 0
+                self._opened_at = None
+                return
+            self._failures += 1
+            if self._opened_at is not None or self._failures >= self.threshold:
+                self._opened_at = self._clock()
+
+
+@dataclass
+class Route:
+    """One provider in the fallback chain, with its retry budget and breaker."""
+
+    llm: LLM
+    max_retries: int = 2
+    breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
+
+
+class Gateway:
+    """Calls providers in fallback order, retrying transient failures within the caller's deadline."""
+
+    def __init__(
+        self,
+        routes: list[Route],
+        *,
+        default_timeout_s: float = 60.0,
+        backoff_base_s: float = 0.25,
+        backoff_cap_s: float = 8.0,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.routes = routes
+        self.default_timeout_s = default_timeout_s
+        self._base = backoff_base_s
+        self._cap = backoff_cap_s
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+
+    def _delay(self, attempt: int, error: LLMError) -> float:
+        """Return how long to wait before retry `attempt`: Retry-After if given, else full jitter."""
+        if error.retry_after is not None:
+            return error.retry_after
+        return self._rng.uniform(0.0, min(self._cap, self._base * 2**attempt))
+
+    def chat(self, request: ChatRequest, deadline: Deadline | None = None) -> Completion:
+        """Return the first successful completion along the fallback chain, or raise AllProvidersFailed."""
+        deadline = deadline or Deadline.after(self.default_timeout_s)
+        errors: list[LLMError] = []
+        attempts: list[str] = []
+        for route in self.routes:
+            name = f"{route.llm.name}/{route.llm.model}"
+            for attempt in range(route.max_retries + 1):
+                if deadline.remaining() <= 0:
+                    errors.append(DeadlineExceeded("deadline passed", provider=name))
+                    raise AllProvidersFailed(errors)
+                if not route.breaker.allow():
+                    errors.append(CircuitOpen("circuit open after repeated failures", provider=name))
+                    break
+                try:
+                    completion = route.llm.chat(request, deadline)
+                except LLMError as exc:
+                    # A rejected request says nothing about the provider's health.
+                    route.breaker.record(not exc.retryable)
+                    attempts.append(f"{name}: {type(exc).__name__}")
+                    if not exc.retryable or attempt == route.max_retries:
+                        errors.append(exc)
+                        break
+                    delay = self._delay(attempt, exc)
+                    if delay >= deadline.remaining():
+                        # Sleeping past the deadline would only fail later: fall back now.
+                        errors.append(exc)
+                        break
+                    self._sleep(delay)
+                    continue
+                route.breaker.record(True)
+                completion.attempts = [*attempts, f"{name}: ok"]
+                return completion
+        raise AllProvidersFailed(errors)
+
+    def stream(self, request: ChatRequest, deadline: Deadline | None = None) -> Iterator[StreamEvent]:
+        """Yield a stream from the first provider that starts one; once text flowed, a failure is StreamBroken."""
+        deadline = deadline or Deadline.after(self.default_timeout_s)
+        errors: list[LLMError] = []
+        for route in self.routes:
+            name = f"{route.llm.name}/{route.llm.model}"
+            for attempt in range(route.max_retries + 1):
+                if deadline.remaining() <= 0:
+                    errors.append(DeadlineExceeded("deadline passed", provider=name))
+                    raise AllProvidersFailed(errors)
+                if not route.breaker.allow():
+                    errors.append(CircuitOpen("circuit open after repeated failures", provider=name))
+                    break
+                sent = False
+                try:
+                    for event in route.llm.stream(request, deadline):
+                        if isinstance(event, TokenEvent):
+                            sent = True
+                        elif isinstance(event, DoneEvent):
+                            route.breaker.record(True)
+                        yield event
+                    return
+                except StreamBroken:
+                    route.breaker.record(False)
+                    raise  # text already reached the caller: retrying would duplicate it
+                except LLMError as exc:
+                    route.breaker.record(False)
+                    if sent:
+                        raise StreamBroken(str(exc), provider=name) from exc
+                    if not exc.retryable or attempt == route.max_retries:
+                        errors.append(exc)
+                        break
+                    delay = self._delay(attempt, exc)
+                    if delay >= deadline.remaining():
+                        errors.append(exc)
+                        break
+                    self._sleep(delay)
+        raise AllProvidersFailed(errors)
+
+    def ping(self, timeout_s: float = 10.0) -> list[dict[str, object]]:
+        """Return each provider's state: reachable, latency, breaker state, error."""
+        from archivist.llm.base import Message
+
+        report: list[dict[str, object]] = []
+        request = ChatRequest((Message("user", "Reply with the word pong."),), max_tokens=5)
+        for route in self.routes:
+            started = time.monotonic()
+            entry: dict[str, object] = {"provider": route.llm.name, "model": route.llm.model}
+            try:
+                route.llm.chat(request, Deadline.after(timeout_s))
+                route.breaker.record(True)
+                entry |= {"reachable": True, "error": None}
+            except LLMError as exc:
+                route.breaker.record(False)
+                entry |= {"reachable": False, "error": str(exc)}
+            entry |= {"latency_ms": round((time.monotonic() - started) * 1000, 1), "breaker": route.breaker.state}
+            report.append(entry)
+        return report
