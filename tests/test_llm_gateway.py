@@ -12,10 +12,20 @@ from pathlib import Path
 
 import pytest
 
+from archivist.llm.accounting import Budget, Price, PriceTable
 from archivist.llm.base import LLM, ChatRequest, Deadline, DoneEvent, Message, TokenEvent, ToolSpec
-from archivist.llm.errors import AllProvidersFailed, CircuitOpen, RateLimited, RequestRejected, StreamBroken
+from archivist.llm.cache import ResponseCache
+from archivist.llm.errors import (
+    AllProvidersFailed,
+    BudgetExceeded,
+    CircuitOpen,
+    RateLimited,
+    RequestRejected,
+    StreamBroken,
+)
 from archivist.llm.gateway import CircuitBreaker, Gateway, Route
 from archivist.llm.openai_compat import OpenAICompatible, parse_retry_after
+from archivist.store.sqlite import SQLiteStore
 from fake_servers import ChatServer, Fault
 
 ASK = ChatRequest((Message("system", "Be brief."), Message("user", "ping")))
@@ -207,3 +217,53 @@ def test_llm_ping_cli_reports_each_provider(server: ChatServer, tmp_path: Path) 
         timeout=60,
     )
     assert none.returncode == 1 and "no LLM provider configured" in none.stderr
+
+
+def test_usage_is_priced_and_budgets_refuse_before_the_call(server: ChatServer) -> None:
+    prices = PriceTable({"test-*": Price(input_per_mtok=1000.0, output_per_mtok=2000.0)})
+    gw = Gateway([Route(provider(server))], prices=prices)
+    done = gw.chat(ASK)
+    assert done.cost_usd == pytest.approx((7 * 1000 + 5 * 2000) / 1e6)
+
+    budget = Budget(max_tokens=10_000)
+    gw.chat(ChatRequest(ASK.messages, max_tokens=50), budget=budget)
+    assert budget.spent_tokens == 12  # settled at the provider's reported usage, not the estimate
+    tight = Budget(max_tokens=100)
+    with pytest.raises(BudgetExceeded, match="token budget"):
+        gw.chat(ChatRequest(ASK.messages, max_tokens=500), budget=tight)
+    assert len(server.requests) == 2 and tight.spent_tokens == 0  # refused before anything was sent
+
+    dollars = Budget(max_cost_usd=0.03)  # each call: ~$0.022 estimated, $0.017 actual
+    gw.chat(ChatRequest(ASK.messages, max_tokens=5), budget=dollars)
+    with pytest.raises(BudgetExceeded, match="cost budget"):
+        gw.chat(ChatRequest(ASK.messages, max_tokens=5), budget=dollars)
+
+
+def test_retries_and_fallbacks_cannot_bypass_a_budget(server: ChatServer, backup: ChatServer) -> None:
+    server.faults.extend([Fault(500, b"x")] * 3)
+    gw = Gateway([Route(provider(server), max_retries=2), Route(provider(backup, "backup"))], sleep=Sleeps())
+    budget = Budget(max_tokens=200)
+    done = gw.chat(ChatRequest(ASK.messages, max_tokens=100), budget=budget)
+    assert done.provider == "backup" and budget.spent_tokens == 7 + 4  # failed attempts charged nothing
+    events = list(gw.stream(ChatRequest(ASK.messages, max_tokens=100), budget=budget))
+    assert isinstance(events[-1], DoneEvent) and budget.spent_tokens == 11 + 12
+    with pytest.raises(BudgetExceeded):
+        list(gw.stream(ChatRequest(ASK.messages, max_tokens=1000), budget=budget))
+
+
+def test_response_cache_hits_are_marked_and_free(server: ChatServer, tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "cache.db")
+    gw = Gateway([Route(provider(server))], cache=ResponseCache(store), prices=PriceTable({"*": Price(1.0, 1.0)}))
+    first = gw.chat(ASK)
+    budget = Budget(max_tokens=1)  # a cached answer costs nothing, so even this budget allows it
+    again = gw.chat(ASK, budget=budget)
+    assert len(server.requests) == 1 and again.cached and not first.cached
+    assert again.text == first.text and again.cost_usd == 0.0 and budget.spent_tokens == 0
+    gw.chat(ChatRequest(ASK.messages, prompt_version="answer-v2"))  # another prompt version: a miss
+    gw.chat(ChatRequest(ASK.messages, temperature=0.7))
+    gw.chat(ChatRequest(ASK.messages, temperature=0.7))  # sampled: never cached unless asked for
+    assert len(server.requests) == 4
+    expired = Gateway([Route(provider(server))], cache=ResponseCache(store, clock=lambda: time.time() + 10**6))
+    expired.chat(ASK)
+    assert len(server.requests) == 5  # past the TTL
+    store.close()

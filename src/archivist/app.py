@@ -13,6 +13,7 @@ from archivist.config import Settings, load_settings
 from archivist.embed.base import Embedder
 from archivist.ingest.chunker import Chunker, ChunkerSettings
 from archivist.ingest.pipeline import IngestPipeline, ProgressHook
+from archivist.llm.gateway import Gateway
 from archivist.retrieve.hybrid import HybridRetriever, Mode, RetrievalSettings
 from archivist.store import open_store
 from archivist.store.base import Filters, Store
@@ -54,6 +55,7 @@ class Archivist:
         self.settings = settings
         self.store = store
         self._embedder = embedder
+        self._gateway: Gateway | None = None
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="archivist")
         # OpenBLAS worker threads keep spinning after a matrix product and starve onnxruntime's
         # threads: measured, hybrid search p50 went from 16 ms to 9 ms with BLAS on one thread.
@@ -89,6 +91,14 @@ class Archivist:
                 overlap_tokens=s.chunk_overlap_tokens,
             ),
         )
+
+    def gateway(self) -> Gateway:
+        """Return the LLM gateway over the configured providers, caching responses in the store."""
+        if self._gateway is None:
+            from archivist.llm.config import build_gateway
+
+            self._gateway = build_gateway(self.settings, self.store)
+        return self._gateway
 
     def pipeline(self) -> IngestPipeline:
         """Return the ingestion pipeline, or raise UsageError if chunks could not fit the model."""

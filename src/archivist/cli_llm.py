@@ -9,7 +9,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from archivist.cli_support import JsonOpt, StoreOpt, emit_json, fail, open_app, out
-from archivist.llm.config import build_gateway
 
 llm_app = typer.Typer(help="Check the LLM providers of the gateway.", no_args_is_help=True)
 
@@ -22,7 +21,7 @@ def llm_ping(
 ) -> None:
     """Send each provider a tiny request: reachable, latency, breaker state. Exit 1 if none answers."""
     with open_app(store) as archivist:
-        gateway = build_gateway(archivist.settings)
+        gateway = archivist.gateway()
         if not gateway.routes:
             fail("no LLM provider configured: set ARCHIVIST_LLM_URL and ARCHIVIST_LLM_MODEL, or [[llm.providers]]", 1)
         report = gateway.ping(timeout_s)

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     llm_api_key: str | None = None
     llm_timeout_s: float = Field(default=60.0, gt=0)
     llm_max_retries: int = Field(default=2, ge=0, le=10)
+    llm_cache: bool = True
+    llm_cache_ttl_s: float = Field(default=86_400.0, gt=0)
 
     fusion: Literal["zscore", "rrf"] = "zscore"
     rrf_k: int = Field(default=60, ge=1)

@@ -46,6 +46,7 @@ class ChatRequest:
     tools: tuple[ToolSpec, ...] = ()
     temperature: float = 0.0
     max_tokens: int | None = None
+    prompt_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,8 @@ class Completion:
     latency_s: float
     ttft_s: float | None = None
     attempts: list[str] = field(default_factory=list)
+    cost_usd: float = 0.0
+    cached: bool = False
 
 
 @dataclass(frozen=True, slots=True)

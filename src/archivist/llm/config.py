@@ -23,8 +23,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from archivist.config import Settings
+from archivist.llm.accounting import Price, PriceTable
+from archivist.llm.cache import ResponseCache
 from archivist.llm.gateway import Gateway, Route
 from archivist.llm.openai_compat import OpenAICompatible
+from archivist.store.base import Store
 from archivist.types import ArchivistError, UsageError
 
 
@@ -41,16 +44,33 @@ class ProviderConfig(BaseModel):
     max_retries: int = Field(default=2, ge=0, le=10)
 
 
+def _llm_table() -> tuple[Path, dict[str, Any]]:
+    """Return the config file's path and its `[llm]` table (empty when there is no file)."""
+    path = Path(os.environ.get("ARCHIVIST_CONFIG", "archivist.toml"))
+    if not path.is_file():
+        return path, {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML: {exc}") from exc
+    return path, dict(data.get("llm", {}))
+
+
+def price_table() -> PriceTable:
+    """Return prices from `[llm.prices]`: `"model-glob" = [input_per_mtok, output_per_mtok]` (USD)."""
+    path, table = _llm_table()
+    prices = {}
+    for pattern, pair in table.get("prices", {}).items():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, int | float) for x in pair)):
+            raise UsageError(f"{path}: [llm.prices] {pattern!r} must be [input_per_mtok, output_per_mtok]")
+        prices[str(pattern)] = Price(float(pair[0]), float(pair[1]))
+    return PriceTable(prices)
+
+
 def provider_configs(settings: Settings) -> list[ProviderConfig]:
     """Return the configured providers: the archivist.toml chain, else the ARCHIVIST_LLM_* one, else none."""
-    path = Path(os.environ.get("ARCHIVIST_CONFIG", "archivist.toml"))
-    raw: list[dict[str, Any]] = []
-    if path.is_file():
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"{path}: not valid TOML: {exc}") from exc
-        raw = list(data.get("llm", {}).get("providers", []))
+    path, table = _llm_table()
+    raw: list[dict[str, Any]] = list(table.get("providers", []))
     try:
         configs = [ProviderConfig(**r) for r in raw]
     except ValidationError as exc:
@@ -72,8 +92,8 @@ def provider_configs(settings: Settings) -> list[ProviderConfig]:
     return configs
 
 
-def build_gateway(settings: Settings) -> Gateway:
-    """Return a gateway over the configured providers, in fallback order."""
+def build_gateway(settings: Settings, store: Store | None = None) -> Gateway:
+    """Return a gateway over the configured providers, in fallback order, caching in `store` if given."""
     routes = []
     for c in provider_configs(settings):
         if c.kind != "openai":
@@ -90,4 +110,5 @@ def build_gateway(settings: Settings) -> Gateway:
             c.name, c.base_url, c.model, api_key=key, read_timeout_s=c.timeout_s, ttft_timeout_s=c.ttft_timeout_s
         )
         routes.append(Route(llm, max_retries=c.max_retries))
-    return Gateway(routes)
+    cache = ResponseCache(store, settings.llm_cache_ttl_s) if store is not None and settings.llm_cache else None
+    return Gateway(routes, prices=price_table(), cache=cache)

@@ -67,3 +67,7 @@ class AllProvidersFailed(LLMError):
         detail = "; ".join(str(e) for e in errors) or "no providers configured"
         super().__init__(f"all providers failed: {detail}")
         self.errors = errors
+
+
+class BudgetExceeded(LLMError):
+    """The call would exceed a token or cost budget: refused before anything was sent."""

@@ -12,7 +12,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from archivist.llm.base import LLM, ChatRequest, Completion, Deadline, DoneEvent, StreamEvent, TokenEvent
+from archivist.llm.accounting import (
+    DEFAULT_COMPLETION_ESTIMATE,
+    Budget,
+    PriceTable,
+    Reservation,
+    estimate_prompt_tokens,
+)
+from archivist.llm.base import LLM, ChatRequest, Completion, Deadline, DoneEvent, StreamEvent, TokenEvent, Usage
+from archivist.llm.cache import ResponseCache, cache_key
 from archivist.llm.errors import AllProvidersFailed, CircuitOpen, DeadlineExceeded, LLMError, StreamBroken
 
 BreakerState = Literal["closed", "open", "half-open"]
@@ -86,8 +94,14 @@ class Gateway:
         backoff_cap_s: float = 8.0,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        prices: PriceTable | None = None,
+        cache: ResponseCache | None = None,
+        cache_sampled: bool = False,
     ) -> None:
         self.routes = routes
+        self.prices = prices or PriceTable()
+        self.cache = cache
+        self.cache_sampled = cache_sampled
         self.default_timeout_s = default_timeout_s
         self._base = backoff_base_s
         self._cap = backoff_cap_s
@@ -100,11 +114,38 @@ class Gateway:
             return error.retry_after
         return self._rng.uniform(0.0, min(self._cap, self._base * 2**attempt))
 
-    def chat(self, request: ChatRequest, deadline: Deadline | None = None) -> Completion:
+    def _reserve(self, route: Route, request: ChatRequest, budget: Budget | None) -> Reservation | None:
+        """Return the budget reservation for one attempt's estimate (raises BudgetExceeded if it won't fit)."""
+        if budget is None:
+            return None
+        prompt = estimate_prompt_tokens(request)
+        completion = request.max_tokens or DEFAULT_COMPLETION_ESTIMATE
+        cost = self.prices.cost(route.llm.model, Usage(prompt, completion))
+        return budget.reserve(prompt + completion, cost)
+
+    def _settle(self, budget: Budget | None, held: Reservation | None, model: str, usage: Usage | None) -> float:
+        """Charge the budget what a call used (nothing for a call that failed); return its cost."""
+        cost = self.prices.cost(model, usage) if usage else 0.0
+        if budget is not None and held is not None:
+            budget.settle(held, (usage.prompt_tokens + usage.completion_tokens) if usage else 0, cost)
+        return cost
+
+    def _cacheable(self, request: ChatRequest) -> bool:
+        # Sampled answers differ by design: caching them would hide that unless asked for.
+        return self.cache is not None and (request.temperature == 0 or self.cache_sampled)
+
+    def chat(self, request: ChatRequest, deadline: Deadline | None = None, budget: Budget | None = None) -> Completion:
         """Return the first successful completion along the fallback chain, or raise AllProvidersFailed."""
         deadline = deadline or Deadline.after(self.default_timeout_s)
         errors: list[LLMError] = []
         attempts: list[str] = []
+        if self._cacheable(request):
+            assert self.cache is not None
+            for route in self.routes:
+                hit = self.cache.get(cache_key(route.llm.name, route.llm.model, request))
+                if hit is not None:
+                    hit.attempts = [f"{route.llm.name}/{route.llm.model}: cached"]
+                    return hit
         for route in self.routes:
             name = f"{route.llm.name}/{route.llm.model}"
             for attempt in range(route.max_retries + 1):
@@ -114,9 +155,11 @@ class Gateway:
                 if not route.breaker.allow():
                     errors.append(CircuitOpen("circuit open after repeated failures", provider=name))
                     break
+                held = self._reserve(route, request, budget)
                 try:
                     completion = route.llm.chat(request, deadline)
                 except LLMError as exc:
+                    self._settle(budget, held, route.llm.model, None)
                     # A rejected request says nothing about the provider's health.
                     route.breaker.record(not exc.retryable)
                     attempts.append(f"{name}: {type(exc).__name__}")
@@ -131,11 +174,16 @@ class Gateway:
                     self._sleep(delay)
                     continue
                 route.breaker.record(True)
+                completion.cost_usd = self._settle(budget, held, route.llm.model, completion.usage)
                 completion.attempts = [*attempts, f"{name}: ok"]
+                if self._cacheable(request) and self.cache is not None:
+                    self.cache.put(cache_key(route.llm.name, route.llm.model, request), completion)
                 return completion
         raise AllProvidersFailed(errors)
 
-    def stream(self, request: ChatRequest, deadline: Deadline | None = None) -> Iterator[StreamEvent]:
+    def stream(
+        self, request: ChatRequest, deadline: Deadline | None = None, budget: Budget | None = None
+    ) -> Iterator[StreamEvent]:
         """Yield a stream from the first provider that starts one; once text flowed, a failure is StreamBroken."""
         deadline = deadline or Deadline.after(self.default_timeout_s)
         errors: list[LLMError] = []
@@ -148,20 +196,32 @@ class Gateway:
                 if not route.breaker.allow():
                     errors.append(CircuitOpen("circuit open after repeated failures", provider=name))
                     break
-                sent = False
+                sent: list[str] = []
+                held = self._reserve(route, request, budget)
                 try:
                     for event in route.llm.stream(request, deadline):
                         if isinstance(event, TokenEvent):
-                            sent = True
+                            sent.append(event.text)
                         elif isinstance(event, DoneEvent):
                             route.breaker.record(True)
+                            usage = event.completion.usage
+                            event.completion.cost_usd = self._settle(budget, held, route.llm.model, usage)
+                            held = None
                         yield event
                     return
+                except GeneratorExit:
+                    # The caller stopped reading: charge what was sent, then let the generator close.
+                    self._settle(budget, held, route.llm.model, Usage(estimate_prompt_tokens(request), len(sent)))
+                    raise
                 except StreamBroken:
                     route.breaker.record(False)
+                    # The provider billed what it sent: charge an estimate of it.
+                    partial = Usage(estimate_prompt_tokens(request), -(-len("".join(sent)) // 4))
+                    self._settle(budget, held, route.llm.model, partial)
                     raise  # text already reached the caller: retrying would duplicate it
                 except LLMError as exc:
                     route.breaker.record(False)
+                    self._settle(budget, held, route.llm.model, None)
                     if sent:
                         raise StreamBroken(str(exc), provider=name) from exc
                     if not exc.retryable or attempt == route.max_retries:

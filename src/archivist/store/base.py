@@ -169,6 +169,14 @@ class Store(Protocol):
         """Return counts and sizes: documents, chunks, vectors per model, bytes on disk."""
         ...
 
+    def cache_get(self, key: str, now: float) -> str | None:
+        """Return a cached value that has not expired at `now` (epoch seconds), or None."""
+        ...
+
+    def cache_put(self, key: str, value: str, now: float, ttl_s: float) -> None:
+        """Store a value under a key until `now + ttl_s`, dropping expired entries as it goes."""
+        ...
+
     def save_eval_run(self, record: dict[str, Any]) -> None:
         """Store an eval run record (a JSON-ready dict with id, kind, dataset, split, tag, created_at)."""
         ...

@@ -409,6 +409,22 @@ class SQLiteStore:
             "schema_version": self.schema_version(),
         }
 
+    def cache_get(self, key: str, now: float) -> str | None:
+        """Return a cached value that has not expired at `now` (epoch seconds), or None."""
+        row = (
+            self._conn().execute("SELECT value FROM llm_cache WHERE key = ? AND expires_at > ?", (key, now)).fetchone()
+        )
+        return str(row[0]) if row else None
+
+    def cache_put(self, key: str, value: str, now: float, ttl_s: float) -> None:
+        """Store a value under a key until `now + ttl_s`, dropping expired entries as it goes."""
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM llm_cache WHERE expires_at <= ?", (now,))
+            conn.execute(
+                "INSERT OR REPLACE INTO llm_cache (key, value, created_at, expires_at) VALUES (?, ?, ?, ?)",
+                (key, value, now, now + ttl_s),
+            )
+
     def save_eval_run(self, record: dict[str, Any]) -> None:
         """Store an eval run record (a JSON-ready dict with id, kind, dataset, split, tag, created_at)."""
         with self._transaction() as conn:

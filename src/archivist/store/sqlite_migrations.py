@@ -67,4 +67,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX eval_runs_dataset ON eval_runs(dataset, created_at);
         """,
     ),
+    (
+        3,
+        "LLM response cache",
+        """
+        CREATE TABLE llm_cache (
+            key        TEXT PRIMARY KEY,
+            value      TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        );
+        CREATE INDEX llm_cache_expires ON llm_cache(expires_at);
+        """,
+    ),
 ]
