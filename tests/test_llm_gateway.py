@@ -267,3 +267,27 @@ def test_response_cache_hits_are_marked_and_free(server: ChatServer, tmp_path: P
     expired.chat(ASK)
     assert len(server.requests) == 5  # past the TTL
     store.close()
+
+
+def test_a_configured_chain_mixes_anthropic_and_openai_providers(
+    server: ChatServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from archivist.config import load_settings
+    from archivist.llm.config import build_gateway
+    from fake_anthropic import AnthropicServer
+
+    with AnthropicServer(reply="claude says hi").running() as claude:
+        (tmp_path / "archivist.toml").write_text(
+            f'[[llm.providers]]\nname = "claude"\nkind = "anthropic"\nbase_url = "{claude.url}"\nmodel = "c-1"\n'
+            'api_key_env = "TEST_ANTHROPIC_KEY"\n\n'
+            f'[[llm.providers]]\nname = "local"\nkind = "openai"\nbase_url = "{server.url}"\nmodel = "m"\n\n'
+            '[llm.prices]\n"c-*" = [3.0, 15.0]\n'
+        )
+        monkeypatch.setenv("ARCHIVIST_CONFIG", str(tmp_path / "archivist.toml"))
+        monkeypatch.setenv("TEST_ANTHROPIC_KEY", "sk-ant-test")
+        gw = build_gateway(load_settings(store=f"sqlite:///{tmp_path / 's.db'}"))
+        first = gw.chat(ASK)
+        assert (first.provider, first.text) == ("claude", "claude says hi") and first.cost_usd > 0
+        assert claude.headers[-1]["x-api-key"] == "sk-ant-test"
+        claude.faults.extend([Fault(529, b'{"type": "error"}')] * 3)
+        assert gw.chat(ChatRequest(ASK.messages, max_tokens=9)).provider == "local"

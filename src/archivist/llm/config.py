@@ -24,6 +24,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from archivist.config import Settings
 from archivist.llm.accounting import Price, PriceTable
+from archivist.llm.anthropic import AnthropicMessages
+from archivist.llm.base import LLM
 from archivist.llm.cache import ResponseCache
 from archivist.llm.gateway import Gateway, Route
 from archivist.llm.openai_compat import OpenAICompatible
@@ -96,9 +98,11 @@ def build_gateway(settings: Settings, store: Store | None = None) -> Gateway:
     """Return a gateway over the configured providers, in fallback order, caching in `store` if given."""
     routes = []
     for c in provider_configs(settings):
-        if c.kind != "openai":
-            raise ArchivistError(f'LLM provider kind {c.kind!r} ({c.name}) is not built yet: use kind = "openai"')
-        if not c.base_url:
+        if c.kind not in ("openai", "anthropic"):
+            raise ArchivistError(
+                f"LLM provider kind {c.kind!r} ({c.name}) is not built yet: use kind openai or anthropic"
+            )
+        if c.kind == "openai" and not c.base_url:
             raise UsageError(f"LLM provider {c.name!r} needs base_url")
         if c.api_key_env:
             key = os.environ.get(c.api_key_env)
@@ -106,9 +110,21 @@ def build_gateway(settings: Settings, store: Store | None = None) -> Gateway:
                 raise UsageError(f"LLM provider {c.name!r}: environment variable {c.api_key_env} is not set")
         else:
             key = settings.llm_api_key if c.name == "default" else None
-        llm = OpenAICompatible(
-            c.name, c.base_url, c.model, api_key=key, read_timeout_s=c.timeout_s, ttft_timeout_s=c.ttft_timeout_s
-        )
+        llm: LLM
+        if c.kind == "anthropic":
+            llm = AnthropicMessages(
+                c.name,
+                c.model,
+                base_url=c.base_url,
+                api_key=key,
+                read_timeout_s=c.timeout_s,
+                ttft_timeout_s=c.ttft_timeout_s,
+            )
+        else:
+            assert c.base_url is not None  # checked above
+            llm = OpenAICompatible(
+                c.name, c.base_url, c.model, api_key=key, read_timeout_s=c.timeout_s, ttft_timeout_s=c.ttft_timeout_s
+            )
         routes.append(Route(llm, max_retries=c.max_retries))
     cache = ResponseCache(store, settings.llm_cache_ttl_s) if store is not None and settings.llm_cache else None
     return Gateway(routes, prices=price_table(), cache=cache)
