@@ -24,7 +24,8 @@ from archivist.llm.errors import (
     StreamBroken,
 )
 from archivist.llm.gateway import CircuitBreaker, Gateway, Route
-from archivist.llm.openai_compat import OpenAICompatible, parse_retry_after
+from archivist.llm.http import parse_retry_after
+from archivist.llm.openai_compat import OpenAICompatible
 from archivist.store.sqlite import SQLiteStore
 from fake_servers import ChatServer, Fault
 

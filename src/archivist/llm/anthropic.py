@@ -23,15 +23,10 @@ from archivist.llm.base import (
 )
 from archivist.llm.errors import (
     BadResponse,
-    DeadlineExceeded,
     LLMError,
     ProviderError,
-    ProviderTimeout,
-    RateLimited,
-    RequestRejected,
-    StreamBroken,
 )
-from archivist.llm.openai_compat import parse_retry_after
+from archivist.llm.http import call_timeout, error_for_status, raise_for_status, stream_error, transport_error
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"
@@ -60,15 +55,6 @@ def finish_reason(stop_reason: str | None) -> str:
     if not stop_reason:
         return "stop"
     return _FINISH_REASONS.get(stop_reason, stop_reason)
-
-
-def error_for_status(status: int, message: str, *, provider: str, retry_after: float | None = None) -> LLMError:
-    """Return the LLMError an Anthropic HTTP status means: 429/503/529 rate limits, 5xx/408 failures, else rejected."""
-    if status in (429, 503, 529):
-        return RateLimited(message, provider=provider, retry_after=retry_after)
-    if status >= 500 or status == 408:
-        return ProviderError(message, provider=provider, retry_after=retry_after)
-    return RequestRejected(message, provider=provider)
 
 
 def messages_json(messages: Iterable[Message]) -> tuple[str, list[dict[str, Any]]]:
@@ -230,33 +216,18 @@ class AnthropicMessages:
             ]
         return payload
 
-    def _timeout(self, deadline: Deadline, read: float) -> httpx.Timeout:
-        left = deadline.remaining()
-        if left <= 0:
-            raise DeadlineExceeded("deadline passed before the call", provider=self.name)
-        return httpx.Timeout(min(read, left), connect=min(self._connect, left))
-
-    def _raise_for_status(self, resp: httpx.Response) -> None:
-        if resp.status_code < 400:
-            return
-        body = resp.read().decode("utf-8", "replace")[:200]
-        retry_after = parse_retry_after(resp.headers.get("retry-after"))
-        raise error_for_status(
-            resp.status_code, f"HTTP {resp.status_code}: {body!r}", provider=self.name, retry_after=retry_after
-        )
-
     def chat(self, request: ChatRequest, deadline: Deadline) -> Completion:
         """Return the model's completion, or raise an LLMError."""
         started = time.monotonic()
         try:
             resp = self._client.post(
-                self._url, json=self._payload(request, False), timeout=self._timeout(deadline, self._read)
+                self._url,
+                json=self._payload(request, False),
+                timeout=call_timeout(deadline, self._read, self._connect, self.name),
             )
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeout(f"no answer in time ({type(exc).__name__})", provider=self.name) from exc
         except httpx.HTTPError as exc:
-            raise ProviderError(f"connection failed: {exc}", provider=self.name) from exc
-        self._raise_for_status(resp)
+            raise transport_error(exc, self.name) from exc
+        raise_for_status(resp, self.name)
         try:
             data = resp.json()
             text: list[str] = []
@@ -288,10 +259,10 @@ class AnthropicMessages:
         state = _StreamState(self.name)
         ttft: float | None = None
         # Until the first token, a stall is a time-to-first-token failure; after it, an idle gap.
-        timeout = self._timeout(deadline, self._ttft)
+        timeout = call_timeout(deadline, self._ttft, self._connect, self.name)
         try:
             with self._client.stream("POST", self._url, json=self._payload(request, True), timeout=timeout) as resp:
-                self._raise_for_status(resp)
+                raise_for_status(resp, self.name)
                 for event, data in _sse(resp.iter_lines()):
                     piece = state.feed(event, data)
                     if piece:
@@ -303,22 +274,8 @@ class AnthropicMessages:
                 else:
                     raise ProviderError("stream ended without message_stop", provider=self.name)
             calls = state.tool_calls()
-        except LLMError as exc:
-            if state.text:
-                raise StreamBroken(
-                    f"stream broke after {len(state.text)} pieces: {exc}",
-                    provider=self.name,
-                    partial_text="".join(state.text),
-                ) from exc
-            raise
-        except httpx.TimeoutException as exc:
-            if state.text:
-                raise StreamBroken("stream stalled", provider=self.name, partial_text="".join(state.text)) from exc
-            raise ProviderTimeout("no first token in time", provider=self.name) from exc
-        except httpx.HTTPError as exc:
-            if state.text:
-                raise StreamBroken(f"stream cut: {exc}", provider=self.name, partial_text="".join(state.text)) from exc
-            raise ProviderError(f"connection failed: {exc}", provider=self.name) from exc
+        except (LLMError, httpx.HTTPError) as exc:
+            raise stream_error(exc, state.text, self.name) from exc
         yield DoneEvent(
             Completion(
                 text="".join(state.text),

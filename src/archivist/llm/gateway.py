@@ -114,6 +114,31 @@ class Gateway:
             return error.retry_after
         return self._rng.uniform(0.0, min(self._cap, self._base * 2**attempt))
 
+    def _may_call(self, route: Route, name: str, deadline: Deadline, errors: list[LLMError]) -> bool:
+        """Return whether the route may be called now; raise AllProvidersFailed once the deadline has passed."""
+        if deadline.remaining() <= 0:
+            errors.append(DeadlineExceeded("deadline passed", provider=name))
+            raise AllProvidersFailed(errors)
+        if not route.breaker.allow():
+            errors.append(CircuitOpen("circuit open after repeated failures", provider=name))
+            return False
+        return True
+
+    def _wait_to_retry(
+        self, route: Route, attempt: int, exc: LLMError, deadline: Deadline, errors: list[LLMError]
+    ) -> bool:
+        """Sleep before retrying the route and return True, or record the error and return False to move on."""
+        if not exc.retryable or attempt == route.max_retries:
+            errors.append(exc)
+            return False
+        delay = self._delay(attempt, exc)
+        if delay >= deadline.remaining():
+            # Sleeping past the deadline would only fail later: fall back now.
+            errors.append(exc)
+            return False
+        self._sleep(delay)
+        return True
+
     def _reserve(self, route: Route, request: ChatRequest, budget: Budget | None) -> Reservation | None:
         """Return the budget reservation for one attempt's estimate (raises BudgetExceeded if it won't fit)."""
         if budget is None:
@@ -149,11 +174,7 @@ class Gateway:
         for route in self.routes:
             name = f"{route.llm.name}/{route.llm.model}"
             for attempt in range(route.max_retries + 1):
-                if deadline.remaining() <= 0:
-                    errors.append(DeadlineExceeded("deadline passed", provider=name))
-                    raise AllProvidersFailed(errors)
-                if not route.breaker.allow():
-                    errors.append(CircuitOpen("circuit open after repeated failures", provider=name))
+                if not self._may_call(route, name, deadline, errors):
                     break
                 held = self._reserve(route, request, budget)
                 try:
@@ -163,15 +184,8 @@ class Gateway:
                     # A rejected request says nothing about the provider's health.
                     route.breaker.record(not exc.retryable)
                     attempts.append(f"{name}: {type(exc).__name__}")
-                    if not exc.retryable or attempt == route.max_retries:
-                        errors.append(exc)
+                    if not self._wait_to_retry(route, attempt, exc, deadline, errors):
                         break
-                    delay = self._delay(attempt, exc)
-                    if delay >= deadline.remaining():
-                        # Sleeping past the deadline would only fail later: fall back now.
-                        errors.append(exc)
-                        break
-                    self._sleep(delay)
                     continue
                 route.breaker.record(True)
                 completion.cost_usd = self._settle(budget, held, route.llm.model, completion.usage)
@@ -190,11 +204,7 @@ class Gateway:
         for route in self.routes:
             name = f"{route.llm.name}/{route.llm.model}"
             for attempt in range(route.max_retries + 1):
-                if deadline.remaining() <= 0:
-                    errors.append(DeadlineExceeded("deadline passed", provider=name))
-                    raise AllProvidersFailed(errors)
-                if not route.breaker.allow():
-                    errors.append(CircuitOpen("circuit open after repeated failures", provider=name))
+                if not self._may_call(route, name, deadline, errors):
                     break
                 sent: list[str] = []
                 held = self._reserve(route, request, budget)
@@ -220,18 +230,12 @@ class Gateway:
                     self._settle(budget, held, route.llm.model, partial)
                     raise  # text already reached the caller: retrying would duplicate it
                 except LLMError as exc:
-                    route.breaker.record(False)
+                    route.breaker.record(not exc.retryable)
                     self._settle(budget, held, route.llm.model, None)
                     if sent:
                         raise StreamBroken(str(exc), provider=name) from exc
-                    if not exc.retryable or attempt == route.max_retries:
-                        errors.append(exc)
+                    if not self._wait_to_retry(route, attempt, exc, deadline, errors):
                         break
-                    delay = self._delay(attempt, exc)
-                    if delay >= deadline.remaining():
-                        errors.append(exc)
-                        break
-                    self._sleep(delay)
         raise AllProvidersFailed(errors)
 
     def ping(self, timeout_s: float = 10.0) -> list[dict[str, object]]:

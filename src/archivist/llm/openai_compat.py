@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -23,28 +22,10 @@ from archivist.llm.base import (
 )
 from archivist.llm.errors import (
     BadResponse,
-    DeadlineExceeded,
     LLMError,
     ProviderError,
-    ProviderTimeout,
-    RateLimited,
-    RequestRejected,
-    StreamBroken,
 )
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Return the seconds a Retry-After header asks for (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+from archivist.llm.http import call_timeout, raise_for_status, stream_error, transport_error
 
 
 def _message_json(m: Message) -> dict[str, Any]:
@@ -104,36 +85,18 @@ class OpenAICompatible:
             payload["stream_options"] = {"include_usage": True}
         return payload
 
-    def _timeout(self, deadline: Deadline, read: float) -> httpx.Timeout:
-        left = deadline.remaining()
-        if left <= 0:
-            raise DeadlineExceeded("deadline passed before the call", provider=self.name)
-        return httpx.Timeout(min(read, left), connect=min(self._connect, left))
-
-    def _raise_for_status(self, resp: httpx.Response) -> None:
-        if resp.status_code < 400:
-            return
-        body = resp.read().decode("utf-8", "replace")[:200]
-        retry_after = parse_retry_after(resp.headers.get("retry-after"))
-        message = f"HTTP {resp.status_code}: {body!r}"
-        if resp.status_code in (429, 503):
-            raise RateLimited(message, provider=self.name, retry_after=retry_after)
-        if resp.status_code >= 500 or resp.status_code == 408:
-            raise ProviderError(message, provider=self.name, retry_after=retry_after)
-        raise RequestRejected(message, provider=self.name)
-
     def chat(self, request: ChatRequest, deadline: Deadline) -> Completion:
         """Return the model's completion, or raise an LLMError."""
         started = time.monotonic()
         try:
             resp = self._client.post(
-                self._url, json=self._payload(request, False), timeout=self._timeout(deadline, self._read)
+                self._url,
+                json=self._payload(request, False),
+                timeout=call_timeout(deadline, self._read, self._connect, self.name),
             )
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeout(f"no answer in time ({type(exc).__name__})", provider=self.name) from exc
         except httpx.HTTPError as exc:
-            raise ProviderError(f"connection failed: {exc}", provider=self.name) from exc
-        self._raise_for_status(resp)
+            raise transport_error(exc, self.name) from exc
+        raise_for_status(resp, self.name)
         try:
             data = resp.json()
             choice = data["choices"][0]
@@ -169,10 +132,10 @@ class OpenAICompatible:
         finish = "stop"
         usage = Usage()
         # Until the first token, a stall is a time-to-first-token failure; after it, an idle gap.
-        timeout = self._timeout(deadline, self._ttft)
+        timeout = call_timeout(deadline, self._ttft, self._connect, self.name)
         try:
             with self._client.stream("POST", self._url, json=self._payload(request, True), timeout=timeout) as resp:
-                self._raise_for_status(resp)
+                raise_for_status(resp, self.name)
                 for line in resp.iter_lines():
                     if not line.startswith("data:"):
                         continue
@@ -197,20 +160,8 @@ class OpenAICompatible:
                             finish = choice["finish_reason"]
                 else:
                     raise ProviderError("stream ended without [DONE]", provider=self.name)
-        except LLMError as exc:
-            if text:
-                raise StreamBroken(
-                    f"stream broke after {len(text)} pieces: {exc}", provider=self.name, partial_text="".join(text)
-                ) from exc
-            raise
-        except httpx.TimeoutException as exc:
-            if text:
-                raise StreamBroken("stream stalled", provider=self.name, partial_text="".join(text)) from exc
-            raise ProviderTimeout("no first token in time", provider=self.name) from exc
-        except httpx.HTTPError as exc:
-            if text:
-                raise StreamBroken(f"stream cut: {exc}", provider=self.name, partial_text="".join(text)) from exc
-            raise ProviderError(f"connection failed: {exc}", provider=self.name) from exc
+        except (LLMError, httpx.HTTPError) as exc:
+            raise stream_error(exc, text, self.name) from exc
         yield DoneEvent(
             Completion(
                 text="".join(text),
