@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from fake_servers import Fault
+from fake_servers import Fault, LoopbackServer, send_json
 
 INPUT_TOKENS = 9
 
@@ -54,7 +51,7 @@ def _invalid(payload: dict[str, Any], headers: dict[str, str]) -> str | None:
     return None
 
 
-class AnthropicServer:
+class AnthropicServer(LoopbackServer):
     """An Anthropic-style /v1/messages server (plain and SSE); queued faults are served before normal answers."""
 
     def __init__(self, reply: str = "pong from the fake claude") -> None:
@@ -84,27 +81,18 @@ class AnthropicServer:
                 time.sleep(fault.delay_s)
                 try:
                     if self.path != "/v1/messages":
-                        self._send(404, error_body("not_found_error", f"no route {self.path}"))
+                        send_json(self, 404, error_body("not_found_error", f"no route {self.path}"))
                     elif fault.body is not None or fault.status != 200:
                         default = error_body(_ERROR_TYPES.get(fault.status, "api_error"), "scripted fault")
-                        self._send(fault.status, fault.body if fault.body is not None else default, fault.headers)
+                        send_json(self, fault.status, fault.body if fault.body is not None else default, fault.headers)
                     elif (why := _invalid(payload, headers)) is not None:
-                        self._send(400, error_body("invalid_request_error", why))
+                        send_json(self, 400, error_body("invalid_request_error", why))
                     elif payload.get("stream"):
                         self._stream(payload, fault)
                     else:
-                        self._send(200, json.dumps(server._message(payload)).encode())
+                        send_json(self, 200, json.dumps(server._message(payload)).encode())
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout tests)
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
 
             def _event(self, name: str, data: dict[str, Any]) -> None:
                 self.wfile.write(f"event: {name}\ndata: {json.dumps(data)}\n\n".encode())
@@ -166,10 +154,7 @@ class AnthropicServer:
                 )
                 self._event("message_stop", {"type": "message_stop"})
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        #: the API root, without /v1 (as https://api.anthropic.com is)
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        self._listen(Handler, "")
 
     def _message(self, payload: dict[str, Any]) -> dict[str, Any]:
         content: list[dict[str, Any]] = [{"type": "text", "text": self.reply}]
@@ -189,15 +174,3 @@ class AnthropicServer:
             "stop_sequence": None,
             "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": len(self.reply.split())},
         }
-
-    @contextmanager
-    def running(self) -> Iterator[AnthropicServer]:
-        """Serve in a background thread for the duration of the block."""
-        # A short poll interval keeps teardown (shutdown waits for one poll) from dominating the suite.
-        thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self._httpd.shutdown()
-            self._httpd.server_close()

@@ -11,7 +11,44 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
+
+
+def send_json(handler: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    """Send a complete JSON answer; a client that already gave up (timeout tests) is not an error."""
+    try:
+        handler.send_response(status)
+        handler.send_header("content-type", "application/json")
+        handler.send_header("content-length", str(len(body)))
+        for k, v in (headers or {}).items():
+            handler.send_header(k, v)
+        handler.end_headers()
+        handler.wfile.write(body)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+class LoopbackServer:
+    """A threaded HTTP server on a free 127.0.0.1 port; subclasses build a handler and call `_listen`."""
+
+    url: str
+
+    def _listen(self, handler: type[BaseHTTPRequestHandler], path: str) -> None:
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}{path}"
+
+    @contextmanager
+    def running(self) -> Iterator[Self]:
+        """Serve in a background thread for the duration of the block."""
+        # A short poll interval makes the per-test shutdown fast.
+        thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._httpd.shutdown()
+            self._httpd.server_close()
 
 
 @dataclass
@@ -34,7 +71,7 @@ def fake_vector(text: str, dim: int) -> list[float]:
     return [(b - 127.5) / 127.5 for b in digest[:dim]]
 
 
-class EmbeddingServer:
+class EmbeddingServer(LoopbackServer):
     """An OpenAI-compatible /v1/embeddings server; queued faults are served before normal answers."""
 
     def __init__(self, dim: int = 16) -> None:
@@ -57,44 +94,19 @@ class EmbeddingServer:
                 if fault is not None:
                     time.sleep(fault.delay_s)
                     if fault.body is not None or fault.status != 200:
-                        self._send(fault.status, fault.body or b"{}", fault.headers)
+                        send_json(self, fault.status, fault.body or b"{}", fault.headers)
                         return
                 data = [
                     {"object": "embedding", "index": i, "embedding": fake_vector(t, server.dim)}
                     for i, t in enumerate(payload["input"])
                 ]
                 data.reverse()  # servers may answer out of order; clients must sort by index
-                self._send(200, json.dumps({"object": "list", "data": data, "model": payload["model"]}).encode())
+                send_json(self, 200, json.dumps({"object": "list", "data": data, "model": payload["model"]}).encode())
 
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                try:
-                    self.send_response(status)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(body)))
-                    for k, v in (headers or {}).items():
-                        self.send_header(k, v)
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    @contextmanager
-    def running(self) -> Iterator[EmbeddingServer]:
-        """Serve in a background thread for the duration of the block."""
-        thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        self._listen(Handler, "/v1")
 
 
-class ChatServer:
+class ChatServer(LoopbackServer):
     """An OpenAI-compatible /v1/chat/completions server (plain and SSE), with scripted faults."""
 
     def __init__(self, reply: str = "pong from the fake model") -> None:
@@ -117,22 +129,13 @@ class ChatServer:
                 time.sleep(fault.delay_s)
                 try:
                     if fault.body is not None or fault.status != 200:
-                        self._send(fault.status, fault.body or b"{}", fault.headers)
+                        send_json(self, fault.status, fault.body or b"{}", fault.headers)
                     elif payload.get("stream"):
                         self._stream(fault)
                     else:
-                        self._send(200, json.dumps(server._completion(payload)).encode())
+                        send_json(self, 200, json.dumps(server._completion(payload)).encode())
                 except (BrokenPipeError, ConnectionResetError):
                     pass
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(body)
 
             def _stream(self, fault: Fault) -> None:
                 self.send_response(200)
@@ -158,9 +161,7 @@ class ChatServer:
                 self.wfile.flush()
                 self.close_connection = True
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
+        self._listen(Handler, "/v1")
 
     def _completion(self, payload: dict[str, Any]) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": self.reply}
@@ -188,14 +189,3 @@ class ChatServer:
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             "usage": {"prompt_tokens": 7, "completion_tokens": len(self.reply.split())},
         }
-
-    @contextmanager
-    def running(self) -> Iterator[ChatServer]:
-        """Serve in a background thread for the duration of the block."""
-        thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self._httpd.shutdown()
-            self._httpd.server_close()
