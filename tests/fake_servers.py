@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -111,6 +111,8 @@ class ChatServer(LoopbackServer):
 
     def __init__(self, reply: str = "pong from the fake model") -> None:
         self.reply = reply
+        #: when set, computes each answer's text from the request payload instead of `reply`
+        self.responder: Callable[[dict[str, Any]], str] | None = None
         self.tool_call: dict[str, Any] | None = None
         self.faults: deque[Fault] = deque()
         self.requests: list[dict[str, Any]] = []
@@ -131,20 +133,20 @@ class ChatServer(LoopbackServer):
                     if fault.body is not None or fault.status != 200:
                         send_json(self, fault.status, fault.body or b"{}", fault.headers)
                     elif payload.get("stream"):
-                        self._stream(fault)
+                        self._stream(fault, payload)
                     else:
                         send_json(self, 200, json.dumps(server._completion(payload)).encode())
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-            def _stream(self, fault: Fault) -> None:
+            def _stream(self, fault: Fault, payload: dict[str, Any]) -> None:
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("connection", "close")
                 self.end_headers()
                 self.wfile.flush()
                 time.sleep(fault.stall_s)
-                pieces = [w + " " for w in server.reply.split()]
+                pieces = [w + " " for w in server.reply_for(payload).split()]
                 for i, piece in enumerate(pieces):
                     if fault.cut_after is not None and i >= fault.cut_after:
                         self.wfile.flush()
@@ -163,8 +165,13 @@ class ChatServer(LoopbackServer):
 
         self._listen(Handler, "/v1")
 
+    def reply_for(self, payload: dict[str, Any]) -> str:
+        """Return the answer text for a request: the responder's, else the fixed reply."""
+        return self.responder(payload) if self.responder is not None else self.reply
+
     def _completion(self, payload: dict[str, Any]) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": "assistant", "content": self.reply}
+        text = self.reply_for(payload)
+        message: dict[str, Any] = {"role": "assistant", "content": text}
         finish = "stop"
         if payload.get("tools") and self.tool_call is not None:
             message = {
@@ -187,5 +194,5 @@ class ChatServer(LoopbackServer):
             "object": "chat.completion",
             "model": payload["model"],
             "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": {"prompt_tokens": 7, "completion_tokens": len(self.reply.split())},
+            "usage": {"prompt_tokens": 7, "completion_tokens": len(text.split())},
         }
