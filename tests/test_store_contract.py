@@ -244,6 +244,33 @@ def test_candidate_scores_are_exact_with_corpus_wide_statistics(store: Store) ->
     assert (scores.bm25_mean, scores.bm25_std) == pytest.approx((bm25_values.mean(), bm25_values.std()), abs=1e-5)
 
 
+def test_document_bm25_sums_term_counts_over_a_documents_chunks(store: Store) -> None:
+    vecs: dict = {}
+    # "split" has both query terms, in different chunks; "one" has both in one chunk; "half" has one.
+    for name, texts in (
+        ("split.txt", ["alpha words here", "beta words there"]),
+        ("one.txt", ["alpha beta together", "nothing else"]),
+        ("half.txt", ["alpha alone", "filler text"]),
+    ):
+        w, vecs = _write(_doc(name, texts), vecs, seed=len(vecs))
+        store.write_documents(MODEL, [w], vecs)
+    q = np.ones(DIM, np.float32) / np.sqrt(DIM)
+    chunks = {d.source: store.document_chunks(d.id) for d in store.list_documents()}
+    ids = [c.id for cs in chunks.values() for c in cs]
+    scores = store.candidate_scores(MODEL, q, "alpha beta", ids)
+    by_chunk = dict(zip(ids, scores.doc_bm25, strict=True))
+    split, one, half = (chunks[s] for s in ("split.txt", "one.txt", "half.txt"))
+    # Every chunk of a document carries its document's score.
+    assert by_chunk[split[0].id] == by_chunk[split[1].id] > 0
+    assert by_chunk[half[0].id] == by_chunk[half[1].id]
+    # Chunk BM25 sees only one term in each chunk of "split"; the document score sees both.
+    chunk_bm25 = dict(zip(ids, scores.bm25, strict=True))
+    assert by_chunk[split[0].id] > by_chunk[half[0].id]
+    assert chunk_bm25[split[0].id] < chunk_bm25[one[0].id]
+    values = np.array([by_chunk[cs[0].id] for cs in chunks.values()])
+    assert (scores.doc_bm25_mean, scores.doc_bm25_std) == pytest.approx((values.mean(), values.std()), abs=1e-5)
+
+
 def test_eval_runs_round_trip(store: Store) -> None:
     for i, created in enumerate(["2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00"]):
         store.save_eval_run(

@@ -49,10 +49,20 @@ class Settings(BaseSettings):
 
     fusion: Literal["zscore", "rrf"] = "zscore"
     rrf_k: int = Field(default=60, ge=1)
-    # Tuned on SciFact's train queries only (z-score fusion); with fusion = "rrf", 1.0 / 1.0 is the usual choice.
+    # Fitted on SciFact's train queries only (benchmarks/tune_fusion.py); with fusion = "rrf", 1.0 / 1.0 is usual.
     dense_weight: float = Field(default=0.75, ge=0)
-    bm25_weight: float = Field(default=0.25, ge=0)
+    bm25_weight: float = Field(default=0.15, ge=0)
+    # z-score fusion only: BM25 of the chunk's whole document, which sees query terms spread over chunks.
+    doc_bm25_weight: float = Field(default=0.10, ge=0)
     candidates: int = Field(default=100, ge=1, le=10_000)
+
+    # Off by default: both need a model. "llm" grades passages through the gateway (ARCHIVIST_LLM_* or
+    # [[llm.providers]]); "cross-encoder" runs local ONNX weights from cross_encoder_dir.
+    reranker: Literal["none", "llm", "cross-encoder"] = "none"
+    rerank_depth: int = Field(default=20, ge=1, le=1000)
+    cross_encoder_dir: str | None = None
+    query_expansion: Literal["none", "multi-query", "hyde"] = "none"
+    expansion_queries: int = Field(default=3, ge=1, le=10)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -60,6 +70,8 @@ class Settings(BaseSettings):
             raise ValueError("chunk_target_tokens must not exceed chunk_max_tokens")
         if self.chunk_overlap_tokens >= self.chunk_target_tokens:
             raise ValueError("chunk_overlap_tokens must be smaller than chunk_target_tokens")
+        if self.reranker == "cross-encoder" and not self.cross_encoder_dir:
+            raise ValueError("reranker 'cross-encoder' needs cross_encoder_dir (a folder with model.onnx)")
         if self.embedder == "openai" and not (self.embed_url and self.embed_model):
             raise ValueError("embedder 'openai' needs embed_url and embed_model")
         return self

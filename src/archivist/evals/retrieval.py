@@ -70,9 +70,9 @@ def fingerprint(app: Archivist, config: RetrievalEvalConfig) -> dict[str, Any]:
             "rrf_k": s.rrf_k,
             "dense_weight": s.dense_weight,
             "bm25_weight": s.bm25_weight,
+            "doc_bm25_weight": s.doc_bm25_weight,
         },
-        "reranker": None,
-        "query_expansion": None,
+        **app.searcher().fingerprint(),
         "prompt_versions": {},
         "code_version": code_version(),
     }

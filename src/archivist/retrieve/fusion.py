@@ -20,22 +20,27 @@ def rrf(rankings: Sequence[tuple[Sequence[int], float]], k: int = 60) -> list[tu
 
 
 def zscore_fusion(
-    ids: Sequence[int], scores: CandidateScores, dense_weight: float, bm25_weight: float
+    ids: Sequence[int], scores: CandidateScores, dense_weight: float, bm25_weight: float, doc_bm25_weight: float = 0.0
 ) -> list[tuple[int, float]]:
-    """Return (id, fused score) pairs, best first: a weighted sum of each retriever's z-scored score.
+    """Return (id, fused score) pairs, best first: a weighted sum of each signal's z-scored score.
 
     Each score is standardised by its mean and spread over the whole corpus for this query, so a
-    chunk that is far above the crowd on either retriever stands out. Unlike RRF, this keeps how far
-    apart candidates are, not only their order: on SciFact's train queries, dense 0.75 + BM25 0.25
-    gives nDCG@10 0.743 where RRF gives 0.727.
+    chunk that is far above the crowd on any signal stands out. Unlike RRF, this keeps how far apart
+    candidates are, not only their order. The signals are the chunk's cosine, the chunk's BM25 and
+    its whole document's BM25; the default weights were fitted on SciFact's train queries only
+    (see docs/search.md).
     """
-    total = dense_weight + bm25_weight
-    wd, wb = (dense_weight / total, bm25_weight / total) if total > 0 else (0.5, 0.5)
+    total = dense_weight + bm25_weight + doc_bm25_weight
+    if total <= 0:
+        dense_weight = bm25_weight = doc_bm25_weight = total = 1.0
+    wd, wb, wdoc = dense_weight / total, bm25_weight / total, doc_bm25_weight / total
     fused = [
         (
             cid,
-            wd * (d - scores.dense_mean) / scores.dense_std + wb * (b - scores.bm25_mean) / scores.bm25_std,
+            wd * (d - scores.dense_mean) / scores.dense_std
+            + wb * (b - scores.bm25_mean) / scores.bm25_std
+            + wdoc * (db - scores.doc_bm25_mean) / scores.doc_bm25_std,
         )
-        for cid, d, b in zip(ids, scores.dense, scores.bm25, strict=True)
+        for cid, d, b, db in zip(ids, scores.dense, scores.bm25, scores.doc_bm25, strict=True)
     ]
     return sorted(fused, key=lambda kv: (-kv[1], kv[0]))

@@ -24,7 +24,8 @@ class RetrievalSettings:
     fusion: Literal["zscore", "rrf"] = "zscore"
     rrf_k: int = 60
     dense_weight: float = 0.75
-    bm25_weight: float = 0.25
+    bm25_weight: float = 0.15
+    doc_bm25_weight: float = 0.10
 
 
 class HybridRetriever:
@@ -54,7 +55,10 @@ class HybridRetriever:
         check_filter_keys(self.store, filters)
         n = max(k, self.settings.candidates)
         use_dense = mode == "dense" or (mode == "hybrid" and self.settings.dense_weight > 0)
-        use_bm25 = mode == "bm25" or (mode == "hybrid" and self.settings.bm25_weight > 0)
+        s = self.settings
+        lexical_weight = s.bm25_weight + (s.doc_bm25_weight if s.fusion == "zscore" else 0)
+        # BM25's candidates join the pool even when only the document-level signal is weighted.
+        use_bm25 = mode == "bm25" or (mode == "hybrid" and lexical_weight > 0)
 
         bm25_future: Future[list[tuple[int, float]]] | None = None
         if use_bm25:
@@ -71,7 +75,9 @@ class HybridRetriever:
             ids = list(dict.fromkeys([i for i, _ in dense] + [i for i, _ in bm25]))
             scores = self.store.candidate_scores(embedder.model_id, vector, query, ids)
             exact = {cid: (d, b) for cid, d, b in zip(ids, scores.dense, scores.bm25, strict=True)}
-            fused = zscore_fusion(ids, scores, self.settings.dense_weight, self.settings.bm25_weight)
+            fused = zscore_fusion(
+                ids, scores, self.settings.dense_weight, self.settings.bm25_weight, self.settings.doc_bm25_weight
+            )
         elif mode == "hybrid":
             fused = rrf(
                 [

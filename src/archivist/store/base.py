@@ -91,7 +91,11 @@ class DocumentWrite:
 
 @dataclass(frozen=True, slots=True)
 class CandidateScores:
-    """Both retrievers' exact scores for a set of chunks, and each score's distribution over the corpus."""
+    """Exact scores of a set of chunks, and each score's distribution over the corpus.
+
+    `doc_bm25` is the BM25 score of each chunk's whole document (term counts summed over its chunks);
+    its mean and spread are over documents, not chunks.
+    """
 
     dense: list[float]
     bm25: list[float]
@@ -99,6 +103,9 @@ class CandidateScores:
     dense_std: float
     bm25_mean: float
     bm25_std: float
+    doc_bm25: list[float]
+    doc_bm25_mean: float
+    doc_bm25_std: float
 
 
 @runtime_checkable

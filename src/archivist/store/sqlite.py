@@ -48,6 +48,7 @@ class SQLiteStore:
         self._index_lock = threading.Lock()
         self._dense: tuple[str, int, DenseIndex] | None = None
         self._lexical: tuple[int, LexicalIndex, dict[str, int]] | None = None
+        self._doc_lexical: tuple[LexicalIndex, LexicalIndex] | None = None
         self._analyzer = Analyzer()
         self._allowed_cache: dict[tuple[int, Filters], npt.NDArray[np.bool_]] = {}
         self._keys_cache: tuple[int, set[str]] | None = None
@@ -336,6 +337,16 @@ class SQLiteStore:
             self._lexical = (gen, index, vocab)
             return index, vocab
 
+    def _document_lexical_index(self) -> LexicalIndex:
+        chunks, _ = self._lexical_index()
+        with self._index_lock:
+            # Built from the chunk index it was derived from, so both always describe the same generation.
+            if self._doc_lexical is not None and self._doc_lexical[0] is chunks:
+                return self._doc_lexical[1]
+            index = chunks.by_document()
+            self._doc_lexical = (chunks, index)
+            return index
+
     def _allowed_documents(self, filters: Filters) -> npt.NDArray[np.bool_] | None:
         """Return a lookup table over document rowids of those passing the filters (None: no filter)."""
         if not filters:
@@ -373,13 +384,18 @@ class SQLiteStore:
         return index.search(term_ids, k, self._allowed_documents(filters))
 
     def candidate_scores(self, model: str, query_vector: Vectors, query: str, ids: Sequence[int]) -> CandidateScores:
-        """Return dense and BM25 scores of the given chunks plus the mean and spread of each over all chunks."""
+        """Return dense, chunk BM25 and document BM25 scores of the given chunks, with each one's corpus spread."""
         dense = self._dense_index(model)
         lexical, vocab = self._lexical_index()
+        documents = self._document_lexical_index()
         term_ids = [vocab[t] for t in self._analyzer.terms(query) if t in vocab]
         wanted = np.asarray(list(ids), dtype=np.int64)
         d_mean, d_std = dense.score_stats(query_vector)
         b_mean, b_std = lexical.score_stats(term_ids)
+        doc_mean, doc_std = documents.score_stats(term_ids)
+        pos = np.minimum(np.searchsorted(lexical.chunk_ids, wanted), max(lexical.chunk_ids.size - 1, 0))
+        # Unknown chunks map to document rowid -1, which has no row and scores 0.
+        owners = np.where(lexical.chunk_ids[pos] == wanted, lexical.doc_rows[pos], -1) if wanted.size else wanted
         return CandidateScores(
             dense=[float(x) for x in dense.score_ids(query_vector, wanted)],
             bm25=[float(x) for x in lexical.score_ids(term_ids, wanted)],
@@ -387,6 +403,9 @@ class SQLiteStore:
             dense_std=d_std,
             bm25_mean=b_mean,
             bm25_std=b_std,
+            doc_bm25=[float(x) for x in documents.score_ids(term_ids, owners)],
+            doc_bm25_mean=doc_mean,
+            doc_bm25_std=doc_std,
         )
 
     # -- housekeeping -------------------------------------------------------------------------------
@@ -476,6 +495,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._dense = None
         self._lexical = None
+        self._doc_lexical = None
 
 
 def _filter_sql(filters: Filters) -> tuple[str, list[Any]]:
