@@ -103,14 +103,24 @@ def search(
     filters: FilterOpt = None,
     mode: ModeOpt = "hybrid",
     explain: Annotated[bool, typer.Option("--explain", help="Show each retriever's score and rank.")] = False,
+    rerank: Annotated[
+        str | None, typer.Option("--rerank", help="none, llm or cross-encoder (default: ARCHIVIST_RERANKER).")
+    ] = None,
+    expand: Annotated[
+        str | None,
+        typer.Option("--expand", help="none, multi-query or hyde (default: ARCHIVIST_QUERY_EXPANSION)."),
+    ] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Search the store: dense and BM25 in parallel, then fused (z-score fusion by default)."""
+    """Search the store: dense and BM25 in parallel, fused (z-score fusion by default), optionally reranked."""
     retrieval_mode = parse_mode(mode)
-    with open_app(store) as archivist:
+    with open_app(store, reranker=rerank, query_expansion=expand) as archivist:
         parsed = Filters.parse(filters or [])
-        hits = archivist.search(query, k=k, filters=parsed, mode=retrieval_mode)
+        outcome = archivist.searcher().search(query, k=k, filters=parsed, mode=retrieval_mode)
+    hits = outcome.hits
+    for warning in outcome.warnings:
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
     if as_json:
         emit_json([h.to_dict() for h in hits])
         return

@@ -53,10 +53,10 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 @contextmanager
-def open_app(store: str | None) -> Iterator[Archivist]:
-    """Yield the app for a command, turning our errors into a message and an exit code."""
+def open_app(store: str | None, **overrides: Any) -> Iterator[Archivist]:
+    """Yield the app for a command (settings overridden by non-None options), turning errors into exit codes."""
     try:
-        with Archivist.from_settings(load_settings(store=store)) as archivist:
+        with Archivist.from_settings(load_settings(store=store, **overrides)) as archivist:
             yield archivist
     except UsageError as exc:
         fail(str(exc), 2)

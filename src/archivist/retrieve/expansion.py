@@ -40,6 +40,12 @@ class Expander(Protocol):
         """Return the search strings for a query, the original first (the original alone if expansion failed)."""
         ...
 
+    def expand_with_report(
+        self, query: str, *, deadline: Deadline | None = None, budget: Budget | None = None
+    ) -> Expansion:
+        """Return the expansion with any failure recorded (safe for concurrent callers)."""
+        ...
+
     def fingerprint(self) -> dict[str, Any]:
         """Return every setting that changes the strings this expander produces (for eval run records)."""
         ...

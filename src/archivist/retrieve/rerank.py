@@ -13,6 +13,8 @@ class Reranker(Protocol):
     """Reorders candidate hits; the retriever hands it `depth` candidates and keeps the top k it returns."""
 
     name: str
+    #: how many of the retriever's best hits it reorders (hits past depth keep their order after them)
+    depth: int
 
     def rerank(self, query: str, hits: Sequence[Hit], k: int) -> list[Hit]:
         """Return at most k hits, best first, each with `score` set to the reranker's score."""

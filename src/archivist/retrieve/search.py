@@ -1,0 +1,88 @@
+"""Search as a pipeline: optional query expansion, hybrid retrieval, optional reranking."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from archivist.llm.accounting import Budget
+from archivist.llm.base import Deadline
+from archivist.retrieve.expansion import Expander, fuse_expanded
+from archivist.retrieve.hybrid import HybridRetriever, Mode
+from archivist.retrieve.llm_rerank import LLMReranker
+from archivist.retrieve.rerank import Reranker
+from archivist.store.base import Filters
+from archivist.types import Hit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class SearchOutcome:
+    """The hits of one search, with what expansion and reranking did (and why either fell back)."""
+
+    hits: list[Hit]
+    queries: list[str]
+    reranker: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready summary of the pipeline steps (the hits are reported separately)."""
+        return {"queries": self.queries, "reranker": self.reranker, "warnings": self.warnings}
+
+
+class SearchPipeline:
+    """Expands the query (if configured), retrieves for each variant, fuses, then reranks (if configured)."""
+
+    def __init__(
+        self, retriever: HybridRetriever, *, expander: Expander | None = None, reranker: Reranker | None = None
+    ) -> None:
+        self.retriever = retriever
+        self.expander = expander
+        self.reranker = reranker
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Return the expander's and reranker's settings (None where a step is off)."""
+        return {
+            "reranker": self.reranker.fingerprint() if self.reranker else None,
+            "query_expansion": self.expander.fingerprint() if self.expander else None,
+        }
+
+    def search(
+        self,
+        query: str,
+        *,
+        k: int = 10,
+        filters: Filters = Filters(),
+        mode: Mode = "hybrid",
+        deadline: Deadline | None = None,
+        budget: Budget | None = None,
+    ) -> SearchOutcome:
+        """Return the top-k hits for a query after expansion, fusion and reranking."""
+        # The reranker reorders the best `depth` candidates, so retrieval must hand it at least that many.
+        n = max(k, self.reranker.depth) if self.reranker else k
+        outcome = SearchOutcome(hits=[], queries=[query.strip()])
+        if self.expander is not None:
+            # An empty or oversized query fails here, in the retriever's own checks, before any model call.
+            first = self.retriever.search(query, k=n, filters=filters, mode=mode)
+            expansion = self.expander.expand_with_report(query.strip(), deadline=deadline, budget=budget)
+            if expansion.error:
+                outcome.warnings.append(f"query expansion fell back to the original query: {expansion.error}")
+            variants = outcome.queries = expansion.queries
+            lists = [first] + [self.retriever.search(v, k=n, filters=filters, mode=mode) for v in variants[1:]]
+            hits = fuse_expanded(lists, n) if len(lists) > 1 else first
+        else:
+            hits = self.retriever.search(query, k=n, filters=filters, mode=mode)
+        if self.reranker is not None and hits:
+            outcome.reranker = self.reranker.name
+            if isinstance(self.reranker, LLMReranker):
+                hits, report = self.reranker.rerank_with_report(query, hits, k, deadline=deadline, budget=budget)
+                if report.error:
+                    outcome.warnings.append(f"reranking kept the retrieval order: {report.error}")
+            else:
+                hits = self.reranker.rerank(query, hits, k)
+        outcome.hits = hits[:k]
+        for warning in outcome.warnings:
+            log.info(warning)
+        return outcome
