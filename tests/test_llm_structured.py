@@ -107,6 +107,20 @@ def test_schema_is_sent_after_the_callers_messages_intact(server: ScriptedChatSe
     assert server.requests[0]["max_tokens"] == 200 and server.requests[0]["temperature"] == 0.0
 
 
+def test_native_json_mode_sends_the_schema_only_to_providers_that_enable_it(server: ScriptedChatServer) -> None:
+    server.script.extend(['{"name": "Ada", "age": 36}', '{"name": "Ada", "age": 36}'])
+    generate_structured(gateway(server), ASK, Person)
+    assert "response_format" not in server.requests[0]
+    native = OpenAICompatible("native", server.url, "test-model", native_json=True)
+    generate_structured(Gateway([Route(native)], sleep=lambda _: None), ASK, Person)
+    assert server.requests[1]["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "answer", "schema": json_schema_for(Person)},
+    }
+    # The instruction is still there for fallback providers without a JSON mode.
+    assert server.requests[1]["messages"][-1]["role"] == "system"
+
+
 def test_invalid_answer_is_repaired_with_the_error_quoted(server: ScriptedChatServer) -> None:
     bad = 'Here you go: {"name": "Ada", "age": "thirty-six"}'
     server.script.extend([bad, '{"name": "Ada", "age": 36}'])

@@ -47,6 +47,8 @@ class ChatRequest:
     temperature: float = 0.0
     max_tokens: int | None = None
     prompt_version: str | None = None
+    #: JSON Schema the answer must match; providers with a native JSON mode enforce it while decoding
+    response_schema: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,8 +54,11 @@ class OpenAICompatible:
         read_timeout_s: float = 60.0,
         ttft_timeout_s: float = 20.0,
         transport: httpx.BaseTransport | None = None,
+        native_json: bool = False,
     ) -> None:
         self.name = name
+        # Off by default: servers without `response_format: json_schema` (older vLLM, some proxies) answer 400.
+        self.native_json = native_json
         self.model = model
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._connect = connect_timeout_s
@@ -81,6 +84,11 @@ class OpenAICompatible:
                 }
                 for t in request.tools
             ]
+        if request.response_schema is not None and self.native_json:
+            payload["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "answer", "schema": request.response_schema},
+            }
         if stream:
             payload["stream_options"] = {"include_usage": True}
         return payload

@@ -198,7 +198,10 @@ def generate_structured(
     # A final system message, not a user one: the format rule comes from the application, not the user, and a
     # second user turn after the caller's would break strict role alternation. OpenAI-compatible servers accept
     # system messages anywhere; the Anthropic provider folds them into its top-level system prompt.
+    # The instruction stays even where a provider decodes natively to the schema: a fallback provider without
+    # a JSON mode still needs it, and the validation below guards both.
     base = (*request.messages, Message("system", _instruction(model)))
+    request = dataclasses.replace(request, response_schema=json_schema_for(model))
     current = dataclasses.replace(request, messages=base)
     repairs = 0
     while True:
