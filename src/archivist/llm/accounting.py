@@ -1,30 +1,34 @@
 """Token estimates, prices and budgets: what a call may cost, checked before it and settled after it.
 
-Token counts come from the provider's reported usage after a call. Before a call they are estimated as
-one token per 4 characters of message text (a documented approximation: `tiktoken` needs its BPE files
-from the network, which this project never fetches at run time), plus the request's `max_tokens`.
+Token counts come from the provider's reported usage after a call. Before a call they are counted with the
+model family's tokenizer where one is available (see `archivist.llm.tokens`: cl100k for OpenAI models, a local
+model's own tokenizer), else estimated as one token per 4 characters; plus the request's `max_tokens`.
 """
 
 from __future__ import annotations
 
 import fnmatch
-import math
+import json
 import threading
 from dataclasses import dataclass, field
 
 from archivist.llm.base import ChatRequest, Usage
 from archivist.llm.errors import BudgetExceeded
+from archivist.llm.tokens import CharEstimate, TokenCounter
 
 DEFAULT_COMPLETION_ESTIMATE = 512
 
 
-def estimate_prompt_tokens(request: ChatRequest) -> int:
-    """Return an estimate of the prompt's tokens: ceil(chars / 4) per message, plus 4 per message of framing."""
+def estimate_prompt_tokens(request: ChatRequest, counter: TokenCounter | None = None) -> int:
+    """Return the prompt's tokens by `counter` (chars/4 if None), plus 4 per message of chat framing."""
+    counter = counter or CharEstimate()
     total = 0
     for m in request.messages:
-        total += math.ceil(len(m.content) / 4) + 4
+        total += counter.count(m.content) + 4
     for t in request.tools:
-        total += math.ceil((len(t.name) + len(t.description) + len(str(t.parameters))) / 4)
+        total += counter.count(t.name + " " + t.description + " " + json.dumps(t.parameters))
+    if request.response_schema is not None:
+        total += counter.count(json.dumps(request.response_schema))
     return total
 
 

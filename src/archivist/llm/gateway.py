@@ -22,6 +22,7 @@ from archivist.llm.accounting import (
 from archivist.llm.base import LLM, ChatRequest, Completion, Deadline, DoneEvent, StreamEvent, TokenEvent, Usage
 from archivist.llm.cache import ResponseCache, cache_key
 from archivist.llm.errors import AllProvidersFailed, CircuitOpen, DeadlineExceeded, LLMError, StreamBroken
+from archivist.llm.tokens import TokenCounter, counter_for
 
 BreakerState = Literal["closed", "open", "half-open"]
 
@@ -143,10 +144,16 @@ class Gateway:
         """Return the budget reservation for one attempt's estimate (raises BudgetExceeded if it won't fit)."""
         if budget is None:
             return None
-        prompt = estimate_prompt_tokens(request)
+        prompt = estimate_prompt_tokens(request, self._counter(route))
         completion = request.max_tokens or DEFAULT_COMPLETION_ESTIMATE
         cost = self.prices.cost(route.llm.model, Usage(prompt, completion))
         return budget.reserve(prompt + completion, cost)
+
+    @staticmethod
+    def _counter(route: Route) -> TokenCounter:
+        """Return the route's token counter: the provider's own tokenizer if it has one, else by model family."""
+        own: TokenCounter | None = getattr(route.llm, "token_counter", None)
+        return own or counter_for(route.llm.model)
 
     def _settle(self, budget: Budget | None, held: Reservation | None, model: str, usage: Usage | None) -> float:
         """Charge the budget what a call used (nothing for a call that failed); return its cost."""
@@ -221,12 +228,15 @@ class Gateway:
                     return
                 except GeneratorExit:
                     # The caller stopped reading: charge what was sent, then let the generator close.
-                    self._settle(budget, held, route.llm.model, Usage(estimate_prompt_tokens(request), len(sent)))
+                    counter = self._counter(route)
+                    charged = Usage(estimate_prompt_tokens(request, counter), counter.count("".join(sent)))
+                    self._settle(budget, held, route.llm.model, charged)
                     raise
                 except StreamBroken:
                     route.breaker.record(False)
                     # The provider billed what it sent: charge an estimate of it.
-                    partial = Usage(estimate_prompt_tokens(request), -(-len("".join(sent)) // 4))
+                    counter = self._counter(route)
+                    partial = Usage(estimate_prompt_tokens(request, counter), counter.count("".join(sent)))
                     self._settle(budget, held, route.llm.model, partial)
                     raise  # text already reached the caller: retrying would duplicate it
                 except LLMError as exc:
