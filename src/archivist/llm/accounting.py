@@ -10,11 +10,18 @@ from __future__ import annotations
 import fnmatch
 import json
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal
 
 from archivist.llm.base import ChatRequest, Usage
 from archivist.llm.errors import BudgetExceeded
 from archivist.llm.tokens import CharEstimate, TokenCounter
+
+if TYPE_CHECKING:
+    from archivist.store.base import Store
 
 DEFAULT_COMPLETION_ESTIMATE = 512
 
@@ -74,9 +81,13 @@ class Budget:
     overrun the limit together; the reservation is replaced by the actual usage when the call ends.
     """
 
-    def __init__(self, max_tokens: int | None = None, max_cost_usd: float | None = None) -> None:
+    def __init__(
+        self, max_tokens: int | None = None, max_cost_usd: float | None = None, *, parent: Budget | None = None
+    ) -> None:
         self.max_tokens = max_tokens
         self.max_cost_usd = max_cost_usd
+        #: a wider budget every call charged here is also charged to (a request's budget → its API key's)
+        self.parent = parent
         self.spent_tokens = 0
         self.spent_cost_usd = 0.0
         self._held_tokens = 0
@@ -84,7 +95,28 @@ class Budget:
         self._lock = threading.Lock()
 
     def reserve(self, tokens: int, cost_usd: float) -> Reservation:
-        """Return a reservation for a call's estimate, or raise BudgetExceeded if it would not fit."""
+        """Return a reservation for a call's estimate, or raise BudgetExceeded if it (or its parent) would not fit."""
+        held = self._reserve_here(tokens, cost_usd)
+        if self.parent is not None:
+            try:
+                self.parent.reserve(tokens, cost_usd)
+            except BudgetExceeded:
+                self._release(held)
+                raise
+        return held
+
+    def settle(self, reservation: Reservation, tokens: int, cost_usd: float) -> None:
+        """Replace a reservation with what the call actually used (0 for a call that failed unbilled)."""
+        self._settle_here(reservation, tokens, cost_usd)
+        if self.parent is not None:
+            self.parent.settle(reservation, tokens, cost_usd)
+
+    def _release(self, reservation: Reservation) -> None:
+        with self._lock:
+            self._held_tokens -= reservation.tokens
+            self._held_cost -= reservation.cost_usd
+
+    def _reserve_here(self, tokens: int, cost_usd: float) -> Reservation:
         with self._lock:
             if self.max_tokens is not None and self.spent_tokens + self._held_tokens + tokens > self.max_tokens:
                 raise BudgetExceeded(
@@ -100,10 +132,54 @@ class Budget:
             self._held_cost += cost_usd
             return Reservation(tokens, cost_usd)
 
-    def settle(self, reservation: Reservation, tokens: int, cost_usd: float) -> None:
-        """Replace a reservation with what the call actually used (0 for a call that failed unbilled)."""
+    def _settle_here(self, reservation: Reservation, tokens: int, cost_usd: float) -> None:
         with self._lock:
             self._held_tokens -= reservation.tokens
             self._held_cost -= reservation.cost_usd
             self.spent_tokens += tokens
             self.spent_cost_usd += cost_usd
+
+
+Period = Literal["day", "month"]
+
+
+def period_label(period: Period, now: float) -> str:
+    """Return the UTC calendar period holding `now`: "2026-11-23" for a day, "2026-11" for a month."""
+    day = datetime.fromtimestamp(now, UTC)
+    return day.strftime("%Y-%m-%d" if period == "day" else "%Y-%m")
+
+
+class KeyBudget(Budget):
+    """A budget per key (an API key's id) and calendar period, persisted in the store so restarts don't reset it.
+
+    Spending is read from the store at each reservation and added to it at each settlement, so several
+    processes share one limit; between a read and the matching write another process may reserve too, so
+    concurrent processes can overrun a limit by at most their calls in flight.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        key: str,
+        *,
+        period: Period = "month",
+        max_tokens: int | None = None,
+        max_cost_usd: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(max_tokens, max_cost_usd)
+        self.store = store
+        self.key = key
+        self.period = period
+        self._clock = clock
+
+    def _reserve_here(self, tokens: int, cost_usd: float) -> Reservation:
+        spent_tokens, spent_cost = self.store.spend_get(self.key, period_label(self.period, self._clock()))
+        with self._lock:
+            self.spent_tokens, self.spent_cost_usd = spent_tokens, spent_cost
+        return super()._reserve_here(tokens, cost_usd)
+
+    def _settle_here(self, reservation: Reservation, tokens: int, cost_usd: float) -> None:
+        super()._settle_here(reservation, tokens, cost_usd)
+        if tokens or cost_usd:
+            self.store.spend_add(self.key, period_label(self.period, self._clock()), tokens, cost_usd)

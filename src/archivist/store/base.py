@@ -165,7 +165,7 @@ class Store(Protocol):
         ...
 
     def candidate_scores(self, model: str, query_vector: Vectors, query: str, ids: Sequence[int]) -> CandidateScores:
-        """Return dense and BM25 scores of the given chunks plus the mean and spread of each over all chunks."""
+        """Return dense, chunk BM25 and document BM25 scores of the given chunks, with each one's corpus spread."""
         ...
 
     def get_chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]:
@@ -182,6 +182,14 @@ class Store(Protocol):
 
     def cache_put(self, key: str, value: str, now: float, ttl_s: float) -> None:
         """Store a value under a key until `now + ttl_s`, dropping expired entries as it goes."""
+        ...
+
+    def spend_get(self, key: str, period: str) -> tuple[int, float]:
+        """Return the tokens and dollars recorded against a budget key in a period (0, 0.0 if none)."""
+        ...
+
+    def spend_add(self, key: str, period: str, tokens: int, cost_usd: float) -> None:
+        """Add tokens and dollars to a budget key's total for a period."""
         ...
 
     def save_eval_run(self, record: dict[str, Any]) -> None:

@@ -444,6 +444,26 @@ class SQLiteStore:
                 (key, value, now, now + ttl_s),
             )
 
+    def spend_get(self, key: str, period: str) -> tuple[int, float]:
+        """Return the tokens and dollars recorded against a budget key in a period (0, 0.0 if none)."""
+        row = (
+            self._conn()
+            .execute("SELECT tokens, cost_usd FROM llm_spend WHERE key = ? AND period = ?", (key, period))
+            .fetchone()
+        )
+        return (int(row[0]), float(row[1])) if row else (0, 0.0)
+
+    def spend_add(self, key: str, period: str, tokens: int, cost_usd: float) -> None:
+        """Add tokens and dollars to a budget key's total for a period."""
+        with self._transaction() as conn:
+            # One statement: concurrent writers (threads or processes) add up instead of overwriting.
+            conn.execute(
+                "INSERT INTO llm_spend (key, period, tokens, cost_usd) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (key, period) DO UPDATE SET tokens = tokens + excluded.tokens,"
+                " cost_usd = cost_usd + excluded.cost_usd",
+                (key, period, tokens, cost_usd),
+            )
+
     def save_eval_run(self, record: dict[str, Any]) -> None:
         """Store an eval run record (a JSON-ready dict with id, kind, dataset, split, tag, created_at)."""
         with self._transaction() as conn:

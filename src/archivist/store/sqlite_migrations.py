@@ -80,4 +80,17 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX llm_cache_expires ON llm_cache(expires_at);
         """,
     ),
+    (
+        4,
+        "LLM spend per budget key and period",
+        """
+        CREATE TABLE llm_spend (
+            key      TEXT NOT NULL,  -- e.g. an API key's id
+            period   TEXT NOT NULL,  -- "2026-11-23" (daily) or "2026-11" (monthly), UTC
+            tokens   INTEGER NOT NULL DEFAULT 0,
+            cost_usd REAL NOT NULL DEFAULT 0,
+            PRIMARY KEY (key, period)
+        );
+        """,
+    ),
 ]
