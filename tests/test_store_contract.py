@@ -205,7 +205,7 @@ def test_sqlite_store_uses_wal_and_records_migrations(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "s.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
-    assert versions == [1, 2, 3] and store.schema_version() == 3
+    assert versions == [1, 2, 3, 4] and store.schema_version() == 4
     assert store.migrate() == []  # idempotent
     conn.close()
     store.close()
