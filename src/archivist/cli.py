@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from archivist.cli_ask import ask
 from archivist.cli_eval import eval_app
 from archivist.cli_llm import llm_app
 from archivist.cli_support import FilterOpt, JsonOpt, ModeOpt, StoreOpt, emit_json, err, fail, open_app, out, parse_mode
@@ -36,6 +37,7 @@ docs_app = typer.Typer(help="List, show and delete stored documents.", no_args_i
 app.add_typer(docs_app, name="docs")
 app.add_typer(eval_app, name="eval")
 app.add_typer(llm_app, name="llm")
+app.command()(ask)
 
 
 @app.command()

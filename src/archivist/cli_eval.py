@@ -317,3 +317,63 @@ def eval_report(
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(render_report(run, history, metric), encoding="utf-8")
     out.print(f"wrote {html_path}")
+
+
+@eval_app.command("answers")
+def eval_answers(
+    dataset: Annotated[Path, typer.Argument(help="A QA dataset folder: corpus, queries, qrels and answers.jsonl.")],
+    split: Annotated[str, typer.Option("--split", help="test or train.")] = "test",
+    k: Annotated[int, typer.Option("--k", min=1, max=50, help="Chunks retrieved as evidence per question.")] = 8,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Ask only N questions (evenly spread).")] = None,
+    slice_spec: Annotated[str | None, typer.Option("--slice", help="QUERIES:DISTRACTORS subset, e.g. 5:3.")] = None,
+    unanswerable: Annotated[
+        Path | None, typer.Option("--unanswerable", help="A dataset whose questions this corpus cannot answer.")
+    ] = None,
+    unanswerable_limit: Annotated[int, typer.Option("--unanswerable-limit", min=1)] = 100,
+    gold_removed: Annotated[
+        int, typer.Option("--gold-removed", min=0, help="Also ask N questions with their gold document removed.")
+    ] = 0,
+    tag: Annotated[str | None, typer.Option("--tag", help="A label stored with the run.")] = None,
+    cache_dir: CacheOpt = Path(".archivist/evals"),
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer the dataset's questions from its own cached store; score answers, citations and refusal; store the run."""
+    from archivist.evals.answers import AnswerEvalConfig, run_answer_eval
+
+    with open_app(store) as archivist:
+        ds = load_dataset(dataset, split, _parse_slice(slice_spec), work_dir=cache_dir)
+        config = AnswerEvalConfig(
+            k=k,
+            limit=limit,
+            unanswerable=unanswerable,
+            unanswerable_limit=unanswerable_limit,
+            gold_removed=gold_removed,
+            tag=tag,
+        )
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
+        ) as progress:
+            tasks: dict[str, Any] = {}
+
+            def hook(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = progress.add_task(stage, total=total)
+                progress.update(tasks[stage], completed=done, total=total)
+
+            record = run_answer_eval(archivist.settings, ds, config, cache_dir=cache_dir, progress=hook)
+        archivist.store.save_eval_run(record)
+    if as_json:
+        emit_json({k: v for k, v in record.items() if k not in ("per_query", "queries")})
+        return
+    table = Table(title=f"{record['dataset']} answers · run {record['id']}", box=None)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in record["metrics"].items():
+        table.add_row(name, f"{value:.4f}")
+    out.print(table)
+    t = record["timings"]
+    out.print(
+        f"[dim]{record['n_queries']} questions · answer p50 {t['answer_p50_ms']} ms · "
+        f"prompt {record['fingerprint']['prompt_versions']['answer']} · fingerprint {record['fingerprint_hash']}[/]"
+    )

@@ -1,0 +1,424 @@
+"""The answerer: retrieve, pack context, generate (LLM via the gateway, or extractive), verify, refuse."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from archivist.answer.context import Passage, pack_context, render_passages
+from archivist.answer.extractive import Extraction, extract
+from archivist.answer.prompts import EXTRACTIVE_VERSION, Prompt, load_prompt
+from archivist.answer.refusal import REFUSAL_THRESHOLD, refusal_text, should_refuse
+from archivist.answer.text import Sentence
+from archivist.answer.verify import Claim, split_claims, verify
+from archivist.embed.base import Embedder
+from archivist.llm.base import ChatRequest, Completion, Deadline, DoneEvent, Message, TokenEvent
+from archivist.llm.errors import LLMError, StreamBroken
+from archivist.llm.gateway import Gateway
+from archivist.retrieve.search import SearchPipeline
+from archivist.store.base import Filters
+from archivist.types import Hit, UsageError
+
+if TYPE_CHECKING:
+    from archivist.app import Archivist
+
+log = logging.getLogger(__name__)
+
+#: what the prompt tells the model to reply when the passages do not answer
+NOT_IN_DOCUMENTS = "NOT_IN_DOCUMENTS"
+UnsupportedPolicy = Literal["drop", "flag"]
+_MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+
+
+@dataclass(slots=True)
+class Citation:
+    """A numbered source of an answer: the document, where in it, and the exact quoted text."""
+
+    n: int
+    document: str
+    source: str
+    title: str
+    heading_path: tuple[str, ...]
+    page: int | None
+    span: tuple[int, int]
+    quote: str
+    support: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-ready dict of the citation."""
+        return {
+            "n": self.n,
+            "document": self.document,
+            "source": self.source,
+            "title": self.title,
+            "heading_path": list(self.heading_path),
+            "page": self.page,
+            "span": list(self.span),
+            "quote": self.quote,
+            "support": self.support,
+        }
+
+
+@dataclass(slots=True)
+class Answer:
+    """An answer with [n] markers, its checked citations, overall support, and how it was made."""
+
+    question: str
+    answer: str
+    citations: list[Citation]
+    support: float
+    refused: bool
+    usage: dict[str, Any]
+    prompt_version: str
+    trace_id: str
+    mode: Literal["extractive", "llm"]
+    evidence: float = 0.0
+    #: the closest sources (title, source, score) — what a refusal points the user to
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    #: claims verification did not support: dropped from `answer` (policy "drop") or marked in it ("flag")
+    unsupported: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON shape of an answer (what `archivist ask --json` prints)."""
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "citations": [c.to_dict() for c in self.citations],
+            "support": self.support,
+            "refused": self.refused,
+            "usage": self.usage,
+            "prompt_version": self.prompt_version,
+            "trace_id": self.trace_id,
+            "mode": self.mode,
+            "evidence": self.evidence,
+            "sources": self.sources,
+            "unsupported": self.unsupported,
+            "warnings": self.warnings,
+            "timings_ms": self.timings_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerDone:
+    """The last event of a streamed answer: the finished, verified answer."""
+
+    answer: Answer
+
+
+AnswerEvent = TokenEvent | AnswerDone
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """Retrieval, packing and extraction done for one question, before generation."""
+
+    question: str
+    passages: list[Passage]
+    extraction: Extraction
+    trace_id: str
+    t0: float
+    timings: dict[str, float]
+    warnings: list[str]
+
+
+def _citation(n: int, passage: Passage, sentence: Sentence, support: float = 1.0) -> Citation:
+    return Citation(
+        n=n,
+        document=passage.document_id,
+        source=passage.source,
+        title=passage.title,
+        heading_path=passage.heading_path,
+        page=passage.page,
+        span=(sentence.start, sentence.end),
+        quote=sentence.text,
+        support=round(support, 4),
+    )
+
+
+class Answerer:
+    """Answers questions from the store: extractive without a model, through the gateway with one."""
+
+    def __init__(
+        self,
+        searcher: SearchPipeline,
+        embedder: Embedder,
+        gateway: Gateway | None = None,
+        *,
+        k: int = 8,
+        budget_tokens: int = 1500,
+        max_passages: int = 6,
+        max_sentences: int = 3,
+        refusal_threshold: float = REFUSAL_THRESHOLD,
+        unsupported: UnsupportedPolicy = "drop",
+        prompt: Prompt | None = None,
+        timeout_s: float | None = None,
+        max_tokens: int = 512,
+    ) -> None:
+        self.searcher = searcher
+        self.embedder = embedder
+        # A gateway with no routes cannot generate: treat it as no model at all.
+        self.gateway = gateway if gateway is not None and gateway.routes else None
+        self.k = k
+        self.budget_tokens = budget_tokens
+        self.max_passages = max_passages
+        self.max_sentences = max_sentences
+        self.refusal_threshold = refusal_threshold
+        self.unsupported = unsupported
+        self.prompt = prompt or load_prompt()
+        self.timeout_s = timeout_s
+        self.max_tokens = max_tokens
+
+    @classmethod
+    def from_app(cls, app: Archivist, **options: Any) -> Answerer:
+        """Return an answerer over the app's search pipeline, embedder and (if it has routes) gateway."""
+        gateway = app.gateway()
+        return cls(app.searcher(), app.embedder, gateway if gateway.routes else None, **options)
+
+    @property
+    def mode(self) -> Literal["extractive", "llm"]:
+        """Return 'llm' when a model is configured, else 'extractive'."""
+        return "llm" if self.gateway is not None else "extractive"
+
+    @property
+    def prompt_version(self) -> str:
+        """Return the prompt identity recorded with every answer of this answerer."""
+        return self.prompt.id if self.gateway is not None else EXTRACTIVE_VERSION
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Return every setting that can change an answer, for eval run records."""
+        return {
+            "mode": self.mode,
+            "prompt_version": self.prompt_version,
+            "k": self.k,
+            "budget_tokens": self.budget_tokens,
+            "max_passages": self.max_passages,
+            "max_sentences": self.max_sentences,
+            "refusal_threshold": self.refusal_threshold,
+            "unsupported": self.unsupported,
+            "models": [f"{r.llm.name}/{r.llm.model}" for r in self.gateway.routes] if self.gateway else [],
+        }
+
+    # --- the two entry points ---------------------------------------------------------------------------
+
+    def answer(
+        self,
+        question: str,
+        *,
+        k: int | None = None,
+        filters: Filters = Filters(),
+        exclude_documents: frozenset[str] = frozenset(),
+    ) -> Answer:
+        """Return the grounded answer to a question (or a refusal naming the closest sources)."""
+        prep = self._prepare(question, k, filters, exclude_documents)
+        refused = self._refusal(prep)
+        if refused is not None or self.gateway is None:
+            return refused or self._extractive(prep)
+        request = self._request(prep)
+        try:
+            completion = self.gateway.chat(request, self._deadline())
+        except LLMError as exc:
+            # An answer from the documents beats an error: fall back to extraction and say so.
+            prep.warnings.append(f"LLM failed, answered extractively: {type(exc).__name__}: {exc}")
+            return self._extractive(prep)
+        return self._generated(prep, completion)
+
+    def stream(
+        self,
+        question: str,
+        *,
+        k: int | None = None,
+        filters: Filters = Filters(),
+        exclude_documents: frozenset[str] = frozenset(),
+    ) -> Iterator[AnswerEvent]:
+        """Yield the answer's text as TokenEvents as it is produced, then one AnswerDone with citations."""
+        prep = self._prepare(question, k, filters, exclude_documents)
+        refused = self._refusal(prep)
+        if refused is not None or self.gateway is None:
+            final = refused or self._extractive(prep)
+            yield from _pieces(final.answer)
+            yield AnswerDone(final)
+            return
+        completion: Completion | None = None
+        sent = False
+        try:
+            for event in self.gateway.stream(self._request(prep), self._deadline()):
+                if isinstance(event, TokenEvent):
+                    sent = True
+                    yield event
+                elif isinstance(event, DoneEvent):
+                    completion = event.completion
+        except StreamBroken:
+            raise  # text reached the user already: a silent switch to another answer would mislead
+        except LLMError as exc:
+            if sent:
+                raise
+            prep.warnings.append(f"LLM failed, answered extractively: {type(exc).__name__}: {exc}")
+            final = self._extractive(prep)
+            yield from _pieces(final.answer)
+            yield AnswerDone(final)
+            return
+        assert completion is not None  # a gateway stream ends with a DoneEvent or raises
+        yield AnswerDone(self._generated(prep, completion))
+
+    # --- steps ----------------------------------------------------------------------------------------------
+
+    def _deadline(self) -> Deadline | None:
+        return Deadline.after(self.timeout_s) if self.timeout_s else None
+
+    def _prepare(self, question: str, k: int | None, filters: Filters, exclude: frozenset[str]) -> _Prepared:
+        question = question.strip()
+        if not question:
+            raise UsageError("the question is empty")
+        t0 = time.perf_counter()
+        k = k or self.k
+        # Excluded documents (eval: "gold document removed") are dropped after retrieval, so fetch extra.
+        outcome = self.searcher.search(question, k=k + (4 * k if exclude else 0), filters=filters)
+        hits: list[Hit] = [h for h in outcome.hits if h.document_id not in exclude and h.source not in exclude][:k]
+        t1 = time.perf_counter()
+        passages = pack_context(
+            hits,
+            budget_tokens=self.budget_tokens,
+            max_passages=self.max_passages,
+            count_tokens=lambda text: self.embedder.tokenizer.count([text])[0],
+        )
+        extraction = extract(question, passages, self.embedder, max_sentences=self.max_sentences)
+        t2 = time.perf_counter()
+        timings = {"retrieve": round((t1 - t0) * 1000, 2), "extract": round((t2 - t1) * 1000, 2)}
+        return _Prepared(question, passages, extraction, uuid.uuid4().hex, t0, timings, list(outcome.warnings))
+
+    def _finish(self, prep: _Prepared, answer: Answer) -> Answer:
+        answer.timings_ms = {**prep.timings, "total": round((time.perf_counter() - prep.t0) * 1000, 2)}
+        answer.warnings = prep.warnings
+        answer.evidence = round(prep.extraction.evidence, 4)
+        answer.sources = [
+            {"n": p.n, "document": p.document_id, "title": p.title, "source": p.source, "score": round(p.score, 4)}
+            for p in prep.passages[:3]
+        ]
+        return answer
+
+    def _refusal(self, prep: _Prepared) -> Answer | None:
+        if not should_refuse(prep.extraction.evidence, self.refusal_threshold):
+            return None
+        return self._refused(prep, usage=_usage(None))
+
+    def _refused(
+        self, prep: _Prepared, usage: dict[str, Any], unsupported: list[dict[str, Any]] | None = None
+    ) -> Answer:
+        answer = Answer(
+            question=prep.question,
+            answer=refusal_text(prep.passages),
+            citations=[],
+            support=0.0,
+            refused=True,
+            usage=usage,
+            prompt_version=self.prompt_version,
+            trace_id=prep.trace_id,
+            mode=self.mode,
+            unsupported=unsupported or [],
+        )
+        return self._finish(prep, answer)
+
+    def _extractive(self, prep: _Prepared) -> Answer:
+        by_n = {p.n: p for p in prep.passages}
+        chosen = prep.extraction.chosen
+        citations = [_citation(i, by_n[c.sentence.passage], c.sentence) for i, c in enumerate(chosen, start=1)]
+        text = " ".join(f"{c.sentence.text} [{i}]" for i, c in enumerate(chosen, start=1))
+        answer = Answer(
+            question=prep.question,
+            answer=text,
+            citations=citations,
+            # Every sentence is a verbatim span of the passage it cites: support is exact by construction.
+            support=1.0,
+            refused=False,
+            usage=_usage(None),
+            prompt_version=EXTRACTIVE_VERSION,
+            trace_id=prep.trace_id,
+            mode="extractive",
+        )
+        return self._finish(prep, answer)
+
+    def _request(self, prep: _Prepared) -> ChatRequest:
+        user = self.prompt.render_user(prep.question, render_passages(prep.passages))
+        return ChatRequest(
+            messages=(Message("system", self.prompt.system), Message("user", user)),
+            temperature=0.0,
+            max_tokens=self.max_tokens,
+            prompt_version=self.prompt.id,
+        )
+
+    def _generated(self, prep: _Prepared, completion: Completion) -> Answer:
+        usage = _usage(completion)
+        text = completion.text.strip()
+        if not text or NOT_IN_DOCUMENTS in text:
+            return self._refused(prep, usage)
+        verification = verify(split_claims(text), prep.passages, self.embedder)
+        unsupported = [
+            {"text": c.text, "cited": c.cited, "support": c.support, "reason": c.reason}
+            for c in verification.claims
+            if not c.supported
+        ]
+        kept = [c for c in verification.claims if c.supported or self.unsupported == "flag"]
+        if not any(c.supported and c.cited for c in kept):
+            return self._refused(prep, usage, unsupported)
+        answer_text, citations = _renumber(kept, {p.n: p for p in prep.passages})
+        answer = Answer(
+            question=prep.question,
+            answer=answer_text,
+            citations=citations,
+            support=round(verification.support, 4),
+            refused=False,
+            usage=usage,
+            prompt_version=self.prompt.id,
+            trace_id=prep.trace_id,
+            mode="llm",
+            unsupported=unsupported,
+        )
+        return self._finish(prep, answer)
+
+
+def _renumber(claims: Sequence[Claim], passages: dict[int, Passage]) -> tuple[str, list[Citation]]:
+    """Return the answer text with citations numbered 1, 2, … in order of first use, and those citations."""
+    numbers: dict[int, int] = {}
+    citations: list[Citation] = []
+    parts: list[str] = []
+    for claim in claims:
+        marks: list[int] = []
+        for n in claim.cited:
+            sentence = claim.evidence_by_passage.get(n)
+            if n not in passages or sentence is None or not claim.supported:
+                continue
+            if n not in numbers:
+                numbers[n] = len(numbers) + 1
+                citations.append(_citation(numbers[n], passages[n], sentence, claim.support))
+            marks.append(numbers[n])
+        sentence_text = claim.text + "".join(f" [{m}]" for m in marks)
+        if not claim.supported:
+            sentence_text += " [unsupported]"
+        parts.append(sentence_text)
+    return " ".join(parts), citations
+
+
+def _usage(completion: Completion | None) -> dict[str, Any]:
+    if completion is None:
+        return {"prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0, "model": "extractive", "cached": False}
+    return {
+        "prompt_tokens": completion.usage.prompt_tokens,
+        "completion_tokens": completion.usage.completion_tokens,
+        "cost_usd": completion.cost_usd,
+        "model": f"{completion.provider}/{completion.model}",
+        "cached": completion.cached,
+        "latency_ms": round(completion.latency_s * 1000, 2),
+    }
+
+
+def _pieces(text: str) -> Iterator[TokenEvent]:
+    """Yield text word by word (with its trailing space), as a model's stream would."""
+    for m in re.finditer(r"\S+\s*", text):
+        yield TokenEvent(m.group(0))

@@ -1,0 +1,116 @@
+"""Context packing: the best hits fitted to a token budget, overlapping chunks of one document merged."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from archivist.retrieve.llm_rerank import fence
+from archivist.types import Hit
+
+TokenCounter = Callable[[str], int]
+
+
+def rough_tokens(text: str) -> int:
+    """Return a cheap token estimate (about four characters a token), for budgets that need no tokenizer."""
+    return -(-len(text) // 4)
+
+
+@dataclass(slots=True)
+class Segment:
+    """A contiguous span `[start, end)` of a document, with its text exactly as in the document."""
+
+    start: int
+    end: int
+    text: str
+
+
+@dataclass(slots=True)
+class Passage:
+    """One numbered context passage: spans of one document (merged from its hits), best hit's score."""
+
+    n: int
+    document_id: str
+    source: str
+    title: str
+    heading_path: tuple[str, ...]
+    page: int | None
+    score: float
+    segments: list[Segment] = field(default_factory=list)
+    chunk_ids: list[int] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        """Return the passage text: its segments in document order, gaps marked with an ellipsis."""
+        return "\n…\n".join(s.text for s in self.segments)
+
+    @property
+    def start(self) -> int:
+        """Return the character offset where the passage begins in its document."""
+        return self.segments[0].start
+
+    @property
+    def end(self) -> int:
+        """Return the character offset where the passage ends in its document."""
+        return self.segments[-1].end
+
+
+def _merge(segments: list[Segment]) -> list[Segment]:
+    """Return segments sorted by start with overlapping or touching ones joined into one exact span."""
+    merged: list[Segment] = []
+    for seg in sorted(segments, key=lambda s: s.start):
+        last = merged[-1] if merged else None
+        if last is not None and seg.start <= last.end:
+            if seg.end > last.end:
+                # Both texts are the document's own characters, so the overlap lines up exactly.
+                last.text += seg.text[last.end - seg.start :]
+                last.end = seg.end
+        else:
+            merged.append(Segment(seg.start, seg.end, seg.text))
+    return merged
+
+
+def pack_context(
+    hits: Sequence[Hit],
+    *,
+    budget_tokens: int = 1500,
+    max_passages: int = 8,
+    count_tokens: TokenCounter = rough_tokens,
+) -> list[Passage]:
+    """Return numbered passages: hits grouped by document and merged, best first, within the token budget."""
+    by_doc: dict[str, Passage] = {}
+    order: list[str] = []
+    used = 0
+    for hit in hits:
+        cost = count_tokens(hit.text)
+        if used + cost > budget_tokens:
+            # A later, shorter hit may still fit; the budget is a ceiling, not a cut-off point.
+            continue
+        passage = by_doc.get(hit.document_id)
+        if passage is None:
+            if len(order) >= max_passages:
+                continue
+            passage = Passage(0, hit.document_id, hit.source, hit.title, hit.heading_path, hit.page, hit.score)
+            by_doc[hit.document_id] = passage
+            order.append(hit.document_id)
+        passage.segments.append(Segment(hit.start, hit.end, hit.text))
+        passage.chunk_ids.append(hit.chunk_id)
+        used += cost
+    passages = []
+    # Best passage first: models (and readers) weigh the start of the context most, and the numbers
+    # [1], [2]… then read as a ranking.
+    for n, doc_id in enumerate(order, start=1):
+        p = by_doc[doc_id]
+        p.n = n
+        p.segments = _merge(p.segments)
+        passages.append(p)
+    return passages
+
+
+def render_passages(passages: Sequence[Passage]) -> str:
+    """Return the passages fenced as untrusted data, numbered for citation."""
+    blocks = []
+    for p in passages:
+        head = " > ".join(x for x in (p.title, *p.heading_path) if x)
+        blocks.append(fence("passage", f"{head}\n{p.text}" if head else p.text, id=p.n))
+    return "\n\n".join(blocks)

@@ -1,0 +1,110 @@
+"""The extractive answerer: the retrieved sentences that best answer the question, cited, never rewritten."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from archivist.answer.context import Passage
+from archivist.answer.text import Sentence, overlap, split_sentences, terms
+from archivist.embed.base import Embedder, Vectors
+
+#: weights of the sentence relevance score: embedding cosine, query-term overlap, the passage's rank
+DENSE_WEIGHT = 0.6
+LEXICAL_WEIGHT = 0.4
+RANK_PRIOR = 0.05
+#: MMR trade-off between relevance and novelty (1.0 = relevance only)
+MMR_LAMBDA = 0.7
+#: a further sentence is kept only when it scores at least this share of the best one
+KEEP_RATIO = 0.85
+#: at most this many sentences are embedded per question: the lexical prefilter keeps latency bounded
+MAX_CANDIDATES = 48
+
+
+@dataclass(slots=True)
+class ScoredSentence:
+    """A candidate sentence with its relevance parts and the final score."""
+
+    sentence: Sentence
+    dense: float
+    lexical: float
+    score: float
+
+
+@dataclass(slots=True)
+class Extraction:
+    """The sentences chosen for an answer (best first) and every candidate's scores."""
+
+    chosen: list[ScoredSentence]
+    candidates: list[ScoredSentence]
+    vectors: Vectors
+
+    @property
+    def evidence(self) -> float:
+        """Return the best candidate's relevance score (0 when there are no candidates): refusal reads it."""
+        return max((c.score for c in self.candidates), default=0.0)
+
+
+def score_sentences(
+    question: str, passages: Sequence[Passage], embedder: Embedder, query_vector: Vectors | None = None
+) -> tuple[list[ScoredSentence], Vectors]:
+    """Return every usable sentence of the passages scored against the question, and their vectors."""
+    sentences = [s for p in passages for s in split_sentences(p)]
+    if not sentences:
+        return [], np.zeros((0, embedder.dim), dtype=np.float32)
+    q_terms = terms(question)
+    lexical = [overlap(q_terms, terms(s.text)) for s in sentences]
+    rank = {p.n: i for i, p in enumerate(passages)}
+    if len(sentences) > MAX_CANDIDATES:
+        # Lexical prefilter: keep the best-overlapping sentences, ties broken by passage rank and position.
+        keep = sorted(range(len(sentences)), key=lambda i: (-lexical[i], rank[sentences[i].passage], i))
+        keep = sorted(keep[:MAX_CANDIDATES])
+        sentences = [sentences[i] for i in keep]
+        lexical = [lexical[i] for i in keep]
+    qv = query_vector if query_vector is not None else embedder.embed_query(question)
+    vectors = embedder.embed([s.text for s in sentences])
+    dense = vectors @ qv
+    scored = []
+    for s, d, lex in zip(sentences, dense.tolist(), lexical, strict=True):
+        prior = RANK_PRIOR / (1 + rank[s.passage])
+        scored.append(ScoredSentence(s, float(d), lex, DENSE_WEIGHT * float(d) + LEXICAL_WEIGHT * lex + prior))
+    return scored, vectors
+
+
+def select(scored: Sequence[ScoredSentence], vectors: Vectors, *, max_sentences: int = 3) -> list[ScoredSentence]:
+    """Return up to `max_sentences` sentences by maximal marginal relevance, best first."""
+    if not scored:
+        return []
+    remaining = list(range(len(scored)))
+    chosen: list[int] = []
+    best = max(s.score for s in scored)
+    while remaining and len(chosen) < max_sentences:
+
+        def mmr(i: int) -> float:
+            redundancy = max((float(vectors[i] @ vectors[j]) for j in chosen), default=0.0)
+            return MMR_LAMBDA * scored[i].score - (1 - MMR_LAMBDA) * redundancy
+
+        pick = max(remaining, key=mmr)
+        remaining.remove(pick)
+        if chosen and scored[pick].score < KEEP_RATIO * best:
+            break
+        # A sentence that repeats one already chosen adds nothing for the reader.
+        if chosen and max(float(vectors[pick] @ vectors[j]) for j in chosen) > 0.9:
+            continue
+        chosen.append(pick)
+    return [scored[i] for i in chosen]
+
+
+def extract(
+    question: str,
+    passages: Sequence[Passage],
+    embedder: Embedder,
+    *,
+    max_sentences: int = 3,
+    query_vector: Vectors | None = None,
+) -> Extraction:
+    """Return the extraction for a question: chosen sentences and all scored candidates."""
+    scored, vectors = score_sentences(question, passages, embedder, query_vector)
+    return Extraction(select(scored, vectors, max_sentences=max_sentences), scored, vectors)

@@ -1,0 +1,231 @@
+"""Answer evaluation: ask a QA dataset's questions of its own (cached) store, score answers, citations, refusal."""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from archivist.answer.answerer import Answer, Answerer
+from archivist.answer.refusal import REFUSAL_THRESHOLD
+from archivist.answer.verify import strip_markers
+from archivist.app import Archivist
+from archivist.config import Settings
+from archivist.evals.datasets import Dataset, read_queries
+from archivist.evals.retrieval import RetrievalEvalConfig, corpus_id, eval_store_url, fingerprint, fingerprint_hash
+from archivist.types import UsageError
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerEvalConfig:
+    """What to run: evidence depth, how many questions, where unanswerable questions come from."""
+
+    k: int = 8
+    #: answerable questions asked (evenly spaced over the sorted ids); None = all
+    limit: int | None = None
+    #: another dataset whose questions are asked of this corpus, as unanswerable ones
+    unanswerable: Path | None = None
+    unanswerable_limit: int = 100
+    #: also ask this many answerable questions with their gold document removed from the evidence
+    gold_removed: int = 0
+    refusal_threshold: float = REFUSAL_THRESHOLD
+    tag: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Gold:
+    """A question's gold answer texts and gold documents."""
+
+    answers: tuple[str, ...]
+    documents: frozenset[str]
+
+
+def read_answers(path: Path) -> dict[str, list[str]]:
+    """Return {query id: gold answer texts} from a dataset's `answers.jsonl`."""
+    out: dict[str, list[str]] = {}
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                answers = row["answers"]
+                out[str(row["query_id"])] = [answers] if isinstance(answers, str) else [str(a) for a in answers]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise UsageError(f"{path}:{lineno}: not an answer record ({exc})") from exc
+    return out
+
+
+def spread(ids: Sequence[str], limit: int | None) -> list[str]:
+    """Return `limit` ids evenly spaced over the sorted ids (all of them when limit is None or larger)."""
+    ordered = sorted(ids)
+    if limit is None or limit >= len(ordered):
+        return ordered
+    step = len(ordered) / limit
+    return [ordered[int(i * step)] for i in range(limit)]
+
+
+def normalize(text: str) -> str:
+    """Return SQuAD-normalized text: lowercase, no punctuation or articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in string.punctuation)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    """Return the SQuAD token F1 between a prediction and one gold answer."""
+    p, g = normalize(prediction).split(), normalize(gold).split()
+    common = sum((Counter(p) & Counter(g)).values())
+    if not p or not g or common == 0:
+        return float(p == g)
+    precision, recall = common / len(p), common / len(g)
+    return 2 * precision * recall / (precision + recall)
+
+
+def score_answerable(answer: Answer, gold: Gold) -> dict[str, float]:
+    """Return one answerable question's metrics."""
+    cited_docs = [corpus_id(c.source) for c in answer.citations]
+    quotes = normalize(" ".join(c.quote for c in answer.citations))
+    text = "" if answer.refused else strip_markers(answer.answer)
+    return {
+        "gold_doc_cited": float(any(d in gold.documents for d in cited_docs)),
+        "span_in_cited": float(any(normalize(a) and normalize(a) in quotes for a in gold.answers)),
+        "token_f1": max(token_f1(text, a) for a in gold.answers),
+        "exact_match": float(any(normalize(text) == normalize(a) for a in gold.answers)),
+        "citation_precision": float(np.mean([c.support >= 0.5 for c in answer.citations])) if answer.citations else 0.0,
+        "gold_doc_citation_share": float(np.mean([d in gold.documents for d in cited_docs])) if cited_docs else 0.0,
+        "support": answer.support,
+        "refused": float(answer.refused),
+        "evidence": answer.evidence,
+    }
+
+
+def refusal_pr(answerable: Sequence[bool], unanswerable: Sequence[bool]) -> dict[str, float]:
+    """Return refusal precision and recall given which answerable and which unanswerable questions were refused."""
+    true_pos = sum(unanswerable)
+    refused = true_pos + sum(answerable)
+    return {
+        "precision": true_pos / refused if refused else 1.0,
+        "recall": true_pos / len(unanswerable) if unanswerable else 0.0,
+        "answerable_refused_rate": sum(answerable) / len(answerable) if answerable else 0.0,
+    }
+
+
+def run_answer_eval(
+    settings: Settings,
+    dataset: Dataset,
+    config: AnswerEvalConfig,
+    *,
+    cache_dir: Path,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Return an eval run record (kind "answers"): fingerprint with prompt version, metrics, per-question results."""
+    answers_file = dataset.path / "answers.jsonl"
+    if not answers_file.is_file():
+        raise UsageError(f"dataset {dataset.path} has no answers.jsonl: answer evals need gold answers")
+    gold_answers = read_answers(answers_file)
+    golds = {
+        q: Gold(tuple(gold_answers[q]), frozenset(d for d, v in dataset.qrels[q].items() if v > 0))
+        for q in dataset.queries
+        if q in gold_answers
+    }
+    ids = spread(list(golds), config.limit)
+    foreign: dict[str, str] = {}
+    if config.unanswerable is not None:
+        others = read_queries(config.unanswerable / "queries.jsonl")
+        foreign = {q: others[q] for q in spread(list(others), config.unanswerable_limit)}
+    removed = spread(ids, config.gold_removed) if config.gold_removed else []
+    store_url = eval_store_url(settings, dataset, cache_dir)
+    with Archivist.from_settings(settings.model_copy(update={"store": store_url})) as app:
+        t0 = time.perf_counter()
+        report = app.ingest(
+            [dataset.corpus], sync=True, progress=(lambda p: progress("ingest", p.done, p.total)) if progress else None
+        )
+        ingest_s = time.perf_counter() - t0
+        answerer = Answerer.from_app(app, k=config.k, refusal_threshold=config.refusal_threshold)
+        answerer.answer("warm-up question")  # load the model and caches before timing anything
+        per_query: dict[str, dict[str, float]] = {}
+        latencies: list[float] = []
+        jobs = [("answerable", q) for q in ids] + [("foreign", q) for q in foreign] + [("removed", q) for q in removed]
+        for i, (kind, q) in enumerate(jobs):
+            exclude = frozenset(f"{dataset.corpus}#{d}" for d in golds[q].documents) if kind == "removed" else None
+            question = foreign[q] if kind == "foreign" else dataset.queries[q]
+            q0 = time.perf_counter()
+            answer = answerer.answer(question, exclude_documents=exclude or frozenset())
+            latencies.append((time.perf_counter() - q0) * 1000)
+            if kind == "answerable":
+                per_query[q] = score_answerable(answer, golds[q])
+            else:
+                per_query[f"{kind}:{q}"] = {"refused": float(answer.refused), "evidence": answer.evidence}
+            if progress and (i % 10 == 0 or i == len(jobs) - 1):
+                progress("questions", i + 1, len(jobs))
+        fp = {
+            **fingerprint(app, RetrievalEvalConfig(depth=config.k)),
+            "answerer": answerer.fingerprint(),
+            "prompt_versions": {"answer": answerer.prompt_version},
+        }
+    metrics = _metrics(per_query, ids, list(foreign), removed)
+    return {
+        "id": uuid.uuid4().hex[:12],
+        "kind": "answers",
+        "dataset": dataset.name,
+        "dataset_path": str(dataset.path),
+        "split": dataset.split,
+        "slice": {"queries": dataset.slice.queries, "distractors": dataset.slice.distractors}
+        if dataset.slice
+        else None,
+        "tag": config.tag,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "fingerprint": fp,
+        "fingerprint_hash": fingerprint_hash(fp),
+        "config": {
+            "k": config.k,
+            "limit": config.limit,
+            "unanswerable": str(config.unanswerable) if config.unanswerable else None,
+            "unanswerable_limit": config.unanswerable_limit,
+            "gold_removed": config.gold_removed,
+            "refusal_threshold": config.refusal_threshold,
+            **config.extra,
+        },
+        "metrics": metrics,
+        "per_query": per_query,
+        "queries": {q: dataset.queries[q] for q in ids} | {f"foreign:{q}": t for q, t in foreign.items()},
+        "n_queries": len(ids),
+        "timings": {
+            "ingest_s": round(ingest_s, 2),
+            "answer_p50_ms": round(float(np.percentile(latencies, 50)), 2) if latencies else None,
+            "answer_p95_ms": round(float(np.percentile(latencies, 95)), 2) if latencies else None,
+        },
+        "corpus": {"store": store_url, "added": len(report.added), "chunks_embedded": report.chunks_embedded},
+    }
+
+
+def _metrics(
+    per_query: dict[str, dict[str, float]], ids: Sequence[str], foreign: Sequence[str], removed: Sequence[str]
+) -> dict[str, float]:
+    names = ("gold_doc_cited", "span_in_cited", "token_f1", "exact_match", "citation_precision", "support", "refused")
+    metrics = {n: float(np.mean([per_query[q][n] for q in ids])) if ids else 0.0 for n in names}
+    answered = [q for q in ids if not per_query[q]["refused"]]
+    # Faithfulness of what was said: cited claims that their citations support, over answered questions only.
+    metrics["faithfulness"] = float(np.mean([per_query[q]["support"] for q in answered])) if answered else 0.0
+    refused_answerable = [bool(per_query[q]["refused"]) for q in ids]
+    for label, group in (("foreign", foreign), ("removed", removed)):
+        if group:
+            pr = refusal_pr(refused_answerable, [bool(per_query[f"{label}:{q}"]["refused"]) for q in group])
+            metrics[f"refusal_precision_{label}"] = pr["precision"]
+            metrics[f"refusal_recall_{label}"] = pr["recall"]
+    metrics["answerable_refused_rate"] = metrics.pop("refused")
+    return {k: round(v, 6) for k, v in metrics.items()}
