@@ -25,7 +25,8 @@ def _print_sources(answer: Answer) -> None:
     if answer.citations:
         out.print("[bold]Sources[/]")
     for c in answer.citations:
-        where = " › ".join(x for x in (c.title, *c.heading_path) if x)
+        # A Markdown H1 usually repeats the title: say it once.
+        where = " › ".join(dict.fromkeys(x for x in (c.title, *c.heading_path) if x))
         page = f", page {c.page}" if c.page is not None else ""
         out.print(f"  [{c.n}] {escape(where)} [dim]({escape(c.source)}{page}, chars {c.span[0]}–{c.span[1]})[/]")
         out.print(f'      [dim]"{escape(c.quote[:300])}"[/]')

@@ -20,7 +20,7 @@ MMR_LAMBDA = 0.7
 #: a further sentence is kept only when it scores at least this share of the best one
 KEEP_RATIO = 0.85
 #: at most this many sentences are embedded per question: the lexical prefilter keeps latency bounded
-MAX_CANDIDATES = 48
+MAX_CANDIDATES = 32
 
 
 @dataclass(slots=True)

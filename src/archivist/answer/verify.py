@@ -67,7 +67,7 @@ def split_claims(answer: str) -> list[Claim]:
 
 def _claim(text: str) -> Claim:
     cited = [int(n) for group in _MARKER.findall(text) for n in group.split(",")]
-    return Claim(_MARKER.sub("", text).strip(), list(dict.fromkeys(cited)))
+    return Claim(strip_markers(text), list(dict.fromkeys(cited)))
 
 
 def strip_markers(text: str) -> str:

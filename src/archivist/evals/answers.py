@@ -41,6 +41,8 @@ class AnswerEvalConfig:
     #: also ask this many answerable questions with their gold document removed from the evidence
     gold_removed: int = 0
     refusal_threshold: float = REFUSAL_THRESHOLD
+    #: False: use the store as it is (no ingest) and ask only questions whose gold documents it holds
+    ingest: bool = True
     tag: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -142,19 +144,27 @@ def run_answer_eval(
         for q in dataset.queries
         if q in gold_answers
     }
-    ids = spread(list(golds), config.limit)
     foreign: dict[str, str] = {}
     if config.unanswerable is not None:
         others = read_queries(config.unanswerable / "queries.jsonl")
         foreign = {q: others[q] for q in spread(list(others), config.unanswerable_limit)}
-    removed = spread(ids, config.gold_removed) if config.gold_removed else []
     store_url = eval_store_url(settings, dataset, cache_dir)
     with Archivist.from_settings(settings.model_copy(update={"store": store_url})) as app:
         t0 = time.perf_counter()
-        report = app.ingest(
-            [dataset.corpus], sync=True, progress=(lambda p: progress("ingest", p.done, p.total)) if progress else None
-        )
+        added = embedded = 0
+        if config.ingest:
+            report = app.ingest(
+                [dataset.corpus],
+                sync=True,
+                progress=(lambda p: progress("ingest", p.done, p.total)) if progress else None,
+            )
+            added, embedded = len(report.added), report.chunks_embedded
+        else:
+            stored = {corpus_id(s) for s in app.store.sources()}
+            golds = {q: g for q, g in golds.items() if g.documents <= stored}
         ingest_s = time.perf_counter() - t0
+        ids = spread(list(golds), config.limit)
+        removed = spread(ids, config.gold_removed) if config.gold_removed else []
         answerer = Answerer.from_app(app, k=config.k, refusal_threshold=config.refusal_threshold)
         answerer.answer("warm-up question")  # load the model and caches before timing anything
         per_query: dict[str, dict[str, float]] = {}
@@ -209,7 +219,7 @@ def run_answer_eval(
             "answer_p50_ms": round(float(np.percentile(latencies, 50)), 2) if latencies else None,
             "answer_p95_ms": round(float(np.percentile(latencies, 95)), 2) if latencies else None,
         },
-        "corpus": {"store": store_url, "added": len(report.added), "chunks_embedded": report.chunks_embedded},
+        "corpus": {"store": store_url, "ingested": config.ingest, "added": added, "chunks_embedded": embedded},
     }
 
 
