@@ -10,7 +10,8 @@ api_key_env = "PRIMARY_KEY"
 timeout_s = 30
 max_retries = 2
 ```
-The list order is the fallback order.
+The list order is the fallback order. A local GGUF model runs in process with `kind = "llamacpp"` and
+`model_path = "/path/to/model.gguf"` (optional `n_ctx`, `n_threads`; needs the `llamacpp` extra).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from archivist.llm.anthropic import AnthropicMessages
 from archivist.llm.base import LLM
 from archivist.llm.cache import ResponseCache
 from archivist.llm.gateway import Gateway, Route
+from archivist.llm.llamacpp import LlamaCpp
 from archivist.llm.openai_compat import OpenAICompatible
 from archivist.store.base import Store
 from archivist.types import ArchivistError, UsageError
@@ -44,6 +46,10 @@ class ProviderConfig(BaseModel):
     timeout_s: float = Field(default=60.0, gt=0)
     ttft_timeout_s: float = Field(default=20.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
+    #: llamacpp only: the GGUF file, the context length, and CPU threads (1 keeps it fast beside a busy core)
+    model_path: str | None = None
+    n_ctx: int = Field(default=4096, gt=0)
+    n_threads: int = Field(default=1, gt=0)
 
 
 def _llm_table() -> tuple[Path, dict[str, Any]]:
@@ -98,10 +104,16 @@ def build_gateway(settings: Settings, store: Store | None = None) -> Gateway:
     """Return a gateway over the configured providers, in fallback order, caching in `store` if given."""
     routes = []
     for c in provider_configs(settings):
-        if c.kind not in ("openai", "anthropic"):
+        if c.kind == "extractive":
             raise ArchivistError(
-                f"LLM provider kind {c.kind!r} ({c.name}) is not built yet: use kind openai or anthropic"
+                f"LLM provider kind {c.kind!r} ({c.name}) is not built yet: use kind openai, anthropic or llamacpp"
             )
+        if c.kind == "llamacpp":
+            if not c.model_path:
+                raise UsageError(f"LLM provider {c.name!r} (kind llamacpp) needs model_path, the GGUF file to run")
+            llama = LlamaCpp(c.name, c.model_path, model=c.model or None, n_ctx=c.n_ctx, n_threads=c.n_threads)
+            routes.append(Route(llama, max_retries=c.max_retries))
+            continue
         if c.kind == "openai" and not c.base_url:
             raise UsageError(f"LLM provider {c.name!r} needs base_url")
         if c.api_key_env:
