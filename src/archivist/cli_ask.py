@@ -38,7 +38,7 @@ def _print_sources(answer: Answer) -> None:
 
 def ask(
     question: Annotated[str, typer.Argument(help="The question, in plain words.")],
-    k: Annotated[int, typer.Option("--k", min=1, max=50, help="Chunks retrieved as evidence.")] = 8,
+    k: Annotated[int, typer.Option("--k", min=1, max=50, help="Chunks retrieved as evidence.")] = 12,
     stream: StreamOpt = False,
     filters: FilterOpt = None,
     store: StoreOpt = None,

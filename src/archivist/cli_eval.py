@@ -323,7 +323,7 @@ def eval_report(
 def eval_answers(
     dataset: Annotated[Path, typer.Argument(help="A QA dataset folder: corpus, queries, qrels and answers.jsonl.")],
     split: Annotated[str, typer.Option("--split", help="test or train.")] = "test",
-    k: Annotated[int, typer.Option("--k", min=1, max=50, help="Chunks retrieved as evidence per question.")] = 8,
+    k: Annotated[int, typer.Option("--k", min=1, max=50, help="Chunks retrieved as evidence per question.")] = 12,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Ask only N questions (evenly spread).")] = None,
     slice_spec: Annotated[str | None, typer.Option("--slice", help="QUERIES:DISTRACTORS subset, e.g. 5:3.")] = None,
     unanswerable: Annotated[

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from archivist.answer.context import Passage, pack_context, render_passages
-from archivist.answer.extractive import Extraction, extract
+from archivist.answer.extractive import Extraction, VectorCache, extract
 from archivist.answer.prompts import EXTRACTIVE_VERSION, Prompt, load_prompt
 from archivist.answer.refusal import REFUSAL_THRESHOLD, refusal_text, should_refuse
 from archivist.answer.text import Sentence
@@ -151,9 +151,9 @@ class Answerer:
         embedder: Embedder,
         gateway: Gateway | None = None,
         *,
-        k: int = 8,
-        budget_tokens: int = 1500,
-        max_passages: int = 6,
+        k: int = 12,
+        budget_tokens: int = 2500,
+        max_passages: int = 8,
         max_sentences: int = 3,
         refusal_threshold: float = REFUSAL_THRESHOLD,
         unsupported: UnsupportedPolicy = "drop",
@@ -174,6 +174,7 @@ class Answerer:
         self.prompt = prompt or load_prompt()
         self.timeout_s = timeout_s
         self.max_tokens = max_tokens
+        self.vectors = VectorCache(embedder)
 
     @classmethod
     def from_app(cls, app: Archivist, **options: Any) -> Answerer:
@@ -288,7 +289,7 @@ class Answerer:
             max_passages=self.max_passages,
             count_tokens=lambda text: self.embedder.tokenizer.count([text])[0],
         )
-        extraction = extract(question, passages, self.embedder, max_sentences=self.max_sentences)
+        extraction = extract(question, passages, self.embedder, max_sentences=self.max_sentences, cache=self.vectors)
         t2 = time.perf_counter()
         timings = {"retrieve": round((t1 - t0) * 1000, 2), "extract": round((t2 - t1) * 1000, 2)}
         return _Prepared(question, passages, extraction, uuid.uuid4().hex, t0, timings, list(outcome.warnings))

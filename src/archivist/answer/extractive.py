@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from threading import Lock
 
 import numpy as np
 
@@ -18,9 +20,41 @@ RANK_PRIOR = 0.05
 #: MMR trade-off between relevance and novelty (1.0 = relevance only)
 MMR_LAMBDA = 0.7
 #: a further sentence is kept only when it scores at least this share of the best one
-KEEP_RATIO = 0.85
+KEEP_RATIO = 0.7
 #: at most this many sentences are embedded per question: the lexical prefilter keeps latency bounded
 MAX_CANDIDATES = 32
+
+
+class VectorCache:
+    """A bounded LRU of sentence vectors by text: a serving process re-reads the same chunks, so it embeds once."""
+
+    def __init__(self, embedder: Embedder, max_items: int = 20_000) -> None:
+        self.embedder = embedder
+        self.max_items = max_items
+        self._items: OrderedDict[str, Vectors] = OrderedDict()
+        self._lock = Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def embed(self, texts: Sequence[str]) -> Vectors:
+        """Return one unit vector per text, embedding only the texts not cached."""
+        with self._lock:
+            found = {t: self._items[t] for t in texts if t in self._items}
+            for t in found:
+                self._items.move_to_end(t)
+        missing = list(dict.fromkeys(t for t in texts if t not in found))
+        if missing:
+            fresh = self.embedder.embed(missing)
+            with self._lock:
+                for t, v in zip(missing, fresh, strict=True):
+                    found[t] = self._items[t] = v
+                while len(self._items) > self.max_items:
+                    self._items.popitem(last=False)
+        self.hits += len(texts) - len(missing)
+        self.misses += len(missing)
+        if not texts:
+            return np.zeros((0, self.embedder.dim), dtype=np.float32)
+        return np.stack([found[t] for t in texts]).astype(np.float32, copy=False)
 
 
 @dataclass(slots=True)
@@ -48,7 +82,11 @@ class Extraction:
 
 
 def score_sentences(
-    question: str, passages: Sequence[Passage], embedder: Embedder, query_vector: Vectors | None = None
+    question: str,
+    passages: Sequence[Passage],
+    embedder: Embedder,
+    query_vector: Vectors | None = None,
+    cache: VectorCache | None = None,
 ) -> tuple[list[ScoredSentence], Vectors]:
     """Return every usable sentence of the passages scored against the question, and their vectors."""
     sentences = [s for p in passages for s in split_sentences(p)]
@@ -64,7 +102,8 @@ def score_sentences(
         sentences = [sentences[i] for i in keep]
         lexical = [lexical[i] for i in keep]
     qv = query_vector if query_vector is not None else embedder.embed_query(question)
-    vectors = embedder.embed([s.text for s in sentences])
+    texts = [s.text for s in sentences]
+    vectors = cache.embed(texts) if cache is not None else embedder.embed(texts)
     dense = vectors @ qv
     scored = []
     for s, d, lex in zip(sentences, dense.tolist(), lexical, strict=True):
@@ -104,7 +143,8 @@ def extract(
     *,
     max_sentences: int = 3,
     query_vector: Vectors | None = None,
+    cache: VectorCache | None = None,
 ) -> Extraction:
     """Return the extraction for a question: chosen sentences and all scored candidates."""
-    scored, vectors = score_sentences(question, passages, embedder, query_vector)
+    scored, vectors = score_sentences(question, passages, embedder, query_vector, cache)
     return Extraction(select(scored, vectors, max_sentences=max_sentences), scored, vectors)

@@ -32,7 +32,7 @@ ProgressFn = Callable[[str, int, int], None]
 class AnswerEvalConfig:
     """What to run: evidence depth, how many questions, where unanswerable questions come from."""
 
-    k: int = 8
+    k: int = 12
     #: answerable questions asked (evenly spaced over the sorted ids); None = all
     limit: int | None = None
     #: another dataset whose questions are asked of this corpus, as unanswerable ones
@@ -182,6 +182,8 @@ def run_answer_eval(
                 per_query[f"{kind}:{q}"] = {"refused": float(answer.refused), "evidence": answer.evidence}
             if progress and (i % 10 == 0 or i == len(jobs) - 1):
                 progress("questions", i + 1, len(jobs))
+        cache = answerer.vectors
+        hit_rate = cache.hits / (cache.hits + cache.misses) if cache.hits + cache.misses else 0.0
         fp = {
             **fingerprint(app, RetrievalEvalConfig(depth=config.k)),
             "answerer": answerer.fingerprint(),
@@ -218,6 +220,8 @@ def run_answer_eval(
             "ingest_s": round(ingest_s, 2),
             "answer_p50_ms": round(float(np.percentile(latencies, 50)), 2) if latencies else None,
             "answer_p95_ms": round(float(np.percentile(latencies, 95)), 2) if latencies else None,
+            # Sentence vectors are cached in the answerer: later questions over the same papers embed less.
+            "sentence_vector_cache_hit_rate": round(hit_rate, 4),
         },
         "corpus": {"store": store_url, "ingested": config.ingest, "added": added, "chunks_embedded": embedded},
     }
@@ -226,11 +230,12 @@ def run_answer_eval(
 def _metrics(
     per_query: dict[str, dict[str, float]], ids: Sequence[str], foreign: Sequence[str], removed: Sequence[str]
 ) -> dict[str, float]:
-    names = ("gold_doc_cited", "span_in_cited", "token_f1", "exact_match", "citation_precision", "support", "refused")
+    names = ("gold_doc_cited", "span_in_cited", "token_f1", "exact_match", "refused")
     metrics = {n: float(np.mean([per_query[q][n] for q in ids])) if ids else 0.0 for n in names}
     answered = [q for q in ids if not per_query[q]["refused"]]
-    # Faithfulness of what was said: cited claims that their citations support, over answered questions only.
-    metrics["faithfulness"] = float(np.mean([per_query[q]["support"] for q in answered])) if answered else 0.0
+    # Of what was said (refusals cite nothing): citations that support their sentence, and cited claims supported.
+    for name, source in (("citation_precision", "citation_precision"), ("faithfulness", "support")):
+        metrics[name] = float(np.mean([per_query[q][source] for q in answered])) if answered else 0.0
     refused_answerable = [bool(per_query[q]["refused"]) for q in ids]
     for label, group in (("foreign", foreign), ("removed", removed)):
         if group:
