@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DEMO_STORE := sqlite:///.archivist/demo.db
 DEMO_QUESTION ?= how does Archivist keep ingestion crash-safe?
+DEMO_ASK ?= What does the gateway do when a provider returns 429?
 
 .PHONY: install demo test lint bench clean llamacpp test-llamacpp
 
@@ -21,6 +22,7 @@ demo: install
 	$(BIN)/archivist ingest docs --sync --store $(DEMO_STORE)
 	$(BIN)/archivist stats --store $(DEMO_STORE)
 	$(BIN)/archivist search "$(DEMO_QUESTION)" --k 3 --store $(DEMO_STORE)
+	$(BIN)/archivist ask "$(DEMO_ASK)" --store $(DEMO_STORE)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

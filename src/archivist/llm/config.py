@@ -32,7 +32,7 @@ from archivist.llm.gateway import Gateway, Route
 from archivist.llm.llamacpp import LlamaCpp
 from archivist.llm.openai_compat import OpenAICompatible
 from archivist.store.base import Store
-from archivist.types import ArchivistError, UsageError
+from archivist.types import UsageError
 
 
 class ProviderConfig(BaseModel):
@@ -46,6 +46,8 @@ class ProviderConfig(BaseModel):
     timeout_s: float = Field(default=60.0, gt=0)
     ttft_timeout_s: float = Field(default=20.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)
+    #: openai only: send `response_format: json_schema` for structured output (OpenAI, recent vLLM, llama.cpp server)
+    native_json: bool = False
     #: llamacpp only: the GGUF file, the context length, and CPU threads (1 keeps it fast beside a busy core)
     model_path: str | None = None
     n_ctx: int = Field(default=4096, gt=0)
@@ -105,8 +107,11 @@ def build_gateway(settings: Settings, store: Store | None = None) -> Gateway:
     routes = []
     for c in provider_configs(settings):
         if c.kind == "extractive":
-            raise ArchivistError(
-                f"LLM provider kind {c.kind!r} ({c.name}) is not built yet: use kind openai, anthropic or llamacpp"
+            # Extraction needs the retrieved chunks and the embedder, not a chat transcript: it lives in the
+            # answerer, which uses it whenever no provider is configured or every provider failed.
+            raise UsageError(
+                f"LLM provider {c.name!r}: kind 'extractive' is not a gateway provider. `archivist ask` already "
+                "answers extractively when no provider is configured or all of them fail: remove this entry"
             )
         if c.kind == "llamacpp":
             if not c.model_path:
@@ -135,7 +140,13 @@ def build_gateway(settings: Settings, store: Store | None = None) -> Gateway:
         else:
             assert c.base_url is not None  # checked above
             llm = OpenAICompatible(
-                c.name, c.base_url, c.model, api_key=key, read_timeout_s=c.timeout_s, ttft_timeout_s=c.ttft_timeout_s
+                c.name,
+                c.base_url,
+                c.model,
+                api_key=key,
+                read_timeout_s=c.timeout_s,
+                ttft_timeout_s=c.ttft_timeout_s,
+                native_json=c.native_json,
             )
         routes.append(Route(llm, max_retries=c.max_retries))
     cache = ResponseCache(store, settings.llm_cache_ttl_s) if store is not None and settings.llm_cache else None
