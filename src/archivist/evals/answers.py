@@ -6,11 +6,9 @@ import json
 import re
 import string
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from archivist.answer.verify import strip_markers
 from archivist.app import Archivist
 from archivist.config import Settings
 from archivist.evals.datasets import Dataset, read_queries
-from archivist.evals.retrieval import RetrievalEvalConfig, corpus_id, eval_store_url, fingerprint, fingerprint_hash
+from archivist.evals.retrieval import RetrievalEvalConfig, corpus_id, eval_store_url, fingerprint, run_header
 from archivist.types import UsageError
 
 ProgressFn = Callable[[str, int, int], None]
@@ -191,18 +189,7 @@ def run_answer_eval(
         }
     metrics = _metrics(per_query, ids, list(foreign), removed)
     return {
-        "id": uuid.uuid4().hex[:12],
-        "kind": "answers",
-        "dataset": dataset.name,
-        "dataset_path": str(dataset.path),
-        "split": dataset.split,
-        "slice": {"queries": dataset.slice.queries, "distractors": dataset.slice.distractors}
-        if dataset.slice
-        else None,
-        "tag": config.tag,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "fingerprint": fp,
-        "fingerprint_hash": fingerprint_hash(fp),
+        **run_header("answers", dataset, config.tag, fp),
         "config": {
             "k": config.k,
             "limit": config.limit,

@@ -96,6 +96,24 @@ def corpus_id(source: str) -> str:
     return source.rsplit("#", 1)[-1]
 
 
+def run_header(kind: str, dataset: Dataset, tag: str | None, fp: dict[str, Any]) -> dict[str, Any]:
+    """Return the fields every stored eval run starts with: id, kind, dataset, split, slice, tag, time, fingerprint."""
+    return {
+        "id": uuid.uuid4().hex[:12],
+        "kind": kind,
+        "dataset": dataset.name,
+        "dataset_path": str(dataset.path),
+        "split": dataset.split,
+        "slice": {"queries": dataset.slice.queries, "distractors": dataset.slice.distractors}
+        if dataset.slice
+        else None,
+        "tag": tag,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "fingerprint": fp,
+        "fingerprint_hash": fingerprint_hash(fp),
+    }
+
+
 def run_retrieval_eval(
     settings: Settings,
     dataset: Dataset,
@@ -132,18 +150,7 @@ def run_retrieval_eval(
         fp = fingerprint(app, config)
     per_query = evaluate(run, dataset.qrels, config.metrics)
     return {
-        "id": uuid.uuid4().hex[:12],
-        "kind": "retrieval",
-        "dataset": dataset.name,
-        "dataset_path": str(dataset.path),
-        "split": dataset.split,
-        "slice": {"queries": dataset.slice.queries, "distractors": dataset.slice.distractors}
-        if dataset.slice
-        else None,
-        "tag": config.tag,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "fingerprint": fp,
-        "fingerprint_hash": fingerprint_hash(fp),
+        **run_header("retrieval", dataset, config.tag, fp),
         "config": {"mode": config.mode, "depth": config.depth, "metrics": list(config.metrics), **config.extra},
         "metrics": {k: round(v, 6) for k, v in mean_metrics(per_query).items()},
         "per_query": per_query,

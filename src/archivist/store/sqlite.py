@@ -337,8 +337,7 @@ class SQLiteStore:
             self._lexical = (gen, index, vocab)
             return index, vocab
 
-    def _document_lexical_index(self) -> LexicalIndex:
-        chunks, _ = self._lexical_index()
+    def _document_lexical_index(self, chunks: LexicalIndex) -> LexicalIndex:
         with self._index_lock:
             # Built from the chunk index it was derived from, so both always describe the same generation.
             if self._doc_lexical is not None and self._doc_lexical[0] is chunks:
@@ -387,7 +386,7 @@ class SQLiteStore:
         """Return dense, chunk BM25 and document BM25 scores of the given chunks, with each one's corpus spread."""
         dense = self._dense_index(model)
         lexical, vocab = self._lexical_index()
-        documents = self._document_lexical_index()
+        documents = self._document_lexical_index(lexical)
         term_ids = [vocab[t] for t in self._analyzer.terms(query) if t in vocab]
         wanted = np.asarray(list(ids), dtype=np.int64)
         d_mean, d_std = dense.score_stats(query_vector)
