@@ -92,6 +92,18 @@ def test_context_packing_merges_overlapping_chunks_and_keeps_the_budget() -> Non
     assert len(first.segments) == 1 and first.text == text[0:35] and first.chunk_ids == [1, 3]
 
 
+def test_a_citation_reports_the_section_its_sentence_is_in() -> None:
+    text = "Retries back off.\n\nTokens are counted with cl100k."
+
+    def hit(cid: int, a: int, b: int, section: str, page: int) -> Hit:
+        return Hit(cid, "d1", "d1.md", "Guide", ("Guide", section), text[a:b], a, b, page, 1.0 / cid)
+
+    # The best hit is in "Reliability"; a second hit of the same document is in "Token counts".
+    passage = pack_context([hit(1, 0, 17, "Reliability", 1), hit(2, 19, len(text), "Token counts", 2)])[0]
+    assert passage.locate(text.index("Tokens")) == (("Guide", "Token counts"), 2)
+    assert passage.locate(0) == (("Guide", "Reliability"), 1)
+
+
 def test_prompt_is_versioned_and_hashed() -> None:
     prompt = load_prompt()
     assert re.fullmatch(r"grounded_answer@1#[0-9a-f]{8}", prompt.id)

@@ -129,13 +129,15 @@ class _Prepared:
 
 
 def _citation(n: int, passage: Passage, sentence: Sentence, support: float = 1.0) -> Citation:
+    # A passage merges several hits of one document: the sentence's own section, not the best hit's.
+    heading_path, page = passage.locate(sentence.start)
     return Citation(
         n=n,
         document=passage.document_id,
         source=passage.source,
         title=passage.title,
-        heading_path=passage.heading_path,
-        page=passage.page,
+        heading_path=heading_path,
+        page=page,
         span=(sentence.start, sentence.end),
         quote=sentence.text,
         support=round(support, 4),

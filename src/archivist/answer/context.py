@@ -23,6 +23,9 @@ class Segment:
     start: int
     end: int
     text: str
+    #: the section and page of the hit the span starts in (a citation reports where its sentence is)
+    heading_path: tuple[str, ...] = ()
+    page: int | None = None
 
 
 @dataclass(slots=True)
@@ -43,6 +46,13 @@ class Passage:
     def text(self) -> str:
         """Return the passage text: its segments in document order, gaps marked with an ellipsis."""
         return "\n…\n".join(s.text for s in self.segments)
+
+    def locate(self, offset: int) -> tuple[tuple[str, ...], int | None]:
+        """Return the heading path and page of the segment holding a document offset (the best hit's if none)."""
+        for seg in self.segments:
+            if seg.start <= offset < seg.end:
+                return seg.heading_path, seg.page
+        return self.heading_path, self.page
 
     @property
     def start(self) -> int:
@@ -66,7 +76,7 @@ def _merge(segments: list[Segment]) -> list[Segment]:
                 last.text += seg.text[last.end - seg.start :]
                 last.end = seg.end
         else:
-            merged.append(Segment(seg.start, seg.end, seg.text))
+            merged.append(Segment(seg.start, seg.end, seg.text, seg.heading_path, seg.page))
     return merged
 
 
@@ -93,7 +103,7 @@ def pack_context(
             passage = Passage(0, hit.document_id, hit.source, hit.title, hit.heading_path, hit.page, hit.score)
             by_doc[hit.document_id] = passage
             order.append(hit.document_id)
-        passage.segments.append(Segment(hit.start, hit.end, hit.text))
+        passage.segments.append(Segment(hit.start, hit.end, hit.text, hit.heading_path, hit.page))
         passage.chunk_ids.append(hit.chunk_id)
         used += cost
     passages = []
