@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from archivist.answer.answerer import AnswerDone, Answerer
+from archivist.answer.answerer import AnswerDone, Answerer, RetrievalDone
 from archivist.answer.context import pack_context
 from archivist.answer.prompts import load_prompt
 from archivist.app import Archivist
@@ -180,7 +180,8 @@ def test_llm_answer_is_verified_and_the_unsupported_claim_dropped(
     # Retrieved text went to the model fenced as data, under the versioned prompt.
     sent = server.requests[0]
     assert PASSAGE.search(sent["messages"][1]["content"]) and "untrusted" in sent["messages"][0]["content"]
-    assert all(isinstance(e, TokenEvent) for e in events[:-1]) and len(events) > 2
+    assert isinstance(events[0], RetrievalDone) and events[0].hits
+    assert all(isinstance(e, TokenEvent) for e in events[1:-1]) and len(events) > 3
     final = events[-1]
     assert isinstance(final, AnswerDone) and final.answer.answer == answer.answer
 

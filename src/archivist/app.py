@@ -20,7 +20,7 @@ from archivist.retrieve.rerank import Reranker
 from archivist.retrieve.search import SearchPipeline
 from archivist.store import open_store
 from archivist.store.base import Filters, Store
-from archivist.types import Hit, IngestReport, UsageError
+from archivist.types import DEFAULT_COLLECTION, Hit, IngestReport, UsageError, check_collection_name
 
 
 def build_embedder(settings: Settings) -> Embedder:
@@ -177,9 +177,19 @@ class Archivist:
         """Return the search pipeline: expansion and reranking as configured, around the hybrid retriever."""
         return SearchPipeline(self.retriever(), expander=self.expander(), reranker=self.reranker())
 
-    def ingest(self, paths: list[Path], *, sync: bool = False, progress: ProgressHook | None = None) -> IngestReport:
-        """Ingest files and folders; return the per-document outcome."""
-        return self.pipeline().run(paths, sync=sync, progress=progress)
+    def ingest(
+        self,
+        paths: list[Path],
+        *,
+        sync: bool = False,
+        progress: ProgressHook | None = None,
+        collection: str = DEFAULT_COLLECTION,
+    ) -> IngestReport:
+        """Ingest files and folders into a collection (created if new); return the per-document outcome."""
+        check_collection_name(collection)
+        if self.store.get_collection(collection) is None:
+            self.store.create_collection(collection)
+        return self.pipeline().run(paths, sync=sync, progress=progress, collection=collection)
 
     def search(self, query: str, *, k: int = 10, filters: Filters = Filters(), mode: Mode = "hybrid") -> list[Hit]:
         """Return the top-k hits for a query (hybrid retrieval, then expansion and reranking if configured)."""

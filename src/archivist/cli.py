@@ -21,10 +21,11 @@ from rich.table import Table
 from archivist.cli_ask import ask
 from archivist.cli_eval import eval_app
 from archivist.cli_llm import llm_app
+from archivist.cli_serve import keys_app, serve
 from archivist.cli_support import FilterOpt, JsonOpt, ModeOpt, StoreOpt, emit_json, err, fail, open_app, out, parse_mode
 from archivist.ingest.pipeline import Progress as IngestProgress
 from archivist.store.base import Filters, check_filter_keys
-from archivist.types import DocumentRecord, Hit
+from archivist.types import DEFAULT_COLLECTION, DocumentRecord, Hit
 
 app = typer.Typer(
     help="Archivist: ingest documents, search them with hybrid retrieval.",
@@ -37,7 +38,9 @@ docs_app = typer.Typer(help="List, show and delete stored documents.", no_args_i
 app.add_typer(docs_app, name="docs")
 app.add_typer(eval_app, name="eval")
 app.add_typer(llm_app, name="llm")
+app.add_typer(keys_app, name="keys")
 app.command()(ask)
+app.command()(serve)
 
 
 @app.command()
@@ -46,6 +49,9 @@ def ingest(
     sync: Annotated[
         bool, typer.Option("--sync", help="Remove stored documents whose source under PATHS is gone.")
     ] = False,
+    collection: Annotated[
+        str, typer.Option("--collection", "-c", help="The collection to ingest into (created if new).")
+    ] = DEFAULT_COLLECTION,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -68,7 +74,7 @@ def ingest(
             def hook(p: IngestProgress) -> None:
                 progress.update(task, completed=p.done, total=p.total, current=_short(p.current, 50))
 
-            report = archivist.ingest(paths, sync=sync, progress=hook)
+            report = archivist.ingest(paths, sync=sync, progress=hook, collection=collection)
         counts = report.counts()
         if as_json:
             emit_json(
@@ -81,6 +87,7 @@ def ingest(
                     "failed_items": [dataclasses.asdict(s) for s in report.failed],
                     "removed_items": report.removed,
                     "store": archivist.store.url,
+                    "collection": collection,
                 }
             )
         else:

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from archivist.answer.answerer import Answer, AnswerDone, Answerer
+from archivist.answer.answerer import Answer, AnswerDone, Answerer, RetrievalDone
 from archivist.cli_support import FilterOpt, JsonOpt, StoreOpt, emit_json, open_app, out
 from archivist.store.base import Filters, check_filter_keys
 
@@ -59,6 +59,8 @@ def ask(
             return
         streamed: list[str] = []
         for event in answerer.stream(question, filters=parsed):
+            if isinstance(event, RetrievalDone):
+                continue
             if isinstance(event, AnswerDone):
                 if as_json:
                     sys.stdout.write(json.dumps({"type": "done", "answer": event.answer.to_dict()}) + "\n")

@@ -64,6 +64,20 @@ class Settings(BaseSettings):
     query_expansion: Literal["none", "multi-query", "hyde"] = "none"
     expansion_queries: int = Field(default=3, ge=1, le=10)
 
+    # The HTTP service (`archivist serve`).
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    #: Largest request body, uploads included.
+    max_body_mb: float = Field(default=25.0, gt=0)
+    #: Wall-clock limit of one request (a streamed answer: until its first event).
+    request_timeout_s: float = Field(default=60.0, gt=0)
+    #: Requests per minute per API key (a key's own --rate overrides it); bursts up to one minute's worth.
+    rate_limit_per_minute: int = Field(default=600, ge=1)
+    #: Browser origins allowed to call the API, comma-separated ("*" for any); empty: same origin only.
+    cors_origins: str = ""
+    #: Where uploads wait for their ingestion job (default: an `uploads` folder beside a SQLite store).
+    upload_dir: str | None = None
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.chunk_target_tokens > self.chunk_max_tokens:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -15,9 +16,28 @@ def sha256_hex(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def document_id_for(source: str) -> str:
-    """Return the stable document id derived from a source URI."""
-    return hashlib.sha256(source.encode("utf-8")).hexdigest()[:16]
+#: The collection documents belong to when none is named (the CLI's default, and every store before v5).
+DEFAULT_COLLECTION = "default"
+
+
+_COLLECTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def check_collection_name(name: str) -> str:
+    """Return the name if it is a valid collection name, else raise UsageError saying what is allowed."""
+    if not _COLLECTION_NAME.match(name):
+        raise UsageError(
+            f"bad collection name {name!r}: use 1-63 lowercase letters, digits, '-' or '_', starting with a letter "
+            "or digit"
+        )
+    return name
+
+
+def document_id_for(source: str, collection: str = DEFAULT_COLLECTION) -> str:
+    """Return the stable document id derived from a source URI and its collection."""
+    # The default collection keeps the ids stores had before collections existed.
+    key = source if collection == DEFAULT_COLLECTION else f"{collection}\x00{source}"
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +61,12 @@ class Document:
     media_type: str
     blocks: list[Block]
     metadata: dict[str, Any] = field(default_factory=dict)
+    collection: str = DEFAULT_COLLECTION
 
     @property
     def id(self) -> str:
-        """Return the document id (stable for a given source)."""
-        return document_id_for(self.source)
+        """Return the document id (stable for a given source in a given collection)."""
+        return document_id_for(self.source, self.collection)
 
     @property
     def content_hash(self) -> str:
@@ -92,6 +113,7 @@ class DocumentRecord:
     created_at: str
     updated_at: str
     version: int
+    collection: str = DEFAULT_COLLECTION
 
 
 @dataclass(slots=True)
@@ -113,6 +135,7 @@ class Hit:
     dense_rank: int | None = None
     bm25_score: float | None = None
     bm25_rank: int | None = None
+    collection: str = DEFAULT_COLLECTION
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict of the hit."""
@@ -132,6 +155,7 @@ class Hit:
             "dense_rank": self.dense_rank,
             "bm25_score": self.bm25_score,
             "bm25_rank": self.bm25_rank,
+            "collection": self.collection,
         }
 
 
@@ -179,3 +203,7 @@ class UsageError(ArchivistError):
 
 class NotFoundError(ArchivistError):
     """A named record does not exist."""
+
+
+class ConflictError(ArchivistError):
+    """A record with that name or id exists already."""

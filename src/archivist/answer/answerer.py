@@ -17,6 +17,7 @@ from archivist.answer.refusal import REFUSAL_THRESHOLD, refusal_text, should_ref
 from archivist.answer.text import Sentence
 from archivist.answer.verify import Claim, split_claims, verify
 from archivist.embed.base import Embedder
+from archivist.llm.accounting import Budget
 from archivist.llm.base import ChatRequest, Completion, Deadline, DoneEvent, Message, TokenEvent
 from archivist.llm.errors import LLMError, StreamBroken
 from archivist.llm.gateway import Gateway
@@ -112,7 +113,14 @@ class AnswerDone:
     answer: Answer
 
 
-AnswerEvent = TokenEvent | AnswerDone
+@dataclass(frozen=True, slots=True)
+class RetrievalDone:
+    """The first event of a streamed answer: the evidence retrieved, before any text."""
+
+    hits: list[Hit]
+
+
+AnswerEvent = RetrievalDone | TokenEvent | AnswerDone
 
 
 @dataclass(slots=True)
@@ -120,6 +128,7 @@ class _Prepared:
     """Retrieval, packing and extraction done for one question, before generation."""
 
     question: str
+    hits: list[Hit]
     passages: list[Passage]
     extraction: Extraction
     trace_id: str
@@ -217,15 +226,20 @@ class Answerer:
         k: int | None = None,
         filters: Filters = Filters(),
         exclude_documents: frozenset[str] = frozenset(),
+        budget: Budget | None = None,
     ) -> Answer:
-        """Return the grounded answer to a question (or a refusal naming the closest sources)."""
-        prep = self._prepare(question, k, filters, exclude_documents)
+        """Return the grounded answer to a question (or a refusal naming the closest sources).
+
+        Model calls are charged to `budget` (e.g. a request's, chained to its API key's); one that would not
+        fit falls back to the extractive answer with a warning, like any other model failure.
+        """
+        prep = self._prepare(question, k, filters, exclude_documents, budget)
         refused = self._refusal(prep)
         if refused is not None or self.gateway is None:
             return refused or self._extractive(prep)
         request = self._request(prep)
         try:
-            completion = self.gateway.chat(request, self._deadline())
+            completion = self.gateway.chat(request, self._deadline(), budget)
         except LLMError as exc:
             # An answer from the documents beats an error: fall back to extraction and say so.
             prep.warnings.append(f"LLM failed, answered extractively: {type(exc).__name__}: {exc}")
@@ -239,9 +253,12 @@ class Answerer:
         k: int | None = None,
         filters: Filters = Filters(),
         exclude_documents: frozenset[str] = frozenset(),
+        budget: Budget | None = None,
     ) -> Iterator[AnswerEvent]:
-        """Yield the answer's text as TokenEvents as it is produced, then one AnswerDone with citations."""
-        prep = self._prepare(question, k, filters, exclude_documents)
+        """Yield the evidence (RetrievalDone), the answer's text as TokenEvents as it is produced, then one
+        AnswerDone with the checked answer and its citations."""
+        prep = self._prepare(question, k, filters, exclude_documents, budget)
+        yield RetrievalDone(prep.hits)
         refused = self._refusal(prep)
         if refused is not None or self.gateway is None:
             final = refused or self._extractive(prep)
@@ -251,7 +268,7 @@ class Answerer:
         completion: Completion | None = None
         sent = False
         try:
-            for event in self.gateway.stream(self._request(prep), self._deadline()):
+            for event in self.gateway.stream(self._request(prep), self._deadline(), budget):
                 if isinstance(event, TokenEvent):
                     sent = True
                     yield event
@@ -275,14 +292,16 @@ class Answerer:
     def _deadline(self) -> Deadline | None:
         return Deadline.after(self.timeout_s) if self.timeout_s else None
 
-    def _prepare(self, question: str, k: int | None, filters: Filters, exclude: frozenset[str]) -> _Prepared:
+    def _prepare(
+        self, question: str, k: int | None, filters: Filters, exclude: frozenset[str], budget: Budget | None = None
+    ) -> _Prepared:
         question = question.strip()
         if not question:
             raise UsageError("the question is empty")
         t0 = time.perf_counter()
         k = k or self.k
         # Excluded documents (eval: "gold document removed") are dropped after retrieval, so fetch extra.
-        outcome = self.searcher.search(question, k=k + (4 * k if exclude else 0), filters=filters)
+        outcome = self.searcher.search(question, k=k + (4 * k if exclude else 0), filters=filters, budget=budget)
         hits: list[Hit] = [h for h in outcome.hits if h.document_id not in exclude and h.source not in exclude][:k]
         t1 = time.perf_counter()
         passages = pack_context(
@@ -294,7 +313,7 @@ class Answerer:
         extraction = extract(question, passages, self.embedder, max_sentences=self.max_sentences, cache=self.vectors)
         t2 = time.perf_counter()
         timings = {"retrieve": round((t1 - t0) * 1000, 2), "extract": round((t2 - t1) * 1000, 2)}
-        return _Prepared(question, passages, extraction, uuid.uuid4().hex, t0, timings, list(outcome.warnings))
+        return _Prepared(question, hits, passages, extraction, uuid.uuid4().hex, t0, timings, list(outcome.warnings))
 
     def _finish(self, prep: _Prepared, answer: Answer) -> Answer:
         answer.timings_ms = {**prep.timings, "total": round((time.perf_counter() - prep.t0) * 1000, 2)}

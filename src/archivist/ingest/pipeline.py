@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from archivist.embed.base import Embedder, Vectors
 from archivist.ingest.chunker import Chunker
 from archivist.ingest.loaders import iter_jsonl, load_path, source_for
 from archivist.store.base import DocumentWrite, Store
-from archivist.types import ArchivistError, Document, IngestReport, Skipped, document_id_for, sha256_hex
+from archivist.types import (
+    DEFAULT_COLLECTION,
+    ArchivistError,
+    Document,
+    IngestReport,
+    Skipped,
+    document_id_for,
+    sha256_hex,
+)
 
 _JSONL_SUFFIXES = frozenset({".jsonl", ".ndjson"})
 
@@ -63,11 +72,24 @@ class IngestPipeline:
         self.max_file_bytes = max_file_bytes
         self.group_chunks = group_chunks
 
-    def run(self, paths: Sequence[Path], *, sync: bool = False, progress: ProgressHook | None = None) -> IngestReport:
-        """Ingest files and folders; return what was added, updated, unchanged, removed, skipped, failed."""
+    def run(
+        self,
+        paths: Sequence[Path],
+        *,
+        sync: bool = False,
+        progress: ProgressHook | None = None,
+        collection: str = DEFAULT_COLLECTION,
+        source_name: Callable[[Path], str] | None = None,
+        metadata: dict[str, Any] | None = None,
+        title: str | None = None,
+    ) -> IngestReport:
+        """Ingest files and folders into a collection; return what was added, updated, unchanged, removed, skipped,
+        failed. `source_name` names each file's source (default: its path); `metadata` is added to every document;
+        `title` replaces the loaders' titles (for a single document sent with its own title).
+        """
         started = time.perf_counter()
         report = IngestReport()
-        inputs = self._expand(paths, report)
+        inputs = self._expand(paths, report, source_name or source_for)
         total = sum(_estimate_documents(i) for i in inputs)
         seen: set[str] = set()
         protected: set[str] = set()  # files with problems: --sync must not delete what they held
@@ -83,7 +105,13 @@ class IngestPipeline:
         for batch in self._document_batches(inputs, report, protected):
             docs = [d for d in batch if d.source not in seen]
             seen.update(d.source for d in batch)
-            states = self.store.document_states([d.source for d in docs])
+            for doc in docs:
+                doc.collection = collection
+                if metadata:
+                    doc.metadata = {**doc.metadata, **metadata}
+                if title:
+                    doc.title = title
+            states = self.store.document_states([d.source for d in docs], collection)
             for doc in docs:
                 state = states.get(doc.source)
                 if state == (doc.content_hash, fingerprint):
@@ -112,22 +140,22 @@ class IngestPipeline:
         done += self._flush(pending, report)
         tick("")
         if sync:
-            self._sync(paths, inputs, seen, protected, report)
+            self._sync(paths, inputs, seen, protected, report, collection)
         report.seconds = time.perf_counter() - started
         return report
 
     # -- steps --------------------------------------------------------------------------------------
 
-    def _expand(self, paths: Sequence[Path], report: IngestReport) -> list[_Input]:
+    def _expand(self, paths: Sequence[Path], report: IngestReport, name: Callable[[Path], str]) -> list[_Input]:
         inputs: list[_Input] = []
         for path in paths:
             if not path.exists():
                 report.skipped.append(Skipped(str(path), "no such file or directory"))
             elif path.is_dir():
                 for file in _walk(path):
-                    inputs.append(_Input(file, source_for(file), file.suffix.lower() in _JSONL_SUFFIXES))
+                    inputs.append(_Input(file, name(file), file.suffix.lower() in _JSONL_SUFFIXES))
             elif path.is_file():
-                inputs.append(_Input(path, source_for(path), path.suffix.lower() in _JSONL_SUFFIXES))
+                inputs.append(_Input(path, name(path), path.suffix.lower() in _JSONL_SUFFIXES))
             else:
                 report.skipped.append(Skipped(str(path), "not a regular file or directory"))
         unique: dict[str, _Input] = {}
@@ -154,11 +182,16 @@ class IngestPipeline:
 
     def _load(self, inp: _Input) -> Iterator[Document | Skipped]:
         if inp.is_jsonl:
-            yield from iter_jsonl(inp.path, max_record_bytes=self.max_file_bytes)
-            return
-        result = load_path(inp.path, max_file_bytes=self.max_file_bytes)
-        yield from result.skipped
-        yield from result.documents
+            items: Iterable[Document | Skipped] = iter_jsonl(inp.path, max_record_bytes=self.max_file_bytes)
+        else:
+            result = load_path(inp.path, max_file_bytes=self.max_file_bytes)
+            items = [*result.skipped, *result.documents]
+        # Loaders name sources by path; a caller-chosen name (an upload's) replaces that prefix.
+        default = source_for(inp.path)
+        for item in items:
+            if inp.source != default and (item.source == default or item.source.startswith(default + "#")):
+                item.source = inp.source + item.source[len(default) :]
+            yield item
 
     def _flush(self, pending: _Pending, report: IngestReport) -> int:
         """Embed what the cache lacks and write the pending documents; return how many were handled."""
@@ -188,12 +221,18 @@ class IngestPipeline:
         return len(pending.writes)
 
     def _sync(
-        self, paths: Sequence[Path], inputs: list[_Input], seen: set[str], protected: set[str], report: IngestReport
+        self,
+        paths: Sequence[Path],
+        inputs: list[_Input],
+        seen: set[str],
+        protected: set[str],
+        report: IngestReport,
+        collection: str,
     ) -> None:
         """Delete stored documents under the given paths whose source is gone."""
         dirs = [source_for(p).rstrip("/") + "/" for p in paths if p.is_dir()]
         files = {i.source for i in inputs} | {source_for(p) for p in paths if not p.is_dir()}
-        for source in self.store.sources():
+        for source in self.store.sources(collection):
             if source in seen:
                 continue
             file_source = source.split("#", 1)[0]
@@ -201,7 +240,7 @@ class IngestPipeline:
             # A source under a given path that was not named at all (e.g. a deleted file) is also gone.
             if not in_scope or file_source in protected or source in protected:
                 continue
-            if self.store.delete_document(document_id_for(source)):
+            if self.store.delete_document(document_id_for(source, collection)):
                 report.removed.append(source)
 
 

@@ -117,6 +117,7 @@ class HybridRetriever:
                     dense_rank=d[1] if d else None,
                     bm25_score=exact[cid][1] if cid in exact else b[0] if b else None,
                     bm25_rank=b[1] if b else None,
+                    collection=c.collection,
                 )
             )
         return hits

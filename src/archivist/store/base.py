@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from archivist.embed.base import Vectors
-from archivist.types import Chunk, Document, DocumentRecord, UsageError
+from archivist.types import DEFAULT_COLLECTION, Chunk, Document, DocumentRecord, UsageError
 
 #: Filter keys every store understands; any other key names a document metadata field.
-BUILTIN_FILTER_KEYS = ("source", "title", "document_id", "media_type")
+BUILTIN_FILTER_KEYS = ("source", "title", "document_id", "media_type", "collection")
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
 _GLOB_CHARS = frozenset("*?[")
 
@@ -77,6 +77,7 @@ class StoredChunk:
     source: str
     title: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    collection: str = DEFAULT_COLLECTION
 
 
 @dataclass(slots=True)
@@ -108,13 +109,110 @@ class CandidateScores:
     doc_bm25_std: float
 
 
+@dataclass(slots=True)
+class CollectionRecord:
+    """A named set of documents: the tenancy boundary of the HTTP service."""
+
+    name: str
+    description: str
+    created_at: str
+    documents: int = 0
+
+
+@dataclass(slots=True)
+class ApiKeyRecord:
+    """A stored API key: never the key itself, only its hash."""
+
+    id: str
+    name: str
+    secret_hash: str
+    scopes: tuple[str, ...]
+    #: None: every collection
+    collections: tuple[str, ...] | None
+    created_at: str
+    budget_tokens: int | None = None
+    budget_usd: float | None = None
+    budget_period: str = "month"
+    rate_per_minute: int | None = None
+    revoked_at: str | None = None
+    last_used_at: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """Return the key's JSON-ready description (without its hash)."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "scopes": list(self.scopes),
+            "collections": list(self.collections) if self.collections is not None else None,
+            "budget_tokens": self.budget_tokens,
+            "budget_usd": self.budget_usd,
+            "budget_period": self.budget_period,
+            "rate_per_minute": self.rate_per_minute,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+            "last_used_at": self.last_used_at,
+        }
+
+
+JobStatus = Literal["queued", "running", "succeeded", "failed"]
+
+
+@dataclass(slots=True)
+class JobRecord:
+    """A background job (ingestion of an upload) and how far it got."""
+
+    id: str
+    kind: str
+    collection: str
+    status: JobStatus
+    payload: dict[str, Any]
+    created_at: str
+    updated_at: str
+    done: int = 0
+    total: int = 0
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    key_id: str | None = None
+
+    def public(self) -> dict[str, Any]:
+        """Return the job's JSON-ready status (without its internal payload)."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "collection": self.collection,
+            "status": self.status,
+            "progress": {"done": self.done, "total": self.total},
+            "result": self.result,
+            "error": self.error,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLogRow:
+    """One served HTTP request, for usage reports."""
+
+    request_id: str
+    at: str
+    key_id: str | None
+    method: str
+    route: str
+    status: int
+    latency_ms: float
+    tokens: int = 0
+    cost_usd: float = 0.0
+
+
 @runtime_checkable
 class Store(Protocol):
     """Durable storage for documents, chunks, vectors and their indexes."""
 
     url: str
 
-    def document_states(self, sources: Sequence[str]) -> dict[str, tuple[str, str]]:
+    def document_states(
+        self, sources: Sequence[str], collection: str = DEFAULT_COLLECTION
+    ) -> dict[str, tuple[str, str]]:
         """Return {source: (content_hash, chunker fingerprint)} for the stored ones among `sources`."""
         ...
 
@@ -148,8 +246,8 @@ class Store(Protocol):
         """Return a document's chunks in order."""
         ...
 
-    def sources(self) -> list[str]:
-        """Return every stored document's source."""
+    def sources(self, collection: str = DEFAULT_COLLECTION) -> list[str]:
+        """Return the source of every stored document in a collection."""
         ...
 
     def filter_keys(self) -> set[str]:
@@ -202,6 +300,78 @@ class Store(Protocol):
 
     def get_eval_run(self, run_id: str) -> dict[str, Any] | None:
         """Return one eval run record by id or unique id prefix, or None."""
+        ...
+
+    def schema_version(self) -> int:
+        """Return the highest applied schema migration."""
+        ...
+
+    def create_collection(self, name: str, description: str = "") -> CollectionRecord:
+        """Create a collection and return it, or raise ConflictError when the name is taken."""
+        ...
+
+    def list_collections(self) -> list[CollectionRecord]:
+        """Return every collection with its document count, by name."""
+        ...
+
+    def get_collection(self, name: str) -> CollectionRecord | None:
+        """Return one collection with its document count, or None."""
+        ...
+
+    def save_api_key(self, key: ApiKeyRecord) -> None:
+        """Store a new API key record."""
+        ...
+
+    def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        """Return an API key record by id (revoked ones included), or None."""
+        ...
+
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        """Return every API key record, oldest first."""
+        ...
+
+    def revoke_api_key(self, key_id: str, now: str) -> bool:
+        """Mark a key revoked; return whether an active key of that id existed."""
+        ...
+
+    def touch_api_key(self, key_id: str, now: str) -> None:
+        """Record that a key was just used."""
+        ...
+
+    def create_job(self, job: JobRecord) -> None:
+        """Store a new job."""
+        ...
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        """Set a job's status, done, total, result or error (and its updated_at)."""
+        ...
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """Return one job, or None."""
+        ...
+
+    def list_jobs(self, *, collection: str | None = None, limit: int = 50) -> list[JobRecord]:
+        """Return jobs, newest first."""
+        ...
+
+    def claim_job(self) -> JobRecord | None:
+        """Atomically mark the oldest queued job running and return it (None when none is queued)."""
+        ...
+
+    def job_counts(self) -> dict[str, int]:
+        """Return how many jobs are in each status."""
+        ...
+
+    def requeue_jobs(self) -> int:
+        """Put jobs left running by a stopped process back in the queue; return how many."""
+        ...
+
+    def log_requests(self, rows: Sequence[RequestLogRow]) -> None:
+        """Append served requests to the request log."""
+        ...
+
+    def request_log(self, *, since: str, key_id: str | None = None) -> list[RequestLogRow]:
+        """Return logged requests at or after `since` (UTC ISO time), of one key or all."""
         ...
 
     def close(self) -> None:

@@ -21,13 +21,29 @@ import numpy as np
 import numpy.typing as npt
 
 from archivist.embed.base import Vectors
-from archivist.store.base import BUILTIN_FILTER_KEYS, CandidateScores, DocumentWrite, Filters, StoredChunk
+from archivist.store.base import (
+    BUILTIN_FILTER_KEYS,
+    ApiKeyRecord,
+    CandidateScores,
+    CollectionRecord,
+    DocumentWrite,
+    Filters,
+    JobRecord,
+    RequestLogRow,
+    StoredChunk,
+)
 from archivist.store.lexical import Analyzer, encode_counts
 from archivist.store.memindex import DenseIndex, LexicalIndex
 from archivist.store.sqlite_migrations import MIGRATIONS
-from archivist.types import ArchivistError, DocumentRecord
+from archivist.types import DEFAULT_COLLECTION, ArchivistError, ConflictError, DocumentRecord
 
-_DOC_COLUMNS = {"source": "d.source", "title": "d.title", "document_id": "d.id", "media_type": "d.media_type"}
+_DOC_COLUMNS = {
+    "source": "d.source",
+    "title": "d.title",
+    "document_id": "d.id",
+    "media_type": "d.media_type",
+    "collection": "d.collection",
+}
 
 
 def _now() -> str:
@@ -96,24 +112,36 @@ class SQLiteStore:
 
     def migrate(self) -> list[int]:
         """Apply pending migrations; return the versions applied."""
-        applied = []
+        applied: list[int] = []
         current = self.schema_version()
         latest = MIGRATIONS[-1][0]
         if current > latest:
             raise ArchivistError(
                 f"store {self.path} has schema version {current}, newer than this Archivist ({latest}): upgrade"
             )
-        for version, name, sql in MIGRATIONS:
-            if version <= current:
-                continue
-            with self._transaction() as conn:
-                for statement in _split_sql(sql):
-                    conn.execute(statement)
-                conn.execute(
-                    "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
-                    (version, name, _now()),
-                )
-            applied.append(version)
+        if current == latest:
+            return applied
+        conn = self._conn()
+        # A migration that rebuilds a table must not cascade deletes into its children; the pragma only
+        # takes effect outside a transaction, and each migration checks the keys before it commits.
+        conn.execute("PRAGMA foreign_keys=OFF")
+        try:
+            for version, name, sql in MIGRATIONS:
+                if version <= current:
+                    continue
+                with self._transaction() as tx:
+                    for statement in _split_sql(sql):
+                        tx.execute(statement)
+                    broken = tx.execute("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise ArchivistError(f"migration {version} would break foreign keys: {broken[:3]}")
+                    tx.execute(
+                        "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                        (version, name, _now()),
+                    )
+                applied.append(version)
+        finally:
+            conn.execute("PRAGMA foreign_keys=ON")
         return applied
 
     def generation(self) -> int:
@@ -123,7 +151,9 @@ class SQLiteStore:
 
     # -- ingestion ----------------------------------------------------------------------------------
 
-    def document_states(self, sources: Sequence[str]) -> dict[str, tuple[str, str]]:
+    def document_states(
+        self, sources: Sequence[str], collection: str = DEFAULT_COLLECTION
+    ) -> dict[str, tuple[str, str]]:
         """Return {source: (content_hash, chunker fingerprint)} for the stored ones among `sources`."""
         conn = self._conn()
         out: dict[str, tuple[str, str]] = {}
@@ -131,7 +161,8 @@ class SQLiteStore:
             part = list(sources[i : i + 500])
             marks = ",".join("?" * len(part))
             for source, h, chunker in conn.execute(
-                f"SELECT source, content_hash, chunker FROM documents WHERE source IN ({marks})", part
+                f"SELECT source, content_hash, chunker FROM documents WHERE collection = ? AND source IN ({marks})",
+                [collection, *part],
             ):
                 out[source] = (h, chunker)
         return out
@@ -166,18 +197,20 @@ class SQLiteStore:
             for w, doc_counts in zip(writes, counts, strict=True):
                 doc = w.document
                 prev = conn.execute(
-                    "SELECT id, version, created_at FROM documents WHERE source = ?", (doc.source,)
+                    "SELECT id, version, created_at FROM documents WHERE collection = ? AND source = ?",
+                    (doc.collection, doc.source),
                 ).fetchone()
                 if prev is not None:
                     self._delete_in(conn, prev[0])
                 version = prev[1] + 1 if prev else 1
                 created = prev[2] if prev else now
                 conn.execute(
-                    "INSERT INTO documents (id, source, title, media_type, content_hash, chunker, metadata,"
-                    " chunk_count, char_count, version, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO documents (id, collection, source, title, media_type, content_hash, chunker,"
+                    " metadata, chunk_count, char_count, version, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         doc.id,
+                        doc.collection,
                         doc.source,
                         doc.title,
                         doc.media_type,
@@ -275,9 +308,10 @@ class SQLiteStore:
         )
         return [_stored_chunk(r) for r in rows]
 
-    def sources(self) -> list[str]:
-        """Return every stored document's source."""
-        return [r[0] for r in self._conn().execute("SELECT source FROM documents ORDER BY source")]
+    def sources(self, collection: str = DEFAULT_COLLECTION) -> list[str]:
+        """Return the source of every stored document in a collection."""
+        rows = self._conn().execute("SELECT source FROM documents WHERE collection = ? ORDER BY source", (collection,))
+        return [r[0] for r in rows]
 
     def filter_keys(self) -> set[str]:
         """Return the filter keys that name something in this store."""
@@ -504,6 +538,182 @@ class SQLiteStore:
             return json.loads(exact[0][0]) if exact else None
         return dict(json.loads(rows[0][0]))
 
+    # -- collections, API keys, jobs, request log (the HTTP service) -------------------------------
+
+    def create_collection(self, name: str, description: str = "") -> CollectionRecord:
+        """Create a collection and return it, or raise ConflictError when the name is taken."""
+        created = _now()
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    "INSERT INTO collections (name, description, created_at) VALUES (?, ?, ?)",
+                    (name, description, created),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(f"collection {name!r} exists already") from exc
+        return CollectionRecord(name, description, created, 0)
+
+    def list_collections(self) -> list[CollectionRecord]:
+        """Return every collection with its document count, by name."""
+        rows = self._conn().execute(
+            "SELECT c.name, c.description, c.created_at, COUNT(d.id) FROM collections c"
+            " LEFT JOIN documents d ON d.collection = c.name GROUP BY c.name ORDER BY c.name"
+        )
+        return [CollectionRecord(*r) for r in rows]
+
+    def get_collection(self, name: str) -> CollectionRecord | None:
+        """Return one collection with its document count, or None."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT c.name, c.description, c.created_at,"
+                " (SELECT COUNT(*) FROM documents d WHERE d.collection = c.name) FROM collections c WHERE c.name = ?",
+                (name,),
+            )
+            .fetchone()
+        )
+        return CollectionRecord(*row) if row else None
+
+    def save_api_key(self, key: ApiKeyRecord) -> None:
+        """Store a new API key record."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO api_keys (id, name, secret_hash, scopes, collections, budget_tokens, budget_usd,"
+                " budget_period, rate_per_minute, created_at, revoked_at, last_used_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    key.id,
+                    key.name,
+                    key.secret_hash,
+                    json.dumps(list(key.scopes)),
+                    json.dumps(list(key.collections)) if key.collections is not None else None,
+                    key.budget_tokens,
+                    key.budget_usd,
+                    key.budget_period,
+                    key.rate_per_minute,
+                    key.created_at,
+                    key.revoked_at,
+                    key.last_used_at,
+                ),
+            )
+
+    def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        """Return an API key record by id (revoked ones included), or None."""
+        row = self._conn().execute(f"SELECT {_KEY_SELECT} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        return _key_record(row) if row else None
+
+    def list_api_keys(self) -> list[ApiKeyRecord]:
+        """Return every API key record, oldest first."""
+        rows = self._conn().execute(f"SELECT {_KEY_SELECT} FROM api_keys ORDER BY created_at, id")
+        return [_key_record(r) for r in rows]
+
+    def revoke_api_key(self, key_id: str, now: str) -> bool:
+        """Mark a key revoked; return whether an active key of that id existed."""
+        with self._transaction() as conn:
+            cur = conn.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (now, key_id))
+            return cur.rowcount > 0
+
+    def touch_api_key(self, key_id: str, now: str) -> None:
+        """Record that a key was just used."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key_id))
+
+    def create_job(self, job: JobRecord) -> None:
+        """Store a new job."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, kind, collection, status, payload, done, total, result, error, key_id,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    job.id,
+                    job.kind,
+                    job.collection,
+                    job.status,
+                    json.dumps(job.payload, ensure_ascii=False),
+                    job.done,
+                    job.total,
+                    json.dumps(job.result) if job.result is not None else None,
+                    job.error,
+                    job.key_id,
+                    job.created_at,
+                    job.updated_at,
+                ),
+            )
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        """Set a job's status, done, total, result or error (and its updated_at)."""
+        allowed = {"status", "done", "total", "result", "error"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise ValueError(f"update_job: unknown fields {sorted(unknown)}")
+        values = {k: json.dumps(v) if k == "result" and v is not None else v for k, v in fields.items()}
+        values["updated_at"] = _now()
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self._transaction() as conn:
+            conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*values.values(), job_id])
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """Return one job, or None."""
+        row = self._conn().execute(f"SELECT {_JOB_SELECT} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return _job_record(row) if row else None
+
+    def list_jobs(self, *, collection: str | None = None, limit: int = 50) -> list[JobRecord]:
+        """Return jobs, newest first."""
+        where, params = ("WHERE collection = ?", [collection]) if collection else ("", [])
+        rows = self._conn().execute(
+            f"SELECT {_JOB_SELECT} FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ?", [*params, limit]
+        )
+        return [_job_record(r) for r in rows]
+
+    def claim_job(self) -> JobRecord | None:
+        """Atomically mark the oldest queued job running and return it (None when none is queued)."""
+        with self._transaction() as conn:
+            row = conn.execute(
+                f"SELECT {_JOB_SELECT} FROM jobs WHERE status = 'queued' ORDER BY created_at, rowid LIMIT 1"
+            ).fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE jobs SET status = 'running', updated_at = ? WHERE id = ?", (_now(), row[0]))
+        job = _job_record(row)
+        job.status = "running"
+        return job
+
+    def job_counts(self) -> dict[str, int]:
+        """Return how many jobs are in each status."""
+        rows = self._conn().execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        return {str(status): int(n) for status, n in rows}
+
+    def requeue_jobs(self) -> int:
+        """Put jobs left running by a stopped process back in the queue; return how many."""
+        with self._transaction() as conn:
+            return conn.execute(
+                "UPDATE jobs SET status = 'queued', updated_at = ? WHERE status = 'running'", (_now(),)
+            ).rowcount
+
+    def log_requests(self, rows: Sequence[RequestLogRow]) -> None:
+        """Append served requests to the request log."""
+        if not rows:
+            return
+        with self._transaction() as conn:
+            conn.executemany(
+                "INSERT INTO request_log (request_id, at, key_id, method, route, status, latency_ms, tokens,"
+                " cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.request_id, r.at, r.key_id, r.method, r.route, r.status, r.latency_ms, r.tokens, r.cost_usd)
+                    for r in rows
+                ],
+            )
+
+    def request_log(self, *, since: str, key_id: str | None = None) -> list[RequestLogRow]:
+        """Return logged requests at or after `since` (UTC ISO time), of one key or all."""
+        where, params = ("AND key_id = ?", [key_id]) if key_id else ("", [])
+        rows = self._conn().execute(
+            "SELECT request_id, at, key_id, method, route, status, latency_ms, tokens, cost_usd FROM request_log"
+            f" WHERE at >= ? {where} ORDER BY at",
+            [since, *params],
+        )
+        return [RequestLogRow(*r) for r in rows]
+
     def close(self) -> None:
         """Release connections and files."""
         with self._conns_lock:
@@ -537,12 +747,53 @@ def _filter_sql(filters: Filters) -> tuple[str, list[Any]]:
 
 _DOC_SELECT = (
     "d.id, d.source, d.title, d.media_type, d.content_hash, d.metadata, d.chunk_count, d.char_count,"
-    " d.created_at, d.updated_at, d.version"
+    " d.created_at, d.updated_at, d.version, d.collection"
 )
 _CHUNK_SELECT = (
     'c.id, c.document_id, c.ordinal, c.text, c.heading_path, c.start, c."end", c.page, c.page_end,'
-    " c.token_count, d.source, d.title, d.metadata"
+    " c.token_count, d.source, d.title, d.metadata, d.collection"
 )
+
+
+_KEY_SELECT = (
+    "id, name, secret_hash, scopes, collections, created_at, budget_tokens, budget_usd, budget_period,"
+    " rate_per_minute, revoked_at, last_used_at"
+)
+_JOB_SELECT = "id, kind, collection, status, payload, created_at, updated_at, done, total, result, error, key_id"
+
+
+def _key_record(row: Sequence[Any]) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=row[0],
+        name=row[1],
+        secret_hash=row[2],
+        scopes=tuple(json.loads(row[3])),
+        collections=tuple(json.loads(row[4])) if row[4] is not None else None,
+        created_at=row[5],
+        budget_tokens=row[6],
+        budget_usd=row[7],
+        budget_period=row[8],
+        rate_per_minute=row[9],
+        revoked_at=row[10],
+        last_used_at=row[11],
+    )
+
+
+def _job_record(row: Sequence[Any]) -> JobRecord:
+    return JobRecord(
+        id=row[0],
+        kind=row[1],
+        collection=row[2],
+        status=row[3],
+        payload=json.loads(row[4]),
+        created_at=row[5],
+        updated_at=row[6],
+        done=row[7],
+        total=row[8],
+        result=json.loads(row[9]) if row[9] is not None else None,
+        error=row[10],
+        key_id=row[11],
+    )
 
 
 def _doc_record(row: Sequence[Any]) -> DocumentRecord:
@@ -558,6 +809,7 @@ def _doc_record(row: Sequence[Any]) -> DocumentRecord:
         created_at=row[8],
         updated_at=row[9],
         version=row[10],
+        collection=row[11],
     )
 
 
@@ -576,6 +828,7 @@ def _stored_chunk(row: Sequence[Any]) -> StoredChunk:
         source=row[10],
         title=row[11],
         metadata=json.loads(row[12]),
+        collection=row[13],
     )
 
 

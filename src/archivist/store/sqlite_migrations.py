@@ -94,3 +94,86 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         """,
     ),
 ]
+
+# Collections (the tenancy boundary), API keys, ingestion jobs and the request log, for the HTTP service.
+# A document's identity becomes (collection, source): the documents table is rebuilt, since SQLite cannot
+# change a UNIQUE constraint in place. Rowids are kept, as the in-memory indexes key documents by them.
+MIGRATIONS.append(
+    (
+        5,
+        "collections, API keys, jobs, request log",
+        """
+        CREATE TABLE collections (
+            name        TEXT PRIMARY KEY,
+            description TEXT NOT NULL DEFAULT '',
+            created_at  TEXT NOT NULL
+        );
+        INSERT INTO collections (name, description, created_at)
+            VALUES ('default', 'Documents ingested without a collection', strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now'));
+        CREATE TABLE documents_v5 (
+            id           TEXT PRIMARY KEY,
+            collection   TEXT NOT NULL DEFAULT 'default' REFERENCES collections(name),
+            source       TEXT NOT NULL,
+            title        TEXT NOT NULL,
+            media_type   TEXT NOT NULL,
+            content_hash TEXT NOT NULL,
+            chunker      TEXT NOT NULL,
+            metadata     TEXT NOT NULL DEFAULT '{}',
+            chunk_count  INTEGER NOT NULL,
+            char_count   INTEGER NOT NULL,
+            version      INTEGER NOT NULL DEFAULT 1,
+            created_at   TEXT NOT NULL,
+            updated_at   TEXT NOT NULL,
+            UNIQUE (collection, source)
+        );
+        INSERT INTO documents_v5 (rowid, id, collection, source, title, media_type, content_hash, chunker, metadata,
+                                  chunk_count, char_count, version, created_at, updated_at)
+            SELECT rowid, id, 'default', source, title, media_type, content_hash, chunker, metadata,
+                   chunk_count, char_count, version, created_at, updated_at FROM documents;
+        DROP TABLE documents;
+        ALTER TABLE documents_v5 RENAME TO documents;
+        CREATE TABLE api_keys (
+            id           TEXT PRIMARY KEY,
+            name         TEXT NOT NULL,
+            secret_hash  TEXT NOT NULL,  -- sha256 of the whole key: keys are random, so no slow hash is needed
+            scopes       TEXT NOT NULL,  -- JSON list
+            collections  TEXT,           -- JSON list, NULL = every collection
+            budget_tokens INTEGER,
+            budget_usd   REAL,
+            budget_period TEXT NOT NULL DEFAULT 'month',
+            rate_per_minute INTEGER,
+            created_at   TEXT NOT NULL,
+            revoked_at   TEXT,
+            last_used_at TEXT
+        );
+        CREATE TABLE jobs (
+            id         TEXT PRIMARY KEY,
+            kind       TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            status     TEXT NOT NULL,  -- queued, running, succeeded, failed
+            payload    TEXT NOT NULL,  -- JSON
+            done       INTEGER NOT NULL DEFAULT 0,
+            total      INTEGER NOT NULL DEFAULT 0,
+            result     TEXT,           -- JSON
+            error      TEXT,
+            key_id     TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX jobs_status ON jobs(status, created_at);
+        CREATE TABLE request_log (
+            id         INTEGER PRIMARY KEY,
+            request_id TEXT NOT NULL,
+            at         TEXT NOT NULL,   -- UTC ISO time
+            key_id     TEXT,
+            method     TEXT NOT NULL,
+            route      TEXT NOT NULL,
+            status     INTEGER NOT NULL,
+            latency_ms REAL NOT NULL,
+            tokens     INTEGER NOT NULL DEFAULT 0,
+            cost_usd   REAL NOT NULL DEFAULT 0
+        );
+        CREATE INDEX request_log_at ON request_log(at);
+        """,
+    )
+)

@@ -1,0 +1,145 @@
+"""`create_app()`: the FastAPI application over one Archivist, with its middleware, routes, UI and lifecycle."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from archivist.app import Archivist
+from archivist.server.errors import install_error_handlers
+from archivist.server.middleware import RequestMiddleware
+from archivist.server.routes import router
+from archivist.server.services import Services
+
+STATIC = Path(str(resources.files("archivist.server") / "static"))
+
+
+def spool_dir(archivist: Archivist) -> Path:
+    """Return where uploads wait for ingestion: the configured folder, or `uploads/` beside a SQLite store."""
+    if archivist.settings.upload_dir:
+        return Path(archivist.settings.upload_dir)
+    path = getattr(archivist.store, "path", None)
+    return Path(path).parent / "uploads" if path is not None else Path(".archivist/uploads")
+
+
+def create_app(archivist: Archivist, *, run_jobs: bool = True) -> FastAPI:
+    """Return the HTTP app over `archivist`; `run_jobs=False` queues uploads without running them (tests)."""
+    settings = archivist.settings
+    services = Services.build(archivist, spool_dir(archivist))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        services.request_log.start()
+        if run_jobs:
+            services.jobs.start()
+        try:
+            yield
+        finally:
+            # Uvicorn has finished the in-flight requests by now; a job cut short is requeued for the next start.
+            services.jobs.stop()
+            services.request_log.stop()
+
+    app = FastAPI(
+        title="Archivist",
+        version="0.1.0",
+        summary="A RAG service over your documents: hybrid search and grounded answers with checked citations.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.services = services
+    install_error_handlers(app)
+    app.include_router(router)
+    _add_service_routes(app, services)
+    if settings.cors_origins.strip():
+        origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    app.add_middleware(
+        RequestMiddleware,
+        services=services,
+        max_body_bytes=int(settings.max_body_mb * 1024 * 1024),
+        timeout_s=settings.request_timeout_s,
+    )
+    return app
+
+
+def _add_service_routes(app: FastAPI, services: Services) -> None:
+    """Health, readiness, metrics, the OpenAPI page (local assets) and the web UI."""
+    store = services.archivist.store
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], responses={503: {"description": "store unreachable or not migrated"}})
+    def readyz() -> JSONResponse:
+        """The store is reachable and its schema is current."""
+        from archivist.store.sqlite_migrations import MIGRATIONS
+
+        latest = MIGRATIONS[-1][0]
+        try:
+            version = store.schema_version()
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "reason": f"store unreachable: {exc}"}, status_code=503)
+        if version != latest:
+            return JSONResponse(
+                {"status": "unavailable", "reason": f"schema at v{version}, expected v{latest}"}, status_code=503
+            )
+        return JSONResponse({"status": "ready", "schema_version": version})
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    def metrics() -> Response:
+        """Prometheus metrics."""
+        from archivist.server.metrics import CONTENT_TYPE
+
+        return Response(services.metrics.render(), media_type=CONTENT_TYPE)
+
+    swagger = _swagger_assets()
+    if swagger is not None:
+        app.mount("/docs-assets", StaticFiles(directory=swagger), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        if swagger is None:
+            return HTMLResponse('<p>The API description is at <a href="/openapi.json">/openapi.json</a>.</p>')
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Archivist API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
+    app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
+
+    @app.get("/", include_in_schema=False, response_model=None)
+    def index() -> Any:
+        page = STATIC / "index.html"
+        if not page.is_file():
+            return HTMLResponse("<p>The web UI is not installed; the API is at <a href='/docs'>/docs</a>.</p>")
+        return FileResponse(page)
+
+
+def _swagger_assets() -> Path | None:
+    """Return the folder of Swagger UI's files from the swagger-ui-bundle package (never a CDN), if installed."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
+    return Path(str(swagger_ui_path))

@@ -1,0 +1,112 @@
+"""One error shape for every failure: `{"error": {"code", "message", "request_id"}}`, with a stable code."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from archivist.llm.errors import BudgetExceeded
+from archivist.types import ArchivistError, ConflictError, NotFoundError, UsageError
+
+log = logging.getLogger("archivist.server")
+
+_STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    500: "internal",
+    503: "unavailable",
+    504: "timeout",
+}
+
+
+class ApiError(Exception):
+    """An error the API reports as is: HTTP status, stable code, message fit for the client."""
+
+    def __init__(self, status: int, message: str, *, code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code or _STATUS_CODES.get(status, "error")
+        self.message = message
+        self.headers = headers or {}
+
+
+def request_id_of(request: Request) -> str:
+    """Return the request's id (set by the request middleware)."""
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+def error_body(code: str, message: str, request_id: str, **extra: Any) -> dict[str, Any]:
+    """Return the JSON body of an error."""
+    return {"error": {"code": code, "message": message, "request_id": request_id, **extra}}
+
+
+def error_response(
+    request: Request, status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """Return an error as a JSON response."""
+    return JSONResponse(error_body(code, message, request_id_of(request), **extra), status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every exception an error of the one shape: ours, validation, routing, and unexpected ones."""
+
+    @app.exception_handler(ApiError)
+    async def _api(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(request, exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            for e in exc.errors()
+        ]
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
+        where = ".".join(p for p in first["loc"] if p != "body") or "request"
+        return error_response(request, 422, "validation_error", f"{where}: {first['msg']}", details=details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}"
+        return error_response(request, exc.status_code, _STATUS_CODES.get(exc.status_code, "error"), message)
+
+    @app.exception_handler(UsageError)
+    async def _usage(request: Request, exc: UsageError) -> JSONResponse:
+        return error_response(request, 400, "bad_request", str(exc))
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(request: Request, exc: NotFoundError) -> JSONResponse:
+        return error_response(request, 404, "not_found", str(exc))
+
+    @app.exception_handler(ConflictError)
+    async def _conflict(request: Request, exc: ConflictError) -> JSONResponse:
+        return error_response(request, 409, "conflict", str(exc))
+
+    @app.exception_handler(BudgetExceeded)
+    async def _budget(request: Request, exc: BudgetExceeded) -> JSONResponse:
+        return error_response(request, 402, "budget_exceeded", str(exc))
+
+    @app.exception_handler(ArchivistError)
+    async def _archivist(request: Request, exc: ArchivistError) -> JSONResponse:
+        log.error("request failed: %s", exc, extra={"request_id": request_id_of(request)})
+        return error_response(request, 500, "internal", str(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"request_id": request_id_of(request)})
+        return error_response(request, 500, "internal", "internal error; the server log has the details")
