@@ -205,7 +205,7 @@ def test_sqlite_store_uses_wal_and_records_migrations(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "s.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
-    assert versions == [1, 2, 3, 4] and store.schema_version() == 4
+    assert versions == [1, 2, 3, 4, 5] and store.schema_version() == 5
     assert store.migrate() == []  # idempotent
     conn.close()
     store.close()
@@ -289,3 +289,84 @@ def test_eval_runs_round_trip(store: Store) -> None:
     assert store.get_eval_run("run0")["metrics"] == {"ndcg@10": 0.0}  # type: ignore[index]
     assert store.get_eval_run("run") is None  # ambiguous prefix
     assert store.list_eval_runs(dataset="other") == []
+
+
+def test_same_source_in_two_collections_is_two_documents(store: Store) -> None:
+    store.create_collection("other")
+    a = _doc("notes.md", ["shared words alpha"])
+    b = _doc("notes.md", ["shared words beta"])
+    b.collection = "other"
+    _put(store, a)
+    _put(store, b, seed=1)
+    assert a.id != b.id
+    assert {d.collection for d in store.list_documents()} == {"default", "other"}
+    only = Filters.parse(["collection=other"])
+    assert [d.id for d in store.list_documents(filters=only)] == [b.id]
+    assert {cid for cid, _ in store.bm25_search("shared words", 10, only)} == {
+        c.id for c in store.document_chunks(b.id)
+    }
+    assert store.sources("other") == ["notes.md"] and store.document_states(["notes.md"], "other")
+    _put(store, a, seed=2)  # replacing in one collection leaves the other alone
+    assert store.get_document(b.id) is not None and store.count_documents() == 2
+
+
+def test_collections_keys_jobs_and_request_log(store: Store) -> None:
+    from archivist.store.base import ApiKeyRecord, JobRecord, RequestLogRow
+    from archivist.types import ConflictError
+
+    store.create_collection("docs", "the handbook")
+    with pytest.raises(ConflictError):
+        store.create_collection("docs")
+    assert [c.name for c in store.list_collections()] == ["default", "docs"]
+    key = ApiKeyRecord("k1", "ci", "h" * 64, ("read",), ("docs",), "2026-01-01T00:00:00+00:00", budget_tokens=10)
+    store.save_api_key(key)
+    assert store.get_api_key("k1") == key
+    assert store.revoke_api_key("k1", "2026-01-02T00:00:00+00:00") and not store.revoke_api_key("k1", "x")
+    assert store.get_api_key("k1").revoked_at == "2026-01-02T00:00:00+00:00"  # type: ignore[union-attr]
+    for i in range(2):
+        store.create_job(JobRecord(f"j{i}", "ingest", "docs", "queued", {"file": "a.md"}, f"2026-01-0{i + 1}", "x"))
+    first = store.claim_job()
+    assert first is not None and first.id == "j0" and first.status == "running"
+    assert store.job_counts() == {"queued": 1, "running": 1}
+    assert store.requeue_jobs() == 1 and store.get_job("j0").status == "queued"  # type: ignore[union-attr]
+    store.update_job("j0", status="succeeded", result={"added": 1}, done=1, total=1)
+    done = store.get_job("j0")
+    assert done is not None and done.result == {"added": 1} and done.public()["progress"] == {"done": 1, "total": 1}
+    rows = [
+        RequestLogRow(f"r{i}", f"2026-01-0{i + 1}T00:00:00+00:00", "k1", "GET", "/v1/me", 200, 1.5) for i in range(3)
+    ]
+    store.log_requests(rows)
+    assert [r.request_id for r in store.request_log(since="2026-01-02")] == ["r1", "r2"]
+
+
+def test_migration_to_v5_keeps_documents_chunks_and_search(tmp_path: Path) -> None:
+    from archivist.store.sqlite import _split_sql
+    from archivist.store.sqlite_migrations import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT)")
+    for version, name, sql in MIGRATIONS[:4]:
+        for statement in _split_sql(sql):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 'then')", (version, name))
+    conn.close()
+    # Write with the v4 layout's SQL as an older Archivist did: no collection column yet.
+    old = sqlite3.connect(path, isolation_level=None)
+    old.execute(
+        "INSERT INTO documents (id, source, title, media_type, content_hash, chunker, metadata, chunk_count,"
+        " char_count, created_at, updated_at) VALUES ('d1', 'a.md', 'A', 'text/plain', 'h', 'c', '{}', 1, 5, 't', 't')"
+    )
+    old.execute(
+        'INSERT INTO chunks (document_id, ordinal, text, start, "end", token_count, embed_hash, terms)'
+        " VALUES ('d1', 0, 'hello', 0, 5, 1, 'e', x'')"
+    )
+    old.close()
+    store = SQLiteStore(path)
+    assert store.schema_version() == 5
+    doc = store.get_document("d1")
+    assert doc is not None and doc.collection == "default" and doc.chunk_count == 1
+    assert [c.text for c in store.document_chunks("d1")] == ["hello"]
+    assert store.list_collections()[0].documents == 1
+    store.close()

@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
-from typing import Annotated
+import threading
+from collections.abc import Iterator
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from archivist.cli_support import JsonOpt, StoreOpt, emit_json, err, fail, open_app, out
+
+
+def _server_class() -> type[Any]:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """Uvicorn's server, exiting 0 after a graceful stop on SIGTERM/SIGINT (uvicorn re-raises the signal)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    return Server
+
 
 keys_app = typer.Typer(help="Create, list and revoke API keys of the HTTP service.", no_args_is_help=True)
 
@@ -53,7 +79,7 @@ def serve(
             timeout_graceful_shutdown=graceful_s,
             proxy_headers=False,
         )
-        server = uvicorn.Server(config)
+        server = _server_class()(config)
         logging.getLogger("archivist.server").info(
             "serving %s on http://%s:%d", archivist.store.url, archivist.settings.host, archivist.settings.port
         )

@@ -1,0 +1,136 @@
+"""`archivist keys` and `archivist serve` as a user runs them: real processes, real signals, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fake_servers import ChatServer, Fault
+from live_server import free_port
+from test_cli import run, run_json
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("serve")
+    (root / "kb").mkdir()
+    (root / "kb" / "tea.md").write_text("# Tea\n\nGreen tea is steeped at 80 degrees for two minutes.\n")
+    summary = run_json(root, "ingest", "kb", "--collection", "kb")
+    assert summary["added"] == 1 and summary["collection"] == "kb"
+    return root
+
+
+def test_keys_create_list_revoke(workdir: Path) -> None:
+    created = run_json(
+        workdir,
+        "keys",
+        "create",
+        "--name",
+        "ci",
+        "--scopes",
+        "read,write",
+        "--collections",
+        "kb",
+        "--budget-tokens",
+        "5000",
+        "--period",
+        "day",
+    )
+    assert created["key"].startswith("ak_") and created["scopes"] == ["read", "write"]
+    assert created["collections"] == ["kb"] and created["budget_tokens"] == 5000
+    listed = run_json(workdir, "keys", "list")["keys"]
+    assert any(k["id"] == created["id"] for k in listed)
+    assert all("key" not in k and "secret_hash" not in k for k in listed)  # never shown again
+    assert run_json(workdir, "keys", "revoke", created["id"]) == {"revoked": created["id"]}
+    again = run(workdir, "keys", "revoke", created["id"])
+    assert again.returncode == 1 and "no active key" in again.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["keys", "create", "--name", "x", "--scopes", "root"], "bad scopes"),
+        (["keys", "create", "--name", "x", "--collections", "missing"], "no collection 'missing'"),
+        (["keys", "create", "--name", "x", "--period", "week"], "unknown --period"),
+        (["ingest", "kb", "--collection", "Bad Name"], "bad collection name"),
+    ],
+)
+def test_bad_usage_exits_2_with_a_message(workdir: Path, args: list[str], message: str) -> None:
+    proc = run(workdir, *args)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_serve_finishes_in_flight_requests_on_sigterm(workdir: Path) -> None:
+    key = run_json(workdir, "keys", "create", "--name", "srv", "--scopes", "read")["key"]
+    port = free_port()
+    with ChatServer(reply="Steep green tea at 80 degrees [1].").running() as llm:
+        llm.faults.append(Fault(delay_s=2.0))  # the model takes its time
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")}
+        env.update(
+            ARCHIVIST_STORE="sqlite:///store.db",
+            ARCHIVIST_LLM_URL=llm.url,
+            ARCHIVIST_LLM_MODEL="m",
+            ARCHIVIST_LLM_CACHE="false",
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "archivist.cli", "serve", "--port", str(port)],
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            _wait_up(base, proc)
+            result: dict[str, Any] = {}
+
+            def ask() -> None:
+                r = httpx.post(
+                    f"{base}/v1/answer",
+                    json={"question": "How hot for green tea?"},
+                    headers={"Authorization": f"Bearer {key}"},
+                    timeout=60,
+                )
+                result.update(status=r.status_code, body=r.json())
+
+            asker = threading.Thread(target=ask)
+            asker.start()
+            deadline = time.monotonic() + 30
+            while not llm.requests and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert llm.requests, "the answer never reached the model"
+            proc.send_signal(signal.SIGTERM)
+            asker.join(60)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert result["status"] == 200 and result["body"]["mode"] == "llm"
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    access = [entry for entry in lines if entry.get("path") == "/v1/answer"]
+    assert access and access[0]["status"] == 200 and access[0]["request_id"]
+
+
+def _wait_up(base: str, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"serve exited early: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError("serve did not come up")
