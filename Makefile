@@ -7,7 +7,7 @@ DEMO_STORE := sqlite:///.archivist/demo.db
 DEMO_QUESTION ?= how does Archivist keep ingestion crash-safe?
 DEMO_ASK ?= What does the gateway do when a provider returns 429?
 
-.PHONY: install demo test lint bench clean llamacpp test-llamacpp
+.PHONY: install demo serve test lint bench clean llamacpp test-llamacpp
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: install
 	$(BIN)/archivist stats --store $(DEMO_STORE)
 	$(BIN)/archivist search "$(DEMO_QUESTION)" --k 3 --store $(DEMO_STORE)
 	$(BIN)/archivist ask "$(DEMO_ASK)" --store $(DEMO_STORE)
+
+# The HTTP API and web UI over the demo store (create a key first: archivist keys create --name me --scopes admin).
+serve: install
+	$(BIN)/archivist serve --store $(DEMO_STORE)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
@@ -46,6 +50,7 @@ test-llamacpp: llamacpp
 bench: install
 	$(BIN)/python benchmarks/ingest.py
 	$(BIN)/python benchmarks/search.py
+	$(BIN)/python benchmarks/load.py
 
 clean:
 	rm -rf $(VENV) .archivist .mypy_cache .ruff_cache .pytest_cache
