@@ -23,7 +23,7 @@ from archivist.llm.errors import LLMError, StreamBroken
 from archivist.llm.gateway import Gateway
 from archivist.retrieve.search import SearchPipeline
 from archivist.store.base import Filters
-from archivist.types import Hit, UsageError
+from archivist.types import DEFAULT_COLLECTION, Hit, UsageError
 
 if TYPE_CHECKING:
     from archivist.app import Archivist
@@ -49,6 +49,7 @@ class Citation:
     span: tuple[int, int]
     quote: str
     support: float = 1.0
+    collection: str = DEFAULT_COLLECTION
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict of the citation."""
@@ -62,6 +63,7 @@ class Citation:
             "span": list(self.span),
             "quote": self.quote,
             "support": self.support,
+            "collection": self.collection,
         }
 
 
@@ -150,6 +152,7 @@ def _citation(n: int, passage: Passage, sentence: Sentence, support: float = 1.0
         span=(sentence.start, sentence.end),
         quote=sentence.text,
         support=round(support, 4),
+        collection=passage.collection,
     )
 
 
@@ -320,7 +323,14 @@ class Answerer:
         answer.warnings = prep.warnings
         answer.evidence = round(prep.extraction.evidence, 4)
         answer.sources = [
-            {"n": p.n, "document": p.document_id, "title": p.title, "source": p.source, "score": round(p.score, 4)}
+            {
+                "n": p.n,
+                "document": p.document_id,
+                "collection": p.collection,
+                "title": p.title,
+                "source": p.source,
+                "score": round(p.score, 4),
+            }
             for p in prep.passages[:3]
         ]
         return answer

@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from archivist.retrieve.llm_rerank import fence
-from archivist.types import Hit
+from archivist.types import DEFAULT_COLLECTION, Hit
 
 TokenCounter = Callable[[str], int]
 
@@ -41,6 +41,7 @@ class Passage:
     score: float
     segments: list[Segment] = field(default_factory=list)
     chunk_ids: list[int] = field(default_factory=list)
+    collection: str = DEFAULT_COLLECTION
 
     @property
     def text(self) -> str:
@@ -100,7 +101,16 @@ def pack_context(
         if passage is None:
             if len(order) >= max_passages:
                 continue
-            passage = Passage(0, hit.document_id, hit.source, hit.title, hit.heading_path, hit.page, hit.score)
+            passage = Passage(
+                0,
+                hit.document_id,
+                hit.source,
+                hit.title,
+                hit.heading_path,
+                hit.page,
+                hit.score,
+                collection=hit.collection,
+            )
             by_doc[hit.document_id] = passage
             order.append(hit.document_id)
         passage.segments.append(Segment(hit.start, hit.end, hit.text, hit.heading_path, hit.page))

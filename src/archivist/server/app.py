@@ -21,6 +21,13 @@ from archivist.server.routes import router
 from archivist.server.services import Services
 
 STATIC = Path(str(resources.files("archivist.server") / "static"))
+#: The UI loads nothing but its own files and talks to nothing but this API.
+UI_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def spool_dir(archivist: Archivist) -> Path:
@@ -133,7 +140,7 @@ def _add_service_routes(app: FastAPI, services: Services) -> None:
         page = STATIC / "index.html"
         if not page.is_file():
             return HTMLResponse("<p>The web UI is not installed; the API is at <a href='/docs'>/docs</a>.</p>")
-        return FileResponse(page)
+        return FileResponse(page, headers=UI_HEADERS)
 
 
 def _swagger_assets() -> Path | None:

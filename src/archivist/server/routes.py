@@ -347,17 +347,17 @@ def get_document(collection: str, document_id: str, who: Caller, svc: ServicesDe
     doc = _document(svc, who, collection, document_id)
     chunks = svc.archivist.store.document_chunks(document_id)
     # The store keeps chunks, which are exact spans of the text; gaps between them (whitespace the chunker
-    # skipped) are filled with spaces so that every offset still points where it did in the original.
+    # skipped, mostly paragraph breaks) become newlines so that every offset still points where it did.
     parts, pos = [], 0
     for c in sorted(chunks, key=lambda c: c.start):
         if c.start > pos:
-            parts.append(" " * (c.start - pos))
+            parts.append("\n" * (c.start - pos))
             pos = c.start
         if c.end > pos:
             parts.append(c.text[pos - c.start :])
             pos = c.end
     if doc.char_count > pos:
-        parts.append(" " * (doc.char_count - pos))
+        parts.append("\n" * (doc.char_count - pos))
     return {
         **_doc_dict(doc),
         "text": "".join(parts),
