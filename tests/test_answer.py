@@ -23,7 +23,7 @@ from archivist.llm.base import TokenEvent
 from archivist.store import open_store
 from archivist.types import Hit
 from conftest import DATASETS
-from fake_servers import ChatServer
+from fake_servers import ChatServer, Fault
 
 DOCS = {
     "gateway.md": (
@@ -166,10 +166,12 @@ def test_llm_answer_is_verified_and_the_unsupported_claim_dropped(
     root: Path, embedder: MiniLMEmbedder, server: ChatServer
 ) -> None:
     with app_for(root, embedder, llm_url=server.url, llm_model="m", llm_max_retries=0, llm_cache=False) as app:
-        answerer = Answerer.from_app(app)
+        answerer = Answerer.from_app(app, verify_with_model=False)
         answer = answerer.answer("What does the gateway do when a provider returns 429?")
         events = list(answerer.stream("What does the gateway do when a provider returns 429?"))
     assert answer.mode == "llm" and not answer.refused
+    assert answer.verification == "similarity" and answer.to_dict()["verification"] == "similarity"
+    assert answerer.fingerprint()["verification"] == "similarity" and len(server.requests) == 2  # no judge calls
     assert answer.prompt_version == load_prompt().id
     assert "Retry-After" in answer.answer and "quantum" not in answer.answer
     assert [u["text"] for u in answer.unsupported] == [UNSUPPORTED + "."]
@@ -184,6 +186,192 @@ def test_llm_answer_is_verified_and_the_unsupported_claim_dropped(
     assert all(isinstance(e, TokenEvent) for e in events[1:-1]) and len(events) > 3
     final = events[-1]
     assert isinstance(final, AnswerDone) and final.answer.answer == answer.answer
+
+
+# --- entailment verification through the gateway -------------------------------------------------------------
+
+QUESTION = "What does the gateway do when a provider returns 429?"
+TRUE_CLAIM = "When a provider returns 429, the gateway waits for the Retry-After delay and retries the call"
+# Nearly the same words as the source, but it says the opposite: similarity alone lets it through.
+FALSE_CLAIM = "When a provider returns 429, the gateway does not wait for the Retry-After delay and never retries"
+CLAIM = re.compile(r'<claim id="(\d+)" cites="([\d,]*)">\n(.*?)\n</claim>', re.DOTALL)
+VERIFY_PROMPT = load_prompt("verify_claims")
+
+
+def is_verify(payload: dict[str, Any]) -> bool:
+    return bool(payload["messages"][0]["content"] == VERIFY_PROMPT.system)
+
+
+def answer_with_a_false_claim(payload: dict[str, Any]) -> str:
+    if is_verify(payload):
+        return judge_by_content(payload)
+    user = payload["messages"][1]["content"]
+    n = next(i for i, body in PASSAGE.findall(user) if "429" in body)
+    return f"{TRUE_CLAIM} [{n}]. {FALSE_CLAIM} [{n}]."
+
+
+def judge_by_content(payload: dict[str, Any]) -> str:
+    """A judge that reads the claims: the one that says 'never' is unsupported (fenced in a code block, as
+    models like to do)."""
+    verdicts = []
+    for cid, _cites, text in CLAIM.findall(payload["messages"][1]["content"]):
+        if "never" in text:
+            verdicts.append({"id": int(cid), "verdict": "unsupported", "quote": ""})
+        else:
+            quote = "the gateway waits for the Retry-After delay and retries the call"
+            verdicts.append({"id": int(cid), "verdict": "supported", "quote": quote})
+    return "```json\n" + json.dumps({"claims": verdicts}) + "\n```"
+
+
+def test_entailment_drops_a_lexically_similar_claim_the_judge_calls_unsupported(
+    root: Path, embedder: MiniLMEmbedder
+) -> None:
+    with ChatServer().running() as server:
+        server.responder = answer_with_a_false_claim
+        with app_for(root, embedder, llm_url=server.url, llm_model="m", llm_max_retries=0, llm_cache=False) as app:
+            similarity = Answerer.from_app(app, verify_with_model=False).answer(QUESTION)
+            answerer = Answerer.from_app(app)
+            answer = answerer.answer(QUESTION)
+            streamed = list(answerer.stream(QUESTION))[-1]
+    # Similarity keeps the false claim: it shares almost every word with the source.
+    assert similarity.verification == "similarity" and "never retries" in similarity.answer
+    assert answer.verification == "entailment:default/m" and not answer.warnings
+    assert "Retry-After" in answer.answer and "never" not in answer.answer
+    [dropped] = answer.unsupported
+    assert dropped["verdict"] == "unsupported" and dropped["text"].startswith(FALSE_CLAIM)
+    assert answer.support == pytest.approx(0.5)
+    c = answer.citations[0]
+    # The citation quotes the sentence the judge relied on, as an exact span of the document.
+    assert "retries the call" in c.quote and c.support == 1.0
+    assert document_text(root, c.source)[c.span[0] : c.span[1]] == c.quote
+    # One batched judge call per answer, under the versioned prompt, with the cited passage fenced as data.
+    judge_calls = [r for r in server.requests if is_verify(r)]
+    assert len(judge_calls) == 2 and judge_calls[0]["temperature"] == 0  # answer() and stream()
+    user = judge_calls[0]["messages"][1]["content"]
+    assert len(CLAIM.findall(user)) == 2 and "429" in dict(PASSAGE.findall(user))["1"]
+    assert "untrusted" in judge_calls[0]["messages"][0]["content"]
+    assert re.fullmatch(r"verify_claims@1#[0-9a-f]{8}", VERIFY_PROMPT.id)
+    assert answer.usage["verification"]["prompt_version"] == VERIFY_PROMPT.id
+    assert answer.usage["prompt_tokens"] > answer.usage["verification"]["prompt_tokens"] > 0
+    fingerprint = answerer.fingerprint()
+    assert fingerprint["verification"] == "entailment:default/m"
+    assert fingerprint["verify_prompt_version"] == VERIFY_PROMPT.id
+    assert isinstance(streamed, AnswerDone) and streamed.answer.answer == answer.answer
+
+
+@pytest.mark.parametrize("failure", ["http 500", "malformed json", "timeout"])
+def test_a_failed_entailment_check_falls_back_to_similarity_with_a_warning(
+    root: Path, embedder: MiniLMEmbedder, failure: str
+) -> None:
+    with ChatServer().running() as server:
+        server.responder = lambda p: "I think every claim is fine." if is_verify(p) else respond(p)
+        if failure == "http 500":
+            server.faults.extend([Fault(), Fault(status=500, body=b'{"error": "boom"}')])
+        elif failure == "timeout":
+            server.faults.extend([Fault(), Fault(delay_s=2.0)])
+        with app_for(root, embedder, llm_url=server.url, llm_model="m", llm_max_retries=0, llm_cache=False) as app:
+            answer = Answerer.from_app(app, verify_timeout_s=0.5).answer(QUESTION)
+    assert not answer.refused and answer.verification == "similarity"
+    [warning] = [w for w in answer.warnings if w.startswith("entailment check failed")]
+    assert "claims were checked by similarity" in warning
+    # The similarity verdicts stand: the supported claim is kept, the unsupported one dropped.
+    assert "Retry-After" in answer.answer and "quantum" not in answer.answer
+    assert "verification" not in answer.usage
+    # malformed JSON: the structured-output helper asked once more for a repair, then gave up.
+    judge_calls = [r for r in server.requests if is_verify(r)]
+    assert len(judge_calls) == (2 if failure == "malformed json" else 1)
+
+
+# --- eval answers with a faithfulness judge ------------------------------------------------------------------
+
+JUDGE_PROMPT = load_prompt("judge_faithfulness")
+
+
+def qa_dataset(path: Path) -> Path:
+    """Write a tiny QA dataset (BEIR layout plus answers.jsonl) of the test documents."""
+    path.mkdir()
+    texts = {Path(name).stem: re.sub(r"#+ ", "", text) for name, text in DOCS.items()}
+    (path / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": d, "title": d, "text": t}) + "\n" for d, t in texts.items())
+    )
+    questions = {
+        "q1": (QUESTION, "gateway", "waits for the Retry-After delay"),
+        "q2": ("How often should a restore be tested?", "backup", "every month"),
+    }
+    (path / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, (t, _, _) in questions.items())
+    )
+    (path / "qrels.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t1\n" for q, (_, d, _) in questions.items())
+    )
+    (path / "answers.jsonl").write_text(
+        "".join(json.dumps({"query_id": q, "answers": [a]}) + "\n" for q, (_, _, a) in questions.items())
+    )
+    return path
+
+
+def test_eval_answers_rates_faithfulness_by_a_sampled_judge(tmp_path: Path) -> None:
+    judged = 0
+
+    def model(payload: dict[str, Any]) -> str:
+        nonlocal judged
+        system = payload["messages"][0]["content"]
+        user = payload["messages"][1]["content"]
+        if system == JUDGE_PROMPT.system:
+            # A noisy judge: every third sample calls the claim only partially supported.
+            judged += 1
+            verdict = "partially" if judged % 3 == 0 else "supported"
+            return json.dumps({"claims": [{"id": int(i), "verdict": verdict} for i, _, _ in CLAIM.findall(user)]})
+        if system == VERIFY_PROMPT.system:
+            return judge_by_content(payload)
+        body = PASSAGE.findall(user)[0][1].split("\n", 1)[1]
+        first = re.search(r"[A-Z][^.\n]*\.", body)
+        assert first is not None
+        return f"{first.group(0)} [1]"
+
+    data = qa_dataset(tmp_path / "qa")
+    env = {"ARCHIVIST_EVAL_CACHE": str(tmp_path / "cache")}
+    with ChatServer().running() as server:
+        server.responder = model
+        llm = {"ARCHIVIST_LLM_URL": server.url, "ARCHIVIST_LLM_MODEL": "m", "ARCHIVIST_LLM_MAX_RETRIES": "0"}
+        proc = cli(tmp_path, "eval", "answers", str(data), "--judge-samples", "3", "--json", env=env | llm)
+        assert proc.returncode == 0, proc.stderr
+        record = json.loads(proc.stdout)
+        judge_calls = [r for r in server.requests if r["messages"][0]["content"] == JUDGE_PROMPT.system]
+    judge = record["judge"]
+    assert judge["enabled"] and judge["samples"] == 3 and judge["questions_judged"] == 2
+    # Three samples actually requested per answered question, sampled (temperature > 0, so never cached).
+    assert len(judge_calls) == 6 and all(r["temperature"] > 0 for r in judge_calls)
+    assert judge["samples_cached"] == 0 and judge["samples_failed"] == 0
+    m = record["metrics"]
+    # Per question the samples score 1, 1, 0.5: mean 5/6, variance 1/12; the rounds' means 1, 1, 0.5.
+    assert m["judge_faithfulness"] == pytest.approx(5 / 6, abs=1e-5)
+    assert m["judge_faithfulness_sd"] == pytest.approx(0.288675, abs=1e-5)
+    assert m["judge_faithfulness_question_var"] == pytest.approx(1 / 12, abs=1e-5)
+    fp = record["fingerprint"]
+    assert fp["prompt_versions"]["judge"] == JUDGE_PROMPT.id and fp["judge"]["samples"] == 3
+    assert fp["prompt_versions"]["verify"] == VERIFY_PROMPT.id
+    assert fp["answerer"]["verification"] == "entailment:default/m"
+    assert record["verification"] == {"entailment:default/m": 2}
+    runs = json.loads(cli(tmp_path, "eval", "runs", "--json", env=env).stdout)
+    assert runs[0]["id"] == record["id"] and runs[0]["metrics"]["judge_faithfulness_sd"] == m["judge_faithfulness_sd"]
+
+
+def test_eval_answers_without_a_model_has_no_judge_metric_and_says_why(tmp_path: Path) -> None:
+    data = qa_dataset(tmp_path / "qa")
+    env = {"ARCHIVIST_EVAL_CACHE": str(tmp_path / "cache")}
+    proc = cli(tmp_path, "eval", "answers", str(data), "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)
+    assert not any(name.startswith("judge_") for name in record["metrics"])
+    assert record["judge"] == {"enabled": False, "reason": record["judge"]["reason"]}
+    assert "no LLM configured" in record["judge"]["reason"]
+    assert "judge" not in record["fingerprint"]["prompt_versions"]
+    plain = cli(tmp_path, "eval", "answers", str(data), env=env)
+    assert plain.returncode == 0, plain.stderr
+    assert "judge_faithfulness not measured: no LLM configured" in plain.stdout
+    refused = cli(tmp_path, "eval", "answers", str(data), "--no-judge", "--judge-samples", "2", env=env)
+    assert refused.returncode != 0 and "--no-judge" in refused.stdout + refused.stderr
 
 
 COVIDQA = DATASETS / "covidqa"

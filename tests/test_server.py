@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from archivist.answer.prompts import load_prompt
 from archivist.app import Archivist
 from archivist.config import load_settings
 from archivist.embed.minilm_onnx import MiniLMEmbedder
@@ -378,7 +379,9 @@ def test_key_budget_is_enforced_through_the_gateway(root: Path, embedder: MiniLM
     # Over budget, no model call is made: the answer falls back to extraction and says why.
     assert answer["usage"]["model"] == "extractive"
     assert any("budget" in w for w in answer["warnings"])
-    assert len(llm.requests) == 1
+    # Only the rich key's question reached the model (its answer, then the entailment check of its claims).
+    answer_system = load_prompt().system
+    assert sum(r["messages"][0]["content"] == answer_system for r in llm.requests) == 1
     assert usage[0]["tokens"] == 0
 
 

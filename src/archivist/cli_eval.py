@@ -343,13 +343,28 @@ def eval_answers(
         int, typer.Option("--gold-removed", min=0, help="Also ask N questions with their gold document removed.")
     ] = 0,
     tag: Annotated[str | None, typer.Option("--tag", help="A label stored with the run.")] = None,
+    judge: Annotated[
+        bool | None,
+        typer.Option(
+            "--judge/--no-judge",
+            help="Rate faithfulness by LLM-as-judge (default: on when a model is configured).",
+            show_default=False,
+        ),
+    ] = None,
+    judge_samples: Annotated[
+        int | None,
+        typer.Option("--judge-samples", min=1, max=20, help="Judge samples per answered question [default: 3]."),
+    ] = None,
     cache_dir: CacheOpt = Path(".archivist/evals"),
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer the dataset's questions from its own cached store; score answers, citations and refusal; store the run."""
     from archivist.evals.answers import AnswerEvalConfig, run_answer_eval
+    from archivist.evals.judge import DEFAULT_SAMPLES
 
+    if judge is False and judge_samples is not None:
+        raise UsageError("--judge-samples has no effect with --no-judge")
     with open_app(store) as archivist:
         ds = load_dataset(dataset, split, _parse_slice(slice_spec), work_dir=cache_dir)
         config = AnswerEvalConfig(
@@ -359,6 +374,8 @@ def eval_answers(
             unanswerable_limit=unanswerable_limit,
             gold_removed=gold_removed,
             tag=tag,
+            judge=judge,
+            judge_samples=judge_samples or DEFAULT_SAMPLES,
         )
         with stage_progress() as hook:
             record = run_answer_eval(archivist.settings, ds, config, cache_dir=cache_dir, progress=hook)
@@ -377,3 +394,11 @@ def eval_answers(
         f"[dim]{record['n_queries']} questions · answer p50 {t['answer_p50_ms']} ms · "
         f"prompt {record['fingerprint']['prompt_versions']['answer']} · fingerprint {record['fingerprint_hash']}[/]"
     )
+    j = record["judge"]
+    if j["enabled"] and "judge_faithfulness" in record["metrics"]:
+        out.print(
+            f"[dim]judge {j['prompt_version']} · {j['samples']} samples × {j['questions_judged']} questions · "
+            f"{j['samples_failed']} failed samples[/]"
+        )
+    else:
+        out.print(f"[dim]judge_faithfulness not measured: {escape(str(j['reason']))}[/]")

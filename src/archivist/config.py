@@ -46,8 +46,14 @@ class Settings(BaseSettings):
     llm_max_retries: int = Field(default=2, ge=0, le=10)
     llm_cache: bool = True
     llm_cache_ttl_s: float = Field(default=86_400.0, gt=0)
+    #: With a model configured, check each cited claim by an entailment judgment of the model (else similarity).
+    verify_with_model: bool = True
+    #: Time limit of that check (default: llm_timeout_s).
+    verify_timeout_s: float | None = Field(default=None, gt=0)
 
-    fusion: Literal["zscore", "rrf"] = "zscore"
+    fusion: Literal["zscore", "rrf", "learned"] = "zscore"
+    # learned fusion only: a model file from benchmarks/train_fusion_model.py (unset: the bundled SciFact model).
+    fusion_model: str | None = None
     rrf_k: int = Field(default=60, ge=1)
     # Fitted on SciFact's train queries only (benchmarks/tune_fusion.py); with fusion = "rrf", 1.0 / 1.0 is usual.
     dense_weight: float = Field(default=0.75, ge=0)

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from archivist.answer.context import Passage, pack_context, render_passages
+from archivist.answer.entailment import apply_entailment, checkable, judge_entailment
 from archivist.answer.extractive import Extraction, VectorCache, extract
 from archivist.answer.prompts import EXTRACTIVE_VERSION, Prompt, load_prompt
 from archivist.answer.refusal import REFUSAL_THRESHOLD, refusal_text, should_refuse
 from archivist.answer.text import Sentence
-from archivist.answer.verify import Claim, split_claims, verify
+from archivist.answer.verify import Claim, Verification, split_claims, verify
 from archivist.embed.base import Embedder
 from archivist.llm.accounting import Budget
 from archivist.llm.base import ChatRequest, Completion, Deadline, DoneEvent, Message, TokenEvent
@@ -87,6 +88,9 @@ class Answer:
     unsupported: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: what checked the claims: "entailment:<provider>/<model>" (the model judged them), "similarity" (lexical +
+    #: embedding score), "verbatim" (extractive: quotes by construction) or "none" (refused before generation)
+    verification: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON shape of an answer (what `archivist ask --json` prints)."""
@@ -105,6 +109,7 @@ class Answer:
             "unsupported": self.unsupported,
             "warnings": self.warnings,
             "timings_ms": self.timings_ms,
+            "verification": self.verification,
         }
 
 
@@ -174,6 +179,9 @@ class Answerer:
         prompt: Prompt | None = None,
         timeout_s: float | None = None,
         max_tokens: int = 512,
+        verify_with_model: bool = True,
+        verify_prompt: Prompt | None = None,
+        verify_timeout_s: float | None = None,
     ) -> None:
         self.searcher = searcher
         self.embedder = embedder
@@ -188,13 +196,20 @@ class Answerer:
         self.prompt = prompt or load_prompt()
         self.timeout_s = timeout_s
         self.max_tokens = max_tokens
+        #: with a model: judge each claim's entailment through the gateway (similarity stays the fallback)
+        self.verify_with_model = verify_with_model
+        self.verify_prompt = verify_prompt or load_prompt("verify_claims")
+        #: the judge call's own time limit (default: `timeout_s`, else the gateway's default)
+        self.verify_timeout_s = verify_timeout_s
         self.vectors = VectorCache(embedder)
 
     @classmethod
     def from_app(cls, app: Archivist, **options: Any) -> Answerer:
         """Return an answerer over the app's search pipeline, embedder and (if it has routes) gateway."""
         gateway = app.gateway()
-        return cls(app.searcher(), app.embedder, gateway if gateway.routes else None, **options)
+        s = app.settings
+        defaults: dict[str, Any] = {"verify_with_model": s.verify_with_model, "verify_timeout_s": s.verify_timeout_s}
+        return cls(app.searcher(), app.embedder, gateway if gateway.routes else None, **{**defaults, **options})
 
     @property
     def mode(self) -> Literal["extractive", "llm"]:
@@ -206,11 +221,28 @@ class Answerer:
         """Return the prompt identity recorded with every answer of this answerer."""
         return self.prompt.id if self.gateway is not None else EXTRACTIVE_VERSION
 
+    @property
+    def entails(self) -> bool:
+        """Return whether claims are judged by the model (a model is configured and verify_with_model is on)."""
+        return self.gateway is not None and self.verify_with_model
+
+    @property
+    def verification(self) -> str:
+        """Return the configured verifier: "entailment:<primary provider/model>", "similarity" or "verbatim"."""
+        if self.gateway is None:
+            return "verbatim"
+        if not self.verify_with_model:
+            return "similarity"
+        primary = self.gateway.routes[0].llm
+        return f"entailment:{primary.name}/{primary.model}"
+
     def fingerprint(self) -> dict[str, Any]:
         """Return every setting that can change an answer, for eval run records."""
         return {
             "mode": self.mode,
             "prompt_version": self.prompt_version,
+            "verification": self.verification,
+            "verify_prompt_version": self.verify_prompt.id if self.entails else None,
             "k": self.k,
             "budget_tokens": self.budget_tokens,
             "max_passages": self.max_passages,
@@ -247,7 +279,7 @@ class Answerer:
             # An answer from the documents beats an error: fall back to extraction and say so.
             prep.warnings.append(f"LLM failed, answered extractively: {type(exc).__name__}: {exc}")
             return self._extractive(prep)
-        return self._generated(prep, completion)
+        return self._generated(prep, completion, budget)
 
     def stream(
         self,
@@ -288,7 +320,7 @@ class Answerer:
             yield AnswerDone(final)
             return
         assert completion is not None  # a gateway stream ends with a DoneEvent or raises
-        yield AnswerDone(self._generated(prep, completion))
+        yield AnswerDone(self._generated(prep, completion, budget))
 
     # --- steps ----------------------------------------------------------------------------------------------
 
@@ -341,7 +373,11 @@ class Answerer:
         return self._refused(prep, usage=_usage(None))
 
     def _refused(
-        self, prep: _Prepared, usage: dict[str, Any], unsupported: list[dict[str, Any]] | None = None
+        self,
+        prep: _Prepared,
+        usage: dict[str, Any],
+        unsupported: list[dict[str, Any]] | None = None,
+        verification: str = "none",
     ) -> Answer:
         answer = Answer(
             question=prep.question,
@@ -354,6 +390,7 @@ class Answerer:
             trace_id=prep.trace_id,
             mode=self.mode,
             unsupported=unsupported or [],
+            verification=verification,
         )
         return self._finish(prep, answer)
 
@@ -373,6 +410,7 @@ class Answerer:
             prompt_version=EXTRACTIVE_VERSION,
             trace_id=prep.trace_id,
             mode="extractive",
+            verification="verbatim",
         )
         return self._finish(prep, answer)
 
@@ -385,20 +423,63 @@ class Answerer:
             prompt_version=self.prompt.id,
         )
 
-    def _generated(self, prep: _Prepared, completion: Completion) -> Answer:
+    def _check(self, prep: _Prepared, verification: Verification, usage: dict[str, Any], budget: Budget | None) -> str:
+        """Judge the claims' entailment through the gateway; return the verifier that decided them.
+
+        Similarity (already computed) stays whenever the judge is off, fails, times out or is over budget; a
+        failure is said in the answer's warnings. The judge's tokens and cost are added to `usage`.
+        """
+        if not self.entails:
+            return "similarity"
+        assert self.gateway is not None
+        claims = checkable(verification.claims, prep.passages)
+        if not claims:
+            return self.verification  # nothing cited to judge: the judge was not needed, not failed
+        t0 = time.perf_counter()
+        timeout = self.verify_timeout_s or self.timeout_s
+        try:
+            entailment = judge_entailment(
+                self.gateway,
+                self.verify_prompt,
+                claims,
+                prep.passages,
+                deadline=Deadline.after(timeout) if timeout else None,
+                budget=budget,
+            )
+        except LLMError as exc:
+            prep.warnings.append(
+                f"entailment check failed, claims were checked by similarity instead: {type(exc).__name__}: {exc}"
+            )
+            return "similarity"
+        finally:
+            prep.timings["verify"] = round((time.perf_counter() - t0) * 1000, 2)
+        missing = apply_entailment(claims, entailment, prep.passages)
+        if missing:
+            prep.warnings.append(
+                f"the entailment check gave no verdict for claim(s) {missing}: similarity decided those"
+            )
+        judged = _usage(entailment.completion)
+        judged |= {"repairs": entailment.repairs, "prompt_version": self.verify_prompt.id}
+        usage["verification"] = judged
+        # An answer's usage is every model call made for it: generation plus the check.
+        usage["prompt_tokens"] += judged["prompt_tokens"]
+        usage["completion_tokens"] += judged["completion_tokens"]
+        usage["cost_usd"] += judged["cost_usd"]
+        return f"entailment:{entailment.completion.provider}/{entailment.completion.model}"
+
+    def _generated(self, prep: _Prepared, completion: Completion, budget: Budget | None = None) -> Answer:
         usage = _usage(completion)
         text = completion.text.strip()
         if not text or NOT_IN_DOCUMENTS in text:
             return self._refused(prep, usage)
+        t0 = time.perf_counter()
         verification = verify(split_claims(text), prep.passages, self.embedder)
-        unsupported = [
-            {"text": c.text, "cited": c.cited, "support": c.support, "reason": c.reason}
-            for c in verification.claims
-            if not c.supported
-        ]
+        prep.timings["similarity"] = round((time.perf_counter() - t0) * 1000, 2)
+        verifier = self._check(prep, verification, usage, budget)
+        unsupported = [_unsupported(c) for c in verification.claims if not c.supported]
         kept = [c for c in verification.claims if c.supported or self.unsupported == "flag"]
         if not any(c.supported and c.cited for c in kept):
-            return self._refused(prep, usage, unsupported)
+            return self._refused(prep, usage, unsupported, verifier)
         answer_text, citations = _renumber(kept, {p.n: p for p in prep.passages})
         answer = Answer(
             question=prep.question,
@@ -411,8 +492,16 @@ class Answerer:
             trace_id=prep.trace_id,
             mode="llm",
             unsupported=unsupported,
+            verification=verifier,
         )
         return self._finish(prep, answer)
+
+
+def _unsupported(claim: Claim) -> dict[str, Any]:
+    entry: dict[str, Any] = {"text": claim.text, "cited": claim.cited, "support": claim.support, "reason": claim.reason}
+    if claim.verdict is not None:
+        entry |= {"verdict": claim.verdict, "quote": claim.judge_quote}
+    return entry
 
 
 def _renumber(claims: Sequence[Claim], passages: dict[int, Passage]) -> tuple[str, list[Citation]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -10,11 +11,12 @@ from archivist.types import UsageError
 
 _SYSTEM_MARK = "--- system ---"
 _USER_MARK = "--- user ---"
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
-    """A prompt template: system text, a user template with `{question}` and `{passages}`, and its identity."""
+    """A prompt template: system text, a user template with `{placeholders}`, and its identity."""
 
     name: str
     version: str
@@ -30,7 +32,13 @@ class Prompt:
     def render_user(self, question: str, passages: str) -> str:
         """Return the user message with the question and the fenced passages filled in."""
         # str.replace, not str.format: questions and passages may hold braces.
-        return self.user.replace("{question}", question).replace("{passages}", passages)
+        return self.render(question=question, passages=passages)
+
+    def render(self, **values: str) -> str:
+        """Return the user message with each `{name}` placeholder replaced by `values[name]`."""
+        # One pass over the template, not str.format or chained replaces: values may hold braces, or text
+        # such as "{passages}" that must not be filled in a second time.
+        return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), self.user)
 
 
 def parse_prompt(name: str, raw: str) -> Prompt:

@@ -1,4 +1,8 @@
-"""Citation verification: each claim is checked against the passages it cites (lexical + embedding support)."""
+"""Citation verification: each claim is checked against the passages it cites (lexical + embedding support).
+
+With a model configured, `entailment.py` then asks the model to judge each claim; this similarity score stays the
+fallback when that judgment fails.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,9 @@ from archivist.answer.text import Sentence, overlap, split_sentences, terms
 from archivist.embed.base import Embedder
 
 _MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
-# Claims end at sentence punctuation (after any citation markers) followed by whitespace.
-_CLAIM_END = re.compile(r"(?<=[.!?])((?:\s*\[\d+(?:\s*,\s*\d+)*\])*)\s+|(?<=\])\s+(?=[A-Z])|\n+")
+# Claims end at sentence punctuation (after any citation markers) followed by whitespace or the end of the text,
+# so the markers of "… the last fact. [2]" stay with their sentence.
+_CLAIM_END = re.compile(r"(?<=[.!?])((?:\s*\[\d+(?:\s*,\s*\d+)*\])*)(?:\s+|$)|(?<=\])\s+(?=[A-Z])|\n+")
 #: a claim is supported when its best cited sentence reaches this score (mean of cosine and term overlap).
 #: Set on the loopback test's examples and COVID-QA gold answer sentences, not a full calibration: see
 #: docs/answers.md.
@@ -36,6 +41,10 @@ class Claim:
     #: per cited passage, its sentence closest to the claim (what a citation of that passage quotes)
     evidence_by_passage: dict[int, Sentence] = field(default_factory=dict)
     reason: str = ""
+    #: the entailment judge's verdict (supported / partially / unsupported); None when similarity decided
+    verdict: str | None = None
+    #: the words of the cited text the judge said its verdict relies on
+    judge_quote: str = ""
 
 
 @dataclass(slots=True)

@@ -20,7 +20,9 @@ from archivist.answer.verify import strip_markers
 from archivist.app import Archivist
 from archivist.config import Settings
 from archivist.evals.datasets import Dataset, read_queries
+from archivist.evals.judge import DEFAULT_SAMPLES, DEFAULT_TEMPERATURE, FaithfulnessJudge, Judgment, judge_metrics
 from archivist.evals.retrieval import RetrievalEvalConfig, corpus_id, eval_store_url, fingerprint, run_header
+from archivist.llm.gateway import Gateway
 from archivist.types import UsageError
 
 ProgressFn = Callable[[str, int, int], None]
@@ -43,6 +45,10 @@ class AnswerEvalConfig:
     ingest: bool = True
     tag: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: faithfulness by LLM-as-judge: None = on when a model is configured, False = off, True = required
+    judge: bool | None = None
+    judge_samples: int = DEFAULT_SAMPLES
+    judge_temperature: float = DEFAULT_TEMPERATURE
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,8 +137,14 @@ def run_answer_eval(
     *,
     cache_dir: Path,
     progress: ProgressFn | None = None,
+    judge_gateway: Gateway | None = None,
 ) -> dict[str, Any]:
-    """Return an eval run record (kind "answers"): fingerprint with prompt version, metrics, per-question results."""
+    """Return an eval run record (kind "answers"): fingerprint with prompt version, metrics, per-question results.
+
+    With a model configured (or `judge_gateway` given, e.g. a separate judge model), answered questions are also
+    rated for faithfulness by LLM-as-judge, `config.judge_samples` times each; `record["judge"]` says whether it
+    ran and, if not, why.
+    """
     answers_file = dataset.path / "answers.jsonl"
     if not answers_file.is_file():
         raise UsageError(f"dataset {dataset.path} has no answers.jsonl: answer evals need gold answers")
@@ -164,8 +176,12 @@ def run_answer_eval(
         ids = spread(list(golds), config.limit)
         removed = spread(ids, config.gold_removed) if config.gold_removed else []
         answerer = Answerer.from_app(app, k=config.k, refusal_threshold=config.refusal_threshold)
+        judge, judge_reason = _judge(config, judge_gateway or app.gateway())
         answerer.answer("warm-up question")  # load the model and caches before timing anything
         per_query: dict[str, dict[str, float]] = {}
+        judgments: dict[str, Judgment] = {}
+        verifiers: Counter[str] = Counter()
+        judge_s = 0.0
         latencies: list[float] = []
         jobs = [("answerable", q) for q in ids] + [("foreign", q) for q in foreign] + [("removed", q) for q in removed]
         for i, (kind, q) in enumerate(jobs):
@@ -176,18 +192,47 @@ def run_answer_eval(
             latencies.append((time.perf_counter() - q0) * 1000)
             if kind == "answerable":
                 per_query[q] = score_answerable(answer, golds[q])
+                verifiers[answer.verification] += 1
+                if judge is not None and not answer.refused:
+                    j0 = time.perf_counter()
+                    judgments[q] = judged = judge.judge(answer)
+                    judge_s += time.perf_counter() - j0
+                    if judged.mean is not None:
+                        per_query[q]["judge_faithfulness"] = judged.mean
+                        per_query[q]["judge_faithfulness_var"] = judged.variance
             else:
                 per_query[f"{kind}:{q}"] = {"refused": float(answer.refused), "evidence": answer.evidence}
             if progress and (i % 10 == 0 or i == len(jobs) - 1):
                 progress("questions", i + 1, len(jobs))
         cache = answerer.vectors
         hit_rate = cache.hits / (cache.hits + cache.misses) if cache.hits + cache.misses else 0.0
+        prompt_versions = {"answer": answerer.prompt_version}
+        if answerer.entails:
+            prompt_versions["verify"] = answerer.verify_prompt.id
         fp = {
             **fingerprint(app, RetrievalEvalConfig(depth=config.k)),
             "answerer": answerer.fingerprint(),
-            "prompt_versions": {"answer": answerer.prompt_version},
+            "prompt_versions": prompt_versions,
         }
+        if judge is not None:
+            fp["prompt_versions"]["judge"] = judge.prompt.id
+            fp["judge"] = judge.fingerprint()
     metrics = _metrics(per_query, ids, list(foreign), removed)
+    judge_record: dict[str, Any] = {"enabled": judge is not None, "reason": judge_reason}
+    if judge is not None:
+        scored = judge_metrics(judgments, judge.samples)
+        metrics |= {k: round(v, 6) for k, v in scored.items()}
+        judge_record |= {
+            **judge.fingerprint(),
+            "questions_judged": sum(1 for j in judgments.values() if j.scores),
+            "samples_ok": sum(len(j.scores) for j in judgments.values()),
+            "samples_failed": sum(len(j.errors) for j in judgments.values()),
+            "samples_cached": sum(j.cached for j in judgments.values()),
+            "errors": [e for j in judgments.values() for e in j.errors][:10],
+            "seconds": round(judge_s, 2),
+        }
+        if not scored:
+            judge_record["reason"] = "no answered question could be judged (see errors)"
     return {
         **run_header("answers", dataset, config.tag, fp),
         "config": {
@@ -197,9 +242,13 @@ def run_answer_eval(
             "unanswerable_limit": config.unanswerable_limit,
             "gold_removed": config.gold_removed,
             "refusal_threshold": config.refusal_threshold,
+            "judge_samples": config.judge_samples if judge is not None else None,
             **config.extra,
         },
         "metrics": metrics,
+        "judge": judge_record,
+        # which verifier decided each answerable question's claims ("similarity" under a model = the judge failed)
+        "verification": dict(verifiers),
         "per_query": per_query,
         "queries": {q: dataset.queries[q] for q in ids} | {f"foreign:{q}": t for q, t in foreign.items()},
         "n_queries": len(ids),
@@ -212,6 +261,20 @@ def run_answer_eval(
         },
         "corpus": {"store": store_url, "ingested": config.ingest, "added": added, "chunks_embedded": embedded},
     }
+
+
+def _judge(config: AnswerEvalConfig, gateway: Gateway) -> tuple[FaithfulnessJudge | None, str | None]:
+    """Return the faithfulness judge for this run, or None and why there is none."""
+    if config.judge is False:
+        return None, "turned off (--no-judge)"
+    if not gateway.routes:
+        if config.judge:
+            raise UsageError(
+                "the faithfulness judge needs an LLM provider: set ARCHIVIST_LLM_URL and ARCHIVIST_LLM_MODEL, "
+                "or [[llm.providers]] in archivist.toml"
+            )
+        return None, "no LLM configured: faithfulness by LLM-as-judge needs a model (ARCHIVIST_LLM_*)"
+    return FaithfulnessJudge(gateway, samples=config.judge_samples, temperature=config.judge_temperature), None
 
 
 def _metrics(
