@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
-import sys
 import threading
 from collections.abc import Iterator
 from typing import Annotated, Any
@@ -53,37 +53,55 @@ def serve(
     graceful_s: Annotated[
         int, typer.Option("--graceful-timeout", min=0, help="Seconds in-flight requests get to finish on shutdown.")
     ] = 30,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=64, help="Server processes sharing the port (one per core).")
+    ] = 1,
 ) -> None:
     """Run the HTTP API and web UI (JSON logs on stderr; Ctrl-C or SIGTERM stops gracefully)."""
     import uvicorn
 
-    from archivist.server.app import create_app
-    from archivist.server.middleware import JsonLogFormatter
+    from archivist.server.app import configure_logging, create_app
 
-    level = getattr(logging, log_level.upper(), None)
-    if not isinstance(level, int):
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail(f"unknown --log-level {log_level!r}: use debug, info, warning or error", 2)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    configure_logging(log_level)
     with open_app(store, host=host, port=port) as archivist:
+        settings = archivist.settings
+        log = logging.getLogger("archivist.server")
+        if workers > 1:
+            # Each worker builds its own app from the environment: pass the resolved settings down that way.
+            os.environ.update(ARCHIVIST_STORE=settings.store, ARCHIVIST_LOG_LEVEL=log_level.upper())
+            log.info(
+                "serving %s on http://%s:%d with %d workers", settings.store, settings.host, settings.port, workers
+            )
+            archivist.close()
+            uvicorn.run(
+                "archivist.server.app:app_from_environment",
+                factory=True,
+                host=settings.host,
+                port=settings.port,
+                workers=workers,
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=graceful_s,
+                proxy_headers=False,
+            )
+            return
         app = create_app(archivist)
         config = uvicorn.Config(
             app,
-            host=archivist.settings.host,
-            port=archivist.settings.port,
+            host=settings.host,
+            port=settings.port,
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=graceful_s,
             proxy_headers=False,
         )
         server = _server_class()(config)
-        logging.getLogger("archivist.server").info(
-            "serving %s on http://%s:%d", archivist.store.url, archivist.settings.host, archivist.settings.port
-        )
+        log.info("serving %s on http://%s:%d", archivist.store.url, settings.host, settings.port)
         server.run()
+        if not server.started:
+            fail(f"could not serve on {settings.host}:{settings.port} (see the log above)", 1)
 
 
 @keys_app.command("create")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -38,7 +41,24 @@ def spool_dir(archivist: Archivist) -> Path:
     return Path(path).parent / "uploads" if path is not None else Path(".archivist/uploads")
 
 
-def create_app(archivist: Archivist, *, run_jobs: bool = True) -> FastAPI:
+def configure_logging(level: str = "INFO") -> None:
+    """Send every log record to stderr as one JSON object per line."""
+    from archivist.server.middleware import JsonLogFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def app_from_environment() -> FastAPI:
+    """Return an app over settings from the environment: what each worker process of `serve --workers N` runs."""
+    configure_logging(os.environ.get("ARCHIVIST_LOG_LEVEL", "INFO"))
+    return create_app(Archivist.from_settings(), close_on_shutdown=True)
+
+
+def create_app(archivist: Archivist, *, run_jobs: bool = True, close_on_shutdown: bool = False) -> FastAPI:
     """Return the HTTP app over `archivist`; `run_jobs=False` queues uploads without running them (tests)."""
     settings = archivist.settings
     services = Services.build(archivist, spool_dir(archivist))
@@ -54,6 +74,8 @@ def create_app(archivist: Archivist, *, run_jobs: bool = True) -> FastAPI:
             # Uvicorn has finished the in-flight requests by now; a job cut short is requeued for the next start.
             services.jobs.stop()
             services.request_log.stop()
+            if close_on_shutdown:
+                archivist.close()
 
     app = FastAPI(
         title="Archivist",

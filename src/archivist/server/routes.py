@@ -313,7 +313,7 @@ def list_documents(
     who: Caller,
     svc: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**62)] = 0,  # bounded: SQLite integers are 64-bit
 ) -> dict[str, Any]:
     """List a collection's documents, by source."""
     who.require("read")
