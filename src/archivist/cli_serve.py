@@ -75,18 +75,11 @@ def serve(
                 "serving %s on http://%s:%d with %d workers", settings.store, settings.host, settings.port, workers
             )
             archivist.close()
-            uvicorn.run(
-                "archivist.server.app:app_from_environment",
-                factory=True,
-                host=settings.host,
-                port=settings.port,
-                workers=workers,
-                log_config=None,
-                access_log=False,
-                timeout_graceful_shutdown=graceful_s,
-                proxy_headers=False,
-            )
+            _serve_workers(settings.host, settings.port, workers, graceful_s)
             return
+        if settings.embed_threads is None:
+            # Requests overlap: one thread per query embedding uses the cores better than each call taking them all.
+            settings.embed_threads = 1
         app = create_app(archivist)
         config = uvicorn.Config(
             app,
@@ -102,6 +95,38 @@ def serve(
         server.run()
         if not server.started:
             fail(f"could not serve on {settings.host}:{settings.port} (see the log above)", 1)
+
+
+def _serve_workers(host: str, port: int, workers: int, graceful_s: int) -> None:
+    """Run `workers` processes of the app on one listening socket."""
+    import socket
+
+    import uvicorn
+    from uvicorn.supervisors import Multiprocess
+
+    # Bound here rather than by uvicorn: its socket has protocol 0, so asyncio never sets TCP_NODELAY on the
+    # connections, and every keep-alive request after the first waited ~40 ms for Nagle (uvicorn #3149).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        fail(f"could not serve on {host}:{port}: {exc}", 1)
+    sock.set_inheritable(True)
+    os.environ.setdefault("ARCHIVIST_EMBED_THREADS", "1")
+    config = uvicorn.Config(
+        "archivist.server.app:app_from_environment",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=graceful_s,
+        proxy_headers=False,
+    )
+    Multiprocess(config, sockets=[sock]).run()
 
 
 @keys_app.command("create")

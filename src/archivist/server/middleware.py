@@ -53,15 +53,17 @@ class RequestMiddleware:
         request_id = client_id if _CLIENT_ID.match(client_id) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
-        response: dict[str, Any] = {"status": 500, "started": False}
-        response_started = asyncio.Event()
+        response: dict[str, Any] = {"status": 500, "started": False, "timed": False}
+        # One timeout scope around the whole request, lifted as soon as the response starts (no extra task).
+        deadline = asyncio.timeout(self.timeout_s)
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 response["status"] = message["status"]
                 response["started"] = True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
-                response_started.set()
+                if response["timed"]:
+                    deadline.reschedule(None)
             await send(message)
 
         received = 0
@@ -79,15 +81,17 @@ class RequestMiddleware:
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > self.max_body_bytes:
                 raise _TooLarge(self.max_body_bytes)
-            task = asyncio.ensure_future(self.app(scope, limited_receive, send_with_id))
-            started_wait = asyncio.ensure_future(response_started.wait())
-            done, _ = await asyncio.wait({task, started_wait}, timeout=self.timeout_s, return_when="FIRST_COMPLETED")
-            if not done:
-                task.cancel()
+            async with deadline:
+                response["timed"] = True
+                try:
+                    await self.app(scope, limited_receive, send_with_id)
+                finally:
+                    response["timed"] = False
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            if not response["started"]:
                 await self._error(send_with_id, 504, "timeout", f"no response within {self.timeout_s:g}s", request_id)
-            else:
-                await task  # once the response started, a stream may run as long as it needs
-            started_wait.cancel()
         except _TooLarge as exc:
             if not response["started"]:
                 await self._error(send_with_id, 413, "payload_too_large", str(exc.detail), request_id)
