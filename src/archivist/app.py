@@ -129,6 +129,7 @@ class Archivist:
                 dense_weight=s.dense_weight,
                 bm25_weight=s.bm25_weight,
                 doc_bm25_weight=s.doc_bm25_weight,
+                fusion_model=s.fusion_model,
             ),
             self._executor,
         )

@@ -71,6 +71,8 @@ def fingerprint(app: Archivist, config: RetrievalEvalConfig) -> dict[str, Any]:
             "dense_weight": s.dense_weight,
             "bm25_weight": s.bm25_weight,
             "doc_bm25_weight": s.doc_bm25_weight,
+            # learned fusion only: the model file's name and hash, so a retrained model is a new fingerprint.
+            **app.retriever().fusion_fingerprint(),
         },
         **app.searcher().fingerprint(),
         "prompt_versions": {},

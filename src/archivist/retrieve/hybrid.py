@@ -1,15 +1,17 @@
-"""Hybrid search: dense kNN and BM25 run in parallel, then fused (z-score fusion by default, or RRF)."""
+"""Hybrid search: dense kNN and BM25 run in parallel, then fused (z-score fusion by default, learned, or RRF)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from archivist.embed.base import Embedder
 from archivist.retrieve.fusion import rrf, zscore_fusion
-from archivist.store.base import Filters, Store, check_filter_keys
+from archivist.retrieve.learned import LearnedFusionModel, fused_zscore, learned_fusion, load_model
+from archivist.store.base import CandidateScores, Filters, Store, StoredChunk, check_filter_keys
+from archivist.store.lexical import Analyzer
 from archivist.types import Hit, UsageError
 
 Mode = Literal["hybrid", "dense", "bm25"]
@@ -21,11 +23,13 @@ class RetrievalSettings:
     """How many candidates each retriever contributes and how they are fused."""
 
     candidates: int = 100
-    fusion: Literal["zscore", "rrf"] = "zscore"
+    fusion: Literal["zscore", "rrf", "learned"] = "zscore"
     rrf_k: int = 60
     dense_weight: float = 0.75
     bm25_weight: float = 0.15
     doc_bm25_weight: float = 0.10
+    # learned fusion only: the model file (None: the bundled one, trained on SciFact's train queries).
+    fusion_model: str | None = None
 
 
 class HybridRetriever:
@@ -42,6 +46,18 @@ class HybridRetriever:
         self._embedder = embedder  # called only when a dense search runs: BM25-only needs no model
         self.settings = settings
         self._executor = executor
+        self._model: LearnedFusionModel | None = None
+        self._analyzer: Analyzer | None = None
+
+    def learned_model(self) -> LearnedFusionModel:
+        """Return the learned-fusion model (loaded and validated on first use; ModelError if unusable)."""
+        if self._model is None:
+            self._model = load_model(self.settings.fusion_model)
+        return self._model
+
+    def fusion_fingerprint(self) -> dict[str, Any]:
+        """Return what identifies the fusion model for eval fingerprints (empty unless fusion is learned)."""
+        return {"fusion_model": self.learned_model().fingerprint()} if self.settings.fusion == "learned" else {}
 
     def search(self, query: str, k: int = 10, filters: Filters = Filters(), mode: Mode = "hybrid") -> list[Hit]:
         """Return the top-k hits for a query, each with its per-retriever scores and ranks."""
@@ -54,11 +70,16 @@ class HybridRetriever:
             raise UsageError("k must be at least 1")
         check_filter_keys(self.store, filters)
         n = max(k, self.settings.candidates)
-        use_dense = mode == "dense" or (mode == "hybrid" and self.settings.dense_weight > 0)
         s = self.settings
-        lexical_weight = s.bm25_weight + (s.doc_bm25_weight if s.fusion == "zscore" else 0)
+        scored = s.fusion in ("zscore", "learned")  # every candidate is scored exactly on all three signals
+        lexical_weight = s.bm25_weight + (s.doc_bm25_weight if scored else 0)
+        use_dense = mode == "dense" or (mode == "hybrid" and s.dense_weight > 0)
         # BM25's candidates join the pool even when only the document-level signal is weighted.
         use_bm25 = mode == "bm25" or (mode == "hybrid" and lexical_weight > 0)
+        # Learned fusion re-orders z-score fusion's candidates; a weight of 0 still turns a retriever off.
+        learned = mode == "hybrid" and s.fusion == "learned" and use_dense and use_bm25
+        if learned:
+            self.learned_model()  # fail before searching if the model file is unusable
 
         bm25_future: Future[list[tuple[int, float]]] | None = None
         if use_bm25:
@@ -71,13 +92,15 @@ class HybridRetriever:
             dense = self.store.dense_search(embedder.model_id, vector, n, filters)
         bm25 = bm25_future.result() if bm25_future is not None else []
 
-        if mode == "hybrid" and use_dense and use_bm25 and self.settings.fusion == "zscore":
+        prefetched: dict[int, StoredChunk] = {}
+        if mode == "hybrid" and use_dense and use_bm25 and scored:
             ids = list(dict.fromkeys([i for i, _ in dense] + [i for i, _ in bm25]))
             scores = self.store.candidate_scores(embedder.model_id, vector, query, ids)
             exact = {cid: (d, b) for cid, d, b in zip(ids, scores.dense, scores.bm25, strict=True)}
-            fused = zscore_fusion(
-                ids, scores, self.settings.dense_weight, self.settings.bm25_weight, self.settings.doc_bm25_weight
-            )
+            if learned:
+                fused, prefetched = self._learned(query, ids, scores)
+            else:
+                fused = zscore_fusion(ids, scores, s.dense_weight, s.bm25_weight, s.doc_bm25_weight)
         elif mode == "hybrid":
             fused = rrf(
                 [
@@ -89,7 +112,7 @@ class HybridRetriever:
         else:
             fused = dense if mode == "dense" else bm25
         top = fused[:k]
-        chunks = self.store.get_chunks([i for i, _ in top])
+        chunks = {**prefetched, **self.store.get_chunks([i for i, _ in top if i not in prefetched])}
         dense_info = {cid: (score, rank) for rank, (cid, score) in enumerate(dense, start=1)}
         bm25_info = {cid: (score, rank) for rank, (cid, score) in enumerate(bm25, start=1)}
         hits = []
@@ -121,3 +144,28 @@ class HybridRetriever:
                 )
             )
         return hits
+
+    def _learned(
+        self, query: str, ids: list[int], scores: CandidateScores
+    ) -> tuple[list[tuple[int, float]], dict[int, StoredChunk]]:
+        """Return the learned fusion of scored candidates and the chunks it fetched for its features."""
+        model = self.learned_model()
+        if self._analyzer is None:
+            self._analyzer = Analyzer()
+        zf = fused_zscore(scores)
+        head = sorted(range(len(ids)), key=lambda i: (-zf[i], ids[i]))[: model.rerank_depth]
+        chunks = self.store.get_chunks([ids[i] for i in head])
+        return learned_fusion(query, ids, scores, chunks, model, self._analyzer), chunks
+
+    def scored_candidates(self, query: str, n: int, filters: Filters = Filters()) -> tuple[list[int], CandidateScores]:
+        """Return the hybrid candidate pool (dense top n, then BM25 top n, deduplicated) and their exact scores.
+
+        This is the pool z-score and learned fusion rank; `benchmarks/train_fusion_model.py` trains on it.
+        """
+        bm25_future = self._executor.submit(self.store.bm25_search, query, n, filters)
+        embedder = self._embedder()
+        vector = embedder.embed_query(query)
+        dense = self.store.dense_search(embedder.model_id, vector, n, filters)
+        bm25 = bm25_future.result()
+        ids = list(dict.fromkeys([i for i, _ in dense] + [i for i, _ in bm25]))
+        return ids, self.store.candidate_scores(embedder.model_id, vector, query, ids)
