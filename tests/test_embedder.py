@@ -94,3 +94,18 @@ def test_similar_texts_are_closer_than_unrelated_ones(embedder: MiniLMEmbedder) 
 
 def test_empty_input_gives_empty_matrix(embedder: MiniLMEmbedder) -> None:
     assert embedder.embed([]).shape == (0, 384)
+
+
+def test_query_cache_returns_the_same_vector_without_the_model(embedder: MiniLMEmbedder) -> None:
+    from archivist.embed.query_cache import QueryCachingEmbedder
+
+    cached = QueryCachingEmbedder(embedder, size=2)
+    first = cached.embed_query("how are vectors cached")
+    again = cached.embed_query("how are vectors cached")
+    assert again is first and (cached.hits, cached.misses) == (1, 1)
+    assert np.allclose(first, embedder.embed_query("how are vectors cached"), atol=1e-6)
+    assert not first.flags.writeable  # shared between callers: nobody may change it in place
+    cached.embed_query("second")
+    cached.embed_query("third")  # evicts the least recently used: the first query
+    cached.embed_query("how are vectors cached")
+    assert cached.misses == 4 and cached.model_id == embedder.model_id

@@ -11,6 +11,7 @@ from threadpoolctl import threadpool_limits
 
 from archivist.config import Settings, load_settings
 from archivist.embed.base import Embedder
+from archivist.embed.query_cache import QueryCachingEmbedder
 from archivist.ingest.chunker import Chunker, ChunkerSettings
 from archivist.ingest.pipeline import IngestPipeline, ProgressHook
 from archivist.llm.gateway import Gateway
@@ -77,7 +78,9 @@ class Archivist:
     def embedder(self) -> Embedder:
         """Return the embedder, loading the model on first use (commands that only read skip the cost)."""
         if self._embedder is None:
-            self._embedder = build_embedder(self.settings)
+            embedder = build_embedder(self.settings)
+            size = self.settings.query_cache_size
+            self._embedder = QueryCachingEmbedder(embedder, size) if size else embedder
         return self._embedder
 
     @property

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(default=8, ge=1, le=1024)
     embed_threads: int | None = Field(default=None, ge=1, le=64)
     embed_timeout_s: float = Field(default=60.0, gt=0)
+    #: Vectors of the most recent distinct queries kept in memory (0: off); a repeated query skips the model.
+    query_cache_size: int = Field(default=4096, ge=0, le=1_000_000)
 
     # MiniLM reads 256 tokens; leave room for the title/heading prefix each chunk is embedded with.
     chunk_max_tokens: int = Field(default=224, ge=16, le=8192)
