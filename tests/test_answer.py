@@ -393,3 +393,27 @@ def test_eval_answers_on_a_covidqa_slice(tmp_path: Path) -> None:
     assert "refusal_precision_foreign" in m and "refusal_recall_foreign" in m
     runs = json.loads(cli(tmp_path, "eval", "runs", "--json", env=env).stdout)
     assert runs[0]["id"] == record["id"] and runs[0]["kind"] == "answers"
+
+
+def test_a_hit_cut_mid_sentence_is_completed_from_the_next_chunk() -> None:
+    from archivist.answer.context import complete_cut_sentences
+
+    text = "Backups run nightly. Each backup is encrypted and copied to a second region. Restores are tested monthly."
+    cut = text.index("copied")  # the chunker's token window stopped mid-sentence here
+    chunks = {1: (0, cut), 2: (text.index("Each"), len(text))}  # overlapping windows of one document
+    hit = Hit(1, "d1", "d1.md", "Ops", (), text[: chunks[1][1]], 0, chunks[1][1], None, 1.0)
+    passages = pack_context([hit], budget_tokens=500)
+
+    def next_chunk(document_id: str, chunk_id: int) -> tuple[int, int, str] | None:
+        start, end = chunks.get(chunk_id + 1, (0, 0))
+        return (start, end, text[start:end]) if document_id == "d1" and end else None
+
+    assert complete_cut_sentences(passages, next_chunk) == 1
+    seg = passages[0].segments[0]
+    assert (
+        seg.text
+        == text[seg.start : seg.end]
+        == "Backups run nightly. Each backup is encrypted and copied to a second region."
+    )
+    # A segment that already ends a sentence is left alone.
+    assert complete_cut_sentences(passages, next_chunk) == 0

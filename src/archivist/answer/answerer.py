@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from archivist.answer.context import Passage, pack_context, render_passages
+from archivist.answer.context import Passage, complete_cut_sentences, pack_context, render_passages
 from archivist.answer.entailment import apply_entailment, checkable, judge_entailment
 from archivist.answer.extractive import Extraction, VectorCache, extract
 from archivist.answer.prompts import EXTRACTIVE_VERSION, Prompt, load_prompt
@@ -324,6 +324,13 @@ class Answerer:
 
     # --- steps ----------------------------------------------------------------------------------------------
 
+    def _next_chunk(self, document_id: str, chunk_id: int) -> tuple[int, int, str] | None:
+        """Return the chunk after `chunk_id` in its document (a document's chunks have consecutive ids)."""
+        found = self.searcher.retriever.store.get_chunks([chunk_id + 1]).get(chunk_id + 1)
+        if found is None or found.document_id != document_id:
+            return None
+        return found.start, found.end, found.text
+
     def _deadline(self) -> Deadline | None:
         return Deadline.after(self.timeout_s) if self.timeout_s else None
 
@@ -345,6 +352,7 @@ class Answerer:
             max_passages=self.max_passages,
             count_tokens=lambda text: self.embedder.tokenizer.count([text])[0],
         )
+        complete_cut_sentences(passages, self._next_chunk)
         extraction = extract(question, passages, self.embedder, max_sentences=self.max_sentences, cache=self.vectors)
         t2 = time.perf_counter()
         timings = {"retrieve": round((t1 - t0) * 1000, 2), "extract": round((t2 - t1) * 1000, 2)}

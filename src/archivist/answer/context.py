@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,8 @@ class Segment:
     #: the section and page of the hit the span starts in (a citation reports where its sentence is)
     heading_path: tuple[str, ...] = ()
     page: int | None = None
+    #: the chunk the span ends in (where a sentence cut at the span's end continues: the chunk after it)
+    end_chunk: int | None = None
 
 
 @dataclass(slots=True)
@@ -76,8 +79,9 @@ def _merge(segments: list[Segment]) -> list[Segment]:
                 # Both texts are the document's own characters, so the overlap lines up exactly.
                 last.text += seg.text[last.end - seg.start :]
                 last.end = seg.end
+                last.end_chunk = seg.end_chunk
         else:
-            merged.append(Segment(seg.start, seg.end, seg.text, seg.heading_path, seg.page))
+            merged.append(Segment(seg.start, seg.end, seg.text, seg.heading_path, seg.page, seg.end_chunk))
     return merged
 
 
@@ -113,7 +117,7 @@ def pack_context(
             )
             by_doc[hit.document_id] = passage
             order.append(hit.document_id)
-        passage.segments.append(Segment(hit.start, hit.end, hit.text, hit.heading_path, hit.page))
+        passage.segments.append(Segment(hit.start, hit.end, hit.text, hit.heading_path, hit.page, hit.chunk_id))
         passage.chunk_ids.append(hit.chunk_id)
         used += cost
     passages = []
@@ -125,6 +129,40 @@ def pack_context(
         p.segments = _merge(p.segments)
         passages.append(p)
     return passages
+
+
+#: The end of a thought: sentence punctuation (or a closing quote or bracket after it) at the end of the text.
+_ENDS_THOUGHT = re.compile(r"[.!?:;…][)\]\"'”’]*\s*$|\n\s*$")
+_SENTENCE_END = re.compile(r"[.!?…][)\]\"'”’]*(?=\s|$)")
+
+#: (document id, chunk id) → the chunk after it in that document, as (start, end, text), or None
+NextChunk = Callable[[str, int], "tuple[int, int, str] | None"]
+
+
+def complete_cut_sentences(passages: Sequence[Passage], next_chunk: NextChunk, max_chars: int = 400) -> int:
+    """Extend each segment that stops mid-sentence into the next chunk, to the end of that sentence (at most
+    `max_chars` more); return how many segments grew. Text stays an exact span of the document."""
+    grown = 0
+    for passage in passages:
+        for seg in passage.segments:
+            if seg.end_chunk is None or _ENDS_THOUGHT.search(seg.text):
+                continue
+            following = next_chunk(passage.document_id, seg.end_chunk)
+            if following is None:
+                continue
+            start, end, text = following
+            if not start <= seg.end < end:
+                continue
+            tail = text[seg.end - start : seg.end - start + max_chars]
+            stop = _SENTENCE_END.search(tail)
+            if stop is None:
+                continue
+            seg.text += tail[: stop.end()]
+            seg.end += stop.end()
+            grown += 1
+        if grown:
+            passage.segments = _merge(passage.segments)
+    return grown
 
 
 def render_passages(passages: Sequence[Passage]) -> str:
