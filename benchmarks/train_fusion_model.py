@@ -43,7 +43,6 @@ from archivist.retrieve.learned import (
     fused_zscore,
     lightgbm_trees,
 )
-from archivist.store.base import CandidateScores
 from archivist.store.lexical import Analyzer
 
 POOL = 300  # candidates per retriever and chunk hits per query, as the eval runs at its default depth
@@ -155,17 +154,7 @@ def extract(dataset_name: str, split: str, cache: Path) -> tuple[list[QueryData]
             order = sorted(range(len(ids)), key=lambda i: (-zf[i], ids[i]))[:POOL]
             head, tail = order[:RERANK_DEPTH], order[RERANK_DEPTH:]
             chunks = app.store.get_chunks([ids[i] for i in order])
-            head_scores = CandidateScores(
-                dense=[scores.dense[i] for i in head],
-                bm25=[scores.bm25[i] for i in head],
-                dense_mean=scores.dense_mean,
-                dense_std=scores.dense_std,
-                bm25_mean=scores.bm25_mean,
-                bm25_std=scores.bm25_std,
-                doc_bm25=[scores.doc_bm25[i] for i in head],
-                doc_bm25_mean=scores.doc_bm25_mean,
-                doc_bm25_std=scores.doc_bm25_std,
-            )
+            head_scores = scores.subset(head)
             head_ids = [ids[i] for i in head]
             out.append(
                 QueryData(

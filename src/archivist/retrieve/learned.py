@@ -408,17 +408,7 @@ def learned_fusion(
     order = sorted(range(len(ids)), key=lambda i: (-zf[i], ids[i]))
     head, tail = order[: model.rerank_depth], order[model.rerank_depth :]
     head_ids = [ids[i] for i in head]
-    head_scores = CandidateScores(
-        dense=[scores.dense[i] for i in head],
-        bm25=[scores.bm25[i] for i in head],
-        dense_mean=scores.dense_mean,
-        dense_std=scores.dense_std,
-        bm25_mean=scores.bm25_mean,
-        bm25_std=scores.bm25_std,
-        doc_bm25=[scores.doc_bm25[i] for i in head],
-        doc_bm25_mean=scores.doc_bm25_mean,
-        doc_bm25_std=scores.doc_bm25_std,
-    )
+    head_scores = scores.subset(head)
     predicted = model.ensemble.predict(features(query, head_ids, head_scores, chunks, analyzer))
     predicted = predicted + TIE_BREAK * zf[head]
     ranked = sorted(zip(head_ids, (float(p) for p in predicted), strict=True), key=lambda kv: (-kv[1], kv[0]))

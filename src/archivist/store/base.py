@@ -108,6 +108,20 @@ class CandidateScores:
     doc_bm25_mean: float
     doc_bm25_std: float
 
+    def subset(self, positions: Sequence[int]) -> CandidateScores:
+        """Return the scores of the candidates at these positions (same corpus statistics)."""
+        return CandidateScores(
+            dense=[self.dense[i] for i in positions],
+            bm25=[self.bm25[i] for i in positions],
+            dense_mean=self.dense_mean,
+            dense_std=self.dense_std,
+            bm25_mean=self.bm25_mean,
+            bm25_std=self.bm25_std,
+            doc_bm25=[self.doc_bm25[i] for i in positions],
+            doc_bm25_mean=self.doc_bm25_mean,
+            doc_bm25_std=self.doc_bm25_std,
+        )
+
 
 @dataclass(slots=True)
 class CollectionRecord:
