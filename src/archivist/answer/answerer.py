@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from archivist.answer.context import Passage, complete_cut_sentences, pack_context, render_passages
 from archivist.answer.entailment import apply_entailment, checkable, judge_entailment
-from archivist.answer.extractive import Extraction, VectorCache, extract
+from archivist.answer.extractive import MAX_CANDIDATES, Extraction, VectorCache, extract
 from archivist.answer.prompts import EXTRACTIVE_VERSION, Prompt, load_prompt
 from archivist.answer.refusal import REFUSAL_THRESHOLD, refusal_text, should_refuse
 from archivist.answer.text import Sentence
@@ -247,6 +247,7 @@ class Answerer:
             "budget_tokens": self.budget_tokens,
             "max_passages": self.max_passages,
             "max_sentences": self.max_sentences,
+            "max_candidates": MAX_CANDIDATES,
             "refusal_threshold": self.refusal_threshold,
             "unsupported": self.unsupported,
             "models": [f"{r.llm.name}/{r.llm.model}" for r in self.gateway.routes] if self.gateway else [],
