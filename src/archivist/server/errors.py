@@ -33,6 +33,15 @@ _STATUS_CODES = {
 }
 
 
+#: Our errors whose message is fit for the client, with the status and code they answer.
+_KNOWN: dict[type[Exception], tuple[int, str]] = {
+    UsageError: (400, "bad_request"),
+    NotFoundError: (404, "not_found"),
+    ConflictError: (409, "conflict"),
+    BudgetExceeded: (402, "budget_exceeded"),
+}
+
+
 class ApiError(Exception):
     """An error the API reports as is: HTTP status, stable code, message fit for the client."""
 
@@ -85,21 +94,12 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"no route {request.method} {request.url.path}"
         return error_response(request, exc.status_code, _STATUS_CODES.get(exc.status_code, "error"), message)
 
-    @app.exception_handler(UsageError)
-    async def _usage(request: Request, exc: UsageError) -> JSONResponse:
-        return error_response(request, 400, "bad_request", str(exc))
+    async def _known(request: Request, exc: Exception) -> JSONResponse:
+        status, code = next(_KNOWN[c] for c in type(exc).__mro__ if c in _KNOWN)
+        return error_response(request, status, code, str(exc))
 
-    @app.exception_handler(NotFoundError)
-    async def _not_found(request: Request, exc: NotFoundError) -> JSONResponse:
-        return error_response(request, 404, "not_found", str(exc))
-
-    @app.exception_handler(ConflictError)
-    async def _conflict(request: Request, exc: ConflictError) -> JSONResponse:
-        return error_response(request, 409, "conflict", str(exc))
-
-    @app.exception_handler(BudgetExceeded)
-    async def _budget(request: Request, exc: BudgetExceeded) -> JSONResponse:
-        return error_response(request, 402, "budget_exceeded", str(exc))
+    for error in _KNOWN:
+        app.add_exception_handler(error, _known)
 
     @app.exception_handler(ArchivistError)
     async def _archivist(request: Request, exc: ArchivistError) -> JSONResponse:

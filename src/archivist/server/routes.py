@@ -151,12 +151,9 @@ class AnswerIn(_Scoped):
 
 def _collection(svc: Services, who: Principal, name: str) -> None:
     """Raise 400/403/404 unless the collection name is valid, visible to the key and exists."""
-    try:
-        check_collection_name(name)
-    except UsageError as exc:
-        raise ApiError(400, str(exc)) from exc
+    check_collection_name(name)  # a UsageError answers 400 like every other
     who.require_collection(name)
-    if svc.archivist.store.get_collection(name) is None:
+    if not svc.archivist.store.has_collection(name):
         raise ApiError(404, f"no collection {name!r}")
 
 
@@ -168,11 +165,8 @@ def _scope_filters(svc: Services, who: Principal, body: _Scoped) -> Filters:
     for name in requested:
         _collection(svc, who, name)
     allowed = requested or (list(who.key.collections) if who.key.collections is not None else [])
-    try:
-        parsed = Filters.parse([f"{k}={v}" for k, v in body.filters.items()])
-        check_filter_keys(svc.archivist.store, parsed)
-    except UsageError as exc:
-        raise ApiError(400, str(exc)) from exc
+    parsed = Filters.parse([f"{k}={v}" for k, v in body.filters.items()])
+    check_filter_keys(svc.archivist.store, parsed)
     if who.key.collections is not None and not allowed:
         allowed = ["\x00none"]  # a key limited to no existing collection sees nothing
     return Filters(parsed.clauses + tuple(FilterClause("collection", c) for c in dict.fromkeys(allowed)))
@@ -186,10 +180,6 @@ def _document(svc: Services, who: Principal, collection: str, document_id: str) 
     return doc
 
 
-def _job(record: Any) -> dict[str, Any]:
-    return dict(record.public())
-
-
 def _sse(event: str, data: Any) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n".encode()
 
@@ -201,10 +191,7 @@ def _sse(event: str, data: Any) -> bytes:
 def create_collection(body: CollectionIn, who: Caller, svc: ServicesDep) -> dict[str, Any]:
     """Create a collection (admin)."""
     who.require("admin")
-    try:
-        check_collection_name(body.name)
-    except UsageError as exc:
-        raise ApiError(400, str(exc)) from exc
+    check_collection_name(body.name)
     record = svc.archivist.store.create_collection(body.name, body.description)
     return {"name": record.name, "description": record.description, "created_at": record.created_at, "documents": 0}
 
@@ -395,7 +382,7 @@ def get_job(job_id: str, who: Caller, svc: ServicesDep) -> dict[str, Any]:
     job = svc.archivist.store.get_job(job_id)
     if job is None or not who.may_see(job.collection):
         raise ApiError(404, f"no job {job_id!r}")
-    return _job(job)
+    return job.public()
 
 
 @router.get("/jobs", response_model=JobList, tags=["jobs"])
@@ -410,7 +397,7 @@ def list_jobs(
     if collection is not None:
         _collection(svc, who, collection)
     jobs = svc.archivist.store.list_jobs(collection=collection, limit=limit)
-    return {"jobs": [_job(j) for j in jobs if who.may_see(j.collection)]}
+    return {"jobs": [j.public() for j in jobs if who.may_see(j.collection)]}
 
 
 # -- search and answers ----------------------------------------------------------------------------

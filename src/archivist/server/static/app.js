@@ -780,6 +780,15 @@
     }
   }
 
+
+  // A job that could not be submitted or followed: mark it failed and show the API's error.
+  function jobFailed(status, detail, err) {
+    setJobStatus(status, "failed");
+    const box = el("div", {class: "alert alert-error"});
+    renderError(box, err);
+    detail.replaceChildren(box);
+    return false;
+  }
   async function startJob(collection, label, submit) {
     renderError($("library-error"), null);
     const card = el("div", {class: "job", testid: "job"});
@@ -795,11 +804,7 @@
     try {
       job = await submit();
     } catch (err) {
-      setJobStatus(status, "failed");
-      const box = el("div", {class: "alert alert-error"});
-      renderError(box, err);
-      detail.replaceChildren(box);
-      return false;
+      return jobFailed(status, detail, err);
     }
     const id = job && (job.job_id || job.id);
     card.dataset.jobId = id || "";
@@ -810,11 +815,7 @@
       try {
         j = await api("GET", `/v1/jobs/${enc(id)}`);
       } catch (err) {
-        setJobStatus(status, "failed");
-        const box = el("div", {class: "alert alert-error"});
-        renderError(box, err);
-        detail.replaceChildren(box);
-        return false;
+        return jobFailed(status, detail, err);
       }
       setJobStatus(status, j.status);
       const p = j.progress || {};
