@@ -318,6 +318,7 @@ def test_collections_keys_jobs_and_request_log(store: Store) -> None:
     with pytest.raises(ConflictError):
         store.create_collection("docs")
     assert [c.name for c in store.list_collections()] == ["default", "docs"]
+    assert store.has_collection("docs") and not store.has_collection("nope")
     key = ApiKeyRecord("k1", "ci", "h" * 64, ("read",), ("docs",), "2026-01-01T00:00:00+00:00", budget_tokens=10)
     store.save_api_key(key)
     assert store.get_api_key("k1") == key

@@ -191,7 +191,7 @@ class Archivist:
     ) -> IngestReport:
         """Ingest files and folders into a collection (created if new); return the per-document outcome."""
         check_collection_name(collection)
-        if self.store.get_collection(collection) is None:
+        if not self.store.has_collection(collection):
             self.store.create_collection(collection)
         return self.pipeline().run(paths, sync=sync, progress=progress, collection=collection)
 

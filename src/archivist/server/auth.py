@@ -48,7 +48,7 @@ def mint_api_key(
         raise UsageError(f"bad scopes {bad or list(scopes)}: use any of {', '.join(SCOPES)}")
     for c in collections or ():
         check_collection_name(c)
-        if store.get_collection(c) is None:
+        if not store.has_collection(c):
             raise UsageError(f"no collection {c!r} (create it first: POST /v1/collections or archivist ingest)")
     if (budget_tokens is not None and budget_tokens < 0) or (budget_usd is not None and budget_usd < 0):
         raise UsageError("budgets cannot be negative")

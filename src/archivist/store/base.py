@@ -328,8 +328,8 @@ class Store(Protocol):
         """Return every collection with its document count, by name."""
         ...
 
-    def get_collection(self, name: str) -> CollectionRecord | None:
-        """Return one collection with its document count, or None."""
+    def has_collection(self, name: str) -> bool:
+        """Return whether a collection exists (cheap: checked on every scoped request)."""
         ...
 
     def save_api_key(self, key: ApiKeyRecord) -> None:

@@ -561,18 +561,9 @@ class SQLiteStore:
         )
         return [CollectionRecord(*r) for r in rows]
 
-    def get_collection(self, name: str) -> CollectionRecord | None:
-        """Return one collection with its document count, or None."""
-        row = (
-            self._conn()
-            .execute(
-                "SELECT c.name, c.description, c.created_at,"
-                " (SELECT COUNT(*) FROM documents d WHERE d.collection = c.name) FROM collections c WHERE c.name = ?",
-                (name,),
-            )
-            .fetchone()
-        )
-        return CollectionRecord(*row) if row else None
+    def has_collection(self, name: str) -> bool:
+        """Return whether a collection exists (cheap: checked on every scoped request)."""
+        return self._conn().execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone() is not None
 
     def save_api_key(self, key: ApiKeyRecord) -> None:
         """Store a new API key record."""
