@@ -16,3 +16,18 @@ DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 def embedder() -> MiniLMEmbedder:
     """Return the bundled all-MiniLM-L6-v2 embedder (the real model, loaded once)."""
     return MiniLMEmbedder()
+
+
+def ingest_corpus(root: Path, docs: dict[str, str], embedder: MiniLMEmbedder) -> Path:
+    """Write `docs` (file name → text) under root/docs and ingest them into root/store.db; return root."""
+    from archivist.app import Archivist
+    from archivist.config import load_settings
+    from archivist.store import open_store
+
+    (root / "docs").mkdir()
+    for name, text in docs.items():
+        (root / "docs" / name).write_text(text)
+    settings = load_settings(store=f"sqlite:///{root / 'store.db'}")
+    with Archivist(settings, open_store(settings.store), embedder) as app:
+        app.ingest([root / "docs"])
+    return root

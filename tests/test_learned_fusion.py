@@ -33,6 +33,7 @@ from archivist.store import open_store
 from archivist.store.base import CandidateScores, StoredChunk
 from archivist.store.lexical import Analyzer
 from archivist.types import UsageError
+from conftest import ingest_corpus
 
 Z_DENSE, TITLE = FEATURES.index("z_dense"), FEATURES.index("title_coverage")
 
@@ -193,14 +194,7 @@ DOCS = {
 
 @pytest.fixture(scope="module")
 def store_root(tmp_path_factory: pytest.TempPathFactory, embedder: MiniLMEmbedder) -> Path:
-    root = tmp_path_factory.mktemp("learned")
-    (root / "docs").mkdir()
-    for name, text in DOCS.items():
-        (root / "docs" / name).write_text(text)
-    settings = load_settings(store=f"sqlite:///{root / 'store.db'}")
-    with Archivist(settings, open_store(settings.store), embedder) as app:
-        app.ingest([root / "docs"])
-    return root
+    return ingest_corpus(tmp_path_factory.mktemp("learned"), DOCS, embedder)
 
 
 def test_learned_fusion_searches_a_real_store(store_root: Path, embedder: MiniLMEmbedder) -> None:

@@ -17,6 +17,7 @@ from archivist.app import Archivist
 from archivist.config import load_settings
 from archivist.embed.minilm_onnx import MiniLMEmbedder
 from archivist.store import open_store
+from conftest import ingest_corpus
 from fake_servers import ChatServer, Fault
 
 PASSAGE = re.compile(r'<passage id="(\d+)">\n(.*?)\n</passage>', re.DOTALL)
@@ -43,14 +44,7 @@ def respond(payload: dict[str, Any]) -> str:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory, embedder: MiniLMEmbedder) -> Path:
-    root = tmp_path_factory.mktemp("pipeline")
-    (root / "docs").mkdir()
-    for name, text in DOCS.items():
-        (root / "docs" / name).write_text(text)
-    settings = load_settings(store=f"sqlite:///{root / 'store.db'}")
-    with Archivist(settings, open_store(settings.store), embedder) as app:
-        app.ingest([root / "docs"])
-    return root
+    return ingest_corpus(tmp_path_factory.mktemp("pipeline"), DOCS, embedder)
 
 
 @pytest.fixture
