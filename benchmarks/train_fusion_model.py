@@ -1,8 +1,14 @@
-"""Train the learned-fusion model on a dataset's TRAIN queries only, with query-grouped K-fold CV.
+"""Train the learned-fusion model on training queries only (one or more datasets), with query-grouped K-fold CV.
 
     pip install lightgbm   # training only: inference (archivist.retrieve.learned) is pure numpy
-    python benchmarks/train_fusion_model.py [--dataset scifact] [--folds 5] [--variant all-residual]
-                                            [--out src/archivist/retrieve/models/fusion-scifact.json]
+    python benchmarks/train_fusion_model.py [--train scifact:train covidqa:dev] [--folds 5] [--variant all-residual]
+                                            [--heldout covidqa:answers pubmedqa:all]
+                                            [--out src/archivist/retrieve/models/fusion.json]
+
+Splits: `train` is a dataset's own train split (SciFact's `queries_train.jsonl`); `dev` is every question
+of a dataset without a train split EXCEPT the ones `archivist eval answers --limit 400` reports on
+(`answers`, the same `spread` of ids), so the answer evaluation stays on questions no model was fitted to;
+`all` is every test question (only for a dataset never trained on, as a held-out check).
 
 Every train query runs through the hybrid retriever's candidate pool (dense top 300 and BM25 top
 300, as `archivist eval retrieval` at depth 300 does), and the features of the top `RERANK_DEPTH`
@@ -29,6 +35,7 @@ from _common import ROOT, console, datasets_dir, print_table, write_result
 
 from archivist.app import Archivist
 from archivist.config import load_settings
+from archivist.evals.answers import read_answers, spread
 from archivist.evals.datasets import load_dataset
 from archivist.evals.metrics import evaluate, mean_metrics
 from archivist.evals.retrieval import corpus_id, eval_store_url
@@ -84,7 +91,7 @@ MONOTONE_PARAMS = {
     "monotone_constraints": [MONOTONE.get(f, 0) for f in FEATURES],
     "monotone_constraints_method": "intermediate",
 }
-NO_STRUCTURE = {"doc_chunks", "ordinal"}  # depend on how a corpus is chunked
+NO_STRUCTURE = {"doc_chunks", "ordinal", "pool_chunks_per_doc"}  # depend on how a corpus is chunked
 LEXICAL_EXTRA = {"title_coverage", "text_coverage"}
 DOC_AGG = {"doc_best_z_dense", "doc_chunks"}
 
@@ -113,6 +120,8 @@ VARIANTS = {
         # all-residual lost 0.022 nDCG@10 on COVID-QA (long papers, ~37 chunks each): drop the two features
         # whose range depends on document length and chunking, which SciFact's abstracts never exercise.
         Variant("no-structure-residual", frozenset(NO_STRUCTURE), 300, PARAMS, residual=1.0),
+        # Trained on SciFact train and COVID-QA dev at once: more capacity for two kinds of corpus.
+        Variant("all-residual-large", frozenset(), 500, {**PARAMS, "num_leaves": 31}, residual=1.0),
     )
 }
 
@@ -128,8 +137,28 @@ class QueryData:
     head_z: np.ndarray
 
 
+ANSWER_EVAL_QUESTIONS = 400  # `archivist eval answers --limit 400`: these questions are never trained on
+
+
+def load_split(spec: str, cache: Path) -> tuple[list[QueryData], dict[str, dict[str, int]]]:
+    """Return the query data and qrels of a `dataset:split` spec (split: train, dev, answers or all)."""
+    name, _, split = spec.partition(":")
+    if split == "train":
+        return extract(name, "train", cache)
+    if split not in ("dev", "answers", "all"):
+        raise SystemExit(f"unknown split in {spec!r}: use train, dev, answers or all")
+    data, qrels = extract(name, "test", cache)
+    if split == "all":
+        return data, qrels
+    golds = read_answers(datasets_dir() / name / "answers.jsonl")
+    # `eval answers` spreads over the judged questions that have gold answers: the same ids here.
+    reported = set(spread([q for q in golds if q in qrels], ANSWER_EVAL_QUESTIONS))
+    keep = [d for d in data if (d.qid in reported) == (split == "answers")]
+    return keep, qrels
+
+
 def extract(dataset_name: str, split: str, cache: Path) -> tuple[list[QueryData], dict[str, dict[str, int]]]:
-    """Return each train query's head features and doc ids (cached on disk), and the qrels."""
+    """Return each judged query's head features and doc ids (cached on disk), and the qrels."""
     settings = load_settings()
     dataset = load_dataset(datasets_dir() / dataset_name, split, work_dir=cache)
     store = eval_store_url(settings, dataset, cache)
@@ -211,10 +240,34 @@ def predict(booster: Any, variant: Variant, x: np.ndarray) -> np.ndarray:
     return np.asarray(booster.predict(x) + start)
 
 
+def table_rows(
+    per_query: dict[str, dict[str, dict[str, float]]], qids: set[str], label: str
+) -> list[dict[str, Any]]:
+    """Return one row per run over the given queries: nDCG@10, Recall@100, and the paired test vs z-score."""
+    base = {q: m for q, m in per_query["zscore (default)"].items() if q in qids}
+    rows = []
+    for name, pq in per_query.items():
+        sub = {q: m for q, m in pq.items() if q in qids}
+        m = mean_metrics(sub)
+        c = compare(base, sub, "ndcg@10")
+        rows.append(
+            {
+                "queries": label,
+                "variant": name,
+                "ndcg@10": round(m["ndcg@10"], 4),
+                "recall@100": round(m["recall@100"], 4),
+                "delta": round(c.delta, 4),
+                "ci95": f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]",
+                "p": round(c.p_value, 4),
+            }
+        )
+    return rows
+
+
 def cross_validate(
     data: list[QueryData], qrels: dict[str, dict[str, int]], folds: int, names: list[str]
-) -> tuple[list[dict[str, Any]], dict[str, dict[str, dict[str, float]]]]:
-    """Return a table row and per-query metrics for z-score fusion and each variant, over the same folds."""
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Return per-query metrics of z-score fusion and of each variant, cross-validated over the same folds."""
     metrics = ("ndcg@10", "recall@100")
     rng = np.random.default_rng(SEED)
     fold_of = rng.permutation(len(data)) % folds
@@ -231,22 +284,17 @@ def cross_validate(
                     run[d.qid] = doc_run(d, predict(booster, variant, d.x))
         per_query[variant.name] = evaluate(run, qrels, metrics)
         console.print(f"{variant.name}: {folds}-fold CV in {time.perf_counter() - t0:.1f} s")
-    base = per_query["zscore (default)"]
-    rows = []
-    for name, pq in per_query.items():
-        m = mean_metrics(pq)
-        c = compare(base, pq, "ndcg@10")
-        rows.append(
-            {
-                "variant": name,
-                "ndcg@10": round(m["ndcg@10"], 4),
-                "recall@100": round(m["recall@100"], 4),
-                "delta": round(c.delta, 4),
-                "ci95": f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]",
-                "p": round(c.p_value, 4),
-            }
-        )
-    return rows, per_query
+    return per_query
+
+
+def held_out(
+    booster: Any, variant: Variant, data: list[QueryData], qrels: dict[str, dict[str, int]]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Return per-query metrics of z-score fusion and of the trained model on queries it never saw."""
+    metrics = ("ndcg@10", "recall@100")
+    zscore = {d.qid: doc_run(d, np.zeros(len(d.head_z))) for d in data}
+    learned = {d.qid: doc_run(d, predict(booster, variant, d.x)) for d in data}
+    return {"zscore (default)": evaluate(zscore, qrels, metrics), variant.name: evaluate(learned, qrels, metrics)}
 
 
 def export(booster: Any, variant: Variant, meta: dict[str, Any]) -> dict[str, Any]:
@@ -267,26 +315,49 @@ def export(booster: Any, variant: Variant, meta: dict[str, Any]) -> dict[str, An
     }
 
 
+def prefixed(spec: str, data: list[QueryData], qrels: dict[str, dict[str, int]]) -> tuple[list[QueryData], Any]:
+    """Return the data and qrels with query ids prefixed by the dataset name (ids may repeat across datasets)."""
+    name = spec.partition(":")[0]
+    out = [QueryData(**{**d.__dict__, "qid": f"{name}/{d.qid}"}) for d in data]
+    return out, {f"{name}/{q}": r for q, r in qrels.items()}
+
+
 def main() -> None:
-    """Extract features, cross-validate every variant, then train the chosen one on all train queries."""
+    """Extract features, cross-validate every variant, train the chosen one on all training queries, check it."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="scifact")
-    parser.add_argument("--split", default="train", choices=["train"], help="training never reads the test split")
+    parser.add_argument("--train", nargs="+", default=["scifact:train", "covidqa:dev"], help="dataset:split specs")
+    parser.add_argument("--heldout", nargs="*", default=["covidqa:answers", "pubmedqa:all"], help="checked after")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--variant", default="all-residual", choices=sorted(VARIANTS), help="the variant written out")
     parser.add_argument("--no-cv", action="store_true", help="skip cross-validation, only train and write")
     parser.add_argument("--cv-variants", nargs="*", choices=sorted(VARIANTS), help="cross-validate only these")
-    parser.add_argument("--out", type=Path, default=ROOT / "src/archivist/retrieve/models/fusion-scifact.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "src/archivist/retrieve/models/fusion.json")
     args = parser.parse_args()
-    data, qrels = extract(args.dataset, args.split, Path(".archivist/evals"))
-    result: dict[str, Any] = {"dataset": args.dataset, "split": args.split, "queries": len(data)}
+    cache = Path(".archivist/evals")
+    trained = {spec.partition(":")[0] for spec in args.train}
+    for spec in args.heldout:
+        if spec.partition(":")[0] in trained and not spec.endswith(":answers"):
+            raise SystemExit(f"{spec}: held-out queries must come from a dataset not trained on, or be `:answers`")
+    data: list[QueryData] = []
+    qrels: dict[str, dict[str, int]] = {}
+    groups: dict[str, set[str]] = {}
+    for spec in args.train:
+        d, q = prefixed(spec, *load_split(spec, cache))
+        data += d
+        qrels |= q
+        groups[spec] = {x.qid for x in d}
+    result: dict[str, Any] = {"train": args.train, "queries": {k: len(v) for k, v in groups.items()}}
     if not args.no_cv:
-        rows, _ = cross_validate(data, qrels, args.folds, args.cv_variants or list(VARIANTS))
-        print_table(f"learned fusion, {args.folds}-fold CV on {args.dataset} {args.split} ({len(data)} queries)", rows)
+        per_query = cross_validate(data, qrels, args.folds, args.cv_variants or list(VARIANTS))
+        rows = [r for spec, qids in groups.items() for r in table_rows(per_query, qids, spec)]
+        if len(groups) > 1:
+            rows += table_rows(per_query, set().union(*groups.values()), "all")
+        print_table(f"learned fusion, {args.folds}-fold CV over {' + '.join(args.train)}", rows)
         result["cv"] = rows
     variant = VARIANTS[args.variant]
     booster = fit(data, qrels, variant)
-    model = export(booster, variant, {"trained_on": f"{args.dataset} {args.split}", "queries": len(data)})
+    meta = {"trained_on": args.train, "queries": result["queries"]}
+    model = export(booster, variant, meta)
     # The numpy evaluator must reproduce the trainer on the training rows.
     x, _, _ = design(data, qrels, VARIANTS["all"])
     gap = float(np.max(np.abs(ensemble_from_dict(model).predict(x) - predict(booster, variant, x))))
@@ -296,7 +367,14 @@ def main() -> None:
     args.out.write_text(json.dumps(model, separators=(",", ":")) + "\n")
     console.print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB, max |numpy - lightgbm| = {gap:.2e})")
     result["model"] = {"path": str(args.out), "variant": variant.name, "max_abs_diff": gap}
-    write_result(f"train_fusion_{args.dataset}_{args.split}", result)
+    if args.heldout:
+        rows = []
+        for spec in args.heldout:
+            d, q = prefixed(spec, *load_split(spec, cache))
+            rows += table_rows(held_out(booster, variant, d, q), {x.qid for x in d}, spec)
+        print_table(f"held out: {variant.name} trained on {' + '.join(args.train)}", rows)
+        result["heldout"] = rows
+    write_result("train_fusion", result)
 
 
 if __name__ == "__main__":

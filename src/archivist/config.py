@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     #: Time limit of that check (default: llm_timeout_s).
     verify_timeout_s: float | None = Field(default=None, gt=0)
 
-    fusion: Literal["zscore", "rrf", "learned"] = "zscore"
-    # learned fusion only: a model file from benchmarks/train_fusion_model.py (unset: the bundled SciFact model).
+    fusion: Literal["zscore", "rrf", "learned"] = "learned"
+    # learned fusion only: a model file from benchmarks/train_fusion_model.py (unset: the bundled model).
     fusion_model: str | None = None
     rrf_k: int = Field(default=60, ge=1)
     # Fitted on SciFact's train queries only (benchmarks/tune_fusion.py); with fusion = "rrf", 1.0 / 1.0 is usual.

@@ -23,7 +23,7 @@ class RetrievalSettings:
     """How many candidates each retriever contributes and how they are fused."""
 
     candidates: int = 100
-    fusion: Literal["zscore", "rrf", "learned"] = "zscore"
+    fusion: Literal["zscore", "rrf", "learned"] = "learned"
     rrf_k: int = 60
     dense_weight: float = 0.75
     bm25_weight: float = 0.15

@@ -1,10 +1,12 @@
 """Learned fusion: a small tree ensemble, evaluated in numpy, that re-scores the best z-score candidates.
 
-The model (a JSON file, by default `models/fusion-scifact.json`, written by
-`benchmarks/train_fusion_model.py` from SciFact's train queries only) reads cheap features of each
-candidate chunk: its z-scored dense, chunk-BM25 and document-BM25 scores, the z-score fusion of
-those, its rank among the candidates, how well the query's terms cover its title and text, its
-document's best dense score and number of candidate chunks, and the query's length. It re-orders
+The model (a JSON file, by default `models/fusion.json`, written by
+`benchmarks/train_fusion_model.py` from SciFact's train queries and the COVID-QA questions that
+`eval answers` does not report on) reads cheap features of each candidate chunk: its z-scored dense,
+chunk-BM25 and document-BM25 scores, the z-score fusion of those, its rank among the candidates, how
+well the query's terms cover its title and text, its document's best dense score and number of
+candidate chunks, the query's length, and how many candidates each document has on average (abstracts
+and long papers want different rankings). It re-orders
 the top `rerank_depth` chunks of the z-score fusion; the chunks below keep their z-score order
 under them, so recall at depth is that of z-score fusion.
 
@@ -32,7 +34,7 @@ from archivist.types import UsageError
 
 MODEL_FORMAT = "archivist-tree-ensemble"
 MODEL_VERSION = 1
-DEFAULT_MODEL = Path(__file__).with_name("models") / "fusion-scifact.json"
+DEFAULT_MODEL = Path(__file__).with_name("models") / "fusion.json"
 # The z-score fusion weights the "zfused" feature is built with (the z-score defaults; fixed, not configurable,
 # so a model sees the same feature whatever ARCHIVIST_*_WEIGHT say).
 FEATURE_WEIGHTS = (0.75, 0.15, 0.10)
@@ -56,6 +58,9 @@ FEATURES: tuple[str, ...] = (
     "rank_dense",  # log(1 + rank) by z_dense among the candidates
     "gap_fused",  # z_fused minus the best z_fused among the candidates
     "gap_dense",  # z_dense minus the best z_dense among the candidates
+    # candidates per distinct document (a query-level feature): about 1 on a corpus of abstracts, far more on
+    # long papers, so one model can rank both kinds of corpus differently
+    "pool_chunks_per_doc",
 )
 
 FloatArray = npt.NDArray[np.float64]
@@ -387,6 +392,7 @@ def features(
     x[:, 11] = ordinal
     x[:, 12], x[:, 13] = log_rank(zf), log_rank(zd)
     x[:, 14], x[:, 15] = zf - zf.max(), zd - zd.max()
+    x[:, 16] = n / doc_count.size
     return x
 
 
