@@ -240,9 +240,7 @@ def predict(booster: Any, variant: Variant, x: np.ndarray) -> np.ndarray:
     return np.asarray(booster.predict(x) + start)
 
 
-def table_rows(
-    per_query: dict[str, dict[str, dict[str, float]]], qids: set[str], label: str
-) -> list[dict[str, Any]]:
+def table_rows(per_query: dict[str, dict[str, dict[str, float]]], qids: set[str], label: str) -> list[dict[str, Any]]:
     """Return one row per run over the given queries: nDCG@10, Recall@100, and the paired test vs z-score."""
     base = {q: m for q, m in per_query["zscore (default)"].items() if q in qids}
     rows = []
