@@ -101,6 +101,25 @@ def test_the_bundled_model_loads_and_is_small() -> None:
     assert np.all(np.isfinite(model.ensemble.predict(np.zeros((3, len(FEATURES))))))
 
 
+def test_the_vectorised_evaluator_matches_a_plain_walk_of_every_tree() -> None:
+    # Trees are stored deepest first and shallow ones stop stepping early: the sum must not change.
+    data = json.loads(DEFAULT_MODEL.read_text())
+    model = load_model()
+    rows = np.random.default_rng(0).normal(size=(20, len(FEATURES))) * 2
+
+    def walk(tree: dict[str, Any], x: np.ndarray) -> float:
+        node = 0
+        if not tree["feature"]:
+            return float(tree["leaf_value"][0])
+        while True:
+            node = tree["left"][node] if x[tree["feature"][node]] <= tree["threshold"][node] else tree["right"][node]
+            if node < 0:
+                return float(tree["leaf_value"][~node])
+
+    expected = [sum(walk(t, x) for t in data["trees"]) + float(np.dot(data["linear"], x)) for x in rows]
+    assert model.ensemble.predict(rows) == pytest.approx(expected, abs=1e-9)
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

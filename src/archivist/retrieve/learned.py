@@ -102,6 +102,8 @@ class TreeEnsemble:
     base_score: float
     max_depth: int
     linear: FloatArray | None = None  # per-feature weights added to the trees' sum (None: no linear term)
+    # deeper[s]: how many trees are deeper than s splits (trees sorted deepest first; None: step every tree)
+    deeper: npt.NDArray[np.int64] | None = None
 
     @property
     def n_trees(self) -> int:
@@ -119,9 +121,12 @@ class TreeEnsemble:
         flat = np.ascontiguousarray(x).ravel()
         row_base = (np.arange(rows, dtype=np.int64) * x.shape[1])[:, None]
         node = np.broadcast_to(self.roots, (rows, self.n_trees)).copy()
-        for _ in range(self.max_depth):
-            go_right = flat.take(row_base + self.feature.take(node)) > self.threshold.take(node)
-            node = self.child.take(2 * node + go_right)
+        for step in range(self.max_depth):
+            # Trees are stored deepest first: after `step` splits only the first `deeper[step]` can still move.
+            a = self.n_trees if self.deeper is None else int(self.deeper[step])
+            part = node[:, :a]
+            go_right = flat.take(row_base + self.feature.take(part)) > self.threshold.take(part)
+            node[:, :a] = self.child.take(2 * part + go_right)
         total: FloatArray = start + self.value.take(node).sum(axis=1)
         return total
 
@@ -192,13 +197,16 @@ def ensemble_from_dict(data: Mapping[str, Any], where: str = "model") -> TreeEns
             raise ModelError(f"{w}: child index out of range")
         depth = _depth(left, right) if n else 0
         max_depth = max(max_depth, depth)
-        parsed.append((feat, thr, left, right, leaves))
+        parsed.append((depth, feat, thr, left, right, leaves))
+    # Deepest first, so each step of `predict` works on a prefix of the trees (their leaf sum is order-free).
+    parsed.sort(key=lambda tree: -tree[0])
+    depths = np.asarray([tree[0] for tree in parsed], dtype=np.int64)
     feature_a: list[int] = []
     threshold_a: list[float] = []
     child: list[int] = []
     value: list[float] = []
     roots: list[int] = []
-    for feat, thr, left, right, leaves in parsed:
+    for _, feat, thr, left, right, leaves in parsed:
         base, n = len(feature_a), len(feat)
         roots.append(base)  # node 0, or the only leaf of a one-leaf tree
 
@@ -225,6 +233,7 @@ def ensemble_from_dict(data: Mapping[str, Any], where: str = "model") -> TreeEns
         float(base_score),
         max_depth=max_depth,
         linear=None if linear is None else np.asarray(linear, dtype=np.float64),
+        deeper=np.asarray([(depths > step).sum() for step in range(max_depth)], dtype=np.int64),
     )
 
 
