@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from threading import Lock
 
 import numpy as np
 
 from archivist.answer.context import Passage
 from archivist.answer.text import Sentence, overlap, split_sentences, terms
 from archivist.embed.base import Embedder, Vectors
+from archivist.embed.lru import VectorLRU
 
 #: weights of the sentence relevance score: embedding cosine, query-term overlap, the passage's rank
 DENSE_WEIGHT = 0.6
@@ -35,28 +34,19 @@ class VectorCache:
 
     def __init__(self, embedder: Embedder, max_items: int = 20_000) -> None:
         self.embedder = embedder
-        self.max_items = max_items
-        self._items: OrderedDict[str, Vectors] = OrderedDict()
-        self._lock = Lock()
+        self._items = VectorLRU(max_items)
         self.hits = 0
         self.misses = 0
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         """Return one unit vector per text, embedding only the texts not cached."""
-        with self._lock:
-            found = {t: self._items[t] for t in texts if t in self._items}
-            for t in found:
-                self._items.move_to_end(t)
+        found = {t: v for t in dict.fromkeys(texts) if (v := self._items.get(t)) is not None}
         missing = sorted(dict.fromkeys(t for t in texts if t not in found), key=len)
         for i in range(0, len(missing), SENTENCE_BATCH):
             part = missing[i : i + SENTENCE_BATCH]
-            fresh = self.embedder.embed(part)
-            with self._lock:
-                for t, v in zip(part, fresh, strict=True):
-                    found[t] = self._items[t] = v
-        with self._lock:
-            while len(self._items) > self.max_items:
-                self._items.popitem(last=False)
+            for t, v in zip(part, self.embedder.embed(part), strict=True):
+                found[t] = v
+                self._items.put(t, v)
         self.hits += len(texts) - len(missing)
         self.misses += len(missing)
         if not texts:

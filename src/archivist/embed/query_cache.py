@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from archivist.embed.base import Embedder, Tokenizer, Vectors
+from archivist.embed.lru import VectorLRU
 
 
 class QueryCachingEmbedder:
@@ -15,8 +14,7 @@ class QueryCachingEmbedder:
     def __init__(self, inner: Embedder, size: int = 4096) -> None:
         self.inner = inner
         self.size = size
-        self._vectors: OrderedDict[str, Vectors] = OrderedDict()
-        self._lock = threading.Lock()
+        self._vectors = VectorLRU(size)
         self.hits = 0
         self.misses = 0
 
@@ -46,17 +44,12 @@ class QueryCachingEmbedder:
 
     def embed_query(self, text: str) -> Vectors:
         """Return the query's unit vector, from the cache when it was asked recently (read-only array)."""
-        with self._lock:
-            vector = self._vectors.get(text)
-            if vector is not None:
-                self._vectors.move_to_end(text)
-                self.hits += 1
-                return vector
-            self.misses += 1
+        vector = self._vectors.get(text)
+        if vector is not None:
+            self.hits += 1
+            return vector
+        self.misses += 1
         vector = self.inner.embed_query(text)
         vector.flags.writeable = False  # shared between callers
-        with self._lock:
-            self._vectors[text] = vector
-            if len(self._vectors) > self.size:
-                self._vectors.popitem(last=False)
+        self._vectors.put(text, vector)
         return vector
