@@ -199,6 +199,34 @@ def test_the_model_reorders_the_head_and_keeps_the_tail_in_zscore_order(tmp_path
     assert ranked[1][1] > ranked[2][1] > ranked[3][1]
 
 
+def test_the_model_orders_documents_and_each_document_keeps_its_chunks_in_zscore_order(tmp_path: Path) -> None:
+    # One tree: a chunk holding all the query's terms scores 2, any other 0. Trained on document labels, such a
+    # model knows which document to put first, not which of its chunks reads best.
+    text = FEATURES.index("text_coverage")
+    tree = {"feature": [text], "threshold": [0.5], "left": [~0], "right": [~1], "leaf_value": [0.0, 2.0]}
+    model = load_model(write(tmp_path / "m.json", tiny_model(rerank_depth=3, trees=[tree], base_score=0.0)))
+    scores = CandidateScores(
+        dense=[0.9, 0.8, 0.7],  # z-score order: 2 (document b), 1 (a), 3 (a)
+        bm25=[0.0] * 3,
+        dense_mean=0.5,
+        dense_std=0.1,
+        bm25_mean=0.0,
+        bm25_std=1.0,
+        doc_bm25=[0.0] * 3,
+        doc_bm25_mean=0.0,
+        doc_bm25_std=1.0,
+    )
+    chunks = {
+        2: chunk(2, "b", "Bread", "a starter ferments"),
+        1: chunk(1, "a", "Kettles", "vinegar and water, boiled"),
+        3: chunk(3, "a", "Kettles", "descaling a kettle"),
+    }
+    ranked = learned_fusion("descaling kettle", [2, 1, 3], scores, chunks, model, Analyzer())
+    # The model puts document a first (its chunk 3 matches); a's best chunk by z-score, 1, takes that rank.
+    assert [cid for cid, _ in ranked] == [1, 2, 3]
+    assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+
+
 DOCS = {
     "kettle.md": "# Descaling a kettle\n\nFill the kettle with equal parts water and white vinegar, boil, and rinse. "
     "Limescale builds up fastest in hard water areas.",

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import re
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -405,6 +406,26 @@ def features(
     return x
 
 
+def _documents_by_model_chunks_by_zscore(
+    ranked: Sequence[tuple[int, float]], head_ids: Sequence[int], chunks: Mapping[int, StoredChunk]
+) -> list[tuple[int, float]]:
+    """Return the model's ranking with each document's chunks put back in z-score order on its document's ranks.
+
+    The model was trained on document labels (every chunk of a relevant document counts alike), so it knows which
+    documents go where but not which of a document's chunks reads best: the document keeps the ranks the model gave
+    it (document-level metrics are unchanged) and its chunks fill them best z-score first.
+    """
+
+    def doc(cid: int) -> str:
+        c = chunks.get(cid)
+        return c.document_id if c is not None else f"?{cid}"
+
+    by_doc: dict[str, deque[int]] = {}
+    for cid in head_ids:  # in z-score order
+        by_doc.setdefault(doc(cid), deque()).append(cid)
+    return [(by_doc[doc(cid)].popleft(), score) for cid, score in ranked]
+
+
 def learned_fusion(
     query: str,
     ids: Sequence[int],
@@ -415,7 +436,8 @@ def learned_fusion(
 ) -> list[tuple[int, float]]:
     """Return (id, score) pairs, best first: the model's order for the top z-score candidates, then the rest.
 
-    `chunks` must hold at least the top `model.rerank_depth` candidates by z-score fusion.
+    The model orders documents; within a document, chunks keep their z-score order. `chunks` must hold at least
+    the top `model.rerank_depth` candidates by z-score fusion.
     """
     if not ids:
         return []
@@ -427,6 +449,7 @@ def learned_fusion(
     predicted = model.ensemble.predict(features(query, head_ids, head_scores, chunks, analyzer))
     predicted = predicted + TIE_BREAK * zf[head]
     ranked = sorted(zip(head_ids, (float(p) for p in predicted), strict=True), key=lambda kv: (-kv[1], kv[0]))
+    ranked = _documents_by_model_chunks_by_zscore(ranked, head_ids, chunks)
     if tail:
         # Below the re-ordered head, in z-score order: every tail score is under the lowest head score.
         floor = ranked[-1][1] - 1.0
