@@ -417,3 +417,24 @@ def test_a_hit_cut_mid_sentence_is_completed_from_the_next_chunk() -> None:
     )
     # A segment that already ends a sentence is left alone.
     assert complete_cut_sentences(passages, next_chunk) == 0
+
+
+def test_hard_wrapped_prose_splits_into_whole_sentences() -> None:
+    from archivist.answer.text import sentence_spans
+
+    # PDF text and hard-wrapped Markdown break lines mid-sentence; headings and list items still end one.
+    text = (
+        "The 1918\npandemic was different in degree, but not in kind, from\nprevious pandemics. Despite the "
+        "extraordi-\nnary number of deaths (e.g. Fig. 2), most cases in\n1918 were mild.\n\nMethods and materials\n"
+        "- the first listed item here\n- the second listed item here\n1. a numbered item that is long\n"
+        "2. another numbered item, also long"
+    )
+    assert [text[a:b] for a, b in sentence_spans(text)] == [
+        "The 1918\npandemic was different in degree, but not in kind, from\nprevious pandemics.",
+        "Despite the extraordi-\nnary number of deaths (e.g. Fig. 2), most cases in\n1918 were mild.",
+        "Methods and materials",
+        "- the first listed item here",
+        "- the second listed item here",
+        "1. a numbered item that is long",
+        "2. another numbered item, also long",
+    ]

@@ -12,8 +12,11 @@ import Stemmer
 from archivist.answer.context import Passage
 
 # A sentence ends at . ! ? (optionally closed by a quote or bracket) before whitespace and a capital, digit or
-# opening bracket; a blank line or a line break also ends one (headings, list items, table rows).
-_BOUNDARY = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[A-Z0-9\"“(\[])|\n+")
+# opening bracket; a blank line or a line break also ends one (headings, list items, table rows) unless it is a soft
+# wrap (see `_soft_wrap`).
+_BOUNDARY = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[A-Z0-9\"“(\[])|[ \t]*\n\s*")
+# A line that starts a list item or a table row: the break before it is a real one.
+_LIST_ITEM = re.compile(r"[-*+•|>#]|\d+[.)]\s")
 # Abbreviations whose period does not end a sentence.
 _ABBREV = re.compile(r"(?:\b(?:e\.g|i\.e|et al|etc|vs|Fig|Figs|Dr|Mr|Mrs|Ms|No|approx|ca|cf|Ref|Eq)\.|\b[A-Z]\.)$")
 _WORD = re.compile(r"[A-Za-z0-9]+")
@@ -25,6 +28,8 @@ _STOP = frozenset(
 )
 MIN_SENTENCE_CHARS = 20
 MAX_SENTENCE_CHARS = 600
+#: changes whenever `sentence_spans` would cut a text differently: stored sentence vectors are keyed by it
+SPLITTER_VERSION = "s2"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,28 +43,52 @@ class Sentence:
     text: str
 
 
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Return the (start, end) offsets of the text's sentences, too short or too long ones left out."""
+    pieces: list[tuple[int, int]] = []
+    a = 0
+    for m in _BOUNDARY.finditer(text):
+        if "\n" in m.group(0):
+            if _soft_wrap(text, m.start(), m.end()):
+                continue
+        elif _ABBREV.search(text[a : m.start()]):
+            continue
+        # Keep a closing quote or bracket with its sentence.
+        cut = m.start() + len(m.group(0)) - len(m.group(0).lstrip("\"'”’)]"))
+        pieces.append((a, cut))
+        a = m.end()
+    pieces.append((a, len(text)))
+    out: list[tuple[int, int]] = []
+    for a, b in pieces:
+        raw = text[a:b]
+        body = raw.strip()
+        if MIN_SENTENCE_CHARS <= len(body) <= MAX_SENTENCE_CHARS and _WORD.search(body):
+            start = a + len(raw) - len(raw.lstrip())
+            out.append((start, start + len(body)))
+    return out
+
+
 def split_sentences(passage: Passage) -> list[Sentence]:
     """Return the passage's sentences (too short or too long ones left out), with document offsets."""
-    out: list[Sentence] = []
-    for seg in passage.segments:
-        pieces: list[tuple[int, int]] = []
-        a = 0
-        for m in _BOUNDARY.finditer(seg.text):
-            if m.group(0)[0] not in "\n" and _ABBREV.search(seg.text[a : m.start()]):
-                continue
-            # Keep a closing quote or bracket with its sentence.
-            cut = m.start() + len(m.group(0)) - len(m.group(0).lstrip("\"'”’)]"))
-            pieces.append((a, cut))
-            a = m.end()
-        pieces.append((a, len(seg.text)))
-        for a, b in pieces:
-            raw = seg.text[a:b]
-            lead = len(raw) - len(raw.lstrip())
-            body = raw.strip()
-            if MIN_SENTENCE_CHARS <= len(body) <= MAX_SENTENCE_CHARS and _WORD.search(body):
-                start = seg.start + a + lead
-                out.append(Sentence(passage.n, passage.document_id, start, start + len(body), body))
-    return out
+    return [
+        Sentence(passage.n, passage.document_id, seg.start + a, seg.start + b, seg.text[a:b])
+        for seg in passage.segments
+        for a, b in sentence_spans(seg.text)
+    ]
+
+
+def _soft_wrap(text: str, start: int, end: int) -> bool:
+    """Return whether the line break in text[start:end] only wraps a sentence (hard-wrapped prose, PDF text).
+
+    One line break, after a lowercase letter, digit, comma, semicolon or hyphen and before a lowercase letter, digit
+    or bracket that does not open a list item: "in degree, but not in kind, from\\nprevious pandemics".
+    """
+    if text.count("\n", start, end) > 1 or start == 0 or end >= len(text):
+        return False
+    before, after = text[start - 1], text[end]
+    if not (before.islower() or before.isdigit() or before in ",;-–("):
+        return False
+    return (after.islower() or after.isdigit() or after in "([") and not _LIST_ITEM.match(text, end)
 
 
 @lru_cache(maxsize=1)
