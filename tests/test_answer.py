@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from archivist.answer.answerer import AnswerDone, Answerer, RetrievalDone
@@ -69,6 +70,31 @@ def test_extractive_answer_cites_the_right_document_with_exact_quotes(root: Path
         assert f"[{c.n}]" in answer.answer
     assert answer.support == 1.0 and answer.prompt_version == "extractive@1"
     assert re.fullmatch(r"[0-9a-f]{32}", answer.trace_id)
+
+
+def test_ingest_stores_sentence_vectors_so_answers_embed_nothing_at_question_time(
+    root: Path, embedder: MiniLMEmbedder
+) -> None:
+    from archivist.answer.text import sentence_model_key
+
+    with app_for(root, embedder) as app:
+        chunks = [c for d in app.store.list_documents() for c in app.store.document_chunks(d.id)]
+        stored = app.store.chunk_sentences(sentence_model_key(embedder.model_id), [c.id for c in chunks])
+        assert set(stored) == {c.id for c in chunks}  # every chunk has them
+        doc = next(d for d in app.store.list_documents() if d.source.endswith("gateway.md"))
+        text = document_text(root, doc.source)
+        chunk = app.store.document_chunks(doc.id)[-1]
+        spans = stored[chunk.id].spans
+        assert "When a provider returns 429, the gateway waits for the Retry-After delay and retries the call." in [
+            text[a:b] for a, b in spans
+        ]
+        # Pooled in the chunk's own model pass, each vector still says what its sentence says on its own.
+        alone = embedder.embed([text[a:b] for a, b in spans])
+        assert np.all(np.sum(alone * stored[chunk.id].vectors, axis=1) > 0.7)
+        answerer = Answerer.from_app(app)
+        answer = answerer.answer("What does the gateway do when a provider returns 429?")
+    assert not answer.refused and "Retry-After" in answer.citations[0].quote
+    assert answerer.vectors.misses == 0  # no sentence was embedded to answer
 
 
 def test_unrelated_question_is_refused_with_the_closest_sources(root: Path, embedder: MiniLMEmbedder) -> None:

@@ -128,6 +128,31 @@ def test_reingest_is_incremental_and_reuses_vectors(make_app: MakeApp, tmp_path:
     assert app.search("is key use logged", k=1)[0].heading_path[-1] == "Auditing"
 
 
+def test_a_document_stored_without_sentence_vectors_gets_them_when_it_is_next_written(
+    make_app: MakeApp, tmp_path: Path
+) -> None:
+    from archivist.answer.text import sentence_model_key
+
+    docs = _corpus(tmp_path)
+    app = make_app()
+    app.ingest([docs])
+    key = sentence_model_key(app.embedder.model_id)
+    keys_doc = document_id_for("docs/guide/keys.md")
+    chunk_ids = [c.id for c in app.store.document_chunks(keys_doc)]
+    assert set(app.store.chunk_sentences(key, chunk_ids)) == set(chunk_ids)
+    # As a store written before sentence vectors existed: chunk vectors cached, sentence vectors absent.
+    with sqlite3.connect(tmp_path / "store.db") as conn:
+        conn.execute("DELETE FROM sentence_vectors")
+    assert app.ingest([docs]).chunks_embedded == 0  # unchanged documents are not re-embedded behind your back
+    keys = docs / "guide" / "keys.md"
+    keys.write_text(keys.read_text() + "\n## Auditing\n\nEvery key use is logged with its id.\n")
+    report = app.ingest([docs])
+    chunk_ids = [c.id for c in app.store.document_chunks(keys_doc)]
+    # Every chunk of the rewritten document ran through the model again, cached vector or not.
+    assert report.updated == ["docs/guide/keys.md"] and report.chunks_embedded == len(chunk_ids)
+    assert set(app.store.chunk_sentences(key, chunk_ids)) == set(chunk_ids)
+
+
 def test_changed_chunk_settings_rechunk_everything(make_app: MakeApp, tmp_path: Path) -> None:
     docs = _corpus(tmp_path)
     make_app().ingest([docs])

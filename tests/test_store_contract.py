@@ -205,7 +205,7 @@ def test_sqlite_store_uses_wal_and_records_migrations(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "s.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
-    assert versions == [1, 2, 3, 4, 5] and store.schema_version() == 5
+    assert versions == [1, 2, 3, 4, 5, 6] and store.schema_version() == 6
     assert store.migrate() == []  # idempotent
     conn.close()
     store.close()
@@ -365,9 +365,44 @@ def test_migration_to_v5_keeps_documents_chunks_and_search(tmp_path: Path) -> No
     )
     old.close()
     store = SQLiteStore(path)
-    assert store.schema_version() == 5
+    assert store.schema_version() == 6
     doc = store.get_document("d1")
     assert doc is not None and doc.collection == "default" and doc.chunk_count == 1
     assert [c.text for c in store.document_chunks("d1")] == ["hello"]
     assert store.list_collections()[0].documents == 1
     store.close()
+
+
+def test_sentence_vectors_are_written_with_the_document_and_read_back_at_document_offsets(store: Store) -> None:
+    from archivist.store.base import SentenceVectors
+
+    doc = _doc("s.txt", ["First one here. Second one here.", "Third sentence stands alone."])
+    w, vecs = _write(doc)
+    rows = np.eye(DIM, dtype=np.float32)
+    by_hash = {
+        w.embed_hashes[0]: SentenceVectors([(0, 15), (16, 32)], rows[:2]),
+        w.embed_hashes[1]: SentenceVectors([(0, 28)], rows[2:3]),
+    }
+    store.write_documents(MODEL, [w], vecs, ("sent-key", by_hash))
+    assert store.sentence_hashes("sent-key", [*w.embed_hashes, "other"]) == set(w.embed_hashes)
+    assert store.sentence_hashes("another-key", w.embed_hashes) == set()
+    chunks = store.document_chunks(doc.id)
+    found = store.chunk_sentences("sent-key", [c.id for c in chunks])
+    second = chunks[1]
+    assert found[chunks[0].id].spans == [(0, 15), (16, 32)]
+    # Offsets come back in the document: the second chunk starts after the first paragraph.
+    assert found[second.id].spans == [(second.start, second.start + 28)]
+    assert doc.text[second.start : second.start + 28] == "Third sentence stands alone."
+    assert np.allclose(found[second.id].vectors, rows[2:3])  # float16 on disk, exact for these values
+    assert store.chunk_sentences("another-key", [c.id for c in chunks]) == {}
+
+
+def test_a_chunk_without_sentences_reads_back_as_empty(store: Store) -> None:
+    from archivist.store.base import SentenceVectors
+
+    doc = _doc("t.txt", ["| a | b |"])
+    w, vecs = _write(doc)
+    store.write_documents(MODEL, [w], vecs, ("k", {w.embed_hashes[0]: SentenceVectors([], np.zeros((0, DIM)))}))
+    (chunk,) = store.document_chunks(doc.id)
+    assert store.chunk_sentences("k", [chunk.id])[chunk.id].spans == []
+    assert store.sentence_hashes("k", w.embed_hashes) == set(w.embed_hashes)  # done: not embedded again

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from archivist.answer.context import Passage, complete_cut_sentences, pack_context, render_passages
 from archivist.answer.entailment import apply_entailment, checkable, judge_entailment
-from archivist.answer.extractive import MAX_CANDIDATES, Extraction, VectorCache, extract
+from archivist.answer.extractive import MAX_CANDIDATES, Extraction, KnownVectors, VectorCache, extract
 from archivist.answer.prompts import EXTRACTIVE_VERSION, Prompt, load_prompt
 from archivist.answer.refusal import REFUSAL_THRESHOLD, refusal_text, should_refuse
-from archivist.answer.text import Sentence
+from archivist.answer.text import Sentence, sentence_model_key
 from archivist.answer.verify import Claim, Verification, split_claims, verify
-from archivist.embed.base import Embedder
+from archivist.embed.base import Embedder, span_pooling
 from archivist.llm.accounting import Budget
 from archivist.llm.base import ChatRequest, Completion, Deadline, DoneEvent, Message, TokenEvent
 from archivist.llm.errors import LLMError, StreamBroken
@@ -248,6 +248,8 @@ class Answerer:
             "max_passages": self.max_passages,
             "max_sentences": self.max_sentences,
             "max_candidates": MAX_CANDIDATES,
+            # whether sentences are scored by vectors pooled at ingest (all of them) or embedded on the spot
+            "sentence_vectors": sentence_model_key(self.embedder.model_id) if span_pooling(self.embedder) else None,
             "refusal_threshold": self.refusal_threshold,
             "unsupported": self.unsupported,
             "models": [f"{r.llm.name}/{r.llm.model}" for r in self.gateway.routes] if self.gateway else [],
@@ -332,6 +334,22 @@ class Answerer:
             return None
         return found.start, found.end, found.text
 
+    def _stored_sentences(self, passages: Sequence[Passage]) -> KnownVectors:
+        """Return the sentence vectors stored at ingest for the passages' chunks (none from a model that
+        cannot pool spans, or for chunks stored before sentence vectors existed)."""
+        if span_pooling(self.embedder) is None:
+            return {}
+        store = self.searcher.retriever.store
+        stored = store.chunk_sentences(
+            sentence_model_key(self.embedder.model_id), [c for p in passages for c in p.chunk_ids]
+        )
+        doc_of = {c: p.document_id for p in passages for c in p.chunk_ids}
+        return {
+            (doc_of[chunk_id], a): (b, vector)
+            for chunk_id, found in stored.items()
+            for (a, b), vector in zip(found.spans, found.vectors, strict=True)
+        }
+
     def _deadline(self) -> Deadline | None:
         return Deadline.after(self.timeout_s) if self.timeout_s else None
 
@@ -354,7 +372,14 @@ class Answerer:
             count_tokens=lambda text: self.embedder.tokenizer.count([text])[0],
         )
         complete_cut_sentences(passages, self._next_chunk)
-        extraction = extract(question, passages, self.embedder, max_sentences=self.max_sentences, cache=self.vectors)
+        extraction = extract(
+            question,
+            passages,
+            self.embedder,
+            max_sentences=self.max_sentences,
+            cache=self.vectors,
+            known=self._stored_sentences(passages),
+        )
         t2 = time.perf_counter()
         timings = {"retrieve": round((t1 - t0) * 1000, 2), "extract": round((t2 - t1) * 1000, 2)}
         return _Prepared(question, hits, passages, extraction, uuid.uuid4().hex, t0, timings, list(outcome.warnings))

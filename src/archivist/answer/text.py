@@ -32,6 +32,11 @@ MAX_SENTENCE_CHARS = 600
 SPLITTER_VERSION = "s2"
 
 
+def sentence_model_key(model_id: str) -> str:
+    """Return the key sentence vectors are stored under: the embedding model and the splitter that cut them."""
+    return f"{model_id}|sentences-{SPLITTER_VERSION}"
+
+
 @dataclass(frozen=True, slots=True)
 class Sentence:
     """A sentence of a passage: its text is exactly `document.text[start:end]`."""

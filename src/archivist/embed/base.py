@@ -55,3 +55,25 @@ class Embedder(Protocol):
     def embed_query(self, text: str) -> Vectors:
         """Return the unit vector of a search query, shape (dim,)."""
         ...
+
+
+#: (start, end) character offsets into a text
+Span = tuple[int, int]
+
+
+@runtime_checkable
+class SpanEmbedder(Protocol):
+    """An embedder that can also pool its token states over spans of each text, in the same model pass."""
+
+    def embed_with_spans(self, texts: Sequence[str], spans: Sequence[Sequence[Span]]) -> tuple[Vectors, list[Vectors]]:
+        """Return one unit vector per text and, per text, one unit vector per span (zeros where the model
+        truncated the text before the span ended)."""
+        ...
+
+
+def span_pooling(embedder: Embedder) -> SpanEmbedder | None:
+    """Return the embedder, or the one it wraps, if it can pool spans in context; None if it cannot."""
+    for candidate in (embedder, getattr(embedder, "inner", None)):
+        if isinstance(candidate, SpanEmbedder):
+            return candidate
+    return None

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from archivist.embed.base import Vectors
+from archivist.embed.base import Span, Vectors
 from archivist.embed.hf_tokenizer import HFTokenizer
 from archivist.types import ArchivistError
 
@@ -237,30 +237,63 @@ class MiniLMEmbedder:
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         """Return one unit vector per text, shape (len(texts), dim); batches are length-sorted."""
+        return self.embed_with_spans(texts, [()] * len(texts))[0]
+
+    def embed_with_spans(self, texts: Sequence[str], spans: Sequence[Sequence[Span]]) -> tuple[Vectors, list[Vectors]]:
+        """Return one unit vector per text and, per text, one unit vector per span pooled from the same pass
+        (the span's tokens read in the context of the whole text; zeros for a span past the truncation)."""
         out = np.empty((len(texts), self._dim), dtype=np.float32)
-        if not texts:
-            return out
+        pooled: list[Vectors] = [np.zeros((0, self._dim), dtype=np.float32)] * len(texts)
         # Sorting by length keeps padding (wasted compute) small inside each batch.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for s in range(0, len(order), self.batch_size):
             idx = order[s : s + self.batch_size]
-            out[idx] = self._embed_batch([texts[i] for i in idx])
-        return out
+            hidden, mask, offsets = self._hidden([texts[i] for i in idx])
+            out[idx] = _unit(_mean(hidden, mask))
+            for row, i in enumerate(idx):
+                if spans[i]:
+                    pooled[i] = _pool_spans(hidden[row], mask[row], offsets[row], spans[i])
+        return out, pooled
 
     def embed_query(self, text: str) -> Vectors:
         """Return the unit vector of a search query, shape (dim,)."""
-        vector: Vectors = self._embed_batch([text])[0]
+        hidden, mask, _ = self._hidden([text])
+        vector: Vectors = _unit(_mean(hidden, mask))[0]
         return vector
 
-    def _embed_batch(self, texts: list[str]) -> Vectors:
+    def _hidden(self, texts: list[str]) -> tuple[Vectors, npt.NDArray[np.int32], list[list[tuple[int, int]]]]:
+        """Return the last hidden states, the attention mask and each token's character offsets."""
         with self._lock:
             encs = self._tokenizer.batch.encode_batch(texts)
         ids = np.array([e.ids for e in encs], dtype=np.int32)
         mask = np.array([e.attention_mask for e in encs], dtype=np.int32)
         feeds = {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": mask}
-        hidden = self._session.run(["last_hidden_state"], feeds)[0]
-        m = mask[..., None].astype(np.float32)
-        pooled = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        unit: Vectors = (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
-        return unit
+        hidden: Vectors = self._session.run(["last_hidden_state"], feeds)[0]
+        return hidden, mask, [e.offsets for e in encs]
+
+
+def _mean(hidden: Vectors, mask: npt.NDArray[np.int32]) -> Vectors:
+    m = mask[..., None].astype(np.float32)
+    pooled: Vectors = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), 1.0)
+    return pooled
+
+
+def _unit(vectors: Vectors) -> Vectors:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    unit: Vectors = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return unit
+
+
+def _pool_spans(
+    hidden: Vectors, mask: npt.NDArray[np.int32], offsets: list[tuple[int, int]], spans: Sequence[Span]
+) -> Vectors:
+    """Return the unit mean of the token states inside each span (zeros when the text was cut before its end)."""
+    off = np.array(offsets, dtype=np.int64).reshape(-1, 2)
+    real = (mask > 0) & (off[:, 1] > off[:, 0])  # special and padding tokens have empty offsets
+    read_to = int(off[real, 1].max()) if real.any() else 0
+    out = np.zeros((len(spans), hidden.shape[-1]), dtype=np.float32)
+    for j, (a, b) in enumerate(spans):
+        inside = real & (off[:, 0] >= a) & (off[:, 1] <= b)
+        if b <= read_to and inside.any():
+            out[j] = hidden[inside].mean(axis=0)
+    return _unit(out)

@@ -9,10 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archivist.embed.base import Embedder, Vectors
+from archivist.answer.text import sentence_model_key, sentence_spans
+from archivist.embed.base import Embedder, SpanEmbedder, Vectors, span_pooling
 from archivist.ingest.chunker import Chunker
 from archivist.ingest.loaders import iter_jsonl, load_path, source_for
-from archivist.store.base import DocumentWrite, Store
+from archivist.store.base import DocumentWrite, SentenceVectors, Store
 from archivist.types import (
     DEFAULT_COLLECTION,
     ArchivistError,
@@ -199,18 +200,32 @@ class IngestPipeline:
             return 0
         model = self.embedder.model_id
         all_hashes = [h for w, _, _ in pending.writes for h in w.embed_hashes]
+        pooling = span_pooling(self.embedder)
         try:
             vectors: dict[str, Vectors] = self.store.cached_vectors(model, all_hashes)
-            missing: dict[str, str] = {}
+            sentence_key = sentence_model_key(model)
+            # A chunk whose vector is cached but whose sentences are not (stored before sentence vectors
+            # existed) is run through the model again: both come out of the same pass.
+            have_sentences = self.store.sentence_hashes(sentence_key, all_hashes) if pooling else set()
+            missing: dict[str, tuple[str, str]] = {}
             for w, texts, _ in pending.writes:
-                for h, t in zip(w.embed_hashes, texts, strict=True):
-                    if h not in vectors:
-                        missing.setdefault(h, t)
+                for h, t, c in zip(w.embed_hashes, texts, w.chunks, strict=True):
+                    if h not in vectors or (pooling is not None and h not in have_sentences):
+                        missing.setdefault(h, (t, c.text))
+            sentences: dict[str, SentenceVectors] = {}
+            if missing and pooling is not None:
+                embedded, sentences = _embed_with_sentences(pooling, missing)
+            elif missing:
+                embedded = self.embedder.embed([t for t, _ in missing.values()])
             if missing:
-                embedded = self.embedder.embed(list(missing.values()))
                 vectors.update(zip(missing.keys(), embedded, strict=True))
                 report.chunks_embedded += len(missing)
-            self.store.write_documents(model, [w for w, _, _ in pending.writes], vectors)
+            self.store.write_documents(
+                model,
+                [w for w, _, _ in pending.writes],
+                vectors,
+                (sentence_key, sentences) if pooling is not None else None,
+            )
         except ArchivistError as exc:
             for w, _, _ in pending.writes:
                 report.failed.append(Skipped(w.document.source, str(exc)))
@@ -262,3 +277,21 @@ def _estimate_documents(inp: _Input) -> int:
             return sum(1 for line in f if line.strip())
     except OSError:
         return 1
+
+
+def _embed_with_sentences(
+    pooling: SpanEmbedder, texts: dict[str, tuple[str, str]]
+) -> tuple[Vectors, dict[str, SentenceVectors]]:
+    """Return the vectors of {hash: (embedded text, chunk text)} and each chunk's sentence vectors, one pass."""
+    spans: list[list[tuple[int, int]]] = []
+    for embedded, chunk in texts.values():
+        # The chunk text ends the embedded text (which may start with its title and headings).
+        shift = len(embedded) - len(chunk)
+        spans.append([(a + shift, b + shift) for a, b in sentence_spans(chunk)])
+    vectors, pooled = pooling.embed_with_spans([t for t, _ in texts.values()], spans)
+    sentences: dict[str, SentenceVectors] = {}
+    for (h, (embedded, chunk)), own, rows in zip(texts.items(), spans, pooled, strict=True):
+        shift = len(embedded) - len(chunk)
+        keep = [j for j in range(len(own)) if rows[j].any()]  # a span past the model's truncation has none
+        sentences[h] = SentenceVectors([(own[j][0] - shift, own[j][1] - shift) for j in keep], rows[keep])
+    return vectors, sentences

@@ -91,6 +91,17 @@ class DocumentWrite:
 
 
 @dataclass(frozen=True, slots=True)
+class SentenceVectors:
+    """The sentences of one embedded chunk: (start, end) offsets and one unit vector each (rows of `vectors`).
+
+    Offsets are into the chunk's text when written; `Store.chunk_sentences` returns them as document offsets.
+    """
+
+    spans: list[tuple[int, int]]
+    vectors: Vectors
+
+
+@dataclass(frozen=True, slots=True)
 class CandidateScores:
     """Exact scores of a set of chunks, and each score's distribution over the corpus.
 
@@ -234,8 +245,25 @@ class Store(Protocol):
         """Return the stored vectors of `model` for those embedding hashes that have one."""
         ...
 
-    def write_documents(self, model: str, writes: Sequence[DocumentWrite], vectors: dict[str, Vectors]) -> None:
-        """Store documents, replacing any with the same source; each document is all-or-nothing."""
+    def write_documents(
+        self,
+        model: str,
+        writes: Sequence[DocumentWrite],
+        vectors: dict[str, Vectors],
+        sentences: tuple[str, dict[str, SentenceVectors]] | None = None,
+    ) -> None:
+        """Store documents, replacing any with the same source; each document is all-or-nothing.
+
+        `sentences` is (sentence model key, {embedding hash: its chunk's sentence vectors}), written in the same
+        transaction."""
+        ...
+
+    def sentence_hashes(self, model: str, hashes: Sequence[str]) -> set[str]:
+        """Return which of these embedding hashes have sentence vectors under the sentence model key."""
+        ...
+
+    def chunk_sentences(self, model: str, chunk_ids: Sequence[int]) -> dict[int, SentenceVectors]:
+        """Return the stored sentence vectors of these chunks, spans as document offsets."""
         ...
 
     def delete_document(self, document_id: str) -> bool:

@@ -30,6 +30,7 @@ from archivist.store.base import (
     Filters,
     JobRecord,
     RequestLogRow,
+    SentenceVectors,
     StoredChunk,
 )
 from archivist.store.lexical import Analyzer, encode_counts
@@ -182,8 +183,17 @@ class SQLiteStore:
                 out[h] = np.frombuffer(blob, dtype=np.float32)
         return out
 
-    def write_documents(self, model: str, writes: Sequence[DocumentWrite], vectors: dict[str, Vectors]) -> None:
-        """Store documents, replacing any with the same source; each document is all-or-nothing."""
+    def write_documents(
+        self,
+        model: str,
+        writes: Sequence[DocumentWrite],
+        vectors: dict[str, Vectors],
+        sentences: tuple[str, dict[str, SentenceVectors]] | None = None,
+    ) -> None:
+        """Store documents, replacing any with the same source; each document is all-or-nothing.
+
+        `sentences` is (sentence model key, {embedding hash: its chunk's sentence vectors}), written in the same
+        transaction."""
         if not writes:
             return
         for w in writes:
@@ -248,7 +258,50 @@ class SQLiteStore:
                     "INSERT OR IGNORE INTO embeddings (model, text_hash, vector) VALUES (?, ?, ?)",
                     [(model, h, np.asarray(vectors[h], dtype=np.float32).tobytes()) for h in set(w.embed_hashes)],
                 )
+                if sentences is not None:
+                    key, by_hash = sentences
+                    conn.executemany(
+                        "INSERT OR REPLACE INTO sentence_vectors (model, text_hash, spans, vectors)"
+                        " VALUES (?, ?, ?, ?)",
+                        [
+                            (key, h, _pack_spans(sv.spans), np.asarray(sv.vectors, dtype=np.float16).tobytes())
+                            for h in set(w.embed_hashes)
+                            if (sv := by_hash.get(h)) is not None
+                        ],
+                    )
             self._bump(conn)
+
+    def sentence_hashes(self, model: str, hashes: Sequence[str]) -> set[str]:
+        """Return which of these embedding hashes have sentence vectors under the sentence model key."""
+        conn = self._conn()
+        out: set[str] = set()
+        unique = list(dict.fromkeys(hashes))
+        for i in range(0, len(unique), 500):
+            part = unique[i : i + 500]
+            marks = ",".join("?" * len(part))
+            sql = f"SELECT text_hash FROM sentence_vectors WHERE model = ? AND text_hash IN ({marks})"
+            out.update(h for (h,) in conn.execute(sql, [model, *part]))
+        return out
+
+    def chunk_sentences(self, model: str, chunk_ids: Sequence[int]) -> dict[int, SentenceVectors]:
+        """Return the stored sentence vectors of these chunks, spans as document offsets."""
+        out: dict[int, SentenceVectors] = {}
+        unique = list(dict.fromkeys(int(i) for i in chunk_ids))
+        for i in range(0, len(unique), 500):
+            part = unique[i : i + 500]
+            marks = ",".join("?" * len(part))
+            for chunk_id, start, spans, blob in self._conn().execute(
+                "SELECT c.id, c.start, s.spans, s.vectors FROM chunks c"
+                " JOIN sentence_vectors s ON s.model = ? AND s.text_hash = c.embed_hash"
+                f" WHERE c.id IN ({marks})",
+                [model, *part],
+            ):
+                offsets = np.frombuffer(spans, dtype=np.int32).reshape(-1, 2) + int(start)
+                # A chunk with no usable sentence (a table, a list of short items) stored none.
+                rows = np.frombuffer(blob, dtype=np.float16).reshape(len(offsets), -1) if len(offsets) else None
+                vectors = rows.astype(np.float32) if rows is not None else np.zeros((0, 0), dtype=np.float32)
+                out[chunk_id] = SentenceVectors([(int(a), int(b)) for a, b in offsets], vectors)
+        return out
 
     def delete_document(self, document_id: str) -> bool:
         """Delete a document and its chunks; return whether it existed."""
@@ -447,6 +500,7 @@ class SQLiteStore:
         """Return counts and sizes: documents, chunks, vectors per model, bytes on disk."""
         conn = self._conn()
         vectors = {m: int(n) for m, n in conn.execute("SELECT model, COUNT(*) FROM embeddings GROUP BY model")}
+        sentences = {m: int(n) for m, n in conn.execute("SELECT model, COUNT(*) FROM sentence_vectors GROUP BY model")}
         size = 0
         for suffix in ("", "-wal", "-shm"):
             with suppress(FileNotFoundError):
@@ -457,6 +511,8 @@ class SQLiteStore:
             "chunks": int(conn.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]),
             "tokens": int(conn.execute("SELECT COALESCE(SUM(token_count), 0) FROM chunks").fetchone()[0]),
             "vectors": vectors,
+            # embedded texts whose sentence vectors are stored, per model and splitter version
+            "sentence_vectors": sentences,
             "bytes": size,
             "schema_version": self.schema_version(),
         }
@@ -827,3 +883,8 @@ def _split_sql(script: str) -> list[str]:
     """Return the statements of a migration script (no semicolons inside statements)."""
     lines = [ln for ln in script.splitlines() if not ln.strip().startswith("--")]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def _pack_spans(spans: Sequence[tuple[int, int]]) -> bytes:
+    """Return (start, end) pairs as int32 bytes (an empty list packs to no bytes)."""
+    return np.asarray(spans, dtype=np.int32).reshape(-1, 2).tobytes()

@@ -177,3 +177,22 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# Sentence vectors pooled from the chunk's own model pass at ingest (extractive answers score every retrieved
+# sentence without embedding anything at question time). Keyed like embeddings, by what was embedded; `model` names
+# the embedder and the sentence splitter's version, so a changed splitter never reads stale spans.
+MIGRATIONS.append(
+    (
+        6,
+        "sentence vectors",
+        """
+        CREATE TABLE sentence_vectors (
+            model     TEXT NOT NULL,
+            text_hash TEXT NOT NULL,
+            spans     BLOB NOT NULL,  -- int32 (start, end) pairs, offsets into the chunk text
+            vectors   BLOB NOT NULL,  -- float16, one row per span
+            PRIMARY KEY (model, text_hash)
+        ) WITHOUT ROWID;
+        """,
+    )
+)
