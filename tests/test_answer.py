@@ -419,6 +419,15 @@ def test_eval_answers_on_a_covidqa_slice(tmp_path: Path) -> None:
     assert "refusal_precision_foreign" in m and "refusal_recall_foreign" in m
     runs = json.loads(cli(tmp_path, "eval", "runs", "--json", env=env).stdout)
     assert runs[0]["id"] == record["id"] and runs[0]["kind"] == "answers"
+    # Two answer runs compare like retrieval runs, pairing each metric over the questions that have it.
+    again = json.loads(cli(tmp_path, *args, "--unanswerable-limit", "3", "--json", env=env).stdout)
+    proc = cli(tmp_path, "eval", "compare", record["id"], again["id"], "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    compared = {c["metric"]: c for c in json.loads(proc.stdout)["comparisons"]}
+    assert compared["span_in_cited"]["n"] == 3 and compared["span_in_cited"]["delta"] == 0.0
+    proc = cli(tmp_path, "eval", "compare", record["id"], again["id"], "-m", "refused", "--json", env=env)
+    (refused,) = json.loads(proc.stdout)["comparisons"]
+    assert refused["n"] == 6  # the answerable and the unanswerable questions
 
 
 def test_a_hit_cut_mid_sentence_is_completed_from_the_next_chunk() -> None:

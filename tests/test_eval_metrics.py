@@ -276,3 +276,12 @@ def test_deterministic_given_seed() -> None:
     b = per_query(rng.random(30).tolist())
     assert compare(a, b, "ndcg@10", seed=11) == compare(dict(reversed(a.items())), b, "ndcg@10", seed=11)
     assert compare(a, b, "ndcg@10", seed=11) != compare(a, b, "ndcg@10", seed=12)
+
+
+def test_answer_runs_pair_only_the_questions_that_have_the_metric() -> None:
+    # An answer run mixes answerable questions (gold metrics) with unanswerable ones (refusal only).
+    a = {"q1": {"span": 1.0, "refused": 0.0}, "q2": {"span": 0.0, "refused": 0.0}, "foreign:x": {"refused": 1.0}}
+    b = {"q1": {"span": 1.0, "refused": 0.0}, "q2": {"span": 1.0, "refused": 0.0}, "foreign:x": {"refused": 0.0}}
+    c = compare(a, b, "span")
+    assert (c.n, c.wins, c.losses, c.delta) == (2, 1, 0, 0.5)
+    assert compare(a, b, "refused").n == 3

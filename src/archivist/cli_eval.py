@@ -203,11 +203,18 @@ def eval_compare(
     """Per-metric deltas with a paired randomization test, and the queries that won and lost most."""
     with open_app(store) as archivist:
         a, b = _load_run(archivist, run_a), _load_run(archivist, run_b)
-        names = metrics or list(a["metrics"])
-        comps = [compare(a["per_query"], b["per_query"], m) for m in names if m in b["metrics"]]
+        # By default, every metric measured per query (a run's aggregate-only metrics, e.g. refusal precision,
+        # have nothing to pair).
+        per_query = {m for v in a["per_query"].values() for m in v}
+        names = metrics or [m for m in a["metrics"] if m in per_query and m in b["metrics"]]
+        comps = [compare(a["per_query"], b["per_query"], m) for m in names]
     focus = names[0]
     deltas = sorted(
-        ((q, b["per_query"][q][focus] - v[focus]) for q, v in a["per_query"].items() if q in b["per_query"]),
+        (
+            (q, b["per_query"][q][focus] - v[focus])
+            for q, v in a["per_query"].items()
+            if focus in v and focus in b["per_query"].get(q, {})
+        ),
         key=lambda t: t[1],
     )
     texts = {**a.get("queries", {}), **b.get("queries", {})}

@@ -43,14 +43,15 @@ def compare(
     if trials < 1:
         raise UsageError(f"trials must be at least 1, got {trials}")
     # Sorted so that the same inputs meet the same random draws whatever the dicts' insertion order.
-    qids = sorted(per_query_a.keys() & per_query_b.keys())
-    if not qids:
+    common = sorted(per_query_a.keys() & per_query_b.keys())
+    if not common:
         raise UsageError("the two runs have no query in common")
-    try:
-        a = np.array([per_query_a[q][metric] for q in qids], dtype=np.float64)
-        b = np.array([per_query_b[q][metric] for q in qids], dtype=np.float64)
-    except KeyError:
-        raise UsageError(f"metric {metric!r} is missing from the per-query results") from None
+    # An answer run holds several kinds of question (answerable, unanswerable…), each with its own metrics.
+    qids = [q for q in common if metric in per_query_a[q] and metric in per_query_b[q]]
+    if not qids:
+        raise UsageError(f"metric {metric!r} is missing from the per-query results")
+    a = np.array([per_query_a[q][metric] for q in qids], dtype=np.float64)
+    b = np.array([per_query_b[q][metric] for q in qids], dtype=np.float64)
     diff = b - a
     rng = np.random.default_rng(seed)
     low, high = _bootstrap_ci(diff, trials, rng)
