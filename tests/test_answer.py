@@ -97,6 +97,24 @@ def test_ingest_stores_sentence_vectors_so_answers_embed_nothing_at_question_tim
     assert answerer.vectors.misses == 0  # no sentence was embedded to answer
 
 
+def test_sentence_hits_bring_in_the_chunk_holding_the_best_sentence_corpus_wide(
+    root: Path, embedder: MiniLMEmbedder
+) -> None:
+    from archivist.answer.sentence_hits import best_sentence_chunks
+    from archivist.answer.text import sentence_model_key
+
+    question = "How hot should the water be for green tea?"
+    with app_for(root, embedder) as app:
+        key, qv = sentence_model_key(embedder.model_id), embedder.embed_query(question)
+        (hit,) = best_sentence_chunks(app.store, key, question, qv, 1)
+        assert hit.source.endswith("tea.md") and "80 degrees" in hit.text
+        # Chunks the search already returned, and excluded documents, are not offered again.
+        others = best_sentence_chunks(app.store, key, question, qv, 5, have={hit.chunk_id})
+        assert hit.chunk_id not in {h.chunk_id for h in others} and others
+        without = best_sentence_chunks(app.store, key, question, qv, 5, exclude={hit.source})
+        assert without and not any(h.source.endswith("tea.md") for h in without)
+
+
 def test_unrelated_question_is_refused_with_the_closest_sources(root: Path, embedder: MiniLMEmbedder) -> None:
     with app_for(root, embedder) as app:
         answer = Answerer.from_app(app).answer("Who won the football world cup in 1966?")

@@ -406,3 +406,22 @@ def test_a_chunk_without_sentences_reads_back_as_empty(store: Store) -> None:
     (chunk,) = store.document_chunks(doc.id)
     assert store.chunk_sentences("k", [chunk.id])[chunk.id].spans == []
     assert store.sentence_hashes("k", w.embed_hashes) == set(w.embed_hashes)  # done: not embedded again
+
+
+def test_sentence_search_finds_sentences_once_and_honours_filters(store: Store) -> None:
+    from archivist.store.base import SentenceVectors
+
+    rows = np.eye(DIM, dtype=np.float32)
+    a = _doc("a.txt", ["First one here. Second one here."], metadata={"team": "x"})
+    b = _doc("b.txt", ["Third sentence stands alone."], metadata={"team": "y"})
+    written = ((a, SentenceVectors([(0, 15), (16, 32)], rows[:2])), (b, SentenceVectors([(0, 28)], rows[2:3])))
+    for doc, sentences in written:
+        w, vecs = _write(doc)
+        store.write_documents(MODEL, [w], vecs, ("k", {w.embed_hashes[0]: sentences}))
+    found = store.sentence_search("k", rows[1], 10, Filters())
+    (chunk_a,) = store.document_chunks(a.id)
+    assert (found[0].chunk_id, found[0].start, found[0].end) == (chunk_a.id, 16, 32)
+    assert found[0].score == pytest.approx(1.0) and len(found) == 3  # every stored sentence
+    only_y = store.sentence_search("k", rows[1], 10, Filters.parse(["team=y"]))
+    assert [(h.start, h.end) for h in only_y] == [(0, 28)]
+    assert store.sentence_search("other-key", rows[1], 10, Filters()) == []

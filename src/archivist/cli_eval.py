@@ -219,7 +219,8 @@ def eval_compare(
     )
     texts = {**a.get("queries", {}), **b.get("queries", {})}
     losses = [{"query_id": q, "query": texts.get(q, ""), "delta": d} for q, d in deltas[:show] if d < 0]
-    wins = [{"query_id": q, "query": texts.get(q, ""), "delta": d} for q, d in reversed(deltas[-show:]) if d > 0]
+    best = reversed(deltas[-show:]) if show else iter(())
+    wins = [{"query_id": q, "query": texts.get(q, ""), "delta": d} for q, d in best if d > 0]
     if a["fingerprint_hash"] != b["fingerprint_hash"]:
         changed = sorted(k for k in a["fingerprint"] if a["fingerprint"].get(k) != b["fingerprint"].get(k))
     else:

@@ -15,6 +15,7 @@ from archivist.answer.entailment import apply_entailment, checkable, judge_entai
 from archivist.answer.extractive import MAX_CANDIDATES, Extraction, KnownVectors, VectorCache, extract
 from archivist.answer.prompts import EXTRACTIVE_VERSION, Prompt, load_prompt
 from archivist.answer.refusal import REFUSAL_THRESHOLD, refusal_text, should_refuse
+from archivist.answer.sentence_hits import best_sentence_chunks
 from archivist.answer.text import Sentence, sentence_model_key
 from archivist.answer.verify import Claim, Verification, split_claims, verify
 from archivist.embed.base import Embedder, span_pooling
@@ -174,6 +175,7 @@ class Answerer:
         budget_tokens: int = 2500,
         max_passages: int = 8,
         max_sentences: int = 3,
+        sentence_hits: int = 3,
         refusal_threshold: float = REFUSAL_THRESHOLD,
         unsupported: UnsupportedPolicy = "drop",
         prompt: Prompt | None = None,
@@ -191,6 +193,11 @@ class Answerer:
         self.budget_tokens = budget_tokens
         self.max_passages = max_passages
         self.max_sentences = max_sentences
+        #: chunks added to the evidence because they hold the corpus's best-matching stored sentences (found
+        #: sentence by sentence, they catch the answer that a chunk's averaged vector and its BM25 score miss).
+        #: 0 → 3 on 680 COVID-QA dev questions (see MMR_LAMBDA): the gold span is in the evidence for 0.803 → 0.846
+        #: of them, gold paper cited 0.825 → 0.838, gold span in the quotes 0.534 → 0.541 (0.565 with MMR λ 0.85).
+        self.sentence_hits = sentence_hits
         self.refusal_threshold = refusal_threshold
         self.unsupported = unsupported
         self.prompt = prompt or load_prompt()
@@ -247,6 +254,7 @@ class Answerer:
             "budget_tokens": self.budget_tokens,
             "max_passages": self.max_passages,
             "max_sentences": self.max_sentences,
+            "sentence_hits": self.sentence_hits,
             "max_candidates": MAX_CANDIDATES,
             # whether sentences are scored by vectors pooled at ingest (all of them) or embedded on the spot
             "sentence_vectors": sentence_model_key(self.embedder.model_id) if span_pooling(self.embedder) else None,
@@ -364,6 +372,17 @@ class Answerer:
         # Excluded documents (eval: "gold document removed") are dropped after retrieval, so fetch extra.
         outcome = self.searcher.search(question, k=k + (4 * k if exclude else 0), filters=filters, budget=budget)
         hits: list[Hit] = [h for h in outcome.hits if h.document_id not in exclude and h.source not in exclude][:k]
+        if self.sentence_hits and span_pooling(self.embedder) is not None:
+            hits += best_sentence_chunks(
+                self.searcher.retriever.store,
+                sentence_model_key(self.embedder.model_id),
+                question,
+                self.embedder.embed_query(question),
+                self.sentence_hits,
+                filters,
+                exclude,
+                {h.chunk_id for h in hits},
+            )
         t1 = time.perf_counter()
         passages = pack_context(
             hits,

@@ -102,6 +102,16 @@ class SentenceVectors:
 
 
 @dataclass(frozen=True, slots=True)
+class SentenceHit:
+    """A stored sentence found by similarity: its chunk, its document offsets and its cosine to the query."""
+
+    chunk_id: int
+    start: int
+    end: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
 class CandidateScores:
     """Exact scores of a set of chunks, and each score's distribution over the corpus.
 
@@ -264,6 +274,11 @@ class Store(Protocol):
 
     def chunk_sentences(self, model: str, chunk_ids: Sequence[int]) -> dict[int, SentenceVectors]:
         """Return the stored sentence vectors of these chunks, spans as document offsets."""
+        ...
+
+    def sentence_search(self, model: str, query: Vectors, k: int, filters: Filters) -> list[SentenceHit]:
+        """Return up to k stored sentences most similar to the query, best first, among documents passing
+        filters (an empty list when the store holds no sentence vectors under `model`)."""
         ...
 
     def delete_document(self, document_id: str) -> bool:

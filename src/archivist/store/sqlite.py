@@ -30,11 +30,12 @@ from archivist.store.base import (
     Filters,
     JobRecord,
     RequestLogRow,
+    SentenceHit,
     SentenceVectors,
     StoredChunk,
 )
 from archivist.store.lexical import Analyzer, encode_counts
-from archivist.store.memindex import DenseIndex, LexicalIndex
+from archivist.store.memindex import EXACT_SCAN_MAX, DenseIndex, LexicalIndex
 from archivist.store.sqlite_migrations import MIGRATIONS
 from archivist.types import DEFAULT_COLLECTION, ArchivistError, ConflictError, DocumentRecord
 
@@ -64,6 +65,7 @@ class SQLiteStore:
         self._write_lock = threading.Lock()
         self._index_lock = threading.Lock()
         self._dense: tuple[str, int, DenseIndex] | None = None
+        self._sentences: tuple[str, int, DenseIndex, npt.NDArray[np.int64]] | None = None
         self._lexical: tuple[int, LexicalIndex, dict[str, int]] | None = None
         self._doc_lexical: tuple[LexicalIndex, LexicalIndex] | None = None
         self._analyzer = Analyzer()
@@ -409,6 +411,56 @@ class SQLiteStore:
             index = DenseIndex.build(rows)
             self._dense = (model, gen, index)
             return index
+
+    def _sentence_index(self, model: str) -> tuple[DenseIndex, npt.NDArray[np.int64]]:
+        """Return the index of every stored sentence vector (row i: sentence i) and each row's (chunk id, start,
+        end) in document offsets; a sentence repeated by overlapping chunks is kept once."""
+        gen = self.generation()
+        with self._index_lock:
+            if self._sentences is not None and self._sentences[:2] == (model, gen):
+                return self._sentences[2], self._sentences[3]
+            rows = self._conn().execute(
+                "SELECT c.id, d.rowid, c.start, s.spans, s.vectors FROM chunks c"
+                " JOIN documents d ON d.id = c.document_id"
+                " JOIN sentence_vectors s ON s.model = ? AND s.text_hash = c.embed_hash ORDER BY c.id",
+                (model,),
+            )
+            seen: set[tuple[int, int]] = set()
+            where: list[tuple[int, int, int]] = []
+            owners: list[int] = []
+            blocks: list[Vectors] = []
+            for chunk_id, doc_row, start, spans, blob in rows:
+                offsets = np.frombuffer(spans, dtype=np.int32).reshape(-1, 2) + int(start)
+                if not len(offsets):
+                    continue
+                vectors = np.frombuffer(blob, dtype=np.float16).reshape(len(offsets), -1)
+                keep = [j for j, (a, _) in enumerate(offsets.tolist()) if (doc_row, a) not in seen]
+                seen.update((doc_row, int(offsets[j][0])) for j in keep)
+                where.extend((chunk_id, int(offsets[j][0]), int(offsets[j][1])) for j in keep)
+                owners.extend([doc_row] * len(keep))
+                blocks.append(vectors[keep].astype(np.float32))
+            matrix = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)
+            index = DenseIndex(np.arange(len(where), dtype=np.int64), np.asarray(owners, dtype=np.int64), matrix)
+            if len(where) > EXACT_SCAN_MAX:
+                index.quantize()
+            located = np.asarray(where, dtype=np.int64).reshape(-1, 3)
+            self._sentences = (model, gen, index, located)
+            return index, located
+
+    def sentence_search(self, model: str, query: Vectors, k: int, filters: Filters) -> list[SentenceHit]:
+        """Return up to k stored sentences most similar to the query, best first, among documents passing
+        filters (an empty list when the store holds no sentence vectors under `model`)."""
+        index, located = self._sentence_index(model)
+        if index.chunk_ids.size and index.matrix.shape[1] != query.shape[0]:
+            raise ArchivistError(
+                f"query vector has {query.shape[0]} dimensions, stored {model} vectors have {index.matrix.shape[1]}"
+            )
+        found = index.search(query, k, self._allowed_documents(filters))
+        out = []
+        for row, score in found:
+            chunk_id, start, end = (int(x) for x in located[row])
+            out.append(SentenceHit(chunk_id, start, end, score))
+        return out
 
     def _lexical_index(self) -> tuple[LexicalIndex, dict[str, int]]:
         gen = self.generation()
@@ -770,6 +822,7 @@ class SQLiteStore:
             self._all_conns.clear()
         self._local = threading.local()
         self._dense = None
+        self._sentences = None
         self._lexical = None
         self._doc_lexical = None
 
