@@ -434,6 +434,7 @@ def test_eval_answers_on_a_covidqa_slice(tmp_path: Path) -> None:
     for name in ("gold_doc_cited", "span_in_cited", "token_f1", "exact_match", "citation_precision"):
         assert 0.0 <= m[name] <= 1.0
     assert m["gold_doc_cited"] >= 2 / 3
+    assert 5 <= m["quoted_words"] <= 200  # 1–3 whole sentences per answer
     assert "refusal_precision_foreign" in m and "refusal_recall_foreign" in m
     runs = json.loads(cli(tmp_path, "eval", "runs", "--json", env=env).stdout)
     assert runs[0]["id"] == record["id"] and runs[0]["kind"] == "answers"

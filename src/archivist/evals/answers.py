@@ -113,6 +113,8 @@ def score_answerable(answer: Answer, gold: Gold) -> dict[str, float]:
         "exact_match": float(any(normalize(text) == normalize(a) for a in gold.answers)),
         "citation_precision": float(np.mean([c.support >= 0.5 for c in answer.citations])) if answer.citations else 0.0,
         "gold_doc_citation_share": float(np.mean([d in gold.documents for d in cited_docs])) if cited_docs else 0.0,
+        # How much text the citations quote: span_in_cited rises with it, so a gain must be read next to it.
+        "quoted_words": float(sum(len(c.quote.split()) for c in answer.citations)),
         "support": answer.support,
         "refused": float(answer.refused),
         "evidence": answer.evidence,
@@ -284,7 +286,11 @@ def _metrics(
     metrics = {n: float(np.mean([per_query[q][n] for q in ids])) if ids else 0.0 for n in names}
     answered = [q for q in ids if not per_query[q]["refused"]]
     # Of what was said (refusals cite nothing): citations that support their sentence, and cited claims supported.
-    for name, source in (("citation_precision", "citation_precision"), ("faithfulness", "support")):
+    for name, source in (
+        ("citation_precision", "citation_precision"),
+        ("faithfulness", "support"),
+        ("quoted_words", "quoted_words"),
+    ):
         metrics[name] = float(np.mean([per_query[q][source] for q in answered])) if answered else 0.0
     refused_answerable = [bool(per_query[q]["refused"]) for q in ids]
     for label, group in (("foreign", foreign), ("removed", removed)):
