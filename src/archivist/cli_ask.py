@@ -29,7 +29,7 @@ def _print_sources(answer: Answer) -> None:
         where = " › ".join(dict.fromkeys(x for x in (c.title, *c.heading_path) if x))
         page = f", page {c.page}" if c.page is not None else ""
         out.print(f"  [{c.n}] {escape(where)} [dim]({escape(c.source)}{page}, chars {c.span[0]}–{c.span[1]})[/]")
-        out.print(f'      [dim]"{escape(c.quote[:300])}"[/]')
+        out.print(f'      [dim]"{escape(" ".join(c.quote.split())[:300])}"[/]')
     if answer.unsupported:
         out.print(f"[yellow]{len(answer.unsupported)} unsupported claim(s) removed by citation checking[/]")
     for w in answer.warnings:

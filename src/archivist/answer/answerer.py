@@ -451,7 +451,8 @@ class Answerer:
         by_n = {p.n: p for p in prep.passages}
         chosen = prep.extraction.chosen
         citations = [_citation(i, by_n[c.sentence.passage], c.sentence) for i, c in enumerate(chosen, start=1)]
-        text = " ".join(f"{c.sentence.text} [{i}]" for i, c in enumerate(chosen, start=1))
+        # The quotes keep the document's exact characters; the answer reads as prose, without its line wraps.
+        text = " ".join(f"{' '.join(c.sentence.text.split())} [{i}]" for i, c in enumerate(chosen, start=1))
         answer = Answer(
             question=prep.question,
             answer=text,
