@@ -15,6 +15,7 @@ from rich.table import Table
 
 from archivist.app import Archivist
 from archivist.cli_support import JsonOpt, ModeOpt, StoreOpt, emit_json, err, fail, open_app, out, parse_mode
+from archivist.evals.answers import AnswerEvalConfig, run_answer_eval
 from archivist.evals.datasets import Slice, load_dataset
 from archivist.evals.gate import run_gate
 from archivist.evals.metrics import DEFAULT_METRICS, parse_metric
@@ -61,6 +62,22 @@ def _run_eval(
         record = run_retrieval_eval(archivist.settings, ds, config, cache_dir=cache_dir, progress=hook)
     archivist.store.save_eval_run(record)
     return record
+
+
+def _run_answer_eval(
+    archivist: Archivist, dataset: Path, split: str, slice_: Slice | None, config: AnswerEvalConfig, cache_dir: Path
+) -> dict[str, Any]:
+    ds = load_dataset(dataset, split, slice_, work_dir=cache_dir)
+    with stage_progress() as hook:
+        record = run_answer_eval(archivist.settings, ds, config, cache_dir=cache_dir, progress=hook)
+    archivist.store.save_eval_run(record)
+    return record
+
+
+def _save_baseline(record: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    err.print(f"baseline written to {path}")
 
 
 @contextmanager
@@ -119,9 +136,7 @@ def eval_retrieval(
         config = RetrievalEvalConfig(mode=retrieval_mode, depth=depth, metrics=_metrics(metrics, k), tag=tag)
         record = _run_eval(archivist, dataset, split, _parse_slice(slice_spec), config, cache_dir)
     if save_baseline:
-        save_baseline.parent.mkdir(parents=True, exist_ok=True)
-        save_baseline.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-        err.print(f"baseline written to {save_baseline}")
+        _save_baseline(record, save_baseline)
     if as_json:
         emit_json({k: v for k, v in record.items() if k not in ("per_query", "queries")})
     else:
@@ -274,21 +289,43 @@ def eval_gate(
         fail(f"no baseline file at {baseline}", 2)
     with open_app(store) as archivist:
         base = json.loads(baseline.read_text())
+        answers = base.get("kind") == "answers"
         if run_ref:
             current = _load_run(archivist, run_ref)
         else:
             sl = base.get("slice")
-            config = RetrievalEvalConfig(
-                mode=base["config"]["mode"],
-                depth=base["config"]["depth"],
-                metrics=base["config"]["metrics"],
-                tag="gate",
-            )
-            current = _run_eval(
-                archivist, Path(base["dataset_path"]), base["split"], Slice(**sl) if sl else None, config, cache_dir
-            )
-        names = metrics or ["ndcg@10", "recall@100"]
+            where = (Path(base["dataset_path"]), base["split"], Slice(**sl) if sl else None)
+            if answers:
+                c = base["config"]
+                current = _run_answer_eval(
+                    archivist,
+                    *where,
+                    AnswerEvalConfig(
+                        k=c["k"],
+                        limit=c["limit"],
+                        unanswerable=Path(c["unanswerable"]) if c["unanswerable"] else None,
+                        unanswerable_limit=c["unanswerable_limit"],
+                        gold_removed=c["gold_removed"],
+                        tag="gate",
+                        judge=False,  # a sampled judge is noise to a gate; its metric is compared by hand
+                    ),
+                    cache_dir,
+                )
+            else:
+                config = RetrievalEvalConfig(
+                    mode=base["config"]["mode"],
+                    depth=base["config"]["depth"],
+                    metrics=base["config"]["metrics"],
+                    tag="gate",
+                )
+                current = _run_eval(archivist, *where, config, cache_dir)
+        if current.get("kind", "retrieval") != base.get("kind", "retrieval"):
+            raise UsageError(f"cannot gate a {current.get('kind')} run against a {base.get('kind')} baseline")
+        names = metrics or (["gold_doc_cited", "span_in_cited"] if answers else ["ndcg@10", "recall@100"])
         names = [m for m in names if m in base["metrics"]]
+        if not names:
+            # A gate that checks nothing must not pass.
+            raise UsageError(f"none of the metrics to gate is in the baseline ({', '.join(sorted(base['metrics']))})")
         result = run_gate(base, current, names, max_drop=max_drop, alpha=alpha)
     if as_json:
         emit_json(
@@ -363,18 +400,17 @@ def eval_answers(
         int | None,
         typer.Option("--judge-samples", min=1, max=20, help="Judge samples per answered question [default: 3]."),
     ] = None,
+    save_baseline: Annotated[Path | None, typer.Option("--save-baseline", help="Also write the run here.")] = None,
     cache_dir: CacheOpt = Path(".archivist/evals"),
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer the dataset's questions from its own cached store; score answers, citations and refusal; store the run."""
-    from archivist.evals.answers import AnswerEvalConfig, run_answer_eval
     from archivist.evals.judge import DEFAULT_SAMPLES
 
     if judge is False and judge_samples is not None:
         raise UsageError("--judge-samples has no effect with --no-judge")
     with open_app(store) as archivist:
-        ds = load_dataset(dataset, split, _parse_slice(slice_spec), work_dir=cache_dir)
         config = AnswerEvalConfig(
             k=k,
             limit=limit,
@@ -385,9 +421,9 @@ def eval_answers(
             judge=judge,
             judge_samples=judge_samples or DEFAULT_SAMPLES,
         )
-        with stage_progress() as hook:
-            record = run_answer_eval(archivist.settings, ds, config, cache_dir=cache_dir, progress=hook)
-        archivist.store.save_eval_run(record)
+        record = _run_answer_eval(archivist, dataset, split, _parse_slice(slice_spec), config, cache_dir)
+    if save_baseline:
+        _save_baseline(record, save_baseline)
     if as_json:
         emit_json({k: v for k, v in record.items() if k not in ("per_query", "queries")})
         return

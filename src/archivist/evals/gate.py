@@ -60,7 +60,8 @@ def run_gate(
         texts = {**baseline.get("queries", {}), **current.get("queries", {})}
         for qid, before in baseline["per_query"].items():
             after = current["per_query"].get(qid)
-            if after is None or after[focus] >= before[focus]:
+            # Answer runs mix kinds of question: only those measured on the focus metric count.
+            if after is None or focus not in before or focus not in after or after[focus] >= before[focus]:
                 continue
             worse.append(
                 {
