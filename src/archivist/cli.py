@@ -279,6 +279,8 @@ def stats(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     table.add_row("embedding model", str(data["embedding_model"]))
     vectors = data.get("vectors", {})
     table.add_row("vectors", ", ".join(f"{m}: {n:,}" for m, n in vectors.items()) or "none")
+    sentences = data.get("sentence_vectors", {})
+    table.add_row("sentence vectors", ", ".join(f"{m}: {n:,} chunks" for m, n in sentences.items()) or "none")
     table.add_row("schema version", str(data.get("schema_version")))
     out.print(table)
 
