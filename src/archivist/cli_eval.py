@@ -55,21 +55,20 @@ def _metrics(names: list[str] | None, k: int | None) -> list[str]:
 
 
 def _run_eval(
-    archivist: Archivist, dataset: Path, split: str, slice_: Slice | None, config: RetrievalEvalConfig, cache_dir: Path
+    archivist: Archivist,
+    dataset: Path,
+    split: str,
+    slice_: Slice | None,
+    config: RetrievalEvalConfig | AnswerEvalConfig,
+    cache_dir: Path,
 ) -> dict[str, Any]:
+    """Return a retrieval or answer eval run (by the config's type), stored."""
     ds = load_dataset(dataset, split, slice_, work_dir=cache_dir)
     with stage_progress() as hook:
-        record = run_retrieval_eval(archivist.settings, ds, config, cache_dir=cache_dir, progress=hook)
-    archivist.store.save_eval_run(record)
-    return record
-
-
-def _run_answer_eval(
-    archivist: Archivist, dataset: Path, split: str, slice_: Slice | None, config: AnswerEvalConfig, cache_dir: Path
-) -> dict[str, Any]:
-    ds = load_dataset(dataset, split, slice_, work_dir=cache_dir)
-    with stage_progress() as hook:
-        record = run_answer_eval(archivist.settings, ds, config, cache_dir=cache_dir, progress=hook)
+        if isinstance(config, AnswerEvalConfig):
+            record = run_answer_eval(archivist.settings, ds, config, cache_dir=cache_dir, progress=hook)
+        else:
+            record = run_retrieval_eval(archivist.settings, ds, config, cache_dir=cache_dir, progress=hook)
     archivist.store.save_eval_run(record)
     return record
 
@@ -297,7 +296,7 @@ def eval_gate(
             where = (Path(base["dataset_path"]), base["split"], Slice(**sl) if sl else None)
             if answers:
                 c = base["config"]
-                current = _run_answer_eval(
+                current = _run_eval(
                     archivist,
                     *where,
                     AnswerEvalConfig(
@@ -421,7 +420,7 @@ def eval_answers(
             judge=judge,
             judge_samples=judge_samples or DEFAULT_SAMPLES,
         )
-        record = _run_answer_eval(archivist, dataset, split, _parse_slice(slice_spec), config, cache_dir)
+        record = _run_eval(archivist, dataset, split, _parse_slice(slice_spec), config, cache_dir)
     if save_baseline:
         _save_baseline(record, save_baseline)
     if as_json:

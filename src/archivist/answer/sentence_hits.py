@@ -7,7 +7,7 @@ from collections.abc import Collection
 from archivist.answer.extractive import DENSE_WEIGHT, LEXICAL_WEIGHT
 from archivist.answer.text import overlap, terms
 from archivist.embed.base import Vectors
-from archivist.store.base import Filters, Store, StoredChunk
+from archivist.store.base import Filters, Store, chunk_hit
 from archivist.types import Hit
 
 #: stored sentences scored per question (by cosine) before query-term overlap reorders them
@@ -46,21 +46,4 @@ def best_sentence_chunks(
         best.setdefault(chunk_id, score)
         if len(best) == k:
             break
-    return [_hit(chunks[cid], score) for cid, score in best.items()]
-
-
-def _hit(c: StoredChunk, score: float) -> Hit:
-    return Hit(
-        chunk_id=c.id,
-        document_id=c.document_id,
-        source=c.source,
-        title=c.title,
-        heading_path=c.heading_path,
-        text=c.text,
-        start=c.start,
-        end=c.end,
-        page=c.page,
-        score=score,
-        metadata=c.metadata,
-        collection=c.collection,
-    )
+    return [chunk_hit(chunks[cid], score) for cid, score in best.items()]

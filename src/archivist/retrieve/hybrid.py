@@ -10,7 +10,7 @@ from typing import Any, Literal
 from archivist.embed.base import Embedder
 from archivist.retrieve.fusion import rrf, zscore_fusion
 from archivist.retrieve.learned import LearnedFusionModel, fused_zscore, learned_fusion, load_model
-from archivist.store.base import CandidateScores, Filters, Store, StoredChunk, check_filter_keys
+from archivist.store.base import CandidateScores, Filters, Store, StoredChunk, check_filter_keys, chunk_hit
 from archivist.store.lexical import Analyzer
 from archivist.types import Hit, UsageError
 
@@ -123,24 +123,14 @@ class HybridRetriever:
             d = dense_info.get(cid)
             b = bm25_info.get(cid)
             hits.append(
-                Hit(
-                    chunk_id=cid,
-                    document_id=c.document_id,
-                    source=c.source,
-                    title=c.title,
-                    heading_path=c.heading_path,
-                    text=c.text,
-                    start=c.start,
-                    end=c.end,
-                    page=c.page,
-                    score=score,
-                    metadata=c.metadata,
+                chunk_hit(
+                    c,
+                    score,
                     # Fusion scored every candidate on both retrievers: report those exact scores.
                     dense_score=exact[cid][0] if cid in exact else d[0] if d else None,
                     dense_rank=d[1] if d else None,
                     bm25_score=exact[cid][1] if cid in exact else b[0] if b else None,
                     bm25_rank=b[1] if b else None,
-                    collection=c.collection,
                 )
             )
         return hits

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from archivist.embed.base import Vectors
-from archivist.types import DEFAULT_COLLECTION, Chunk, Document, DocumentRecord, UsageError
+from archivist.types import DEFAULT_COLLECTION, Chunk, Document, DocumentRecord, Hit, UsageError
 
 #: Filter keys every store understands; any other key names a document metadata field.
 BUILTIN_FILTER_KEYS = ("source", "title", "document_id", "media_type", "collection")
@@ -78,6 +78,36 @@ class StoredChunk:
     title: str
     metadata: dict[str, Any] = field(default_factory=dict)
     collection: str = DEFAULT_COLLECTION
+
+
+def chunk_hit(
+    chunk: StoredChunk,
+    score: float,
+    *,
+    dense_score: float | None = None,
+    dense_rank: int | None = None,
+    bm25_score: float | None = None,
+    bm25_rank: int | None = None,
+) -> Hit:
+    """Return a search hit for a stored chunk with its score and, when known, each retriever's score and rank."""
+    return Hit(
+        chunk_id=chunk.id,
+        document_id=chunk.document_id,
+        source=chunk.source,
+        title=chunk.title,
+        heading_path=chunk.heading_path,
+        text=chunk.text,
+        start=chunk.start,
+        end=chunk.end,
+        page=chunk.page,
+        score=score,
+        metadata=chunk.metadata,
+        dense_score=dense_score,
+        dense_rank=dense_rank,
+        bm25_score=bm25_score,
+        bm25_rank=bm25_rank,
+        collection=chunk.collection,
+    )
 
 
 @dataclass(slots=True)
