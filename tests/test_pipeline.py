@@ -151,6 +151,12 @@ def test_a_document_stored_without_sentence_vectors_gets_them_when_it_is_next_wr
     # Every chunk of the rewritten document ran through the model again, cached vector or not.
     assert report.updated == ["docs/guide/keys.md"] and report.chunks_embedded == len(chunk_ids)
     assert set(app.store.chunk_sentences(key, chunk_ids)) == set(chunk_ids)
+    # --refresh backfills the rest; a second refresh finds everything in place and embeds nothing.
+    refreshed = app.ingest([docs], refresh=True)
+    assert refreshed.unchanged == [] and len(refreshed.updated) == 5 and refreshed.chunks_embedded > 0
+    all_ids = [c.id for d in app.store.list_documents() for c in app.store.document_chunks(d.id)]
+    assert set(app.store.chunk_sentences(key, all_ids)) == set(all_ids)
+    assert app.ingest([docs], refresh=True).chunks_embedded == 0
 
 
 def test_changed_chunk_settings_rechunk_everything(make_app: MakeApp, tmp_path: Path) -> None:

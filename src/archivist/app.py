@@ -188,12 +188,16 @@ class Archivist:
         sync: bool = False,
         progress: ProgressHook | None = None,
         collection: str = DEFAULT_COLLECTION,
+        refresh: bool = False,
     ) -> IngestReport:
-        """Ingest files and folders into a collection (created if new); return the per-document outcome."""
+        """Ingest files and folders into a collection (created if new); return the per-document outcome.
+
+        `refresh` rewrites unchanged documents too: cached vectors are reused, and what the store lacks (sentence
+        vectors, in a store written by an older Archivist) is made."""
         check_collection_name(collection)
         if not self.store.has_collection(collection):
             self.store.create_collection(collection)
-        return self.pipeline().run(paths, sync=sync, progress=progress, collection=collection)
+        return self.pipeline().run(paths, sync=sync, progress=progress, collection=collection, refresh=refresh)
 
     def search(self, query: str, *, k: int = 10, filters: Filters = Filters(), mode: Mode = "hybrid") -> list[Hit]:
         """Return the top-k hits for a query (hybrid retrieval, then expansion and reranking if configured)."""

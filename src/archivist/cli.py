@@ -49,6 +49,14 @@ def ingest(
     sync: Annotated[
         bool, typer.Option("--sync", help="Remove stored documents whose source under PATHS is gone.")
     ] = False,
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            "--refresh",
+            help="Rewrite unchanged documents too (cached vectors are reused): adds the sentence vectors a store "
+            "written by an older Archivist lacks.",
+        ),
+    ] = False,
     collection: Annotated[
         str, typer.Option("--collection", "-c", help="The collection to ingest into (created if new).")
     ] = DEFAULT_COLLECTION,
@@ -74,7 +82,7 @@ def ingest(
             def hook(p: IngestProgress) -> None:
                 progress.update(task, completed=p.done, total=p.total, current=_short(p.current, 50))
 
-            report = archivist.ingest(paths, sync=sync, progress=hook, collection=collection)
+            report = archivist.ingest(paths, sync=sync, progress=hook, collection=collection, refresh=refresh)
         counts = report.counts()
         if as_json:
             emit_json(

@@ -83,10 +83,12 @@ class IngestPipeline:
         source_name: Callable[[Path], str] | None = None,
         metadata: dict[str, Any] | None = None,
         title: str | None = None,
+        refresh: bool = False,
     ) -> IngestReport:
         """Ingest files and folders into a collection; return what was added, updated, unchanged, removed, skipped,
         failed. `source_name` names each file's source (default: its path); `metadata` is added to every document;
-        `title` replaces the loaders' titles (for a single document sent with its own title).
+        `title` replaces the loaders' titles (for a single document sent with its own title). `refresh` rewrites
+        unchanged documents too (cached vectors are reused; what the store lacks, e.g. sentence vectors, is made).
         """
         started = time.perf_counter()
         report = IngestReport()
@@ -115,7 +117,7 @@ class IngestPipeline:
             states = self.store.document_states([d.source for d in docs], collection)
             for doc in docs:
                 state = states.get(doc.source)
-                if state == (doc.content_hash, fingerprint):
+                if state == (doc.content_hash, fingerprint) and not refresh:
                     report.unchanged.append(doc.source)
                     done += 1
                     continue
