@@ -209,6 +209,9 @@ class Answerer:
         #: the judge call's own time limit (default: `timeout_s`, else the gateway's default)
         self.verify_timeout_s = verify_timeout_s
         self.vectors = VectorCache(embedder)
+        #: where this embedder's sentence vectors are stored; None when it cannot pool them (then sentences are
+        #: embedded on the spot and sentence hits find nothing)
+        self.sentence_key = sentence_model_key(embedder.model_id) if span_pooling(embedder) is not None else None
 
     @classmethod
     def from_app(cls, app: Archivist, **options: Any) -> Answerer:
@@ -257,7 +260,7 @@ class Answerer:
             "sentence_hits": self.sentence_hits,
             "max_candidates": MAX_CANDIDATES,
             # whether sentences are scored by vectors pooled at ingest (all of them) or embedded on the spot
-            "sentence_vectors": sentence_model_key(self.embedder.model_id) if span_pooling(self.embedder) else None,
+            "sentence_vectors": self.sentence_key,
             "refusal_threshold": self.refusal_threshold,
             "unsupported": self.unsupported,
             "models": [f"{r.llm.name}/{r.llm.model}" for r in self.gateway.routes] if self.gateway else [],
@@ -345,12 +348,10 @@ class Answerer:
     def _stored_sentences(self, passages: Sequence[Passage]) -> KnownVectors:
         """Return the sentence vectors stored at ingest for the passages' chunks (none from a model that
         cannot pool spans, or for chunks stored before sentence vectors existed)."""
-        if span_pooling(self.embedder) is None:
+        if self.sentence_key is None:
             return {}
         store = self.searcher.retriever.store
-        stored = store.chunk_sentences(
-            sentence_model_key(self.embedder.model_id), [c for p in passages for c in p.chunk_ids]
-        )
+        stored = store.chunk_sentences(self.sentence_key, [c for p in passages for c in p.chunk_ids])
         doc_of = {c: p.document_id for p in passages for c in p.chunk_ids}
         return {
             (doc_of[chunk_id], a): (b, vector)
@@ -372,10 +373,10 @@ class Answerer:
         # Excluded documents (eval: "gold document removed") are dropped after retrieval, so fetch extra.
         outcome = self.searcher.search(question, k=k + (4 * k if exclude else 0), filters=filters, budget=budget)
         hits: list[Hit] = [h for h in outcome.hits if h.document_id not in exclude and h.source not in exclude][:k]
-        if self.sentence_hits and span_pooling(self.embedder) is not None:
+        if self.sentence_hits and self.sentence_key is not None:
             hits += best_sentence_chunks(
                 self.searcher.retriever.store,
-                sentence_model_key(self.embedder.model_id),
+                self.sentence_key,
                 question,
                 self.embedder.embed_query(question),
                 self.sentence_hits,
