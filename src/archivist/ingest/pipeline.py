@@ -285,15 +285,15 @@ def _embed_with_sentences(
     pooling: SpanEmbedder, texts: dict[str, tuple[str, str]]
 ) -> tuple[Vectors, dict[str, SentenceVectors]]:
     """Return the vectors of {hash: (embedded text, chunk text)} and each chunk's sentence vectors, one pass."""
-    spans: list[list[tuple[int, int]]] = []
-    for embedded, chunk in texts.values():
-        # The chunk text ends the embedded text (which may start with its title and headings).
-        shift = len(embedded) - len(chunk)
-        spans.append([(a + shift, b + shift) for a, b in sentence_spans(chunk)])
-    vectors, pooled = pooling.embed_with_spans([t for t, _ in texts.values()], spans)
+    own = [sentence_spans(chunk) for _, chunk in texts.values()]
+    # The chunk text ends the embedded text (which may start with its title and headings).
+    shifts = [len(embedded) - len(chunk) for embedded, chunk in texts.values()]
+    vectors, pooled = pooling.embed_with_spans(
+        [t for t, _ in texts.values()],
+        [[(a + d, b + d) for a, b in spans] for spans, d in zip(own, shifts, strict=True)],
+    )
     sentences: dict[str, SentenceVectors] = {}
-    for (h, (embedded, chunk)), own, rows in zip(texts.items(), spans, pooled, strict=True):
-        shift = len(embedded) - len(chunk)
-        keep = [j for j in range(len(own)) if rows[j].any()]  # a span past the model's truncation has none
-        sentences[h] = SentenceVectors([(own[j][0] - shift, own[j][1] - shift) for j in keep], rows[keep])
+    for h, spans, rows in zip(texts, own, pooled, strict=True):
+        keep = [j for j in range(len(spans)) if rows[j].any()]  # a span past the model's truncation has none
+        sentences[h] = SentenceVectors([spans[j] for j in keep], rows[keep])
     return vectors, sentences
