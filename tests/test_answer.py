@@ -492,3 +492,29 @@ def test_hard_wrapped_prose_splits_into_whole_sentences() -> None:
         "1. a numbered item that is long",
         "2. another numbered item, also long",
     ]
+
+
+def test_chosen_sentences_that_follow_each_other_are_quoted_once_in_document_order() -> None:
+    from archivist.answer.extractive import ScoredSentence, quotes
+    from archivist.answer.text import split_sentences
+
+    text = (
+        "The gateway retries a 429 after the provider's Retry-After delay. It gives up after three attempts. "
+        "Budgets are counted in tokens per key. A breaker opens after five failures in a row."
+    )
+    hit = Hit(1, "d1", "d1.md", "LLM", (), text, 0, len(text), None, 1.0)
+    passage = pack_context([hit], budget_tokens=500)[0]
+    s = split_sentences(passage)
+    assert len(s) == 4
+
+    def scored(*picks: int) -> list[ScoredSentence]:
+        return [ScoredSentence(s[i], 0.0, 0.0, 1.0 - k / 10) for k, i in enumerate(picks)]
+
+    # The second sentence scored best, the first next: one quote reading them in order, not backwards.
+    (q,) = quotes(scored(1, 0), [passage])
+    assert q.text == text[q.start : q.end] == s[0].text + " " + s[1].text
+    # Sentences with another between them stay separate quotes, best first.
+    assert [q.text for q in quotes(scored(3, 1), [passage])] == [s[3].text, s[1].text]
+    # A third sentence that fills the gap joins all three into one quote.
+    (q,) = quotes(scored(3, 1, 2), [passage])
+    assert (q.start, q.end) == (s[1].start, s[3].end)

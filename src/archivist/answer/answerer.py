@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from archivist.answer.context import Passage, complete_cut_sentences, pack_context, render_passages
 from archivist.answer.entailment import apply_entailment, checkable, judge_entailment
-from archivist.answer.extractive import MAX_CANDIDATES, Extraction, KnownVectors, VectorCache, extract
+from archivist.answer.extractive import MAX_CANDIDATES, Extraction, KnownVectors, VectorCache, extract, quotes
 from archivist.answer.prompts import EXTRACTIVE_VERSION, Prompt, load_prompt
 from archivist.answer.refusal import REFUSAL_THRESHOLD, refusal_text, should_refuse
 from archivist.answer.sentence_hits import best_sentence_chunks
@@ -450,10 +450,10 @@ class Answerer:
 
     def _extractive(self, prep: _Prepared) -> Answer:
         by_n = {p.n: p for p in prep.passages}
-        chosen = prep.extraction.chosen
-        citations = [_citation(i, by_n[c.sentence.passage], c.sentence) for i, c in enumerate(chosen, start=1)]
+        chosen = quotes(prep.extraction.chosen, prep.passages)
+        citations = [_citation(i, by_n[q.passage], q) for i, q in enumerate(chosen, start=1)]
         # The quotes keep the document's exact characters; the answer reads as prose, without its line wraps.
-        text = " ".join(f"{' '.join(c.sentence.text.split())} [{i}]" for i, c in enumerate(chosen, start=1))
+        text = " ".join(f"{' '.join(q.text.split())} [{i}]" for i, q in enumerate(chosen, start=1))
         answer = Answer(
             question=prep.question,
             answer=text,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -172,3 +172,48 @@ def extract(
     """Return the extraction for a question: chosen sentences and all scored candidates."""
     scored, vectors = score_sentences(question, passages, embedder, query_vector, cache, known)
     return Extraction(select(scored, vectors, max_sentences=max_sentences), scored, vectors)
+
+
+def quotes(chosen: Sequence[ScoredSentence], passages: Sequence[Passage]) -> list[Sentence]:
+    """Return the chosen sentences as quotes, best first; chosen sentences that follow each other in a passage
+    become one quote, in document order, so the answer never reads them backwards or cites one text twice.
+    """
+    by_n = {p.n: p for p in passages}
+    ordered = {n: split_sentences(by_n[n]) for n in dict.fromkeys(c.sentence.passage for c in chosen)}
+    position = {(n, s.start): i for n, sents in ordered.items() for i, s in enumerate(sents)}
+
+    def follows(n: int, i: int) -> bool:
+        """Whether sentence i + 1 of passage n directly follows sentence i (same segment, only space between)."""
+        sents = ordered[n]
+        if i < 0 or i + 1 >= len(sents):
+            return False
+        a, b = sents[i], sents[i + 1]
+        for seg in by_n[n].segments:
+            if seg.start <= a.start and b.end <= seg.end:
+                return not seg.text[a.end - seg.start : b.start - seg.start].strip()
+        return False
+
+    def joined(x: tuple[int, int, int], y: tuple[int, int, int]) -> bool:
+        """Whether two ranges of sentence positions overlap or one directly follows the other."""
+        (n, lo, hi), (m, lo2, hi2) = x, y
+        if n != m:
+            return False
+        return (lo <= hi2 and lo2 <= hi) or (hi + 1 == lo2 and follows(n, hi)) or (hi2 + 1 == lo and follows(n, hi2))
+
+    groups: list[tuple[int, int, int]] = []  # (passage, first, last sentence position), best first
+    for c in chosen:
+        n = c.sentence.passage
+        i = position[(n, c.sentence.start)]  # chosen sentences were split from these passages the same way
+        touching = [g for g in groups if joined(g, (n, i, i))]
+        if not touching:
+            groups.append((n, i, i))
+            continue
+        # Groups never touch each other, so whatever touches the merged range touched the new one: one pass.
+        merged = (n, min(i, *(g[1] for g in touching)), max(i, *(g[2] for g in touching)))
+        groups = [merged if g == touching[0] else g for g in groups if g not in touching[1:]]
+    out = []
+    for n, lo, hi in groups:
+        first, last = ordered[n][lo], ordered[n][hi]
+        seg = next(s for s in by_n[n].segments if s.start <= first.start and last.end <= s.end)
+        out.append(replace(first, end=last.end, text=seg.text[first.start - seg.start : last.end - seg.start]))
+    return out
