@@ -518,3 +518,48 @@ def test_chosen_sentences_that_follow_each_other_are_quoted_once_in_document_ord
     # A third sentence that fills the gap joins all three into one quote.
     (q,) = quotes(scored(3, 1, 2), [passage])
     assert (q.start, q.end) == (s[1].start, s[3].end)
+
+
+MARKDOWN_GUIDE = """# Keys
+
+## Rotating a key without downtime
+
+```bash
+archivist search "rotate the signing key" --k 5
+archivist keys revoke 3
+```
+
+To rotate a key, create a second key, move your clients to it, then revoke the first one.
+
+| Symptom | Fix |
+|---|---|
+| A revoked key still works | Restart the workers ([keys](api.md#keys)) |
+"""
+
+
+def test_answers_quote_markdown_prose_not_code_blocks_or_headings(tmp_path: Path, embedder: MiniLMEmbedder) -> None:
+    from archivist.answer.text import prose, sentence_spans
+
+    text = MARKDOWN_GUIDE
+    prose_spans = [text[a:b] for a, b in sentence_spans(text)]
+    assert prose_spans == [
+        "To rotate a key, create a second key, move your clients to it, then revoke the first one.",
+        "| A revoked key still works | Restart the workers ([keys](api.md#keys)) |",
+    ]
+    # Verification of an LLM's claims also sees code lines and headings, each line on its own.
+    every_line = [text[a:b] for a, b in sentence_spans(text, prose_only=False)]
+    assert 'archivist search "rotate the signing key" --k 5' in every_line
+    assert "## Rotating a key without downtime" in every_line
+    # The answer reads as prose; the citation keeps the document's characters.
+    assert prose(prose_spans[1]) == "A revoked key still works — Restart the workers (keys)"
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "keys.md").write_text(text)
+    with app_for(tmp_path, embedder) as app:
+        app.ingest([tmp_path / "docs"])
+        answer = Answerer.from_app(app).answer("How do I rotate the signing key?")
+    assert not answer.refused
+    assert answer.citations[0].quote.startswith("To rotate a key")
+    assert all("archivist search" not in c.quote for c in answer.citations)
+    start, end = answer.citations[0].span
+    assert text[start:end] == answer.citations[0].quote

@@ -140,10 +140,10 @@ def test_a_document_stored_without_sentence_vectors_gets_them_when_it_is_next_wr
     keys_doc = document_id_for("docs/guide/keys.md")
     chunk_ids = [c.id for c in app.store.document_chunks(keys_doc)]
     assert set(app.store.chunk_sentences(key, chunk_ids)) == set(chunk_ids)
-    # As a store written before sentence vectors existed: chunk vectors cached, sentence vectors absent.
+    # Sentence vectors lost with nothing else changed: unchanged documents are not rewritten on their own.
     with sqlite3.connect(tmp_path / "store.db") as conn:
         conn.execute("DELETE FROM sentence_vectors")
-    assert app.ingest([docs]).chunks_embedded == 0  # unchanged documents are not re-embedded behind your back
+    assert app.ingest([docs]).chunks_embedded == 0
     keys = docs / "guide" / "keys.md"
     keys.write_text(keys.read_text() + "\n## Auditing\n\nEvery key use is logged with its id.\n")
     report = app.ingest([docs])
@@ -157,6 +157,29 @@ def test_a_document_stored_without_sentence_vectors_gets_them_when_it_is_next_wr
     all_ids = [c.id for d in app.store.list_documents() for c in app.store.document_chunks(d.id)]
     assert set(app.store.chunk_sentences(key, all_ids)) == set(all_ids)
     assert app.ingest([docs], refresh=True).chunks_embedded == 0
+
+
+def test_a_store_from_an_older_splitter_gets_current_sentence_vectors_on_the_next_ingest(
+    make_app: MakeApp, tmp_path: Path
+) -> None:
+    from archivist.answer.text import SPLITTER_VERSION, sentence_model_key
+
+    docs = _corpus(tmp_path)
+    app = make_app()
+    app.ingest([docs])
+    # As written by an older Archivist: its documents' fingerprints name another splitter (or none), and the
+    # store holds no sentence vectors under the current key.
+    with sqlite3.connect(tmp_path / "store.db") as conn:
+        conn.execute(
+            "UPDATE documents SET chunker = replace(chunker, ?, '|sentences-s0')", (f"|sentences-{SPLITTER_VERSION}",)
+        )
+        conn.execute("DELETE FROM sentence_vectors")
+    report = app.ingest([docs])
+    assert report.unchanged == [] and len(report.updated) == 5 and report.chunks_embedded > 0
+    key = sentence_model_key(app.embedder.model_id)
+    all_ids = [c.id for d in app.store.list_documents() for c in app.store.document_chunks(d.id)]
+    assert set(app.store.chunk_sentences(key, all_ids)) == set(all_ids)
+    assert app.ingest([docs]).unchanged and app.ingest([docs]).chunks_embedded == 0
 
 
 def test_changed_chunk_settings_rechunk_everything(make_app: MakeApp, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from archivist.answer.extractive import MAX_CANDIDATES, Extraction, KnownVectors
 from archivist.answer.prompts import EXTRACTIVE_VERSION, Prompt, load_prompt
 from archivist.answer.refusal import REFUSAL_THRESHOLD, refusal_text, should_refuse
 from archivist.answer.sentence_hits import best_sentence_chunks
-from archivist.answer.text import Sentence, sentence_model_key
+from archivist.answer.text import Sentence, prose, sentence_model_key
 from archivist.answer.verify import Claim, Verification, split_claims, verify
 from archivist.embed.base import Embedder, span_pooling
 from archivist.llm.accounting import Budget
@@ -453,7 +453,7 @@ class Answerer:
         chosen = quotes(prep.extraction.chosen, prep.passages)
         citations = [_citation(i, by_n[q.passage], q) for i, q in enumerate(chosen, start=1)]
         # The quotes keep the document's exact characters; the answer reads as prose, without its line wraps.
-        text = " ".join(f"{' '.join(q.text.split())} [{i}]" for i, q in enumerate(chosen, start=1))
+        text = " ".join(f"{prose(q.text)} [{i}]" for i, q in enumerate(chosen, start=1))
         answer = Answer(
             question=prep.question,
             answer=text,

@@ -153,7 +153,7 @@ def apply_entailment(claims: Sequence[Claim], entailment: Entailment, passages: 
         if claim.judge_quote:
             for n in claim.cited:
                 if n in by_n:
-                    found = _quoted_sentence(claim.judge_quote, split_sentences(by_n[n]))
+                    found = _quoted_sentence(claim.judge_quote, split_sentences(by_n[n], prose_only=False))
                     if found is not None:
                         claim.evidence_by_passage[n] = found
                         claim.evidence = found

@@ -17,6 +17,9 @@ from archivist.answer.context import Passage
 _BOUNDARY = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[A-Z0-9\"“(\[])|[ \t]*\n\s*")
 # A line that starts a list item or a table row: the break before it is a real one.
 _LIST_ITEM = re.compile(r"[-*+•|>#]|\d+[.)]\s")
+# Markdown: the line that opens (and closes) a fenced code block, and an ATX heading line.
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+_ATX = re.compile(r" {0,3}#{1,6}(?:[ \t]|$)")
 # Abbreviations whose period does not end a sentence.
 _ABBREV = re.compile(r"(?:\b(?:e\.g|i\.e|et al|etc|vs|Fig|Figs|Dr|Mr|Mrs|Ms|No|approx|ca|cf|Ref|Eq)\.|\b[A-Z]\.)$")
 _WORD = re.compile(r"[A-Za-z0-9]+")
@@ -29,7 +32,7 @@ _STOP = frozenset(
 MIN_SENTENCE_CHARS = 20
 MAX_SENTENCE_CHARS = 600
 #: changes whenever `sentence_spans` would cut a text differently: stored sentence vectors are keyed by it
-SPLITTER_VERSION = "s2"
+SPLITTER_VERSION = "s3"
 
 
 def sentence_model_key(model_id: str) -> str:
@@ -48,8 +51,61 @@ class Sentence:
     text: str
 
 
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    """Return the (start, end) offsets of the text's sentences, too short or too long ones left out."""
+def sentence_spans(text: str, *, prose_only: bool = True) -> list[tuple[int, int]]:
+    """Return the (start, end) offsets of the text's sentences, too short or too long ones left out.
+
+    Markdown code blocks and ATX headings are not prose: with `prose_only` (what answers quote and what is stored
+    at ingest) they give no sentences; otherwise each of their lines is one (what an LLM's claims are checked
+    against). A line break never joins a code line or a heading to the prose around it.
+    """
+    out: list[tuple[int, int]] = []
+    for a, b, prose in _regions(text):
+        if prose:
+            out += [(a + x, a + y) for x, y in _prose_spans(text[a:b])]
+        elif not prose_only:
+            out += [(a + x, a + y) for x, y in _kept(text[a:b], _line_pieces(text[a:b]))]
+    return out
+
+
+def _regions(text: str) -> list[tuple[int, int, bool]]:
+    """Return the text cut into (start, end, is_prose) runs: fenced code blocks and ATX headings are not prose."""
+    out: list[tuple[int, int, bool]] = []
+    prose_from = 0
+    pos = 0
+    fence: re.Pattern[str] | None = None
+    other_from = 0
+    for line in text.splitlines(keepends=True):
+        end = pos + len(line)
+        if fence is not None:
+            if fence.match(line):
+                out.append((other_from, end, False))
+                fence, prose_from = None, end
+        elif m := _FENCE.match(line):
+            out.append((prose_from, pos, True))
+            other_from = pos
+            fence = re.compile(rf" {{0,3}}{re.escape(m.group(1)[0])}{{{len(m.group(1))},}}[ \t]*$")
+        elif _ATX.match(line):
+            out += [(prose_from, pos, True), (pos, end, False)]
+            prose_from = end
+        pos = end
+    # An unclosed fence runs to the end of the text, as in CommonMark.
+    out.append((other_from, len(text), False) if fence is not None else (prose_from, len(text), True))
+    return [(a, b, prose) for a, b, prose in out if b > a]
+
+
+def _line_pieces(text: str) -> list[tuple[int, int]]:
+    """Return the text's lines as (start, end) offsets, fence lines left out."""
+    out = []
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        if not _FENCE.match(line):
+            out.append((pos, pos + len(line)))
+        pos += len(line)
+    return out
+
+
+def _prose_spans(text: str) -> list[tuple[int, int]]:
+    """Return the sentences of a run of prose (see `_BOUNDARY`, `_soft_wrap`)."""
     pieces: list[tuple[int, int]] = []
     a = 0
     for m in _BOUNDARY.finditer(text):
@@ -63,6 +119,11 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
         pieces.append((a, cut))
         a = m.end()
     pieces.append((a, len(text)))
+    return _kept(text, pieces)
+
+
+def _kept(text: str, pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Return the pieces trimmed of surrounding space, those too short, too long or without a word left out."""
     out: list[tuple[int, int]] = []
     for a, b in pieces:
         raw = text[a:b]
@@ -73,12 +134,37 @@ def sentence_spans(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def split_sentences(passage: Passage) -> list[Sentence]:
+_LINK = re.compile(r"\[([^\]\n]+)\]\([^)\s]*\)")
+_EMPHASIS = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
+_LIST_MARK = re.compile(r"^(?:[-*+•]|\d{1,9}[.)])\s+")
+
+
+def prose(text: str) -> str:
+    """Return a quote as answer prose: line wraps joined, Markdown links and bold shown as their text, a table row's
+    cells separated by dashes (rows by semicolons), a list item's marker dropped. The citation keeps the exact text.
+    """
+    parts: list[str] = []
+    previous_row = False
+    for raw in text.splitlines():
+        line = " ".join(raw.split())
+        if not line:
+            continue
+        row = line.startswith("|")
+        if row:
+            line = " — ".join(cell.strip() for cell in line.strip("|").split(" | ") if cell.strip())
+        if parts:
+            parts.append("; " if row and previous_row else " ")
+        parts.append(_LIST_MARK.sub("", line))
+        previous_row = row
+    return _EMPHASIS.sub(r"\2", _LINK.sub(r"\1", "".join(parts)))
+
+
+def split_sentences(passage: Passage, *, prose_only: bool = True) -> list[Sentence]:
     """Return the passage's sentences (too short or too long ones left out), with document offsets."""
     return [
         Sentence(passage.n, passage.document_id, seg.start + a, seg.start + b, seg.text[a:b])
         for seg in passage.segments
-        for a, b in sentence_spans(seg.text)
+        for a, b in sentence_spans(seg.text, prose_only=prose_only)
     ]
 
 

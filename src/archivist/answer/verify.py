@@ -87,7 +87,8 @@ def strip_markers(text: str) -> str:
 def verify(claims: list[Claim], passages: Sequence[Passage], embedder: Embedder) -> Verification:
     """Return the claims scored against the sentences of the passages they cite."""
     by_n = {p.n: p for p in passages}
-    sentences = {p.n: split_sentences(p) for p in passages}
+    # A claim may state what a code block or heading says: check it against those lines too.
+    sentences = {p.n: split_sentences(p, prose_only=False) for p in passages}
     wanted = [c for c in claims if c.cited and len(c.text) >= MIN_CLAIM_CHARS]
     cited_sentences = sorted({s for c in wanted for n in c.cited if n in by_n for s in sentences[n]}, key=_order)
     vectors = embedder.embed([s.text for s in cited_sentences]) if cited_sentences else None

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archivist.answer.text import sentence_model_key, sentence_spans
+from archivist.answer.text import SPLITTER_VERSION, sentence_model_key, sentence_spans
 from archivist.embed.base import Embedder, SpanEmbedder, Vectors, span_pooling
 from archivist.ingest.chunker import Chunker
 from archivist.ingest.loaders import iter_jsonl, load_path, source_for
@@ -98,8 +98,12 @@ class IngestPipeline:
         protected: set[str] = set()  # files with problems: --sync must not delete what they held
         pending = _Pending()
         done = 0
-        # Vectors of another model are useless: switching embedders must re-chunk and re-embed.
+        # Vectors of another model are useless: switching embedders must re-chunk and re-embed. Sentence vectors
+        # cut by another splitter version are useless too: a document stored without current ones is rewritten, so
+        # an upgrade heals on the next ingest instead of answering slower (chunk vectors are reused).
         fingerprint = f"{self.chunker.fingerprint()}|{self.embedder.model_id}"
+        if span_pooling(self.embedder) is not None:
+            fingerprint += f"|sentences-{SPLITTER_VERSION}"
 
         def tick(current: str) -> None:
             if progress is not None:
