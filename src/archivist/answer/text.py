@@ -31,8 +31,10 @@ _STOP = frozenset(
 )
 MIN_SENTENCE_CHARS = 20
 MAX_SENTENCE_CHARS = 600
-#: changes whenever `sentence_spans` would cut a text differently: stored sentence vectors are keyed by it
-SPLITTER_VERSION = "s3"
+#: changes whenever `sentence_spans` would cut prose differently: stored sentence vectors are keyed by it. Leaving
+#: code blocks and headings out (they are not prose) kept it: stores from before still hold valid vectors for every
+#: prose sentence, and their extra vectors of code lines only ever bring a chunk into the evidence.
+SPLITTER_VERSION = "s2"
 
 
 def sentence_model_key(model_id: str) -> str:
