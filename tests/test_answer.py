@@ -449,6 +449,31 @@ def test_eval_answers_on_a_covidqa_slice(tmp_path: Path) -> None:
     assert refused["n"] == 6  # the answerable and the unanswerable questions
 
 
+def test_refusal_is_calibrated_on_your_own_questions_and_set_by_a_setting(tmp_path: Path, root: Path) -> None:
+    env = {"ARCHIVIST_EVAL_CACHE": str(tmp_path / "cache")}
+    args = ["eval", "calibrate-refusal", str(COVIDQA), "--slice", "8:2", "--unanswerable", str(DATASETS / "pubmedqa")]
+    proc = cli(tmp_path, *args, "--unanswerable-limit", "10", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert (result["n_answerable"], result["n_unanswerable"]) == (8, 10)
+    assert 0.0 < result["threshold"] < 1.5 and result["tuning_half"]["precision"] >= 0.9
+    held = result["held_out_half"]
+    assert 0.0 <= held["precision"] <= 1.0 and held["recall"] > 0.0
+    # Nothing can be refused at a precision above 1: a clear failure, not a threshold of 0.
+    proc = cli(tmp_path, *args, "--unanswerable-limit", "10", "--min-precision", "1.5", env=env)
+    assert proc.returncode == 2 and "--min-precision" in proc.stderr
+    # The setting moves the answerer's threshold: everything refused at 2.0, nothing at 0.
+    question = ["ask", "How often should a restore be tested?", "--json"]
+    strict = json.loads(cli(root, *question, env={"ARCHIVIST_REFUSAL_THRESHOLD": "2.0"}).stdout)
+    assert strict["refused"] and strict["citations"] == []
+    unrelated = ["ask", "Who won the football world cup in 1966?", "--json"]
+    assert json.loads(cli(root, *unrelated).stdout)["refused"]
+    lenient = json.loads(cli(root, *unrelated, env={"ARCHIVIST_REFUSAL_THRESHOLD": "0"}).stdout)
+    assert not lenient["refused"] and lenient["citations"]
+    proc = cli(root, *question, env={"ARCHIVIST_REFUSAL_THRESHOLD": "-1"})
+    assert proc.returncode == 2 and "refusal_threshold" in proc.stderr
+
+
 def test_a_hit_cut_mid_sentence_is_completed_from_the_next_chunk() -> None:
     from archivist.answer.context import complete_cut_sentences
 

@@ -372,6 +372,64 @@ def eval_report(
     out.print(f"wrote {html_path}")
 
 
+@eval_app.command("calibrate-refusal")
+def eval_calibrate_refusal(
+    dataset: Annotated[Path, typer.Argument(help="A QA dataset folder whose questions its corpus answers.")],
+    unanswerable: Annotated[
+        Path, typer.Option("--unanswerable", help="A dataset whose questions this corpus cannot answer.")
+    ],
+    split: Annotated[str, typer.Option("--split", help="test or train.")] = "test",
+    limit: Annotated[int | None, typer.Option("--limit", min=2, help="Ask only N questions (evenly spread).")] = None,
+    unanswerable_limit: Annotated[int, typer.Option("--unanswerable-limit", min=2)] = 200,
+    min_precision: Annotated[
+        float, typer.Option("--min-precision", min=0.0, max=1.0, help="Refusals that must be right.")
+    ] = 0.9,
+    slice_spec: Annotated[str | None, typer.Option("--slice", help="QUERIES:DISTRACTORS subset, e.g. 5:3.")] = None,
+    cache_dir: CacheOpt = Path(".archivist/evals"),
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure the refusal threshold for your documents: best refusal recall at a minimum precision, checked on a
+    held-out half. Set it as ARCHIVIST_REFUSAL_THRESHOLD or `refusal_threshold` in archivist.toml."""
+    from archivist.answer.calibrate import calibrate_refusal
+
+    with open_app(store) as archivist:
+        ds = load_dataset(dataset, split, _parse_slice(slice_spec), work_dir=cache_dir)
+        with stage_progress() as hook:
+            result = calibrate_refusal(
+                archivist.settings,
+                ds,
+                unanswerable,
+                limit=limit,
+                unanswerable_limit=unanswerable_limit,
+                min_precision=min_precision,
+                cache_dir=cache_dir,
+                progress=hook,
+            )
+    if as_json:
+        emit_json(result)
+    if result["threshold"] is None:
+        fail(
+            f"no threshold refuses any unanswerable question at precision >= {min_precision} "
+            f"({result['n_answerable']} answerable, {result['n_unanswerable']} unanswerable questions): "
+            "the two kinds of question score alike on this corpus",
+            1,
+        )
+    if as_json:
+        return
+    tuning, held = result["tuning_half"], result["held_out_half"]
+    table = Table(title=f"refusal threshold {result['threshold']} · {result['dataset']}", box=None)
+    for column in ("half", "precision", "recall", "answerable refused"):
+        table.add_column(column, justify="right" if column != "half" else "left")
+    for name, pr in (("tuning (chose it)", tuning), ("held out", held)):
+        table.add_row(name, f"{pr['precision']:.3f}", f"{pr['recall']:.3f}", f"{pr['answerable_refused_rate']:.3f}")
+    out.print(table)
+    out.print(
+        f"[dim]{result['n_answerable']} answerable, {result['n_unanswerable']} unanswerable questions · "
+        f"set ARCHIVIST_REFUSAL_THRESHOLD={result['threshold']} (or refusal_threshold in archivist.toml)[/]"
+    )
+
+
 @eval_app.command("answers")
 def eval_answers(
     dataset: Annotated[Path, typer.Argument(help="A QA dataset folder: corpus, queries, qrels and answers.jsonl.")],

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     #: Time limit of that check (default: llm_timeout_s).
     verify_timeout_s: float | None = Field(default=None, gt=0)
 
+    #: Answers refuse when their best sentence scores below this (unset: the threshold calibrated on COVID-QA and
+    #: PubMedQA; `archivist eval calibrate-refusal` measures one on your own questions; 0 never refuses).
+    refusal_threshold: float | None = Field(default=None, ge=0.0, le=2.0)
+
     fusion: Literal["zscore", "rrf", "learned"] = "learned"
     # learned fusion only: a model file from benchmarks/train_fusion_model.py (unset: the bundled model).
     fusion_model: str | None = None

@@ -219,6 +219,8 @@ class Answerer:
         gateway = app.gateway()
         s = app.settings
         defaults: dict[str, Any] = {"verify_with_model": s.verify_with_model, "verify_timeout_s": s.verify_timeout_s}
+        if s.refusal_threshold is not None:
+            defaults["refusal_threshold"] = s.refusal_threshold
         return cls(app.searcher(), app.embedder, gateway if gateway.routes else None, **{**defaults, **options})
 
     @property

@@ -1,37 +1,88 @@
-"""Calibrate the refusal threshold on data: `python -m archivist.answer.calibrate [--limit N]`.
+"""Calibrate the refusal threshold on data: `archivist eval calibrate-refusal DATASET --unanswerable OTHER`.
 
-Answerable: COVID-QA questions asked of the COVID-QA corpus. Unanswerable: PubMedQA questions asked of the same
-corpus (another dataset's questions: honest negatives, not hand-written ones). Every question is answered once with
-refusal off, its evidence score recorded; the threshold is chosen on half of the questions (even positions) as the
-one with the best refusal recall at precision >= 0.9, and its precision and recall are reported on the other half.
+Answerable: a QA dataset's questions asked of its own corpus. Unanswerable: another dataset's questions asked of
+the same corpus (honest negatives, not hand-written ones). Every question is answered once with refusal off and its
+evidence score recorded; the threshold is chosen on half of the questions (even positions) as the one with the best
+refusal recall at a minimum precision (0.9 by default), and its precision and recall are measured on the other
+half. The bundled default came from `python -m archivist.answer.calibrate` (COVID-QA with PubMedQA questions).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from archivist.config import load_settings
+from archivist.config import Settings, load_settings
 from archivist.evals.answers import AnswerEvalConfig, refusal_pr, run_answer_eval
-from archivist.evals.datasets import load_dataset
+from archivist.evals.datasets import Dataset, load_dataset
+from archivist.evals.retrieval import ProgressFn
+from archivist.types import UsageError
 
 DATASETS = Path(__file__).resolve().parents[4] / "shared" / "datasets"
 
 
-def sweep(answerable: list[float], unanswerable: list[float], min_precision: float = 0.9) -> dict[str, float]:
+def sweep(answerable: Sequence[float], unanswerable: Sequence[float], min_precision: float = 0.9) -> dict[str, float]:
     """Return the threshold with the best refusal recall at `min_precision`, with its precision and recall."""
     best = {"threshold": 0.0, "precision": 1.0, "recall": 0.0, "answerable_refused_rate": 0.0}
-    for t in sorted({round(x, 3) for x in answerable + unanswerable}):
+    for t in sorted({round(x, 3) for x in [*answerable, *unanswerable]}):
         pr = refusal_pr([a < t for a in answerable], [u < t for u in unanswerable])
         if pr["precision"] >= min_precision and pr["recall"] > best["recall"]:
             best = {"threshold": t, **pr}
     return best
 
 
+def calibrate_refusal(
+    settings: Settings,
+    dataset: Dataset,
+    unanswerable: Path,
+    *,
+    limit: int | None = None,
+    unanswerable_limit: int = 200,
+    min_precision: float = 0.9,
+    cache_dir: Path = Path(".archivist/evals"),
+    ingest: bool = True,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Return the calibrated threshold, its precision and recall on the tuning and held-out halves, and counts.
+
+    `threshold` is None when no threshold reaches `min_precision` on the tuning half.
+    """
+    config = AnswerEvalConfig(
+        limit=limit,
+        unanswerable=unanswerable,
+        unanswerable_limit=unanswerable_limit,
+        refusal_threshold=-1.0,  # never refuse: record every question's evidence
+        ingest=ingest,
+        tag="calibrate-refusal",
+    )
+    record = run_answer_eval(settings, dataset, config, cache_dir=cache_dir, progress=progress)
+    per_query: dict[str, dict[str, Any]] = record["per_query"]
+    pos = [v["evidence"] for q, v in sorted(per_query.items()) if ":" not in q]
+    neg = [v["evidence"] for q, v in sorted(per_query.items()) if q.startswith("foreign:")]
+    if len(pos) < 2 or len(neg) < 2:
+        raise UsageError("calibration needs at least 2 answerable and 2 unanswerable questions")
+    chosen = sweep(pos[::2], neg[::2], min_precision)
+    reached = chosen["recall"] > 0
+    t = chosen["threshold"]
+    return {
+        "threshold": t if reached else None,
+        "min_precision": min_precision,
+        "tuning_half": chosen,
+        "held_out_half": refusal_pr([a < t for a in pos[1::2]], [u < t for u in neg[1::2]]) if reached else None,
+        "n_answerable": len(pos),
+        "n_unanswerable": len(neg),
+        "answer_p50_ms": record["timings"]["answer_p50_ms"],
+        "metrics_without_refusal": record["metrics"],
+        "dataset": record["dataset"],
+        "unanswerable": str(unanswerable),
+    }
+
+
 def main() -> None:
-    """Run the calibration and print the chosen threshold with held-out precision and recall as JSON."""
+    """Run the calibration on the bundled default's data and print the result as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, default=DATASETS / "covidqa")
     parser.add_argument("--unanswerable", type=Path, default=DATASETS / "pubmedqa")
@@ -40,37 +91,16 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=Path(".archivist/evals"))
     parser.add_argument("--no-ingest", action="store_true", help="Use the cached store as is (partial corpus).")
     args = parser.parse_args()
-    config = AnswerEvalConfig(
+    result = calibrate_refusal(
+        load_settings(),
+        load_dataset(args.dataset),
+        args.unanswerable,
         limit=args.limit,
-        unanswerable=args.unanswerable,
         unanswerable_limit=args.unanswerable_limit,
-        refusal_threshold=-1.0,  # never refuse: record every question's evidence
+        cache_dir=args.cache_dir,
         ingest=not args.no_ingest,
-        tag="calibrate-refusal",
     )
-    record = run_answer_eval(load_settings(), load_dataset(args.dataset), config, cache_dir=args.cache_dir)
-    per_query: dict[str, dict[str, Any]] = record["per_query"]
-    pos = sorted(v["evidence"] for q, v in per_query.items() if ":" not in q)
-    neg = sorted(v["evidence"] for q, v in per_query.items() if q.startswith("foreign:"))
-    pos_items = [v["evidence"] for q, v in sorted(per_query.items()) if ":" not in q]
-    neg_items = [v["evidence"] for q, v in sorted(per_query.items()) if q.startswith("foreign:")]
-    chosen = sweep(pos_items[::2], neg_items[::2])
-    t = chosen["threshold"]
-    held_out = refusal_pr([a < t for a in pos_items[1::2]], [u < t for u in neg_items[1::2]])
-    print(
-        json.dumps(
-            {
-                "threshold": t,
-                "tuning_half": chosen,
-                "held_out_half": held_out,
-                "n_answerable": len(pos),
-                "n_unanswerable": len(neg),
-                "answer_p50_ms": record["timings"]["answer_p50_ms"],
-                "metrics_without_refusal": record["metrics"],
-            },
-            indent=1,
-        )
-    )
+    print(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from archivist.answer.answerer import Answer, Answerer
-from archivist.answer.refusal import REFUSAL_THRESHOLD
 from archivist.answer.verify import strip_markers
 from archivist.app import Archivist
 from archivist.config import Settings
@@ -40,7 +39,8 @@ class AnswerEvalConfig:
     unanswerable_limit: int = 100
     #: also ask this many answerable questions with their gold document removed from the evidence
     gold_removed: int = 0
-    refusal_threshold: float = REFUSAL_THRESHOLD
+    #: None: the answerer's own (the `refusal_threshold` setting, else the calibrated default)
+    refusal_threshold: float | None = None
     #: False: use the store as it is (no ingest) and ask only questions whose gold documents it holds
     ingest: bool = True
     tag: str | None = None
@@ -177,7 +177,8 @@ def run_answer_eval(
         ingest_s = time.perf_counter() - t0
         ids = spread(list(golds), config.limit)
         removed = spread(ids, config.gold_removed) if config.gold_removed else []
-        answerer = Answerer.from_app(app, k=config.k, refusal_threshold=config.refusal_threshold)
+        threshold = {} if config.refusal_threshold is None else {"refusal_threshold": config.refusal_threshold}
+        answerer = Answerer.from_app(app, k=config.k, **threshold)
         judge, judge_reason = _judge(config, judge_gateway or app.gateway())
         answerer.answer("warm-up question")  # load the model and caches before timing anything
         per_query: dict[str, dict[str, float]] = {}
@@ -243,7 +244,7 @@ def run_answer_eval(
             "unanswerable": str(config.unanswerable) if config.unanswerable else None,
             "unanswerable_limit": config.unanswerable_limit,
             "gold_removed": config.gold_removed,
-            "refusal_threshold": config.refusal_threshold,
+            "refusal_threshold": answerer.refusal_threshold,
             "judge_samples": config.judge_samples if judge is not None else None,
             **config.extra,
         },
