@@ -470,6 +470,9 @@ def test_refusal_is_calibrated_on_your_own_questions_and_set_by_a_setting(tmp_pa
     assert json.loads(cli(root, *unrelated).stdout)["refused"]
     lenient = json.loads(cli(root, *unrelated, env={"ARCHIVIST_REFUSAL_THRESHOLD": "0"}).stdout)
     assert not lenient["refused"] and lenient["citations"]
+    # With no sentence to quote (this store holds only eval runs) even 0 refuses: nothing is no evidence.
+    empty = json.loads(cli(tmp_path, *unrelated, env={"ARCHIVIST_REFUSAL_THRESHOLD": "0"}).stdout)
+    assert empty["refused"] and empty["answer"].startswith("The documents do not answer")
     proc = cli(root, *question, env={"ARCHIVIST_REFUSAL_THRESHOLD": "-1"})
     assert proc.returncode == 2 and "refusal_threshold" in proc.stderr
 

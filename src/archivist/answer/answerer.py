@@ -424,7 +424,8 @@ class Answerer:
         return answer
 
     def _refusal(self, prep: _Prepared) -> Answer | None:
-        if not should_refuse(prep.extraction.evidence, self.refusal_threshold):
+        # No sentence at all is no evidence, whatever the threshold (0 refuses nothing else).
+        if prep.extraction.candidates and not should_refuse(prep.extraction.evidence, self.refusal_threshold):
             return None
         return self._refused(prep, usage=_usage(None))
 

@@ -61,8 +61,8 @@ def sentence_spans(text: str, *, prose_only: bool = True) -> list[tuple[int, int
     against). A line break never joins a code line or a heading to the prose around it.
     """
     out: list[tuple[int, int]] = []
-    for a, b, prose in _regions(text):
-        if prose:
+    for a, b, is_prose in _regions(text):
+        if is_prose:
             out += [(a + x, a + y) for x, y in _prose_spans(text[a:b])]
         elif not prose_only:
             out += [(a + x, a + y) for x, y in _kept(text[a:b], _line_pieces(text[a:b]))]
@@ -92,7 +92,7 @@ def _regions(text: str) -> list[tuple[int, int, bool]]:
         pos = end
     # An unclosed fence runs to the end of the text, as in CommonMark.
     out.append((other_from, len(text), False) if fence is not None else (prose_from, len(text), True))
-    return [(a, b, prose) for a, b, prose in out if b > a]
+    return [(a, b, is_prose) for a, b, is_prose in out if b > a]
 
 
 def _line_pieces(text: str) -> list[tuple[int, int]]:
