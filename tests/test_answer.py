@@ -8,11 +8,14 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from archivist.answer.answerer import AnswerDone, Answerer, RetrievalDone
 from archivist.answer.context import pack_context
@@ -591,3 +594,49 @@ def test_answers_quote_markdown_prose_not_code_blocks_or_headings(tmp_path: Path
     assert all("archivist search" not in c.quote for c in answer.citations)
     start, end = answer.citations[0].span
     assert text[start:end] == answer.citations[0].quote
+
+
+_MARKDOWNISH = st.lists(
+    st.sampled_from(
+        [
+            "The gateway retries a call. ",
+            "it wraps here and\n",
+            "continues in lowercase.\n",
+            "```bash\n",
+            "```\n",
+            "~~~\n",
+            "# A heading line that is long\n",
+            "- a list item that is long enough\n",
+            "| a table | row with cells |\n",
+            "\n",
+            "e.g. an abbreviation. Then More text follows here. ",
+            "\x0c",
+            "   ",
+        ]
+    ),
+    max_size=30,
+).map("".join)
+
+
+@given(text=_MARKDOWNISH)
+@settings(max_examples=300, deadline=None)
+def test_sentence_spans_are_ordered_trimmed_pieces_of_the_text(text: str) -> None:
+    from archivist.answer.text import MAX_SENTENCE_CHARS, MIN_SENTENCE_CHARS, sentence_spans
+
+    for prose_only in (True, False):
+        spans = sentence_spans(text, prose_only=prose_only)
+        for (_, end), (start, _) in pairwise(spans):
+            assert end <= start  # in order, never overlapping
+        for a, b in spans:
+            piece = text[a:b]
+            assert piece == piece.strip() and MIN_SENTENCE_CHARS <= len(piece) <= MAX_SENTENCE_CHARS
+    # Prose sentences are a subset of all the units, and none overlaps a line that opens or closes a code block.
+    every = set(sentence_spans(text, prose_only=False))
+    prose = sentence_spans(text)
+    assert set(prose) <= every
+    fences, pos = [], 0
+    for line in text.splitlines(keepends=True):
+        if re.match(r" {0,3}(```|~~~)", line):
+            fences.append((pos, pos + len(line)))
+        pos += len(line)
+    assert not [(a, b) for a, b in prose for f, g in fences if a < g and f < b]
