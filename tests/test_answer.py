@@ -465,6 +465,22 @@ def test_refusal_is_calibrated_on_your_own_questions_and_set_by_a_setting(tmp_pa
     # Nothing can be refused at a precision above 1: a clear failure, not a threshold of 0.
     proc = cli(tmp_path, *args, "--unanswerable-limit", "10", "--min-precision", "1.5", env=env)
     assert proc.returncode == 2 and "--min-precision" in proc.stderr
+    # --leave-out 4:5 calibrates on none of the questions that an eval with --limit 4 --unanswerable-limit 5 asks.
+    proc = cli(tmp_path, *args, "--unanswerable-limit", "10", "--leave-out", "4:5", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    left = json.loads(proc.stdout)
+    assert (left["n_answerable"], left["n_unanswerable"], left["leave_out"]) == (4, 10, [4, 5])
+    evalargs = ["eval", "answers", str(COVIDQA), "--slice", "8:2", "--limit", "4"]
+    evalargs += ["--unanswerable", str(DATASETS / "pubmedqa"), "--unanswerable-limit", "5", "--json"]
+    run_id = json.loads(cli(tmp_path, *evalargs, env=env).stdout)["id"]
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    run = store.get_eval_run(run_id)
+    store.close()
+    assert run is not None and len(run["queries"]) == 9
+    assert len(left["evidence"]) == 14 and not set(run["queries"]) & set(left["evidence"])
+    assert set(result["evidence"]) & set(run["queries"])  # without --leave-out they share questions
+    proc = cli(tmp_path, *args, "--leave-out", "4", env=env)
+    assert proc.returncode == 2 and "--leave-out" in proc.stderr
     # The setting moves the answerer's threshold: everything refused at 2.0, nothing at 0.
     question = ["ask", "How often should a restore be tested?", "--json"]
     strict = json.loads(cli(root, *question, env={"ARCHIVIST_REFUSAL_THRESHOLD": "2.0"}).stdout)

@@ -45,6 +45,18 @@ def _parse_slice(spec: str | None) -> Slice | None:
     return Slice(q, d)
 
 
+def _parse_leave_out(spec: str | None) -> tuple[int, int] | None:
+    if not spec:
+        return None
+    try:
+        a, u = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise UsageError(f"bad --leave-out {spec!r}: expected ANSWERABLE:UNANSWERABLE, e.g. 400:200") from None
+    if a < 0 or u < 0:
+        raise UsageError("--leave-out counts cannot be negative")
+    return a, u
+
+
 def _metrics(names: list[str] | None, k: int | None) -> list[str]:
     chosen = list(names) if names else list(DEFAULT_METRICS)
     if k is not None:
@@ -385,6 +397,15 @@ def eval_calibrate_refusal(
         float, typer.Option("--min-precision", min=0.0, max=1.0, help="Refusals that must be right.")
     ] = 0.9,
     slice_spec: Annotated[str | None, typer.Option("--slice", help="QUERIES:DISTRACTORS subset, e.g. 5:3.")] = None,
+    leave_out: Annotated[
+        str | None,
+        typer.Option(
+            "--leave-out",
+            metavar="A:U",
+            help="Leave out the questions `eval answers --limit A --unanswerable-limit U` asks, so it can measure "
+            "the threshold on questions it was not chosen on.",
+        ),
+    ] = None,
     cache_dir: CacheOpt = Path(".archivist/evals"),
     store: StoreOpt = None,
     as_json: JsonOpt = False,
@@ -394,6 +415,7 @@ def eval_calibrate_refusal(
     from archivist.answer.calibrate import calibrate_refusal
 
     with open_app(store) as archivist:
+        left = _parse_leave_out(leave_out)
         ds = load_dataset(dataset, split, _parse_slice(slice_spec), work_dir=cache_dir)
         with stage_progress() as hook:
             result = calibrate_refusal(
@@ -403,6 +425,7 @@ def eval_calibrate_refusal(
                 limit=limit,
                 unanswerable_limit=unanswerable_limit,
                 min_precision=min_precision,
+                leave_out=left,
                 cache_dir=cache_dir,
                 progress=hook,
             )

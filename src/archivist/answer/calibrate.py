@@ -4,7 +4,8 @@ Answerable: a QA dataset's questions asked of its own corpus. Unanswerable: anot
 the same corpus (honest negatives, not hand-written ones). Every question is answered once with refusal off and its
 evidence score recorded; the threshold is chosen on half of the questions (even positions) as the one with the best
 refusal recall at a minimum precision (0.9 by default), and its precision and recall are measured on the other
-half. The bundled default came from `python -m archivist.answer.calibrate` (COVID-QA with PubMedQA questions).
+half. The bundled default came from `python -m archivist.answer.calibrate` (COVID-QA with PubMedQA questions, none
+of them asked by the reported `archivist eval answers --limit 400 --unanswerable-limit 200`).
 """
 
 from __future__ import annotations
@@ -42,18 +43,22 @@ def calibrate_refusal(
     limit: int | None = None,
     unanswerable_limit: int = 200,
     min_precision: float = 0.9,
+    leave_out: tuple[int, int] | None = None,
     cache_dir: Path = Path(".archivist/evals"),
     ingest: bool = True,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Return the calibrated threshold, its precision and recall on the tuning and held-out halves, and counts.
 
-    `threshold` is None when no threshold reaches `min_precision` on the tuning half.
+    `threshold` is None when no threshold reaches `min_precision` on the tuning half. `leave_out` = (A, U) keeps
+    out the questions an answer eval with `--limit A --unanswerable-limit U` asks, so that it measures the
+    threshold on questions the calibration never saw.
     """
     config = AnswerEvalConfig(
         limit=limit,
         unanswerable=unanswerable,
         unanswerable_limit=unanswerable_limit,
+        leave_out=leave_out,
         refusal_threshold=-1.0,  # never refuse: record every question's evidence
         ingest=ingest,
         tag="calibrate-refusal",
@@ -78,6 +83,9 @@ def calibrate_refusal(
         "metrics_without_refusal": record["metrics"],
         "dataset": record["dataset"],
         "unanswerable": str(unanswerable),
+        "leave_out": list(leave_out) if leave_out else None,
+        # each question's best-sentence score ("foreign:ID" = unanswerable), to see how the two kinds overlap
+        "evidence": {q: v["evidence"] for q, v in sorted(per_query.items())},
     }
 
 
@@ -86,8 +94,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", type=Path, default=DATASETS / "covidqa")
     parser.add_argument("--unanswerable", type=Path, default=DATASETS / "pubmedqa")
-    parser.add_argument("--limit", type=int, default=400)
-    parser.add_argument("--unanswerable-limit", type=int, default=200)
+    # 2 answerable : 1 unanswerable, the mix of the reported eval (precision depends on it)
+    parser.add_argument("--limit", type=int, default=600)
+    parser.add_argument("--unanswerable-limit", type=int, default=300)
+    parser.add_argument("--leave-out", type=int, nargs=2, default=(400, 200), metavar=("ANSWERABLE", "UNANSWERABLE"))
     parser.add_argument("--cache-dir", type=Path, default=Path(".archivist/evals"))
     parser.add_argument("--no-ingest", action="store_true", help="Use the cached store as is (partial corpus).")
     args = parser.parse_args()
@@ -97,6 +107,7 @@ def main() -> None:
         args.unanswerable,
         limit=args.limit,
         unanswerable_limit=args.unanswerable_limit,
+        leave_out=tuple(args.leave_out),
         cache_dir=args.cache_dir,
         ingest=not args.no_ingest,
     )

@@ -39,6 +39,9 @@ class AnswerEvalConfig:
     unanswerable_limit: int = 100
     #: also ask this many answerable questions with their gold document removed from the evidence
     gold_removed: int = 0
+    #: (answerable, unanswerable) counts of another run whose questions this one must not ask: with (400, 200),
+    #: none of the questions `--limit 400 --unanswerable-limit 200` asks (tuning on data a report never sees)
+    leave_out: tuple[int, int] | None = None
     #: None: the answerer's own (the `refusal_threshold` setting, else the calibrated default)
     refusal_threshold: float | None = None
     #: False: use the store as it is (no ingest) and ask only questions whose gold documents it holds
@@ -82,6 +85,14 @@ def spread(ids: Sequence[str], limit: int | None) -> list[str]:
         return ordered
     step = len(ordered) / limit
     return [ordered[int(i * step)] for i in range(limit)]
+
+
+def _left(ids: Sequence[str], left_out: int | None) -> list[str]:
+    """Return the ids a run asking `spread(ids, left_out)` of them does not ask (all of them when None)."""
+    if left_out is None:
+        return list(ids)
+    taken = set(spread(ids, left_out))
+    return [q for q in ids if q not in taken]
 
 
 def normalize(text: str) -> str:
@@ -159,7 +170,8 @@ def run_answer_eval(
     foreign: dict[str, str] = {}
     if config.unanswerable is not None:
         others = read_queries(config.unanswerable / "queries.jsonl")
-        foreign = {q: others[q] for q in spread(list(others), config.unanswerable_limit)}
+        pool = _left(list(others), config.leave_out[1] if config.leave_out else None)
+        foreign = {q: others[q] for q in spread(pool, config.unanswerable_limit)}
     store_url = eval_store_url(settings, dataset, cache_dir)
     with Archivist.from_settings(settings.model_copy(update={"store": store_url})) as app:
         t0 = time.perf_counter()
@@ -175,7 +187,7 @@ def run_answer_eval(
             stored = {corpus_id(s) for s in app.store.sources()}
             golds = {q: g for q, g in golds.items() if g.documents <= stored}
         ingest_s = time.perf_counter() - t0
-        ids = spread(list(golds), config.limit)
+        ids = spread(_left(list(golds), config.leave_out[0] if config.leave_out else None), config.limit)
         removed = spread(ids, config.gold_removed) if config.gold_removed else []
         threshold = {} if config.refusal_threshold is None else {"refusal_threshold": config.refusal_threshold}
         answerer = Answerer.from_app(app, k=config.k, **threshold)
@@ -244,6 +256,7 @@ def run_answer_eval(
             "unanswerable": str(config.unanswerable) if config.unanswerable else None,
             "unanswerable_limit": config.unanswerable_limit,
             "gold_removed": config.gold_removed,
+            "leave_out": list(config.leave_out) if config.leave_out else None,
             "refusal_threshold": answerer.refusal_threshold,
             "judge_samples": config.judge_samples if judge is not None else None,
             **config.extra,
