@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from archivist.answer.answerer import AnswerDone, Answerer, RetrievalDone
 from archivist.answer.context import pack_context
 from archivist.answer.prompts import load_prompt
+from archivist.answer.text import Sentence
 from archivist.app import Archivist
 from archivist.config import load_settings
 from archivist.embed.minilm_onnx import MiniLMEmbedder
@@ -567,6 +568,52 @@ def test_chosen_sentences_that_follow_each_other_are_quoted_once_in_document_ord
     assert (q.start, q.end) == (s[1].start, s[3].end)
 
 
+def test_a_sentence_ending_in_a_colon_is_quoted_with_the_block_it_introduces() -> None:
+    from archivist.answer.extractive import ScoredSentence, quotes
+    from archivist.answer.text import introduced_block, prose, split_sentences
+
+    text = (
+        "The gateway can be set from the environment:\n\n| Variable | Meaning |\n|---|---|\n"
+        "| `ARCHIVIST_LLM_URL` | Base URL ending in /v1 |\n| `ARCHIVIST_LLM_MODEL` | Model name sent with requests |\n"
+        "\nA fallback chain goes in archivist.toml instead of the environment."
+    )
+    hit = Hit(1, "d1", "d1.md", "LLM", (), text, 0, len(text), None, 1.0)
+    passage = pack_context([hit], budget_tokens=500)[0]
+    s = split_sentences(passage)
+    lead, url_row, last = s[0], s[2], s[-1]
+    assert lead.text.endswith(":") and "ARCHIVIST_LLM_URL" in url_row.text
+
+    def scored(*picks: Sentence) -> list[ScoredSentence]:
+        return [ScoredSentence(x, 0.0, 0.0, 1.0 - k / 10) for k, x in enumerate(picks)]
+
+    # The lead-in alone would tell the reader nothing: its quote runs through the table, and stops at the blank line.
+    (q, other) = quotes(scored(lead, last), [passage])
+    assert q.text == text[q.start : q.end] and q.text.startswith(lead.text)
+    assert q.text.endswith("Model name sent with requests |") and other.text == last.text
+    assert prose(q.text) == (
+        "The gateway can be set from the environment: `ARCHIVIST_LLM_URL` — Base URL ending in /v1; "
+        "`ARCHIVIST_LLM_MODEL` — Model name sent with requests"
+    )
+    # A row chosen first and the lead-in chosen after it: one quote, in the row's (better) place.
+    (q, other) = quotes(scored(url_row, last, lead), [passage])
+    assert (q.start, q.end, other.text) == (lead.start, lead.start + len(q.text), last.text)
+
+    code = "Start the server with:\n\n```bash\narchivist serve\n\narchivist keys create\n```\n\nThen log in."
+    assert code[: introduced_block(code, code.index(":") + 1)].endswith("archivist keys create\n```")
+    # No colon, more than one blank line, a heading next, or a first line over the limit: nothing is taken in.
+    for no_block in (
+        "Ends here.\n- an item",
+        "Ends here:\n\n\n- an item",
+        "Ends here:\n## Heading",
+        "Ends:\n" + "x" * 900,
+    ):
+        end = no_block.index("here") + 5 if "here" in no_block else 5
+        assert introduced_block(no_block, end) == end
+    items = "Steps:\n" + "\n".join(f"- step {i} of the procedure" for i in range(60))
+    cut = introduced_block(items, 6, max_chars=100)
+    assert items[cut - 1] != "\n" and items[cut:].startswith("\n- step") and cut - 6 <= 100
+
+
 MARKDOWN_GUIDE = """# Keys
 
 ## Rotating a key without downtime
@@ -602,9 +649,17 @@ def test_answers_quote_markdown_prose_not_code_blocks_or_headings(tmp_path: Path
 
     (tmp_path / "docs").mkdir()
     (tmp_path / "docs" / "keys.md").write_text(text)
+    env = "# Gateway\n\nThe gateway's provider is set from these environment variables:\n\n| Variable | Meaning |\n"
+    env += "|---|---|\n| `ARCHIVIST_LLM_URL` | Base URL of the provider |\n| `ARCHIVIST_LLM_MODEL` | Model name |\n"
+    (tmp_path / "docs" / "gateway.md").write_text(env)
     with app_for(tmp_path, embedder) as app:
         app.ingest([tmp_path / "docs"])
-        answer = Answerer.from_app(app).answer("How do I rotate the signing key?")
+        answerer = Answerer.from_app(app)
+        answer = answerer.answer("How do I rotate the signing key?")
+        configured = answerer.answer("Which environment variables set the gateway's provider?")
+    # The sentence that introduces a table is quoted with it, and the answer reads the rows.
+    assert configured.citations[0].quote.endswith("| `ARCHIVIST_LLM_MODEL` | Model name |")
+    assert "`ARCHIVIST_LLM_URL` — Base URL of the provider; `ARCHIVIST_LLM_MODEL` — Model name [1]" in configured.answer
     assert not answer.refused
     assert answer.citations[0].quote.startswith("To rotate a key")
     assert all("archivist search" not in c.quote for c in answer.citations)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from archivist.answer.context import Passage
-from archivist.answer.text import Sentence, overlap, split_sentences, terms
+from archivist.answer.text import Sentence, introduced_block, overlap, split_sentences, terms
 from archivist.embed.base import Embedder, Vectors
 from archivist.embed.lru import VectorLRU
 
@@ -176,7 +176,8 @@ def extract(
 
 def quotes(chosen: Sequence[ScoredSentence], passages: Sequence[Passage]) -> list[Sentence]:
     """Return the chosen sentences as quotes, best first; chosen sentences that follow each other in a passage
-    become one quote, in document order, so the answer never reads them backwards or cites one text twice.
+    become one quote, in document order, so the answer never reads them backwards or cites one text twice. A quote
+    that ends in a colon takes in the list, table or code block it introduces (`introduced_block`).
     """
     by_n = {p.n: p for p in passages}
     ordered = {n: split_sentences(by_n[n]) for n in dict.fromkeys(c.sentence.passage for c in chosen)}
@@ -211,9 +212,18 @@ def quotes(chosen: Sequence[ScoredSentence], passages: Sequence[Passage]) -> lis
         # Groups never touch each other, so whatever touches the merged range touched the new one: one pass.
         merged = (n, min(i, *(g[1] for g in touching)), max(i, *(g[2] for g in touching)))
         groups = [merged if g == touching[0] else g for g in groups if g not in touching[1:]]
-    out = []
+    out: list[Sentence] = []
     for n, lo, hi in groups:
         first, last = ordered[n][lo], ordered[n][hi]
         seg = next(s for s in by_n[n].segments if s.start <= first.start and last.end <= s.end)
-        out.append(replace(first, end=last.end, text=seg.text[first.start - seg.start : last.end - seg.start]))
+        start, end = first.start, seg.start + introduced_block(seg.text, last.end - seg.start)
+        # A block taken in may hold a chosen sentence quoted already (a list item, a table row): quote it once, at
+        # the better-ranked place.
+        touched = [i for i, q in enumerate(out) if q.passage == n and q.start < end and start < q.end]
+        if touched:
+            start, end = min(start, *(out[i].start for i in touched)), max(end, *(out[i].end for i in touched))
+        quote = replace(first, start=start, end=end, text=seg.text[start - seg.start : end - seg.start])
+        at = touched[0] if touched else len(out)
+        out = [q for i, q in enumerate(out) if i not in touched]
+        out.insert(at, quote)
     return out

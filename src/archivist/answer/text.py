@@ -31,6 +31,8 @@ _STOP = frozenset(
 )
 MIN_SENTENCE_CHARS = 20
 MAX_SENTENCE_CHARS = 600
+#: the most text a sentence ending in a colon pulls in from the list, table or code block it introduces
+MAX_INTRODUCED_CHARS = 800
 #: changes whenever `sentence_spans` would cut prose differently: stored sentence vectors are keyed by it. Leaving
 #: code blocks and headings out (they are not prose) kept it: stores from before still hold valid vectors for every
 #: prose sentence, and their extra vectors of code lines only ever bring a chunk into the evidence.
@@ -136,28 +138,76 @@ def _kept(text: str, pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+def introduced_block(text: str, end: int, max_chars: int = MAX_INTRODUCED_CHARS) -> int:
+    """Return where the block a sentence ending at `end` introduces ends (`end` when there is none).
+
+    A sentence that ends in a colon ("set it from the environment:") is not complete without the list, table, code
+    block or lines that follow it. The block starts on the next line (one blank line may come first) and runs to
+    the next blank line, or through the closing fence of a code block; a heading ends it. It is cut at the last
+    whole line within `max_chars`, and a block whose first line alone is longer is not taken.
+    """
+    if not text[:end].rstrip().endswith(":"):
+        return end
+    gap = text[end:]
+    lead = len(gap) - len(gap.lstrip(" \t\n"))
+    if text.count("\n", end, end + lead) not in (1, 2):
+        return end
+    start = end + lead - len(gap[:lead].rsplit("\n", 1)[1])  # back to the start of the block's first line
+    fence: re.Pattern[str] | None = None
+    block_end = pos = start
+    for line in text[start:].splitlines(keepends=True):
+        body = line.rstrip("\r\n")
+        if fence is None and ((not body.strip() and pos > start) or _ATX.match(body)):
+            break
+        if pos + len(body) - end > max_chars:
+            break
+        if fence is not None:
+            if fence.match(body):
+                fence = None
+        elif m := _FENCE.match(body):
+            fence = re.compile(rf" {{0,3}}{re.escape(m.group(1)[0])}{{{len(m.group(1))},}}[ \t]*$")
+        pos += len(line)
+        block_end = pos - (len(line) - len(body))
+    return block_end if block_end > start else end
+
+
 _LINK = re.compile(r"\[([^\]\n]+)\]\([^)\s]*\)")
 _EMPHASIS = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
 _LIST_MARK = re.compile(r"^(?:[-*+•]|\d{1,9}[.)])\s+")
 
 
+_TABLE_RULE = re.compile(r"^\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?$")
+
+
 def prose(text: str) -> str:
-    """Return a quote as answer prose: line wraps joined, Markdown links and bold shown as their text, a table row's
-    cells separated by dashes (rows by semicolons), a list item's marker dropped. The citation keeps the exact text.
+    """Return a quote as answer prose: line wraps joined, Markdown links and bold shown as their text, a table
+    row's cells separated by dashes (a header row and its rule left out), a list item's marker dropped, a code
+    block's lines as inline code; consecutive rows, items or code lines are separated by semicolons. The citation
+    keeps the exact text.
     """
     parts: list[str] = []
-    previous_row = False
-    for raw in text.splitlines():
-        line = " ".join(raw.split())
-        if not line:
+    previous = ""  # the kind of the line before: "row", "item", "code" or "text"
+    in_code = False
+    lines = text.splitlines()
+    for i, raw in enumerate(lines):
+        if _FENCE.match(raw):
+            in_code = not in_code
             continue
-        row = line.startswith("|")
-        if row:
+        line = " ".join(raw.split())
+        following = " ".join(lines[i + 1].split()) if i + 1 < len(lines) else ""
+        if not line or (not in_code and (_TABLE_RULE.match(line) or _TABLE_RULE.match(following))):
+            continue
+        kind = "code" if in_code else "row" if line.startswith("|") else "item" if _LIST_MARK.match(line) else "text"
+        if kind == "row":
             line = " — ".join(cell.strip() for cell in line.strip("|").split(" | ") if cell.strip())
+        elif kind == "code":
+            line = f"`{line}`" if "`" not in line else line
+        if kind == "text" and previous == "item" and raw[:1].isspace():
+            kind = "continued"  # an item's indented continuation line: the next item still follows an item
         if parts:
-            parts.append("; " if row and previous_row else " ")
-        parts.append(_LIST_MARK.sub("", line))
-        previous_row = row
+            parts.append("; " if kind == previous and kind in ("row", "item", "code") else " ")
+        parts.append(line if kind == "code" else _LIST_MARK.sub("", line))
+        previous = "item" if kind == "continued" else kind
     return _EMPHASIS.sub(r"\2", _LINK.sub(r"\1", "".join(parts)))
 
 
