@@ -143,3 +143,27 @@ def test_default_store_location(tmp_path: Path) -> None:
     proc = run(tmp_path, "ingest", "a.md", store=None)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / ".archivist" / "archivist.db").exists()
+
+
+def test_reading_a_store_that_does_not_exist_fails_instead_of_creating_it(tmp_path: Path) -> None:
+    # A mistyped --store would otherwise be created empty, and every search would quietly find nothing.
+    for args in (("search", "keys"), ("ask", "How are keys rotated?"), ("stats",), ("docs", "list"), ("eval", "runs")):
+        proc = run(tmp_path, *args, "--json", store="sqlite:///typo.db")
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert "no store at sqlite:///typo.db" in proc.stderr and proc.stdout == ""
+        assert not (tmp_path / "typo.db").exists()
+
+
+def test_an_empty_store_or_filters_that_match_nothing_are_named_not_just_no_results(workdir: Path) -> None:
+    assert run(workdir, "keys", "list", store="sqlite:///fresh.db").returncode == 0  # creates the store, no documents
+    proc = run(workdir, "search", "keys", "--json", store="sqlite:///fresh.db")
+    assert proc.returncode == 0 and json.loads(proc.stdout) == []
+    assert "the store holds no documents" in proc.stderr
+    answer = json.loads(run(workdir, "ask", "How are keys rotated?", "--json", store="sqlite:///fresh.db").stdout)
+    assert answer["refused"] and any("the store holds no documents" in w for w in answer["warnings"])
+    proc = run(workdir, "ask", "How are keys rotated?", store="sqlite:///fresh.db")
+    assert "the store holds no documents" in proc.stderr and "do not answer" in proc.stdout
+    proc = run(workdir, "search", "key", "--filter", "lang=fr")
+    assert proc.returncode == 0 and "no stored document passes these filters" in proc.stderr
+    # A search that finds nothing in a store that has matching documents warns of nothing.
+    assert "warning" not in run(workdir, "search", "key", "--filter", "lang=en").stderr

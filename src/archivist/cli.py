@@ -130,9 +130,9 @@ def search(
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Search the store: dense and BM25 in parallel, fused (z-score fusion by default), optionally reranked."""
+    """Search the store: dense and BM25 in parallel, fused (learned fusion by default), optionally reranked."""
     retrieval_mode = parse_mode(mode)
-    with open_app(store, reranker=rerank, query_expansion=expand) as archivist:
+    with open_app(store, existing=True, reranker=rerank, query_expansion=expand) as archivist:
         parsed = Filters.parse(filters or [])
         outcome = archivist.searcher().search(query, k=k, filters=parsed, mode=retrieval_mode)
     hits = outcome.hits
@@ -211,7 +211,7 @@ def docs_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List stored documents."""
-    with open_app(store) as archivist:
+    with open_app(store, existing=True) as archivist:
         parsed = Filters.parse(filters or [])
         check_filter_keys(archivist.store, parsed)
         docs = archivist.store.list_documents(limit=limit, offset=offset, filters=parsed)
@@ -233,7 +233,7 @@ def docs_show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one document's fields and its chunks."""
-    with open_app(store) as archivist:
+    with open_app(store, existing=True) as archivist:
         doc = archivist.store.get_document(document_id)
         if doc is None:
             fail(f"no document with id {document_id!r} (see `archivist docs list`)", 1)
@@ -260,7 +260,7 @@ def docs_delete(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete a document and its chunks."""
-    with open_app(store) as archivist:
+    with open_app(store, existing=True) as archivist:
         deleted = archivist.store.delete_document(document_id)
     if not deleted:
         fail(f"no document with id {document_id!r} (see `archivist docs list`)", 1)
@@ -273,7 +273,7 @@ def docs_delete(
 @app.command()
 def stats(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     """Show documents, chunks, store size and the embedding model."""
-    with open_app(store) as archivist:
+    with open_app(store, existing=True) as archivist:
         data = {**archivist.store.stats(), "embedding_model": archivist.embedding_model}
     if as_json:
         emit_json(data)

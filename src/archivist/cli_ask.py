@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from archivist.answer.answerer import Answer, AnswerDone, Answerer, RetrievalDone
-from archivist.cli_support import FilterOpt, JsonOpt, StoreOpt, emit_json, open_app, out
+from archivist.cli_support import FilterOpt, JsonOpt, StoreOpt, emit_json, err, open_app, out
 from archivist.store.base import Filters, check_filter_keys
 
 StreamOpt = Annotated[
@@ -20,6 +20,7 @@ StreamOpt = Annotated[
 
 def _print_sources(answer: Answer) -> None:
     if answer.refused:
+        _print_warnings(answer)
         return
     out.print()
     if answer.citations:
@@ -32,8 +33,12 @@ def _print_sources(answer: Answer) -> None:
         out.print(f'      [dim]"{escape(" ".join(c.quote.split())[:300])}"[/]')
     if answer.unsupported:
         out.print(f"[yellow]{len(answer.unsupported)} unsupported claim(s) removed by citation checking[/]")
+    _print_warnings(answer)
+
+
+def _print_warnings(answer: Answer) -> None:
     for w in answer.warnings:
-        out.print(f"[yellow]warning:[/] {escape(w)}")
+        err.print(f"[yellow]warning:[/] {escape(w)}")
 
 
 def ask(
@@ -45,7 +50,7 @@ def ask(
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question from the documents, with [n] citations checked against the quoted text."""
-    with open_app(store) as archivist:
+    with open_app(store, existing=True) as archivist:
         parsed = Filters.parse(filters or [])
         check_filter_keys(archivist.store, parsed)
         answerer = Answerer.from_app(archivist, k=k)

@@ -162,7 +162,7 @@ def eval_runs(
     as_json: JsonOpt = False,
 ) -> None:
     """List stored eval runs, newest first."""
-    with open_app(store) as archivist:
+    with open_app(store, existing=True) as archivist:
         runs = archivist.store.list_eval_runs(dataset=dataset, limit=limit)
     summaries = [
         {

@@ -16,6 +16,7 @@ from rich.markup import escape
 from archivist.app import Archivist
 from archivist.config import load_settings
 from archivist.retrieve.hybrid import Mode
+from archivist.store import store_exists
 from archivist.types import ArchivistError, UsageError
 
 out = Console(highlight=False, soft_wrap=True)
@@ -53,10 +54,20 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 @contextmanager
-def open_app(store: str | None, **overrides: Any) -> Iterator[Archivist]:
-    """Yield the app for a command (settings overridden by non-None options), turning errors into exit codes."""
+def open_app(store: str | None, *, existing: bool = False, **overrides: Any) -> Iterator[Archivist]:
+    """Yield the app for a command (settings overridden by non-None options), turning errors into exit codes.
+
+    `existing`: the command only reads, so a store that does not exist yet is an error (a mistyped path would
+    otherwise be created empty and every search would find nothing).
+    """
     try:
-        with Archivist.from_settings(load_settings(store=store, **overrides)) as archivist:
+        settings = load_settings(store=store, **overrides)
+        if existing and not store_exists(settings.store):
+            raise ArchivistError(
+                f"no store at {settings.store}: check --store or ARCHIVIST_STORE, or ingest documents there first "
+                "(archivist ingest PATH)"
+            )
+        with Archivist.from_settings(settings) as archivist:
             yield archivist
     except UsageError as exc:
         fail(str(exc), 2)

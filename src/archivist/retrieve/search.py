@@ -83,6 +83,13 @@ class SearchPipeline:
             else:
                 hits = self.reranker.rerank(query, hits, k)
         outcome.hits = hits[:k]
+        if not hits and self.retriever.store.count_documents(filters) == 0:
+            # Nothing found because there is nothing to find: say so, or it reads as "no document matches".
+            outcome.warnings.append(
+                "no stored document passes these filters"
+                if filters.clauses
+                else "the store holds no documents: ingest some first (archivist ingest PATH)"
+            )
         for warning in outcome.warnings:
             log.info(warning)
         return outcome
