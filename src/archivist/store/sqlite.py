@@ -2,13 +2,14 @@
 
 The file holds documents, chunks, vectors (float32 blobs keyed by model and embedded-text hash) and
 each chunk's BM25 term counts. Searches run over a dense matrix and BM25 posting lists built from
-the file and rebuilt when a write bumps the store's generation (see `memindex`). Filters select
+the file and brought up to date when a write bumps the store's generation (see `sqlite_index`). Filters select
 documents in SQL and are applied as a mask inside both searches, never after top-k.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -35,7 +36,17 @@ from archivist.store.base import (
     StoredChunk,
 )
 from archivist.store.lexical import Analyzer, encode_counts
-from archivist.store.memindex import EXACT_SCAN_MAX, DenseIndex, LexicalIndex
+from archivist.store.memindex import DenseIndex, LexicalIndex
+from archivist.store.sqlite_index import (
+    DELETION_LOG_GENERATIONS,
+    Lexical,
+    Located,
+    dense_index,
+    document_index,
+    generation,
+    lexical_index,
+    sentence_index,
+)
 from archivist.store.sqlite_migrations import MIGRATIONS
 from archivist.types import DEFAULT_COLLECTION, ArchivistError, ConflictError, DocumentRecord
 
@@ -64,10 +75,10 @@ class SQLiteStore:
         self._conns_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._index_lock = threading.Lock()
-        self._dense: tuple[str, int, DenseIndex] | None = None
-        self._sentences: tuple[str, int, DenseIndex, npt.NDArray[np.int64]] | None = None
-        self._lexical: tuple[int, LexicalIndex, dict[str, int]] | None = None
-        self._doc_lexical: tuple[LexicalIndex, LexicalIndex] | None = None
+        # Each in-memory index with the generation it describes (see `sqlite_index`).
+        self._dense: tuple[str, DenseIndex, int] | None = None
+        self._sentences: tuple[str, DenseIndex, Located, int] | None = None
+        self._bm25: Lexical | None = None
         self._analyzer = Analyzer()
         self._allowed_cache: dict[tuple[int, Filters], npt.NDArray[np.bool_]] = {}
         self._keys_cache: tuple[int, set[str]] | None = None
@@ -330,6 +341,13 @@ class SQLiteStore:
 
     def _bump(self, conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+        # The deletion log reaches back DELETION_LOG_GENERATIONS writes; an index older than that is built anew.
+        oldest = int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
+        oldest -= DELETION_LOG_GENERATIONS
+        if conn.execute("DELETE FROM chunk_deletions WHERE generation < ?", (oldest,)).rowcount:
+            conn.execute(
+                "UPDATE meta SET value = MAX(CAST(value AS INTEGER), ?) WHERE key = 'deletions_since'", (oldest,)
+            )
 
     # -- reading ------------------------------------------------------------------------------------
 
@@ -394,22 +412,29 @@ class SQLiteStore:
 
     # -- search -------------------------------------------------------------------------------------
 
+    @contextmanager
+    def _snapshot(self) -> Iterator[sqlite3.Connection]:
+        """Yield this thread's connection inside one read transaction: every query sees the same state."""
+        conn = self._conn()
+        if conn.in_transaction:
+            yield conn
+            return
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
     def _dense_index(self, model: str) -> DenseIndex:
         gen = self.generation()
         with self._index_lock:
-            if self._dense is not None and self._dense[:2] == (model, gen):
-                return self._dense[2]
-            rows = (
-                self._conn()
-                .execute(
-                    "SELECT c.id, d.rowid, e.vector FROM chunks c JOIN documents d ON d.id = c.document_id"
-                    " JOIN embeddings e ON e.model = ? AND e.text_hash = c.embed_hash ORDER BY c.id",
-                    (model,),
-                )
-                .fetchall()
-            )
-            index = DenseIndex.build(rows)
-            self._dense = (model, gen, index)
+            cached = self._dense if self._dense is not None and self._dense[0] == model else None
+            if cached is not None and cached[2] == gen:
+                return cached[1]
+            with self._snapshot() as conn:
+                now = generation(conn)
+                index = dense_index(conn, model, now, cached[1:] if cached else None)
+            self._dense = (model, index, now)
             return index
 
     def _sentence_index(self, model: str) -> tuple[DenseIndex, npt.NDArray[np.int64]]:
@@ -417,34 +442,13 @@ class SQLiteStore:
         end) in document offsets; a sentence repeated by overlapping chunks is kept once."""
         gen = self.generation()
         with self._index_lock:
-            if self._sentences is not None and self._sentences[:2] == (model, gen):
-                return self._sentences[2], self._sentences[3]
-            rows = self._conn().execute(
-                "SELECT c.id, d.rowid, c.start, s.spans, s.vectors FROM chunks c"
-                " JOIN documents d ON d.id = c.document_id"
-                " JOIN sentence_vectors s ON s.model = ? AND s.text_hash = c.embed_hash ORDER BY c.id",
-                (model,),
-            )
-            seen: set[tuple[int, int]] = set()
-            where: list[tuple[int, int, int]] = []
-            owners: list[int] = []
-            blocks: list[Vectors] = []
-            for chunk_id, doc_row, start, spans, blob in rows:
-                offsets = np.frombuffer(spans, dtype=np.int32).reshape(-1, 2) + int(start)
-                if not len(offsets):
-                    continue
-                vectors = np.frombuffer(blob, dtype=np.float16).reshape(len(offsets), -1)
-                keep = [j for j, (a, _) in enumerate(offsets.tolist()) if (doc_row, a) not in seen]
-                seen.update((doc_row, int(offsets[j][0])) for j in keep)
-                where.extend((chunk_id, int(offsets[j][0]), int(offsets[j][1])) for j in keep)
-                owners.extend([doc_row] * len(keep))
-                blocks.append(vectors[keep].astype(np.float32))
-            matrix = np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)
-            index = DenseIndex(np.arange(len(where), dtype=np.int64), np.asarray(owners, dtype=np.int64), matrix)
-            if len(where) > EXACT_SCAN_MAX:
-                index.quantize()
-            located = np.asarray(where, dtype=np.int64).reshape(-1, 3)
-            self._sentences = (model, gen, index, located)
+            cached = self._sentences if self._sentences is not None and self._sentences[0] == model else None
+            if cached is not None and cached[3] == gen:
+                return cached[1], cached[2]
+            with self._snapshot() as conn:
+                now = generation(conn)
+                index, located = sentence_index(conn, model, now, cached[1:] if cached else None)
+            self._sentences = (model, index, located, now)
             return index, located
 
     def sentence_search(self, model: str, query: Vectors, k: int, filters: Filters) -> list[SentenceHit]:
@@ -462,28 +466,23 @@ class SQLiteStore:
             out.append(SentenceHit(chunk_id, start, end, score))
         return out
 
-    def _lexical_index(self) -> tuple[LexicalIndex, dict[str, int]]:
+    def _lexical(self) -> Lexical:
         gen = self.generation()
         with self._index_lock:
-            if self._lexical is not None and self._lexical[0] == gen:
-                return self._lexical[1], self._lexical[2]
-            conn = self._conn()
-            vocab = {str(t): int(i) for t, i in conn.execute("SELECT term, id FROM terms")}
-            rows = conn.execute(
-                "SELECT c.id, d.rowid, c.terms FROM chunks c JOIN documents d ON d.id = c.document_id ORDER BY c.id"
-            ).fetchall()
-            index = LexicalIndex.build(rows, max(vocab.values(), default=0) + 1)
-            self._lexical = (gen, index, vocab)
-            return index, vocab
+            cached = self._bm25
+            if cached is not None and cached.generation == gen:
+                return cached
+            with self._snapshot() as conn:
+                self._bm25 = fresh = lexical_index(conn, generation(conn), cached)
+            return fresh
 
-    def _document_lexical_index(self, chunks: LexicalIndex) -> LexicalIndex:
+    def _lexical_index(self) -> tuple[LexicalIndex, dict[str, int]]:
+        lexical = self._lexical()
+        return lexical.chunks, lexical.vocab
+
+    def _document_lexical_index(self, lexical: Lexical) -> LexicalIndex:
         with self._index_lock:
-            # Built from the chunk index it was derived from, so both always describe the same generation.
-            if self._doc_lexical is not None and self._doc_lexical[0] is chunks:
-                return self._doc_lexical[1]
-            index = chunks.by_document()
-            self._doc_lexical = (chunks, index)
-            return index
+            return document_index(lexical)
 
     def _allowed_documents(self, filters: Filters) -> npt.NDArray[np.bool_] | None:
         """Return a lookup table over document rowids of those passing the filters (None: no filter)."""
@@ -524,8 +523,10 @@ class SQLiteStore:
     def candidate_scores(self, model: str, query_vector: Vectors, query: str, ids: Sequence[int]) -> CandidateScores:
         """Return dense, chunk BM25 and document BM25 scores of the given chunks, with each one's corpus spread."""
         dense = self._dense_index(model)
-        lexical, vocab = self._lexical_index()
-        documents = self._document_lexical_index(lexical)
+        both = self._lexical()
+        lexical, vocab = both.chunks, both.vocab
+        # Derived from this chunk index, so both always describe the same generation.
+        documents = self._document_lexical_index(both)
         term_ids = [vocab[t] for t in self._analyzer.terms(query) if t in vocab]
         wanted = np.asarray(list(ids), dtype=np.int64)
         d_mean, d_std = dense.score_stats(query_vector)
@@ -823,8 +824,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._dense = None
         self._sentences = None
-        self._lexical = None
-        self._doc_lexical = None
+        self._bm25 = None
 
 
 def _filter_sql(filters: Filters) -> tuple[str, list[Any]]:
@@ -933,9 +933,19 @@ def _stored_chunk(row: Sequence[Any]) -> StoredChunk:
 
 
 def _split_sql(script: str) -> list[str]:
-    """Return the statements of a migration script (no semicolons inside statements)."""
+    """Return the statements of a migration script (semicolons end statements, except inside a trigger's body)."""
     lines = [ln for ln in script.splitlines() if not ln.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    out: list[str] = []
+    pending = ""
+    for part in "\n".join(lines).split(";"):
+        pending = f"{pending};{part}" if pending else part
+        statement = pending.strip()
+        if re.match(r"CREATE\s+TRIGGER\b", statement, re.I) and not re.search(r"\bEND$", statement, re.I):
+            continue
+        if statement:
+            out.append(statement)
+        pending = ""
+    return out
 
 
 def _pack_spans(spans: Sequence[tuple[int, int]]) -> bytes:

@@ -196,3 +196,23 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# Every deleted chunk's id, with the generation its write started from: a process whose in-memory indexes describe
+# generation G drops the chunks deleted since G and reads only the chunks added since (ids above every kept one),
+# instead of reading the whole file again after each write. Kept for the last `DELETION_LOG_GENERATIONS` writes;
+# `deletions_since` says how far back it reaches (an older index is built anew).
+MIGRATIONS.append(
+    (
+        7,
+        "chunk deletion log",
+        """
+        CREATE TABLE chunk_deletions (generation INTEGER NOT NULL, chunk_id INTEGER NOT NULL);
+        CREATE INDEX chunk_deletions_generation ON chunk_deletions(generation);
+        CREATE TRIGGER chunks_deleted AFTER DELETE ON chunks BEGIN
+            INSERT INTO chunk_deletions (generation, chunk_id)
+            VALUES ((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), old.id);
+        END;
+        INSERT INTO meta (key, value) SELECT 'deletions_since', value FROM meta WHERE key = 'generation';
+        """,
+    )
+)
