@@ -570,7 +570,7 @@ def test_chosen_sentences_that_follow_each_other_are_quoted_once_in_document_ord
 
 def test_a_sentence_ending_in_a_colon_is_quoted_with_the_block_it_introduces() -> None:
     from archivist.answer.extractive import ScoredSentence, quotes
-    from archivist.answer.text import introduced_block, prose, split_sentences
+    from archivist.answer.text import introduced_block, prose, quote_end, split_sentences
 
     text = (
         "The gateway can be set from the environment:\n\n| Variable | Meaning |\n|---|---|\n"
@@ -598,6 +598,11 @@ def test_a_sentence_ending_in_a_colon_is_quoted_with_the_block_it_introduces() -
     (q, other) = quotes(scored(url_row, last, lead), [passage])
     assert (q.start, q.end, other.text) == (lead.start, lead.start + len(q.text), last.text)
 
+    # The quote runs on through the rest of its paragraph when that ends by introducing a block.
+    backup = "Use the online backup command. It gives a consistent copy:\n\n```bash\nsqlite3 a.db .backup\n```\n\nNext."
+    assert backup[: quote_end(backup, backup.index(".") + 1)].endswith("sqlite3 a.db .backup\n```")
+    plain = "Use the online backup command. It gives a consistent copy.\n\n- an item that follows"
+    assert quote_end(plain, plain.index(".") + 1) == plain.index(".") + 1
     code = "Start the server with:\n\n```bash\narchivist serve\n\narchivist keys create\n```\n\nThen log in."
     assert code[: introduced_block(code, code.index(":") + 1)].endswith("archivist keys create\n```")
     # No colon, more than one blank line, a heading next, or a first line over the limit: nothing is taken in.

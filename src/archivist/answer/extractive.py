@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from archivist.answer.context import Passage
-from archivist.answer.text import Sentence, introduced_block, overlap, split_sentences, terms
+from archivist.answer.text import Sentence, overlap, quote_end, split_sentences, terms
 from archivist.embed.base import Embedder, Vectors
 from archivist.embed.lru import VectorLRU
 
@@ -177,7 +177,7 @@ def extract(
 def quotes(chosen: Sequence[ScoredSentence], passages: Sequence[Passage]) -> list[Sentence]:
     """Return the chosen sentences as quotes, best first; chosen sentences that follow each other in a passage
     become one quote, in document order, so the answer never reads them backwards or cites one text twice. A quote
-    that ends in a colon takes in the list, table or code block it introduces (`introduced_block`).
+    that ends in a colon, or whose paragraph does, takes in the list, table or code block introduced (`quote_end`).
     """
     by_n = {p.n: p for p in passages}
     ordered = {n: split_sentences(by_n[n]) for n in dict.fromkeys(c.sentence.passage for c in chosen)}
@@ -216,7 +216,7 @@ def quotes(chosen: Sequence[ScoredSentence], passages: Sequence[Passage]) -> lis
     for n, lo, hi in groups:
         first, last = ordered[n][lo], ordered[n][hi]
         seg = next(s for s in by_n[n].segments if s.start <= first.start and last.end <= s.end)
-        start, end = first.start, seg.start + introduced_block(seg.text, last.end - seg.start)
+        start, end = first.start, seg.start + quote_end(seg.text, last.end - seg.start)
         # A block taken in may hold a chosen sentence quoted already (a list item, a table row): quote it once, at
         # the better-ranked place.
         touched = [i for i, q in enumerate(out) if q.passage == n and q.start < end and start < q.end]

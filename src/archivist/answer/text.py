@@ -171,6 +171,26 @@ def introduced_block(text: str, end: int, max_chars: int = MAX_INTRODUCED_CHARS)
     return block_end if block_end > start else end
 
 
+#: the most text between a quote and the colon that ends its paragraph for the quote to run on through it
+MAX_LEAD_IN_CHARS = 300
+_PARAGRAPH_END = re.compile(r"\n[ \t]*\n")
+
+
+def quote_end(text: str, end: int) -> int:
+    """Return where a quote ending at `end` should end: after the block it introduces when it ends in a colon, or
+    after the rest of its paragraph and the block that rest introduces when the paragraph ends in one ("Use the
+    online backup command. It gives a consistent copy:" followed by the command). Otherwise `end`."""
+    block = introduced_block(text, end)
+    if block > end:
+        return block
+    found = _PARAGRAPH_END.search(text, end)
+    rest = text[end : found.start() if found else len(text)].rstrip()
+    if not rest.endswith(":") or len(rest.strip()) > MAX_LEAD_IN_CHARS or "```" in rest:
+        return end
+    block = introduced_block(text, end + len(rest))
+    return block if block > end + len(rest) else end
+
+
 _LINK = re.compile(r"\[([^\]\n]+)\]\([^)\s]*\)")
 _EMPHASIS = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
 _LIST_MARK = re.compile(r"^(?:[-*+•]|\d{1,9}[.)])\s+")
