@@ -165,3 +165,88 @@ def test_a_large_dense_index_keeps_its_codes_and_finds_what_an_exact_scan_finds(
     grown = updated.updated(everything, ids[200:] + 300, ids[200:], vectors[200:], 100)
     grown = grown.updated(np.ones(grown.chunk_ids.size, dtype=bool), ids[:200] + 400, ids[:200], vectors[:200], 100)
     assert grown.coded_rows == grown.chunk_ids.size
+    # Shrunk to the exact-scan size, it scans exactly again, as a full build would.
+    few = np.zeros(grown.chunk_ids.size, dtype=bool)
+    few[:50] = True
+    empty = np.zeros((0, DIM), dtype=np.float32)
+    shrunk = grown.updated(few, ids[:0], ids[:0], empty, 100)
+    assert shrunk.codes is None and shrunk.chunk_ids.size == 50
+
+
+def _same_text_write(source: str, text: str) -> tuple[DocumentWrite, dict, dict]:
+    """Return a write of a one-chunk document whose embedded text is the same for every source."""
+    doc = Document(source, "Shared title", text, "text/plain", [Block("paragraph", 0, len(text))])
+    chunk = Chunk(doc.id, 0, text, 0, len(text), (), 5)
+    h = sha256_hex(chunk.embedding_text(doc.title))
+    v = np.random.default_rng(7).normal(size=(3, DIM)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    half = len(text) // 2
+    return (
+        DocumentWrite(doc, [chunk], [h], "c1"),
+        {h: v[0]},
+        {h: SentenceVectors([(0, half), (half + 1, len(text))], v[1:])},
+    )
+
+
+def test_an_older_chunk_that_gains_vectors_through_another_document_joins_the_indexes(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    live = SQLiteStore(path)
+    rng = random.Random(3)
+    text = "alpha beta gamma delta. epsilon zeta eta theta iota."
+    try:
+        # Written under another model and without sentence vectors: not in this model's indexes.
+        w, vectors, _ = _same_text_write("a.txt", text)
+        live.write_documents("other-model", [w], vectors)
+        _put(live, rng, "c.txt", 1)
+        query = np.ones(DIM, dtype=np.float32) / DIM**0.5
+        _same_as_a_fresh_build(live, path, query, "alpha")
+        before = live._dense_index(MODEL).chunk_ids.size
+        # The same text in another document brings vectors under this model: a.txt's chunk now has them too.
+        w, vectors, sentences = _same_text_write("b.txt", text)
+        live.write_documents(MODEL, [w], vectors, (SENTENCES, sentences))
+        _same_as_a_fresh_build(live, path, query, "alpha")
+        assert live._dense_index(MODEL).chunk_ids.size == before + 2
+    finally:
+        live.close()
+
+
+def test_a_store_restored_from_an_older_backup_is_read_anew(tmp_path: Path) -> None:
+    import sqlite3
+
+    path, backup = tmp_path / "store.db", tmp_path / "backup.db"
+    live = SQLiteStore(path)
+    rng = random.Random(4)
+    query = np.ones(DIM, dtype=np.float32) / DIM**0.5
+    try:
+        _put(live, rng, "a.txt", 1)
+        with sqlite3.connect(path) as src, sqlite3.connect(backup) as dst:
+            src.backup(dst)
+        for i in range(4):
+            _put(live, rng, f"later-{i}.txt", 10 + i)
+        _same_as_a_fresh_build(live, path, query, "alpha")
+        # The backup goes back into the live file (SQLite's backup API, as docs/storage.md shows), then one write.
+        with sqlite3.connect(backup) as src, sqlite3.connect(path) as dst:
+            src.backup(dst)
+        _put(live, rng, "z.txt", 20)
+        _same_as_a_fresh_build(live, path, query, "alpha")
+        assert "later-0.txt" not in {
+            c.source for c in live.get_chunks(list(live._dense_index(MODEL).chunk_ids)).values()
+        }
+    finally:
+        live.close()
+
+
+def test_a_term_whose_only_chunk_is_gone_again_still_joins_the_vocabulary(tmp_path: Path) -> None:
+    path = tmp_path / "store.db"
+    live = SQLiteStore(path)
+    rng = random.Random(5)
+    try:
+        _put(live, rng, "a.txt", 1)
+        _same_as_a_fresh_build(live, path, np.ones(DIM, dtype=np.float32) / DIM**0.5, "alpha")
+        w, vectors, sentences = _same_text_write("z.txt", "zebra zebra crossing here.")
+        live.write_documents(MODEL, [w], vectors, (SENTENCES, sentences))
+        live.delete_document(w.document.id)
+        _same_as_a_fresh_build(live, path, np.ones(DIM, dtype=np.float32) / DIM**0.5, "zebra")
+        assert "zebra" in live._lexical().vocab
+    finally:
+        live.close()

@@ -105,7 +105,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
 def test_health_readiness_metrics_and_offline_api_docs(server: str) -> None:
     with client(server, None) as c:
         assert c.get("/healthz").json() == {"status": "ok"}
-        assert c.get("/readyz").json() == {"status": "ready", "schema_version": 7}
+        assert c.get("/readyz").json() == {"status": "ready", "schema_version": 8}
         c.get("/v1/me")  # a 401, to be counted
         metrics = c.get("/metrics")
         assert metrics.status_code == 200

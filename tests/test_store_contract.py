@@ -205,7 +205,7 @@ def test_sqlite_store_uses_wal_and_records_migrations(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "s.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
-    assert versions == [1, 2, 3, 4, 5, 6, 7] and store.schema_version() == 7
+    assert versions == [1, 2, 3, 4, 5, 6, 7, 8] and store.schema_version() == 8
     assert store.migrate() == []  # idempotent
     conn.close()
     store.close()
@@ -365,7 +365,7 @@ def test_migration_to_v5_keeps_documents_chunks_and_search(tmp_path: Path) -> No
     )
     old.close()
     store = SQLiteStore(path)
-    assert store.schema_version() == 7
+    assert store.schema_version() == 8
     doc = store.get_document("d1")
     assert doc is not None and doc.collection == "default" and doc.chunk_count == 1
     assert [c.text for c in store.document_chunks("d1")] == ["hello"]

@@ -79,7 +79,10 @@ class DenseIndex:
             raise ValueError(f"appended rows have {matrix.shape[1]} dimensions, the index {self.matrix.shape[1]}")
         if not n_kept + n_new:
             return DenseIndex(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
-        reuse = bool(self.code_mean is not None and n_kept and n_kept + n_new <= 2 * self.coded_rows)
+        n = n_kept + n_new
+        # Codes are kept until the index doubles past the rows they were centred on; at or below the exact-scan
+        # size the index scans exactly, as a full build would.
+        reuse = bool(self.code_mean is not None and n_kept and exact_max < n <= 2 * self.coded_rows)
         new_codes = _sign_codes(matrix - self.code_mean) if reuse and n_new else None  # type: ignore[operator]
         rows = self._rows
         if rows is not None and n_kept == n_old and rows.used == n_old and rows.room(n_new, reuse):
@@ -112,12 +115,14 @@ class DenseIndex:
             return 0.0, 1.0
         if self.second_moment is None:
             m = self.matrix.astype(np.float64)
-            self.second_moment = (m.T @ m) / m.shape[0]
+            # Mean first: another thread reads both once it sees the second moment.
             self.mean = m.mean(axis=0)
-        assert self.mean is not None
+            self.second_moment = (m.T @ m) / m.shape[0]
+        mean, second_moment = self.mean, self.second_moment
+        assert mean is not None and second_moment is not None
         q = query.astype(np.float64)
-        mu = float(q @ self.mean)
-        var = float(q @ self.second_moment @ q) - mu * mu
+        mu = float(q @ mean)
+        var = float(q @ second_moment @ q) - mu * mu
         return mu, max(var, 1e-12) ** 0.5
 
     def score_ids(self, query: npt.NDArray[np.float32], chunk_ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:

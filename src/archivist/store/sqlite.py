@@ -344,6 +344,7 @@ class SQLiteStore:
         # The deletion log reaches back DELETION_LOG_GENERATIONS writes; an index older than that is built anew.
         oldest = int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
         oldest -= DELETION_LOG_GENERATIONS
+        conn.execute("DELETE FROM vector_inserts WHERE generation < ?", (oldest,))
         if conn.execute("DELETE FROM chunk_deletions WHERE generation < ?", (oldest,)).rowcount:
             conn.execute(
                 "UPDATE meta SET value = MAX(CAST(value AS INTEGER), ?) WHERE key = 'deletions_since'", (oldest,)
@@ -940,7 +941,9 @@ def _split_sql(script: str) -> list[str]:
     for part in "\n".join(lines).split(";"):
         pending = f"{pending};{part}" if pending else part
         statement = pending.strip()
-        if re.match(r"CREATE\s+TRIGGER\b", statement, re.I) and not re.search(r"\bEND$", statement, re.I):
+        # A trigger's body ends at END (a body that holds CASE … END; would be cut there: none does).
+        is_trigger = re.match(r"CREATE\s+(TEMP\s+|TEMPORARY\s+)?TRIGGER\b", statement, re.I)
+        if is_trigger and not re.search(r"\bEND$", statement, re.I):
             continue
         if statement:
             out.append(statement)

@@ -7,8 +7,13 @@ generation it describes. A trigger logs every deleted chunk's id with the genera
 (migration 7), so the next refresh drops the chunks deleted since, and reads only the chunks added since.
 
 SQLite gives a new row the largest id plus one, so new chunks (and documents) come after every chunk that stayed:
-they are exactly the chunks above the largest kept id, and appending them keeps each index sorted. The result
-equals a full build (`tests/test_index_refresh.py`). An index older than the log reaches back is built in full.
+they are exactly the chunks above the largest kept id, and appending them keeps each index sorted. A second log
+(migration 8) names the hashes that gained vectors: when one of them belongs to an older chunk (the same text in
+another document, written before under another model or without sentence vectors), that chunk now joins the
+index out of order, so the index is built in full; so is one older than the logs reach back, or one whose store
+went back to an older generation. The rows, vectors and BM25 statistics then equal a full build's
+(`tests/test_index_refresh.py`); large indexes keep their sign codes centred on the mean they were computed at
+until they double.
 """
 
 from __future__ import annotations
@@ -63,11 +68,15 @@ class Delta:
     after: int
 
 
-def delta(conn: sqlite3.Connection, since: int, chunk_ids: npt.NDArray[np.int64]) -> Delta | None:
-    """Return the change since generation `since` for an index of these chunk ids (sorted), or None when the
-    deletion log does not reach back that far."""
+def delta(
+    conn: sqlite3.Connection, since: int, chunk_ids: npt.NDArray[np.int64], *, vectors: bool = False
+) -> Delta | None:
+    """Return the change since generation `since` for an index of these chunk ids (sorted), or None when the index
+    must be built anew: the logs do not reach back that far, the store went back to an older generation (a backup
+    restored into the file), or (`vectors`: an index of vectors) a chunk older than the new ones gained vectors.
+    """
     reach = conn.execute("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'deletions_since'").fetchone()
-    if reach is None or since < int(reach[0]):
+    if reach is None or since < int(reach[0]) or since > generation(conn):
         return None
     gone = np.fromiter(
         (r[0] for r in conn.execute("SELECT chunk_id FROM chunk_deletions WHERE generation >= ?", (since,))),
@@ -75,7 +84,17 @@ def delta(conn: sqlite3.Connection, since: int, chunk_ids: npt.NDArray[np.int64]
     )
     keep = ~np.isin(chunk_ids, gone) if gone.size else np.ones(chunk_ids.size, dtype=bool)
     kept = chunk_ids[keep]
-    return Delta(keep, int(kept[-1]) if kept.size else -1)
+    after = int(kept[-1]) if kept.size else -1
+    if (
+        vectors
+        and conn.execute(
+            "SELECT 1 FROM vector_inserts v JOIN chunks c ON c.embed_hash = v.text_hash"
+            " WHERE v.generation >= ? AND c.id <= ? LIMIT 1",
+            (since, after),
+        ).fetchone()
+    ):
+        return None
+    return Delta(keep, after)
 
 
 def _dense_rows(
@@ -92,7 +111,7 @@ def _dense_rows(
 def dense_index(conn: sqlite3.Connection, model: str, now: int, old: tuple[DenseIndex, int] | None) -> DenseIndex:
     """Return the dense index of `model`'s chunk vectors at generation `now`, updated from `old` (an index and
     the generation it describes) where the deletion log allows."""
-    change = delta(conn, old[1], old[0].chunk_ids) if old is not None else None
+    change = delta(conn, old[1], old[0].chunk_ids, vectors=True) if old is not None else None
     rows = _rows(conn, _DENSE_SQL, (model,), change.after if change else None)
     if old is None or change is None:
         return DenseIndex.build(rows)
@@ -132,7 +151,7 @@ def sentence_index(
 ) -> tuple[DenseIndex, Located]:
     """Return the index of every stored sentence vector (row i: sentence i) and each row's (chunk id, start, end)
     in document offsets, at generation `now`; a sentence repeated by overlapping chunks is kept once."""
-    change = delta(conn, old[2], old[1][:, 0]) if old is not None else None
+    change = delta(conn, old[2], old[1][:, 0], vectors=True) if old is not None else None
     rows = _rows(conn, _SENTENCE_SQL, (model,), change.after if change else None)
     if old is None or change is None:
         located, owners, matrix = _sentence_rows(rows, set())
@@ -176,11 +195,11 @@ def lexical_index(conn: sqlite3.Connection, now: int, old: Lexical | None) -> Le
         rows = _rows(conn, _TERMS_SQL, (), None)
         return Lexical(LexicalIndex.build(rows, max(vocab.values(), default=0) + 1), vocab, now)
     rows = _rows(conn, _TERMS_SQL, (), change.after)
-    if not rows and change.keep.all():
+    # Term ids are never reused or changed: only terms added since are new (even if their chunks are gone again).
+    added_terms = conn.execute("SELECT term, id FROM terms WHERE id > ?", (max(old.vocab.values(), default=0),))
+    vocab = old.vocab | {str(t): int(i) for t, i in added_terms}
+    if not rows and change.keep.all() and len(vocab) == len(old.vocab):
         return Lexical(old.chunks, old.vocab, now, old.documents)
-    # Term ids are never reused or changed: only terms added since are new.
-    vocab = dict(old.vocab)
-    vocab.update(conn.execute("SELECT term, id FROM terms WHERE id > ?", (max(vocab.values(), default=0),)))
     n = len(rows)
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
     docs = np.fromiter((r[1] for r in rows), dtype=np.int64, count=n)

@@ -216,3 +216,27 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# The hashes that gained a vector or sentence vectors, with the generation of their write: a chunk written before
+# joins a dense or sentence index when another document with the same embedded text brings vectors its own write
+# did not store (a model switch, a store from before sentence vectors). An index update that finds such an older
+# chunk builds the index anew. Pruned with `chunk_deletions`.
+MIGRATIONS.append(
+    (
+        8,
+        "vector insert log",
+        """
+        CREATE TABLE vector_inserts (generation INTEGER NOT NULL, text_hash TEXT NOT NULL);
+        CREATE INDEX vector_inserts_generation ON vector_inserts(generation);
+        CREATE TRIGGER embeddings_inserted AFTER INSERT ON embeddings BEGIN
+            INSERT INTO vector_inserts (generation, text_hash)
+            VALUES ((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), new.text_hash);
+        END;
+        CREATE TRIGGER sentence_vectors_inserted AFTER INSERT ON sentence_vectors BEGIN
+            INSERT INTO vector_inserts (generation, text_hash)
+            VALUES ((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), new.text_hash);
+        END;
+        UPDATE meta SET value = (SELECT value FROM meta WHERE key = 'generation') WHERE key = 'deletions_since';
+        """,
+    )
+)
