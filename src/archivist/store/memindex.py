@@ -25,6 +25,18 @@ BM25_B = 0.75
 EXACT_SCAN_MAX = 20_000
 
 
+def dense_rows(
+    rows: Sequence[tuple[int, int, bytes]],
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Return (chunk ids, document rowids, float32 matrix) of (chunk id, document rowid, vector blob) rows."""
+    n = len(rows)
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
+    docs = np.fromiter((r[1] for r in rows), dtype=np.int64, count=n)
+    if not n:
+        return ids, docs, np.zeros((0, 0), dtype=np.float32)
+    return ids, docs, np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(n, -1)
+
+
 @dataclass(slots=True)
 class DenseIndex:
     """Unit vectors of one model, row i belonging to chunk `chunk_ids[i]`.
@@ -52,15 +64,8 @@ class DenseIndex:
     @classmethod
     def build(cls, rows: Sequence[tuple[int, int, bytes]], exact_max: int = EXACT_SCAN_MAX) -> DenseIndex:
         """Return the index of (chunk id, document rowid, float32 vector blob) rows sorted by chunk id."""
-        n = len(rows)
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-        docs = np.fromiter((r[1] for r in rows), dtype=np.int64, count=n)
-        if n:
-            matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(n, -1)
-        else:
-            matrix = np.zeros((0, 0), dtype=np.float32)
-        index = cls(ids, docs, matrix)
-        if n > exact_max:
+        index = cls(*dense_rows(rows))
+        if index.chunk_ids.size > exact_max:
             index.quantize()
         return index
 

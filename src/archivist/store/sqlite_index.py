@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from archivist.store.lexical import decode_counts
-from archivist.store.memindex import EXACT_SCAN_MAX, DenseIndex, LexicalIndex
+from archivist.store.memindex import EXACT_SCAN_MAX, DenseIndex, LexicalIndex, dense_rows
 
 #: how many writes back the chunk deletion log reaches
 DELETION_LOG_GENERATIONS = 1000
@@ -97,17 +97,6 @@ def delta(
     return Delta(keep, after)
 
 
-def _dense_rows(
-    rows: Sequence[tuple[int, int, bytes]],
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """Return (chunk ids, document rowids, float32 matrix) of (id, rowid, vector blob) rows."""
-    n = len(rows)
-    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
-    docs = np.fromiter((r[1] for r in rows), dtype=np.int64, count=n)
-    matrix = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(n, -1) if n else np.zeros((0, 0))
-    return ids, docs, matrix.astype(np.float32, copy=False)
-
-
 def dense_index(conn: sqlite3.Connection, model: str, now: int, old: tuple[DenseIndex, int] | None) -> DenseIndex:
     """Return the dense index of `model`'s chunk vectors at generation `now`, updated from `old` (an index and
     the generation it describes) where the deletion log allows."""
@@ -117,7 +106,7 @@ def dense_index(conn: sqlite3.Connection, model: str, now: int, old: tuple[Dense
         return DenseIndex.build(rows)
     if not rows and change.keep.all():
         return old[0]
-    ids, docs, matrix = _dense_rows(rows)
+    ids, docs, matrix = dense_rows(rows)
     return old[0].updated(change.keep, ids, docs, matrix)
 
 
