@@ -480,8 +480,14 @@ def test_refusal_is_calibrated_on_your_own_questions_and_set_by_a_setting(tmp_pa
     assert run is not None and len(run["queries"]) == 9
     assert len(left["evidence"]) == 14 and not set(run["queries"]) & set(left["evidence"])
     assert set(result["evidence"]) & set(run["queries"])  # without --leave-out they share questions
-    proc = cli(tmp_path, *args, "--leave-out", "4", env=env)
-    assert proc.returncode == 2 and "--leave-out" in proc.stderr
+    # 0 leaves out nothing (an eval that asked no unanswerable questions); a bad value exits 2 and creates nothing.
+    proc = cli(tmp_path, *args, "--unanswerable-limit", "6", "--leave-out", "4:0", "--json", env=env)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["n_unanswerable"] == 6, proc.stderr
+    for bad in ("4", "", "-1:2", "a:b"):
+        proc = cli(
+            tmp_path, *args, "--leave-out", bad, env={**env, "ARCHIVIST_STORE": f"sqlite:///{tmp_path / 'new.db'}"}
+        )
+        assert proc.returncode == 2 and "--leave-out" in proc.stderr and not (tmp_path / "new.db").exists()
     # The setting moves the answerer's threshold: everything refused at 2.0, nothing at 0.
     question = ["ask", "How often should a restore be tested?", "--json"]
     strict = json.loads(cli(root, *question, env={"ARCHIVIST_REFUSAL_THRESHOLD": "2.0"}).stdout)
@@ -617,6 +623,55 @@ def test_a_sentence_ending_in_a_colon_is_quoted_with_the_block_it_introduces() -
     items = "Steps:\n" + "\n".join(f"- step {i} of the procedure" for i in range(60))
     cut = introduced_block(items, 6, max_chars=100)
     assert items[cut - 1] != "\n" and items[cut:].startswith("\n- step") and cut - 6 <= 100
+
+
+def test_blocks_end_where_they_should_and_read_as_prose() -> None:
+    from archivist.answer.text import prose, quote_end
+
+    # Code reads as code: no Markdown rendering inside it.
+    code = "Start it:\n\n```python\nif __name__ == '__main__':\n    handlers[0](event)\n```"
+    assert prose(code) == "Start it: `if __name__ == '__main__':`; `handlers[0](event)`"
+    # A code block's closing fence ends the block; a ~~~ fence is a fence too.
+    served = "Start the server with:\n\n```\narchivist serve\n```\nThe web page then asks for a key."
+    assert served[: quote_end(served, served.index(":") + 1)].endswith("archivist serve\n```")
+    tilde = "Configure the server first.\n~~~yaml\nserver:\n\n  port: 8080\n~~~\n\nUnrelated.\n\nUnrelated too."
+    assert quote_end(tilde, tilde.index(".") + 1) == tilde.index(".") + 1
+    # A list right under the paragraph's last line, and a bold lead-in.
+    listed = "Use the backup command. Set these:\n- one thing\n- another thing\n\nNext."
+    assert listed[: quote_end(listed, listed.index(".") + 1)].endswith("- another thing")
+    bold = "**The variables are:**\n- A\n- B\n\nafter"
+    assert bold[: quote_end(bold, bold.index(":**") + 3)].endswith("- B")
+    # Tables with and without outer pipes (HTML tables load without them), compact ones, empty cells.
+    assert (
+        prose("Set:\nName | Meaning\nURL | Base URL\nMODEL | Model")
+        == "Set: Name — Meaning; URL — Base URL; MODEL — Model"
+    )
+    assert prose("Compact:\n|a|b|\n|-|-|\n|x|y|\n|z||") == "Compact: x — y; z"
+    # A thematic break is not a table rule: the line before it stays.
+    assert prose("Options:\n- the store path\n- the port\n---\nLater.") == "Options: the store path; the port Later."
+    assert prose("A sentence with a | pipe.") == "A sentence with a | pipe."
+
+
+def test_a_block_the_chunker_put_in_the_next_chunk_is_quoted_after_its_lead_in() -> None:
+    from archivist.answer.context import complete_cut_sentences
+    from archivist.answer.extractive import ScoredSentence, quotes
+    from archivist.answer.text import split_sentences
+
+    text = "Backups are easy. To back up the store, run:\n\n```bash\nsqlite3 a.db .backup\n```\n\nRestores too."
+    cut = text.index("run:") + 4
+    chunks = {1: (0, cut), 2: (cut + 2, len(text))}  # the chunker cut at the blank line before the code block
+    hit = Hit(1, "d1", "d1.md", "Ops", (), text[:cut], 0, cut, None, 1.0)
+    passages = pack_context([hit], budget_tokens=500)
+
+    def next_chunk(document_id: str, chunk_id: int) -> tuple[int, int, str] | None:
+        start, end = chunks.get(chunk_id + 1, (0, 0))
+        return (start, end, text[start:end]) if end else None
+
+    assert complete_cut_sentences(passages, next_chunk) == 1
+    lead = next(x for x in split_sentences(passages[0]) if x.text.endswith("run:"))
+    first, block = quotes([ScoredSentence(lead, 0.0, 0.0, 1.0)], passages)
+    assert first.text == "To back up the store, run:"
+    assert block.text == text[block.start : block.end] == "```bash\nsqlite3 a.db .backup\n```"
 
 
 MARKDOWN_GUIDE = """# Keys

@@ -147,7 +147,9 @@ def test_default_store_location(tmp_path: Path) -> None:
 
 def test_reading_a_store_that_does_not_exist_fails_instead_of_creating_it(tmp_path: Path) -> None:
     # A mistyped --store would otherwise be created empty, and every search would quietly find nothing.
-    for args in (("search", "keys"), ("ask", "How are keys rotated?"), ("stats",), ("docs", "list"), ("eval", "runs")):
+    reads = [("search", "keys"), ("ask", "How are keys rotated?"), ("stats",), ("docs", "list"), ("eval", "runs")]
+    reads += [("keys", "list"), ("keys", "revoke", "k1"), ("eval", "compare", "r1", "r2")]
+    for args in reads:
         proc = run(tmp_path, *args, "--json", store="sqlite:///typo.db")
         assert proc.returncode == 1, (args, proc.stderr)
         assert "no store at sqlite:///typo.db" in proc.stderr and proc.stdout == ""
@@ -155,7 +157,8 @@ def test_reading_a_store_that_does_not_exist_fails_instead_of_creating_it(tmp_pa
 
 
 def test_an_empty_store_or_filters_that_match_nothing_are_named_not_just_no_results(workdir: Path) -> None:
-    assert run(workdir, "keys", "list", store="sqlite:///fresh.db").returncode == 0  # creates the store, no documents
+    # Creating a key creates the store, with no documents.
+    assert run(workdir, "keys", "create", "--name", "k", "--scopes", "read", store="sqlite:///fresh.db").returncode == 0
     proc = run(workdir, "search", "keys", "--json", store="sqlite:///fresh.db")
     assert proc.returncode == 0 and json.loads(proc.stdout) == []
     assert "the store holds no documents" in proc.stderr
@@ -164,6 +167,6 @@ def test_an_empty_store_or_filters_that_match_nothing_are_named_not_just_no_resu
     proc = run(workdir, "ask", "How are keys rotated?", store="sqlite:///fresh.db")
     assert "the store holds no documents" in proc.stderr and "do not answer" in proc.stdout
     proc = run(workdir, "search", "key", "--filter", "lang=fr")
-    assert proc.returncode == 0 and "no stored document passes these filters" in proc.stderr
+    assert proc.returncode == 0 and "no stored document is in the collections searched or passes" in proc.stderr
     # A search that finds nothing in a store that has matching documents warns of nothing.
     assert "warning" not in run(workdir, "search", "key", "--filter", "lang=en").stderr

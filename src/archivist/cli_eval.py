@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from archivist.app import Archivist
-from archivist.cli_support import JsonOpt, ModeOpt, StoreOpt, emit_json, err, fail, open_app, out, parse_mode
+from archivist.cli_support import JsonOpt, ModeOpt, StoreOpt, emit_json, err, fail, open_app, out, parse_mode, usage
 from archivist.evals.answers import AnswerEvalConfig, run_answer_eval
 from archivist.evals.datasets import Slice, load_dataset
 from archivist.evals.gate import run_gate
@@ -46,7 +46,7 @@ def _parse_slice(spec: str | None) -> Slice | None:
 
 
 def _parse_leave_out(spec: str | None) -> tuple[int, int] | None:
-    if not spec:
+    if spec is None:
         return None
     try:
         a, u = (int(x) for x in spec.split(":"))
@@ -205,11 +205,14 @@ def _fmt(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, int | float) else "–"
 
 
+def _is_run_file(ref: str) -> bool:
+    return ref.endswith(".json") and Path(ref).is_file()
+
+
 def _load_run(archivist: Archivist, ref: str) -> dict[str, Any]:
     """Return a run by id (or unique prefix) from the store, or from a JSON file path."""
-    path = Path(ref)
-    if path.suffix == ".json" and path.is_file():
-        data: dict[str, Any] = json.loads(path.read_text())
+    if _is_run_file(ref):
+        data: dict[str, Any] = json.loads(Path(ref).read_text())
         return data
     run = archivist.store.get_eval_run(ref)
     if run is None:
@@ -227,7 +230,7 @@ def eval_compare(
     as_json: JsonOpt = False,
 ) -> None:
     """Per-metric deltas with a paired randomization test, and the queries that won and lost most."""
-    with open_app(store) as archivist:
+    with open_app(store, existing=not (_is_run_file(run_a) and _is_run_file(run_b))) as archivist:
         a, b = _load_run(archivist, run_a), _load_run(archivist, run_b)
         # By default, every metric measured per query (a run's aggregate-only metrics, e.g. refusal precision,
         # have nothing to pair).
@@ -370,7 +373,7 @@ def eval_report(
     store: StoreOpt = None,
 ) -> None:
     """Write an HTML report: metrics, per-query distribution, the metric over time for this dataset."""
-    with open_app(store) as archivist:
+    with open_app(store, existing=True) as archivist:
         parse_metric(metric)
         run = _load_run(archivist, run_ref)
         history = [
@@ -414,8 +417,8 @@ def eval_calibrate_refusal(
     held-out half. Set it as ARCHIVIST_REFUSAL_THRESHOLD or `refusal_threshold` in archivist.toml."""
     from archivist.answer.calibrate import calibrate_refusal
 
+    left = usage(_parse_leave_out, leave_out)
     with open_app(store) as archivist:
-        left = _parse_leave_out(leave_out)
         ds = load_dataset(dataset, split, _parse_slice(slice_spec), work_dir=cache_dir)
         with stage_progress() as hook:
             result = calibrate_refusal(
@@ -467,6 +470,14 @@ def eval_answers(
     gold_removed: Annotated[
         int, typer.Option("--gold-removed", min=0, help="Also ask N questions with their gold document removed.")
     ] = 0,
+    leave_out: Annotated[
+        str | None,
+        typer.Option(
+            "--leave-out",
+            metavar="A:U",
+            help="Ask none of the questions a run with --limit A --unanswerable-limit U asks (e.g. to tune on them).",
+        ),
+    ] = None,
     tag: Annotated[str | None, typer.Option("--tag", help="A label stored with the run.")] = None,
     judge: Annotated[
         bool | None,
@@ -490,6 +501,7 @@ def eval_answers(
 
     if judge is False and judge_samples is not None:
         raise UsageError("--judge-samples has no effect with --no-judge")
+    left = usage(_parse_leave_out, leave_out)
     with open_app(store) as archivist:
         config = AnswerEvalConfig(
             k=k,
@@ -497,6 +509,7 @@ def eval_answers(
             unanswerable=unanswerable,
             unanswerable_limit=unanswerable_limit,
             gold_removed=gold_removed,
+            leave_out=left,
             tag=tag,
             judge=judge,
             judge_samples=judge_samples or DEFAULT_SAMPLES,

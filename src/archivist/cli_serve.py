@@ -177,7 +177,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     """List API keys (never the keys themselves)."""
-    with open_app(store) as archivist:
+    with open_app(store, existing=True) as archivist:
         keys = archivist.store.list_api_keys()
     if as_json:
         emit_json({"keys": [k.public() for k in keys]})
@@ -213,7 +213,7 @@ def keys_revoke(
     """Revoke an API key: requests with it get 401 from then on (within 2 seconds on a running server)."""
     from datetime import UTC, datetime
 
-    with open_app(store) as archivist:
+    with open_app(store, existing=True) as archivist:
         revoked = archivist.store.revoke_api_key(key_id, datetime.now(UTC).isoformat(timespec="seconds"))
     if not revoked:
         fail(f"no active key {key_id!r} (see `archivist keys list`)", 1)

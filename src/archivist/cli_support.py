@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -19,6 +19,8 @@ from archivist.retrieve.hybrid import Mode
 from archivist.store import store_exists
 from archivist.types import ArchivistError, UsageError
 
+T = TypeVar("T")
+R = TypeVar("R")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
 
@@ -75,6 +77,14 @@ def open_app(store: str | None, *, existing: bool = False, **overrides: Any) -> 
         fail(str(exc), 1)
     except sqlite3.Error as exc:
         fail(f"store error: {exc}", 1)
+
+
+def usage(parse: Callable[[T], R], value: T) -> R:
+    """Return `parse(value)`, or exit 2 with its message when the value is bad usage (before any store is opened)."""
+    try:
+        return parse(value)
+    except UsageError as exc:
+        fail(str(exc), 2)
 
 
 def emit_json(data: Any) -> None:

@@ -135,33 +135,57 @@ def pack_context(
 _ENDS_THOUGHT = re.compile(r"[.!?:;…][)\]\"'”’]*\s*$|\n\s*$")
 _SENTENCE_END = re.compile(r"[.!?…][)\]\"'”’]*(?=\s|$)")
 
+#: the most characters between a chunk that ends in a colon and the next one for that one's first block to count as
+#: introduced (the blank line the chunker cut at)
+BLOCK_GAP = 2
 #: (document id, chunk id) → the chunk after it in that document, as (start, end, text), or None
 NextChunk = Callable[[str, int], "tuple[int, int, str] | None"]
 
 
 def complete_cut_sentences(passages: Sequence[Passage], next_chunk: NextChunk, max_chars: int = 400) -> int:
     """Extend each segment that stops mid-sentence into the next chunk, to the end of that sentence (at most
-    `max_chars` more); return how many segments grew. Text stays an exact span of the document."""
+    `max_chars` more), and each that stops on a colon through the list, table or code block it introduces; return
+    how many segments grew. Text stays an exact span of the document."""
+    # text.py reads passages; imported here so that the two modules do not import each other at load time
+    from archivist.answer.text import MAX_INTRODUCED_CHARS, introduced_block, leading_block
+
     grown = 0
+    added: list[tuple[Passage, Segment]] = []
     for passage in passages:
         for seg in passage.segments:
-            if seg.end_chunk is None or _ENDS_THOUGHT.search(seg.text):
+            introduces = seg.text.rstrip().endswith(":")
+            if seg.end_chunk is None or (_ENDS_THOUGHT.search(seg.text) and not introduces):
                 continue
             following = next_chunk(passage.document_id, seg.end_chunk)
             if following is None:
                 continue
             start, end, text = following
+            if introduces and seg.end < start <= seg.end + BLOCK_GAP:
+                # The chunker cut at the blank line before the block: the block becomes a segment of its own (the
+                # blank line is not in either chunk, so the two cannot be joined into one exact span).
+                n = leading_block(text)
+                if n:
+                    added.append((passage, Segment(start, start + n, text[:n], seg.heading_path, seg.page)))
+                continue
             if not start <= seg.end < end:
                 continue
-            tail = text[seg.end - start : seg.end - start + max_chars]
-            stop = _SENTENCE_END.search(tail)
-            if stop is None:
+            if introduces:
+                tail = text[seg.end - start : seg.end - start + MAX_INTRODUCED_CHARS + 2]
+                extra = introduced_block(seg.text + tail, len(seg.text)) - len(seg.text)
+            else:
+                tail = text[seg.end - start : seg.end - start + max_chars]
+                stop = _SENTENCE_END.search(tail)
+                extra = stop.end() if stop else 0
+            if extra <= 0:
                 continue
-            seg.text += tail[: stop.end()]
-            seg.end += stop.end()
+            seg.text += tail[:extra]
+            seg.end += extra
             grown += 1
         if grown:
             passage.segments = _merge(passage.segments)
+    for passage, block in added:
+        passage.segments = _merge([*passage.segments, block])
+        grown += 1
     return grown
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from archivist.answer.context import Passage
-from archivist.answer.text import Sentence, overlap, quote_end, split_sentences, terms
+from archivist.answer.context import BLOCK_GAP, Passage, Segment
+from archivist.answer.text import Sentence, leading_block, overlap, quote_end, split_sentences, terms
 from archivist.embed.base import Embedder, Vectors
 from archivist.embed.lru import VectorLRU
 
@@ -226,4 +226,19 @@ def quotes(chosen: Sequence[ScoredSentence], passages: Sequence[Passage]) -> lis
         at = touched[0] if touched else len(out)
         out = [q for i, q in enumerate(out) if i not in touched]
         out.insert(at, quote)
+        block = _block_after(quote, seg, by_n[n])
+        if block is not None and not any(q.passage == n and q.start < block.end and block.start < q.end for q in out):
+            out.insert(at + 1, block)
     return out
+
+
+def _block_after(quote: Sentence, seg: Segment, passage: Passage) -> Sentence | None:
+    """Return the block a quote introduces when it ends its segment in a colon and the block is the passage's next
+    segment (the chunker cut at the blank line between them), else None."""
+    if quote.end != seg.end or not seg.text.rstrip().endswith(":"):
+        return None
+    nxt = next((s for s in passage.segments if seg.end < s.start <= seg.end + BLOCK_GAP), None)
+    n = leading_block(nxt.text) if nxt is not None else 0
+    if nxt is None or not n:
+        return None
+    return Sentence(passage.n, passage.document_id, nxt.start, nxt.start + n, nxt.text[:n])

@@ -138,22 +138,27 @@ def _kept(text: str, pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+#: a lead-in's colon, maybe inside closing bold or italics ("**Set these:**")
+_LEAD_IN = re.compile(r":[*_]*$")
+
+
 def introduced_block(text: str, end: int, max_chars: int = MAX_INTRODUCED_CHARS) -> int:
     """Return where the block a sentence ending at `end` introduces ends (`end` when there is none).
 
     A sentence that ends in a colon ("set it from the environment:") is not complete without the list, table, code
     block or lines that follow it. The block starts on the next line (one blank line may come first) and runs to
-    the next blank line, or through the closing fence of a code block; a heading ends it. It is cut at the last
-    whole line within `max_chars`, and a block whose first line alone is longer is not taken.
+    the next blank line, or through the closing fence of a code block that opens it; a heading ends it. It is cut
+    at the last whole line within `max_chars`, and a block whose first line alone is longer is not taken.
     """
-    if not text[:end].rstrip().endswith(":"):
+    if not _LEAD_IN.search(text[:end].rstrip()):
         return end
     gap = text[end:]
-    lead = len(gap) - len(gap.lstrip(" \t\n"))
+    lead = len(gap) - len(gap.lstrip(" \t\r\n"))
     if text.count("\n", end, end + lead) not in (1, 2):
         return end
     start = end + lead - len(gap[:lead].rsplit("\n", 1)[1])  # back to the start of the block's first line
     fence: re.Pattern[str] | None = None
+    code_block = False  # the block is a fenced code block (it opens with the fence)
     block_end = pos = start
     for line in text[start:].splitlines(keepends=True):
         body = line.rstrip("\r\n")
@@ -161,19 +166,29 @@ def introduced_block(text: str, end: int, max_chars: int = MAX_INTRODUCED_CHARS)
             break
         if pos + len(body) - end > max_chars:
             break
+        closes = False
         if fence is not None:
-            if fence.match(body):
-                fence = None
+            closes = bool(fence.match(body))
+            fence = None if closes else fence
         elif m := _FENCE.match(body):
             fence = re.compile(rf" {{0,3}}{re.escape(m.group(1)[0])}{{{len(m.group(1))},}}[ \t]*$")
+            code_block = code_block or pos == start
         pos += len(line)
         block_end = pos - (len(line) - len(body))
+        if closes and code_block:
+            break  # what follows a code block's closing fence is not part of it
     return block_end if block_end > start else end
+
+
+def leading_block(text: str) -> int:
+    """Return the length of the block that opens `text`, as a colon just before it would introduce it (0: none)."""
+    return max(introduced_block(":\n" + text, 1) - 2, 0)
 
 
 #: the most text between a quote and the colon that ends its paragraph for the quote to run on through it
 MAX_LEAD_IN_CHARS = 300
-_PARAGRAPH_END = re.compile(r"\n[ \t]*\n")
+#: a line that starts a block rather than continuing a paragraph: blank, a list item, a table row, a fence, a heading
+_BLOCK_START = re.compile(r"[ \t]*(?:$|[-*+•][ \t]|\d{1,9}[.)][ \t]|\||`{3,}|~{3,}|#{1,6}(?:[ \t]|$))")
 
 
 def quote_end(text: str, end: int) -> int:
@@ -183,9 +198,16 @@ def quote_end(text: str, end: int) -> int:
     block = introduced_block(text, end)
     if block > end:
         return block
-    found = _PARAGRAPH_END.search(text, end)
-    rest = text[end : found.start() if found else len(text)].rstrip()
-    if not rest.endswith(":") or len(rest.strip()) > MAX_LEAD_IN_CHARS or "```" in rest:
+    # The rest of the paragraph: up to the first line that starts a block (or a blank line).
+    stop = len(text)
+    pos = text.find("\n", end)
+    while pos != -1:
+        if _BLOCK_START.match(text, pos + 1):
+            stop = pos
+            break
+        pos = text.find("\n", pos + 1)
+    rest = text[end:stop].rstrip()
+    if not _LEAD_IN.search(rest) or len(rest.strip()) > MAX_LEAD_IN_CHARS:
         return end
     block = introduced_block(text, end + len(rest))
     return block if block > end + len(rest) else end
@@ -194,41 +216,62 @@ def quote_end(text: str, end: int) -> int:
 _LINK = re.compile(r"\[([^\]\n]+)\]\([^)\s]*\)")
 _EMPHASIS = re.compile(r"(\*\*|__)(?=\S)(.+?)(?<=\S)\1")
 _LIST_MARK = re.compile(r"^(?:[-*+•]|\d{1,9}[.)])\s+")
+#: a table's header rule: cells of dashes (colons for alignment) between pipes; a line of dashes alone is a break
+_TABLE_RULE = re.compile(r"^\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)+\|?$|^\|\s*:?-+:?\s*\|$")
+_CELL_SPLIT = re.compile(r"(?<!\\)\|")
+_BREAK = re.compile(r"^(?:-[ \t]*){3,}$|^(?:\*[ \t]*){3,}$|^(?:_[ \t]*){3,}$")  # a thematic break
 
 
-_TABLE_RULE = re.compile(r"^\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?$")
+def _cells(line: str) -> list[str]:
+    """Return a table row's non-empty cells."""
+    body = line.strip()
+    body = body[1:] if body.startswith("|") else body
+    body = body[:-1] if body.endswith("|") and not body.endswith("\\|") else body
+    return [c.strip() for c in _CELL_SPLIT.split(body) if c.strip()]
+
+
+def _inline(text: str) -> str:
+    """Return Markdown inline text as read: links and bold shown as their text."""
+    return _EMPHASIS.sub(r"\2", _LINK.sub(r"\1", text))
 
 
 def prose(text: str) -> str:
     """Return a quote as answer prose: line wraps joined, Markdown links and bold shown as their text, a table
-    row's cells separated by dashes (a header row and its rule left out), a list item's marker dropped, a code
-    block's lines as inline code; consecutive rows, items or code lines are separated by semicolons. The citation
-    keeps the exact text.
+    row's cells separated by dashes (a header row and its rule left out; rows with or without outer pipes), a
+    list item's marker dropped, a code block's lines as inline code, untouched; consecutive rows, items or code
+    lines are separated by semicolons. The citation keeps the exact text.
     """
+    lines = text.splitlines()
+    flat = [" ".join(raw.split()) for raw in lines]
+    # Rows of a table without outer pipes ("name | meaning", as HTML tables load) come two or more together.
+    piped = [" | " in x or x.startswith("|") for x in flat]
     parts: list[str] = []
     previous = ""  # the kind of the line before: "row", "item", "code" or "text"
-    in_code = False
-    lines = text.splitlines()
-    for i, raw in enumerate(lines):
-        if _FENCE.match(raw):
-            in_code = not in_code
+    fence: str | None = None
+    for i, (raw, line) in enumerate(zip(lines, flat, strict=True)):
+        if m := _FENCE.match(raw):
+            mark = m.group(1)[0]
+            fence = None if fence == mark else fence or mark
             continue
-        line = " ".join(raw.split())
-        following = " ".join(lines[i + 1].split()) if i + 1 < len(lines) else ""
-        if not line or (not in_code and (_TABLE_RULE.match(line) or _TABLE_RULE.match(following))):
+        following = flat[i + 1] if i + 1 < len(flat) else ""
+        rule = _TABLE_RULE.match(line) or _TABLE_RULE.match(following) or _BREAK.match(line)
+        if not line or (fence is None and rule):
             continue
-        kind = "code" if in_code else "row" if line.startswith("|") else "item" if _LIST_MARK.match(line) else "text"
+        table = line.startswith("|") or (piped[i] and ((i and piped[i - 1]) or (i + 1 < len(piped) and piped[i + 1])))
+        kind = "code" if fence else "row" if table else "item" if _LIST_MARK.match(line) else "text"
         if kind == "row":
-            line = " — ".join(cell.strip() for cell in line.strip("|").split(" | ") if cell.strip())
+            line = " — ".join(_inline(c) for c in _cells(line))
         elif kind == "code":
             line = f"`{line}`" if "`" not in line else line
+        else:
+            line = _inline(_LIST_MARK.sub("", line))
         if kind == "text" and previous == "item" and raw[:1].isspace():
             kind = "continued"  # an item's indented continuation line: the next item still follows an item
         if parts:
             parts.append("; " if kind == previous and kind in ("row", "item", "code") else " ")
-        parts.append(line if kind == "code" else _LIST_MARK.sub("", line))
+        parts.append(line)
         previous = "item" if kind == "continued" else kind
-    return _EMPHASIS.sub(r"\2", _LINK.sub(r"\1", "".join(parts)))
+    return "".join(parts)
 
 
 def split_sentences(passage: Passage, *, prose_only: bool = True) -> list[Sentence]:

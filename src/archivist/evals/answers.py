@@ -88,8 +88,8 @@ def spread(ids: Sequence[str], limit: int | None) -> list[str]:
 
 
 def _left(ids: Sequence[str], left_out: int | None) -> list[str]:
-    """Return the ids a run asking `spread(ids, left_out)` of them does not ask (all of them when None)."""
-    if left_out is None:
+    """Return the ids a run asking `spread(ids, left_out)` of them does not ask (all of them when None or 0)."""
+    if not left_out:
         return list(ids)
     taken = set(spread(ids, left_out))
     return [q for q in ids if q not in taken]

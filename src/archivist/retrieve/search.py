@@ -86,9 +86,9 @@ class SearchPipeline:
         if not hits and self.retriever.store.count_documents(filters) == 0:
             # Nothing found because there is nothing to find: say so, or it reads as "no document matches".
             outcome.warnings.append(
-                "no stored document passes these filters"
+                "no stored document is in the collections searched or passes the filters"
                 if filters.clauses
-                else "the store holds no documents: ingest some first (archivist ingest PATH)"
+                else "the store holds no documents yet"
             )
         for warning in outcome.warnings:
             log.info(warning)
