@@ -33,13 +33,19 @@ CacheOpt = Annotated[
 MetricOpt = Annotated[list[str] | None, typer.Option("--metric", "-m", help="e.g. ndcg@10; repeatable.")]
 
 
+def _pair(spec: str, option: str, shape: str) -> tuple[int, int]:
+    """Return the two integers of an `A:B` option value, or raise UsageError naming the option."""
+    try:
+        a, b = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise UsageError(f"bad {option} {spec!r}: expected {shape}") from None
+    return a, b
+
+
 def _parse_slice(spec: str | None) -> Slice | None:
     if not spec:
         return None
-    try:
-        q, d = (int(x) for x in spec.split(":"))
-    except ValueError:
-        raise UsageError(f"bad --slice {spec!r}: expected QUERIES:DISTRACTORS, e.g. 30:400") from None
+    q, d = _pair(spec, "--slice", "QUERIES:DISTRACTORS, e.g. 30:400")
     if q < 1 or d < 0:
         raise UsageError("--slice needs at least 1 query and 0 or more distractors")
     return Slice(q, d)
@@ -48,10 +54,7 @@ def _parse_slice(spec: str | None) -> Slice | None:
 def _parse_leave_out(spec: str | None) -> tuple[int, int] | None:
     if spec is None:
         return None
-    try:
-        a, u = (int(x) for x in spec.split(":"))
-    except ValueError:
-        raise UsageError(f"bad --leave-out {spec!r}: expected ANSWERABLE:UNANSWERABLE, e.g. 400:200") from None
+    a, u = _pair(spec, "--leave-out", "ANSWERABLE:UNANSWERABLE, e.g. 400:200")
     if a < 0 or u < 0:
         raise UsageError("--leave-out counts cannot be negative")
     return a, u

@@ -276,17 +276,11 @@ class LexicalIndex:
         n = len(rows)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
         docs = np.fromiter((r[1] for r in rows), dtype=np.int64, count=n)
-        pairs = [decode_counts(r[2]) for r in rows]
-        lengths = np.fromiter((p.shape[0] for p in pairs), dtype=np.int64, count=n)
-        flat = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int32)
-        terms = flat[:, 0]
-        counts = flat[:, 1].astype(np.float32)
-        row_of = np.repeat(np.arange(n, dtype=np.int32), lengths)
-        order = np.argsort(terms, kind="stable")
+        terms, row_of, counts = _postings([decode_counts(r[2]) for r in rows], 0)
         per_term = np.bincount(terms, minlength=vocab_size)
         ptr = np.zeros(per_term.size + 1, dtype=np.int64)
         np.cumsum(per_term, out=ptr[1:])
-        return cls._from_postings(ids, docs, ptr, row_of[order], counts[order], per_term, n)
+        return cls._from_postings(ids, docs, ptr, row_of, counts, per_term, n)
 
     def updated(
         self,
@@ -309,12 +303,7 @@ class LexicalIndex:
         alive = keep[self.rows] if self.rows.size else np.zeros(0, dtype=bool)
         renumber = np.cumsum(keep, dtype=np.int64) - 1
         k_terms, k_rows, k_tf = term_of[alive], renumber[self.rows[alive]].astype(np.int32), self.tf[alive]
-        lengths = np.fromiter((p.shape[0] for p in pairs), dtype=np.int64, count=len(pairs))
-        flat = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int32)
-        order = np.argsort(flat[:, 0], kind="stable")
-        a_terms = flat[order, 0].astype(np.int64)
-        a_rows = (n_kept + np.repeat(np.arange(len(pairs), dtype=np.int64), lengths))[order].astype(np.int32)
-        a_tf = flat[order, 1].astype(np.float32)
+        a_terms, a_rows, a_tf = _postings(pairs, n_kept)
         kept_count = np.bincount(k_terms, minlength=n_terms)
         added_count = np.bincount(a_terms, minlength=n_terms)
         per_term = kept_count + added_count
@@ -344,12 +333,7 @@ class LexicalIndex:
         term's list (one pass of copying), and only the new rows' lengths are counted."""
         assert self.doc_len is not None
         n_old = self.chunk_ids.size
-        lengths = np.fromiter((p.shape[0] for p in pairs), dtype=np.int64, count=len(pairs))
-        flat = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int32)
-        order = np.argsort(flat[:, 0], kind="stable")
-        terms = flat[order, 0].astype(np.int64)
-        row_of = n_old + np.repeat(np.arange(len(pairs), dtype=np.int64), lengths)
-        counts = flat[:, 1].astype(np.float32)
+        terms, row_of, counts = _postings(pairs, n_old)
         old_terms = self.idf.size
         # Before the next term's first posting (a term the index did not know yet: at the very end).
         at = self.ptr[np.minimum(terms, old_terms - 1) + 1] if old_terms else np.zeros(terms.size, np.int64)
@@ -364,8 +348,8 @@ class LexicalIndex:
             np.concatenate([self.chunk_ids, ids.astype(np.int64)]),
             np.concatenate([self.doc_rows, docs.astype(np.int64)]),
             ptr,
-            np.insert(self.rows, at, row_of[order].astype(np.int32)),
-            np.insert(self.tf, at, counts[order]),
+            np.insert(self.rows, at, row_of),
+            np.insert(self.tf, at, counts),
             per_term,
             n_old + len(pairs),
             np.concatenate([self.doc_len, new_len]),
@@ -463,6 +447,18 @@ class LexicalIndex:
         if rows.size == 0:
             return []
         return _top(self.chunk_ids[rows], scores[rows], k)
+
+
+def _postings(
+    pairs: Sequence[npt.NDArray[np.int32]], first_row: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int32], npt.NDArray[np.float32]]:
+    """Return (term, row, count) of every posting of rows numbered from `first_row`, given each row's (term id,
+    count) pairs; in term order and, within a term, in row order."""
+    lengths = np.fromiter((p.shape[0] for p in pairs), dtype=np.int64, count=len(pairs))
+    flat = np.concatenate(pairs) if pairs else np.zeros((0, 2), dtype=np.int32)
+    order = np.argsort(flat[:, 0], kind="stable")
+    rows = (first_row + np.repeat(np.arange(len(pairs), dtype=np.int64), lengths))[order]
+    return flat[order, 0].astype(np.int64), rows.astype(np.int32), flat[order, 1].astype(np.float32)
 
 
 def _row_mask(doc_rows: npt.NDArray[np.int64], allowed_docs: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
