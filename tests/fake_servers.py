@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import select
+import socket
 import threading
 import time
 from collections import deque
@@ -106,11 +108,48 @@ class EmbeddingServer(LoopbackServer):
         self._listen(Handler, "/v1")
 
 
+@dataclass
+class StreamLog:
+    """What one streamed answer did on the server's side: pieces sent, and how and when it ended."""
+
+    #: the whole reply, in pieces
+    pieces: int
+    #: time.monotonic() when the request arrived
+    started: float
+    sent: int = 0
+    #: time.monotonic() when the stream ended: completed, or the client's hang-up seen
+    ended: float | None = None
+    #: "completed", or "client_closed" when the client hung up before the end (generation stopped there)
+    outcome: str | None = None
+
+
+def peer_closed(connection: socket.socket, wait_s: float) -> bool:
+    """Wait up to `wait_s` seconds; return True as soon as the peer has closed (or reset) the connection."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = deadline - time.monotonic()
+        readable, _, _ = select.select([connection], [], [], max(0.0, left))
+        if readable:
+            try:
+                if connection.recv(1, socket.MSG_PEEK) == b"":
+                    return True
+            except OSError:
+                return True
+            time.sleep(max(0.0, deadline - time.monotonic()))  # bytes waiting (not ours to read): just wait
+            return False
+        if left <= 0:
+            return False
+
+
 class ChatServer(LoopbackServer):
     """An OpenAI-compatible /v1/chat/completions server (plain and SSE), with scripted faults."""
 
     def __init__(self, reply: str = "pong from the fake model") -> None:
         self.reply = reply
+        #: slow-stream mode: seconds between streamed pieces (a model generating at that pace); 0 sends at once
+        self.piece_interval_s = 0.0
+        #: every streamed answer, in arrival order: what was sent and whether the client hung up first
+        self.streams: list[StreamLog] = []
         #: when set, computes each answer's text from the request payload instead of `reply`
         self.responder: Callable[[dict[str, Any]], str] | None = None
         self.tool_call: dict[str, Any] | None = None
@@ -140,28 +179,48 @@ class ChatServer(LoopbackServer):
                     pass
 
             def _stream(self, fault: Fault, payload: dict[str, Any]) -> None:
+                pieces = [w + " " for w in server.reply_for(payload).split()]
+                log = StreamLog(pieces=len(pieces), started=time.monotonic())
+                server.streams.append(log)
+                self.close_connection = True
+                try:
+                    self._stream_pieces(fault, pieces, log)
+                except (BrokenPipeError, ConnectionResetError):
+                    log.outcome, log.ended = "client_closed", time.monotonic()
+                    raise
+
+            def _wait(self, seconds: float, log: StreamLog) -> bool:
+                """Wait like a model generating; return False (and log it) if the client hung up meanwhile."""
+                if seconds > 0 and peer_closed(self.connection, seconds):
+                    log.outcome, log.ended = "client_closed", time.monotonic()
+                    return False
+                return True
+
+            def _stream_pieces(self, fault: Fault, pieces: list[str], log: StreamLog) -> None:
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("connection", "close")
                 self.end_headers()
                 self.wfile.flush()
-                time.sleep(fault.stall_s)
-                pieces = [w + " " for w in server.reply_for(payload).split()]
+                if not self._wait(fault.stall_s, log):
+                    return
                 for i, piece in enumerate(pieces):
                     if fault.cut_after is not None and i >= fault.cut_after:
                         self.wfile.flush()
-                        self.close_connection = True
+                        return
+                    if i and not self._wait(server.piece_interval_s, log):
                         return
                     chunk = {"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
                     self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
                     self.wfile.flush()
+                    log.sent += 1
                 done = {
                     "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
                     "usage": {"prompt_tokens": 7, "completion_tokens": len(pieces)},
                 }
                 self.wfile.write(f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n".encode())
                 self.wfile.flush()
-                self.close_connection = True
+                log.outcome, log.ended = "completed", time.monotonic()
 
         self._listen(Handler, "/v1")
 

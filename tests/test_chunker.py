@@ -14,7 +14,7 @@ import pytest
 from fpdf import FPDF
 
 from archivist.embed.hf_tokenizer import HFTokenizer
-from archivist.ingest.chunker import Chunker, ChunkerSettings, sentence_spans
+from archivist.ingest.chunker import MAX_CHARS_PER_TOKEN, Chunker, ChunkerSettings, sentence_spans
 from archivist.ingest.loaders import iter_jsonl, load_path, source_for
 from archivist.types import Block, Chunk, Document, UsageError
 
@@ -162,6 +162,7 @@ def assert_invariants(doc: Document, chunks: list[Chunk], settings: ChunkerSetti
         assert chunk.text and chunk.text == chunk.text.strip()
         assert chunk.token_count == real_count
         assert chunk.token_count <= settings.max_tokens
+        assert len(chunk.text) <= settings.max_chars
         inside = blocks_within(doc, chunk)
         assert inside
         body = [b for b in inside if b.kind != "heading"]
@@ -366,18 +367,21 @@ def test_scifact_corpus_loads_and_chunks(tok: HFTokenizer) -> None:
 
 
 class CountingTokenizer:
-    """The real tokenizer, recording how many characters it is asked to tokenize."""
+    """The real tokenizer, recording how many characters it is asked to tokenize, and the longest text."""
 
     def __init__(self, inner: HFTokenizer) -> None:
         self.inner = inner
         self.chars = 0
+        self.longest = 0
 
     def count(self, texts: Sequence[str]) -> list[int]:
         self.chars += sum(len(t) for t in texts)
+        self.longest = max([self.longest, *(len(t) for t in texts)])
         return self.inner.count(texts)
 
     def offsets(self, text: str) -> list[tuple[int, int]]:
         self.chars += len(text)
+        self.longest = max(self.longest, len(text))
         return self.inner.offsets(text)
 
 
@@ -393,3 +397,65 @@ def test_chunking_tokenizes_each_document_about_once(tok: HFTokenizer) -> None:
     assert spy.chars <= 1.05 * sum(len(d.text) for d in docs)
     # About 0.25s here; the bound only catches gross regressions on a busy machine.
     assert elapsed < 1.5, f"chunking 300 abstracts took {elapsed:.2f}s"
+
+
+# --- input with no breaks: the character cap -------------------------------------------------------------------
+
+#: Text a word-piece tokenizer cannot cut (one unknown token per run), or cuts into a token per character.
+UNBROKEN = {
+    "one-word.txt": "A" * 3_000_000,
+    "word-in-prose.md": "# Notes\n\nA normal sentence. " + "x" * 200_000 + " and the rest of it. Another one.\n",
+    "accents-and-digits.txt": "é" * 100_000 + "\n\n" + "0123456789" * 20_000,
+    "cjk.txt": "中文没有空格的句子" * 20_000,
+    "thai.txt": "ภาษาไทยไม่มีช่องว่าง" * 10_000,
+    "code-line.md": "# Code\n\n```\nshort()\n" + "q" * 500_000 + "\nend()\n```\n",
+    "table-row.md": "| a | b |\n|---|---|\n| " + "z" * 300_000 + " | 1 |\n",
+    "heading.md": "# " + "H" * 300_000 + "\n\nBody text.\n",
+    "list-item.md": "- short\n- " + "l" * 300_000 + "\n- last\n",
+    "dots.txt": "Wait" + "." * 300_000 + "x",
+    "blank-line.txt": "First.\n" + " " * 1_000_000 + "\nLast.",
+    "page.html": "<html><body><pre>" + "p" * 300_000 + "</pre><p>" + "w" * 300_000 + "</p></body></html>",
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNBROKEN))
+@pytest.mark.parametrize("settings", [ChunkerSettings(), ChunkerSettings(64, 48, 16)], ids=["256", "64"])
+def test_unbroken_text_is_cut_within_the_token_and_character_caps(
+    tmp_path: Path, tok: HFTokenizer, name: str, settings: ChunkerSettings
+) -> None:
+    doc = doc_from(tmp_path, name, UNBROKEN[name])
+    spy = CountingTokenizer(tok)
+    chunks = Chunker(spy, settings).chunk(doc)
+    # Every chunk within both caps, a span of the text, every non-space character of every block in one.
+    assert_invariants(doc, chunks, settings, tok)
+    # The tokenizer never sees a giant "word" whole, and reads each character a few times at most.
+    assert spy.longest <= settings.max_chars
+    assert spy.chars <= 4 * len(doc.text)
+
+
+def test_the_character_cap_follows_the_token_cap() -> None:
+    assert ChunkerSettings(max_tokens=256).max_chars == 256 * MAX_CHARS_PER_TOKEN
+    assert ChunkerSettings(max_tokens=64, target_tokens=48, overlap_tokens=16).max_chars == 64 * MAX_CHARS_PER_TOKEN
+
+
+def test_a_run_without_breaks_is_cut_hard_at_the_cap(tmp_path: Path, tok: HFTokenizer) -> None:
+    doc = doc_from(tmp_path, "a.txt", "A" * 10_000)
+    chunks = make_chunker(tok).chunk(doc)
+    cap = ChunkerSettings().max_chars
+    assert [(c.start, c.end) for c in chunks] == [(0, cap), (cap, 2 * cap), (2 * cap, 10_000)]
+
+
+@pytest.mark.parametrize(("separator", "word"), [(" ", 1500), ("\n", 1500), (",", 1500), ("。", 1000)])
+def test_a_run_over_the_cap_is_cut_at_a_space_or_punctuation_near_it(
+    tmp_path: Path, tok: HFTokenizer, separator: str, word: int
+) -> None:
+    # Words the tokenizer reads as one unknown token each: only the character cap can cut this paragraph.
+    text = separator.join(["w" * word] * 12)
+    doc = doc_from(tmp_path, "words.txt", text)
+    chunks = make_chunker(tok).chunk(doc)
+    assert len(chunks) > 1
+    assert_invariants(doc, chunks, ChunkerSettings(), tok)
+    for chunk in chunks:
+        # No word is cut: a chunk starts at a word and ends at the end of one (or at its punctuation).
+        assert chunk.start == 0 or doc.text[chunk.start - 1] in separator + " \n"
+        assert chunk.end == len(text) or doc.text[chunk.end] in separator + " \n" or chunk.text.endswith(separator)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from pathlib import Path
@@ -11,6 +12,9 @@ from fpdf import FPDF
 from fpdf.enums import EncryptionMethod
 
 from archivist.ingest.loaders import (
+    MAX_HTML_DEPTH,
+    MAX_ID_CHARS,
+    MAX_TITLE_CHARS,
     LoadResult,
     iter_jsonl,
     load_path,
@@ -493,3 +497,153 @@ def test_load_result_collects_every_jsonl_outcome() -> None:
     result = load_path(path, max_file_bytes=LIMIT)
     assert isinstance(result, LoadResult)
     assert len(result.documents) == 1 and len(result.skipped) == 1
+
+
+# --- input that once broke a whole file or run ---------------------------------------------------
+
+
+def test_a_jsonl_line_with_a_nul_byte_is_skipped_alone() -> None:
+    path = write(
+        "nul.jsonl",
+        jsonl({"_id": "a", "text": "alpha"}).encode()
+        + b"\x00\x00\x00\n"
+        + b'{"_id": "b", "text": "be\x00ta"}\n'
+        + jsonl({"_id": "c", "text": "gamma"}).encode(),
+    )
+    result = load_path(path, max_file_bytes=LIMIT)
+    assert [d.source for d in result.documents] == ["nul.jsonl#a", "nul.jsonl#c"]
+    assert [(s.source, s.reason) for s in result.skipped] == [
+        ("nul.jsonl:2", "line 2: binary content, not text (NUL byte at column 1)"),
+        ("nul.jsonl:3", "line 3: binary content, not text (NUL byte at column 25)"),
+    ]
+
+
+def test_a_utf16_jsonl_file_is_one_skip_saying_so() -> None:
+    records = jsonl({"_id": "a", "text": "alpha"}, {"_id": "b", "text": "beta"})
+    assert skip_reason(write("wide.jsonl", records.encode("utf-16"))) == "UTF-16 text: JSONL must be UTF-8"
+    # Without a byte order mark, NUL bytes on every line: binary, one skip rather than one per line.
+    assert skip_reason(write("bare.jsonl", records.encode("utf-16-le"))) == "binary content, not text"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-be", "utf-32"])
+def test_text_in_utf16_or_utf32_with_a_byte_order_mark_loads(encoding: str) -> None:
+    content = "# Notes\r\n\r\nSaved by a Windows editor, café.\r\n"
+    data = content.encode(encoding)
+    if encoding == "utf-16-be":
+        data = codecs.BOM_UTF16_BE + data
+    doc = load_one(write("wide.md", data))
+    assert doc.title == "Notes"
+    assert doc.text == "# Notes\n\nSaved by a Windows editor, café.\n"
+
+
+def test_a_jsonl_record_with_an_unpaired_surrogate_escape_is_skipped_alone() -> None:
+    path = write(
+        "esc.jsonl",
+        '{"_id": "bad", "text": "broken \\ud800 text"}\n'
+        '{"_id": "pair", "text": "emoji \\ud83d\\ude00 ok"}\n'
+        '{"_id": "meta", "text": "fine", "note": ["\\udc00"]}\n',
+    )
+    result = load_path(path, max_file_bytes=LIMIT)
+    assert [(d.source, d.text) for d in result.documents] == [("esc.jsonl#pair", "emoji \U0001f600 ok")]
+    assert [(s.source, s.reason) for s in result.skipped] == [
+        ("esc.jsonl:1", "line 1: not valid Unicode: unpaired surrogate \\ud800"),
+        ("esc.jsonl:3", "line 3: not valid Unicode: unpaired surrogate \\udc00"),
+    ]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.timeout(30)
+def test_a_fifo_is_skipped_without_waiting_for_a_writer() -> None:
+    for name in ("pipe.jsonl", "pipe.md"):
+        os.mkfifo(name)
+        assert skip_reason(Path(name)) == "not a regular file"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("name", "content", "text"),
+    [
+        # Each of these once took minutes to hours: a pattern retried at every character of a long run.
+        ("blank.txt", "First.\n" + " " * 300_000 + "\nLast.", "First.\n"),
+        ("blank.jsonl", json.dumps({"_id": 1, "text": "First.\n" + " " * 300_000 + "\nLast."}) + "\n", "First."),
+        ("heading.md", "# Title" + " " * 300_000 + "x\n\nBody.\n", "# Title"),
+        ("front.md", "---\ntitle: T" + " " * 300_000 + "x\n---\n\nBody.\n", "\nBody."),
+        ("item.md", "---\ntags:\n  - a" + " " * 300_000 + "b\n---\n\nBody.\n", "\nBody."),
+    ],
+)
+def test_long_runs_of_spaces_load(name: str, content: str, text: str) -> None:
+    result = load_path(write(name, content), max_file_bytes=LIMIT)
+    assert not result.skipped
+    [doc] = result.documents
+    assert_valid_blocks(doc)
+    assert text in doc.text and doc.text.rstrip().endswith(("Last.", "Body."))
+
+
+def test_a_jsonl_id_too_long_to_be_a_source_is_skipped() -> None:
+    path = write("ids.jsonl", jsonl({"_id": "x" * (MAX_ID_CHARS + 1), "text": "t"}, {"_id": "ok", "text": "t"}))
+    result = load_path(path, max_file_bytes=LIMIT)
+    assert [d.source for d in result.documents] == ["ids.jsonl#ok"]
+    assert [s.reason for s in result.skipped] == [
+        f"line 1: '_id' is too long (1001 characters, at most {MAX_ID_CHARS})"
+    ]
+
+
+def test_a_huge_heading_is_clipped_in_titles_and_heading_paths_not_in_the_text() -> None:
+    heading = "Word " * 100_000
+    doc = load_one(write("h.md", f"# {heading}\n\nBody text.\n"))
+    assert len(doc.title) <= MAX_TITLE_CHARS and doc.title.endswith("…")
+    assert heading.strip() in doc.text
+    assert all(len(part) <= MAX_TITLE_CHARS for b in doc.blocks for part in b.heading_path)
+    html = load_one(write("h.html", f"<title>{heading}</title><h2>{heading}</h2><p>Body.</p>"))
+    assert len(html.title) <= MAX_TITLE_CHARS
+    assert all(len(part) <= MAX_TITLE_CHARS for b in html.blocks for part in b.heading_path)
+    [record] = load_path(
+        write("h.jsonl", jsonl({"_id": 1, "title": heading, "text": "t"})), max_file_bytes=LIMIT
+    ).documents
+    assert len(record.title) <= MAX_TITLE_CHARS
+
+
+def test_deeply_nested_html_is_skipped_with_a_reason() -> None:
+    depth = MAX_HTML_DEPTH + 50
+    path = write("deep.html", "<div>" * depth + "text" + "</div>" * depth)
+    assert skip_reason(path) == f"HTML nested too deeply (over {MAX_HTML_DEPTH} levels of elements)"
+
+
+@pytest.mark.parametrize("tag", ["div", "blockquote", "span", "section"])
+def test_html_nested_as_deep_as_allowed_still_loads(tag: str) -> None:
+    depth = MAX_HTML_DEPTH - 10
+    page = f"<title>Deep</title>{f'<{tag}>' * depth}<h2>Deep heading</h2><p>deep text</p>{f'</{tag}>' * depth}"
+    doc = load_one(write("deep.html", page))
+    assert doc.text == "Deep heading\n\ndeep text"
+    assert [b.heading_path for b in doc.blocks] == [("Deep heading",), ("Deep heading",)]
+
+
+def test_deeply_nested_html_lists_load_with_every_item() -> None:
+    levels = MAX_HTML_DEPTH - 10
+    page = "<ul>" + "".join(f"<li>item {i}<ul>" for i in range(levels)) + "<li>innermost" + "</ul>" * (levels + 1)
+    doc = load_one(write("lists.html", page))
+    [listing] = block_texts(doc, "list")
+    lines = listing.split("\n")
+    assert lines[0] == "- item 0" and lines[-1].strip() == "- innermost" and len(lines) == levels + 1
+
+
+def test_html_markup_that_is_not_nesting_does_not_count_as_deep() -> None:
+    # Thousands of unclosed <p>, <li> and <a>, self-closed SVG shapes and void elements: a flat page.
+    page = (
+        "<title>Flat</title>"
+        + "<p>para<br><img src=x>" * 3000
+        + "<ul>"
+        + "<li><a href=#>item" * 3000
+        + "</ul><svg>"
+        + "<path d='M0 0'/>" * 3000
+        + "</svg>"
+    )
+    doc = load_one(write("flat.html", page))
+    assert doc.text.count("para") == 3000 and "item" in doc.text
+
+
+def test_html_nested_table_rows_are_not_repeated() -> None:
+    page = "<table><tr><td>outer <table><tr><td>inner</td></tr></table></td></tr><tr><td>last</td></tr></table>"
+    doc = load_one(write("t.html", page))
+    assert doc.text.count("inner") == 1
+    assert block_texts(doc, "table") == ["outer inner\nlast"]

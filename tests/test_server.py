@@ -105,7 +105,7 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
 def test_health_readiness_metrics_and_offline_api_docs(server: str) -> None:
     with client(server, None) as c:
         assert c.get("/healthz").json() == {"status": "ok"}
-        assert c.get("/readyz").json() == {"status": "ready", "schema_version": 8}
+        assert c.get("/readyz").json() == {"status": "ready", "schema_version": 9}
         c.get("/v1/me")  # a 401, to be counted
         metrics = c.get("/metrics")
         assert metrics.status_code == 200
@@ -384,6 +384,31 @@ def test_key_budget_is_enforced_through_the_gateway(root: Path, embedder: MiniLM
     answer_system = load_prompt().system
     assert sum(r["messages"][0]["content"] == answer_system for r in llm.requests) == 1
     assert usage[0]["tokens"] == 0
+
+
+def test_searches_that_call_the_model_are_charged_to_the_key(root: Path, embedder: MiniLMEmbedder) -> None:
+    from datetime import UTC, datetime
+
+    with (
+        ChatServer(reply='{"queries": ["feline sleep hours", "how much do cats nap"]}').running() as llm,
+        _app(root, embedder, llm_url=llm.url, llm_model="m", llm_cache=False, query_expansion="multi-query") as app,
+    ):
+        rich, record = mint_api_key(app.store, "rich-search", ["read"], budget_tokens=100_000)
+        poor = mint_api_key(app.store, "poor-search", ["read"], budget_tokens=5, budget_period="day")[0]
+        with serving(create_app(app, run_jobs=False)) as base:
+            with client(base, rich) as c:
+                found = c.post("/v1/search", json={"query": "How long do cats sleep?", "collection": "alpha"})
+                rows = c.get("/v1/usage").json()["rows"]
+            calls = len(llm.requests)
+            with client(base, poor) as c:
+                starved = c.post("/v1/search", json={"query": "How long do cats sleep?", "collection": "alpha"})
+        spent, _ = app.store.spend_get(f"key:{record.id}", datetime.now(UTC).strftime("%Y-%m"))
+    assert found.status_code == 200 and found.json()["hits"] and calls >= 1
+    # The expansion's model call is on the key's bill: its budget, and its usage rows.
+    assert spent > 0 and sum(r["tokens"] for r in rows) == spent
+    # A key whose budget cannot pay for it still searches, without the model, and is told so.
+    assert starved.status_code == 200 and starved.json()["hits"] and len(llm.requests) == calls
+    assert any("expansion" in w for w in starved.json()["warnings"])
 
 
 def test_request_timeout_gives_504(root: Path, embedder: MiniLMEmbedder, keys: Keys) -> None:

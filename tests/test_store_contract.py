@@ -205,7 +205,7 @@ def test_sqlite_store_uses_wal_and_records_migrations(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "s.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
-    assert versions == [1, 2, 3, 4, 5, 6, 7, 8] and store.schema_version() == 8
+    assert versions == [1, 2, 3, 4, 5, 6, 7, 8, 9] and store.schema_version() == 9
     assert store.migrate() == []  # idempotent
     conn.close()
     store.close()
@@ -326,11 +326,15 @@ def test_collections_keys_jobs_and_request_log(store: Store) -> None:
     assert store.get_api_key("k1").revoked_at == "2026-01-02T00:00:00+00:00"  # type: ignore[union-attr]
     for i in range(2):
         store.create_job(JobRecord(f"j{i}", "ingest", "docs", "queued", {"file": "a.md"}, f"2026-01-0{i + 1}", "x"))
-    first = store.claim_job()
-    assert first is not None and first.id == "j0" and first.status == "running"
+    first = store.claim_job("w1", lease_s=60, max_attempts=3)
+    assert first is not None and first.id == "j0" and first.status == "running" and first.attempts == 1
     assert store.job_counts() == {"queued": 1, "running": 1}
-    assert store.requeue_jobs() == 1 and store.get_job("j0").status == "queued"  # type: ignore[union-attr]
-    store.update_job("j0", status="succeeded", result={"added": 1}, done=1, total=1)
+    # A live lease is never taken: the next claim gets the other job, then nothing.
+    second = store.claim_job("w2", lease_s=60, max_attempts=3)
+    assert second is not None and second.id == "j1" and store.claim_job("w2", lease_s=60, max_attempts=3) is None
+    assert store.renew_job("j0", "w1", 60) and not store.renew_job("j0", "w2", 60)
+    assert not store.update_job("j0", worker="w2", status="succeeded")  # only the holder finishes it
+    assert store.update_job("j0", worker="w1", status="succeeded", result={"added": 1}, done=1, total=1)
     done = store.get_job("j0")
     assert done is not None and done.result == {"added": 1} and done.public()["progress"] == {"done": 1, "total": 1}
     rows = [
@@ -338,6 +342,32 @@ def test_collections_keys_jobs_and_request_log(store: Store) -> None:
     ]
     store.log_requests(rows)
     assert [r.request_id for r in store.request_log(since="2026-01-02")] == ["r1", "r2"]
+
+
+def test_a_job_whose_lease_runs_out_is_taken_over_then_fails_after_its_attempts(store: Store) -> None:
+    import time
+
+    from archivist.store.base import JobRecord
+
+    store.create_collection("docs")
+    store.create_job(JobRecord("j", "ingest", "docs", "queued", {"file": "a.md"}, "2026-01-01", "x"))
+    taken = store.claim_job("dead", lease_s=0.05, max_attempts=2)
+    assert taken is not None and taken.locked_by == "dead"
+    assert store.claim_job("live", lease_s=60, max_attempts=2) is None  # the lease still holds
+    time.sleep(0.1)
+    again = store.claim_job("live", lease_s=0.05, max_attempts=2)
+    assert again is not None and again.id == "j" and again.attempts == 2 and again.locked_by == "live"
+    assert not store.renew_job("j", "dead", 60)  # the first worker lost it
+    time.sleep(0.1)
+    assert store.claim_job("third", lease_s=60, max_attempts=2) is None  # its last attempt: failed, not retaken
+    failed = store.get_job("j")
+    assert failed is not None and failed.status == "failed" and "gave up after 2 attempts" in (failed.error or "")
+    # A queued retry waits out its delay.
+    store.create_job(JobRecord("r", "ingest", "docs", "queued", {"file": "b.md"}, "2026-01-02", "x"))
+    store.update_job("r", locked_until=time.time() + 60)
+    assert store.claim_job("w", lease_s=60, max_attempts=2) is None
+    store.update_job("r", locked_until=time.time() - 1)
+    assert (store.claim_job("w", lease_s=60, max_attempts=2) or failed).id == "r"
 
 
 def test_migration_to_v5_keeps_documents_chunks_and_search(tmp_path: Path) -> None:
@@ -365,7 +395,7 @@ def test_migration_to_v5_keeps_documents_chunks_and_search(tmp_path: Path) -> No
     )
     old.close()
     store = SQLiteStore(path)
-    assert store.schema_version() == 8
+    assert store.schema_version() == 9
     doc = store.get_document("d1")
     assert doc is not None and doc.collection == "default" and doc.chunk_count == 1
     assert [c.text for c in store.document_chunks("d1")] == ["hello"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,7 +22,7 @@ from archivist.retrieve.rerank import Reranker
 from archivist.retrieve.search import SearchPipeline
 from archivist.store import open_store
 from archivist.store.base import Filters, Store
-from archivist.types import DEFAULT_COLLECTION, Hit, IngestReport, UsageError, check_collection_name
+from archivist.types import DEFAULT_COLLECTION, ConflictError, Hit, IngestReport, UsageError, check_collection_name
 
 
 def build_embedder(settings: Settings) -> Embedder:
@@ -189,15 +190,26 @@ class Archivist:
         progress: ProgressHook | None = None,
         collection: str = DEFAULT_COLLECTION,
         refresh: bool = False,
+        follow_symlinks: bool = False,
     ) -> IngestReport:
         """Ingest files and folders into a collection (created if new); return the per-document outcome.
 
         `refresh` rewrites unchanged documents too: cached vectors are reused, and what the store lacks (sentence
-        vectors, in a store written by an older Archivist) is made."""
+        vectors, in a store written by an older Archivist) is made. `follow_symlinks` reads symlinks in a folder
+        that point outside it (skipped by default)."""
         check_collection_name(collection)
         if not self.store.has_collection(collection):
-            self.store.create_collection(collection)
-        return self.pipeline().run(paths, sync=sync, progress=progress, collection=collection, refresh=refresh)
+            # Another ingest into the same new collection may have created it since the check: that is the goal.
+            with suppress(ConflictError):
+                self.store.create_collection(collection)
+        return self.pipeline().run(
+            paths,
+            sync=sync,
+            progress=progress,
+            collection=collection,
+            refresh=refresh,
+            follow_symlinks=follow_symlinks,
+        )
 
     def search(self, query: str, *, k: int = 10, filters: Filters = Filters(), mode: Mode = "hybrid") -> list[Hit]:
         """Return the top-k hits for a query (hybrid retrieval, then expansion and reranking if configured)."""

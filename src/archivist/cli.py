@@ -60,6 +60,13 @@ def ingest(
     collection: Annotated[
         str, typer.Option("--collection", "-c", help="The collection to ingest into (created if new).")
     ] = DEFAULT_COLLECTION,
+    follow_symlinks: Annotated[
+        bool,
+        typer.Option(
+            "--follow-symlinks",
+            help="Read symlinks in a folder that point outside it (skipped by default, with a reason).",
+        ),
+    ] = False,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -82,7 +89,14 @@ def ingest(
             def hook(p: IngestProgress) -> None:
                 progress.update(task, completed=p.done, total=p.total, current=_short(p.current, 50))
 
-            report = archivist.ingest(paths, sync=sync, progress=hook, collection=collection, refresh=refresh)
+            report = archivist.ingest(
+                paths,
+                sync=sync,
+                progress=hook,
+                collection=collection,
+                refresh=refresh,
+                follow_symlinks=follow_symlinks,
+            )
         counts = report.counts()
         if as_json:
             emit_json(

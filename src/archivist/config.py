@@ -85,10 +85,18 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=60.0, gt=0)
     #: Requests per minute per API key (a key's own --rate overrides it); bursts up to one minute's worth.
     rate_limit_per_minute: int = Field(default=600, ge=1)
+    #: Failed authentications per minute per client address before further failures answer 429 (a valid key is
+    #: always served); bursts up to one minute's worth.
+    auth_failures_per_minute: int = Field(default=30, ge=1)
     #: Browser origins allowed to call the API, comma-separated ("*" for any); empty: same origin only.
     cors_origins: str = ""
     #: Where uploads wait for their ingestion job (default: an `uploads` folder beside a SQLite store).
     upload_dir: str | None = None
+    #: A worker holds a job this long and renews it every third of it while working; a job whose worker stopped
+    #: renewing (killed, host gone) is taken by another worker once the lease runs out.
+    job_lease_s: float = Field(default=60.0, ge=1.0, le=3600.0)
+    #: How many times a job is taken before it ends failed (a worker that died counts as an attempt).
+    job_max_attempts: int = Field(default=3, ge=1, le=100)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

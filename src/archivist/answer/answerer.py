@@ -6,7 +6,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -20,8 +20,8 @@ from archivist.answer.text import Sentence, prose, sentence_model_key
 from archivist.answer.verify import Claim, Verification, split_claims, verify
 from archivist.embed.base import Embedder, span_pooling
 from archivist.llm.accounting import Budget
-from archivist.llm.base import ChatRequest, Completion, Deadline, DoneEvent, Message, TokenEvent
-from archivist.llm.errors import LLMError, StreamBroken
+from archivist.llm.base import Cancellation, ChatRequest, Completion, Deadline, DoneEvent, Message, TokenEvent
+from archivist.llm.errors import Cancelled, LLMError, StreamBroken
 from archivist.llm.gateway import Gateway
 from archivist.retrieve.search import SearchPipeline
 from archivist.store.base import Filters
@@ -143,6 +143,8 @@ class _Prepared:
     t0: float
     timings: dict[str, float]
     warnings: list[str]
+    #: set when the caller stops waiting (its client hung up): the model calls made for the answer stop
+    cancellation: Cancellation | None = None
 
 
 def _citation(n: int, passage: Passage, sentence: Sentence, support: float = 1.0) -> Citation:
@@ -278,19 +280,24 @@ class Answerer:
         filters: Filters = Filters(),
         exclude_documents: frozenset[str] = frozenset(),
         budget: Budget | None = None,
+        cancellation: Cancellation | None = None,
     ) -> Answer:
         """Return the grounded answer to a question (or a refusal naming the closest sources).
 
         Model calls are charged to `budget` (e.g. a request's, chained to its API key's); one that would not
-        fit falls back to the extractive answer with a warning, like any other model failure.
+        fit falls back to the extractive answer with a warning, like any other model failure. Once
+        `cancellation` is set, no further model call is made and `Cancelled` is raised instead of an answer.
         """
         prep = self._prepare(question, k, filters, exclude_documents, budget)
+        prep.cancellation = cancellation
         refused = self._refusal(prep)
         if refused is not None or self.gateway is None:
             return refused or self._extractive(prep)
         request = self._request(prep)
         try:
-            completion = self.gateway.chat(request, self._deadline(), budget)
+            completion = self.gateway.chat(request, self._deadline(cancellation), budget)
+        except Cancelled:
+            raise  # nobody waits for an answer: an extractive one would be work for nothing
         except LLMError as exc:
             # An answer from the documents beats an error: fall back to extraction and say so.
             prep.warnings.append(f"LLM failed, answered extractively: {type(exc).__name__}: {exc}")
@@ -305,10 +312,17 @@ class Answerer:
         filters: Filters = Filters(),
         exclude_documents: frozenset[str] = frozenset(),
         budget: Budget | None = None,
-    ) -> Iterator[AnswerEvent]:
+        cancellation: Cancellation | None = None,
+    ) -> Generator[AnswerEvent, None, None]:
         """Yield the evidence (RetrievalDone), the answer's text as TokenEvents as it is produced, then one
-        AnswerDone with the checked answer and its citations."""
+        AnswerDone with the checked answer and its citations.
+
+        A caller that stops early closes the iterator: the model's stream is closed at once and what it generated
+        so far is charged to `budget`. Setting `cancellation` from another thread also aborts a model call in
+        flight (a stalled one included); the stream then raises `Cancelled`.
+        """
         prep = self._prepare(question, k, filters, exclude_documents, budget)
+        prep.cancellation = cancellation
         yield RetrievalDone(prep.hits)
         refused = self._refusal(prep)
         if refused is not None or self.gateway is None:
@@ -318,15 +332,16 @@ class Answerer:
             return
         completion: Completion | None = None
         sent = False
+        events = self.gateway.stream(self._request(prep), self._deadline(cancellation), budget)
         try:
-            for event in self.gateway.stream(self._request(prep), self._deadline(), budget):
+            for event in events:
                 if isinstance(event, TokenEvent):
                     sent = True
                     yield event
                 elif isinstance(event, DoneEvent):
                     completion = event.completion
-        except StreamBroken:
-            raise  # text reached the user already: a silent switch to another answer would mislead
+        except (StreamBroken, Cancelled):
+            raise  # text reached the user already, or nobody waits: a switch to another answer would mislead
         except LLMError as exc:
             if sent:
                 raise
@@ -335,6 +350,9 @@ class Answerer:
             yield from _pieces(final.answer)
             yield AnswerDone(final)
             return
+        finally:
+            # Closed now, not whenever the collector gets to it: that closes the provider's connection.
+            events.close()
         assert completion is not None  # a gateway stream ends with a DoneEvent or raises
         yield AnswerDone(self._generated(prep, completion, budget))
 
@@ -361,8 +379,12 @@ class Answerer:
             for (a, b), vector in zip(found.spans, found.vectors, strict=True)
         }
 
-    def _deadline(self) -> Deadline | None:
-        return Deadline.after(self.timeout_s) if self.timeout_s else None
+    def _deadline(self, cancellation: Cancellation | None = None, timeout_s: float | None = None) -> Deadline | None:
+        """Return the deadline of a model call (None: the gateway's default), carrying the cancellation."""
+        seconds = timeout_s or self.timeout_s
+        if cancellation is not None and not seconds and self.gateway is not None:
+            seconds = self.gateway.default_timeout_s
+        return Deadline.after(seconds, cancellation) if seconds else None
 
     def _prepare(
         self, question: str, k: int | None, filters: Filters, exclude: frozenset[str], budget: Budget | None = None
@@ -494,16 +516,17 @@ class Answerer:
         if not claims:
             return self.verification  # nothing cited to judge: the judge was not needed, not failed
         t0 = time.perf_counter()
-        timeout = self.verify_timeout_s or self.timeout_s
         try:
             entailment = judge_entailment(
                 self.gateway,
                 self.verify_prompt,
                 claims,
                 prep.passages,
-                deadline=Deadline.after(timeout) if timeout else None,
+                deadline=self._deadline(prep.cancellation, self.verify_timeout_s),
                 budget=budget,
             )
+        except Cancelled:
+            raise
         except LLMError as exc:
             prep.warnings.append(
                 f"entailment check failed, claims were checked by similarity instead: {type(exc).__name__}: {exc}"

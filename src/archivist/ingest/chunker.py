@@ -4,6 +4,10 @@ A document is cut into sections at headings, each section's blocks are packed gr
 the target size, and only blocks too big for a chunk are split: prose at sentence boundaries,
 code and tables at line ends, and anything still too big into token windows. Every chunk is a
 contiguous span of the document text.
+
+A chunk is also capped in characters (`ChunkerSettings.max_chars`): a word-piece tokenizer reads a long unbroken
+run of characters as one unknown token, so the token cap alone would let one "word" of megabytes through. Runs
+over the character cap are cut before any of them reaches the tokenizer.
 """
 
 from __future__ import annotations
@@ -18,13 +22,25 @@ from archivist.ingest.spans import trim_span
 from archivist.types import Block, Chunk, Document, UsageError
 
 # Bump whenever a change to this module can change the chunks of an unchanged document.
-CHUNKER_VERSION = "1"
+CHUNKER_VERSION = "2"
 
 _ATOMIC_KINDS = frozenset({"heading", "code", "table"})
 _MIN_WINDOW_TOKENS = 16
 _ABBREVIATION_LOOKBACK = 12
+#: Characters a chunk may hold per token of its cap. English prose runs at about 4-5 characters per word-piece token
+#: and indented code at up to about 10; only text the tokenizer cannot split (a run with no space or punctuation,
+#: read as one unknown token) comes near this bound, and that is what the character cap is for.
+MAX_CHARS_PER_TOKEN = 16
+#: A run over the character cap is cut at the last whitespace (else punctuation) in the last 1/_BREAK_WINDOW of the
+#: cap, and hard at the cap when there is none there.
+_BREAK_WINDOW = 2
+#: Characters sent to the tokenizer in one call: its per-token bookkeeping of a whole large document at once would
+#: cost many times the document's size.
+_COUNT_BATCH_CHARS = 1 << 18
 
-_SENTENCE_END = re.compile(r"""([.!?]+['"”’)\]]*)\s+(?=[A-Z0-9"“'‘(\[])""")
+# A match starts only where a run of end punctuation starts, and nothing backtracks: a run of a million dots must
+# cost one pass, not one pass per dot.
+_SENTENCE_END = re.compile(r"""(?<![.!?])([.!?]++['"”’)\]]*+)\s++(?=[A-Z0-9"“'‘(\[])""")
 _ABBREVIATIONS = frozenset(
     {
         *("al.", "approx.", "ca.", "cf.", "ch.", "col.", "dept.", "dr.", "ed.", "eds.", "eq.", "eqs."),
@@ -34,13 +50,16 @@ _ABBREVIATIONS = frozenset(
     }
 )
 _INITIALS = re.compile(r"(?:[A-Za-z]\.){2,}|[A-Z]\.")  # "e.g.", "U.S.", "J."
-_LIST_MARKER = re.compile(r"[ \t]*(?:[-*+]|\d{1,9}[.)])(?:[ \t]|$)")
-_NON_WS_LINE = re.compile(r"[^\n]*\S[^\n]*")
+_LIST_MARKER = re.compile(r"[ \t]*(?:[-*+]|\d{1,9}[.)])(?:[ \t]|$)", re.MULTILINE)
+# From a line's first non-space character to its end (trimmed by the caller); starting at a non-space keeps a
+# line of a million spaces linear.
+_NON_WS_LINE = re.compile(r"\S[^\n]*+")
+_PUNCTUATION = re.compile(r"[^\w\s]")
 
 
 @dataclass(frozen=True)
 class ChunkerSettings:
-    """How big chunks are, in model tokens."""
+    """How big chunks are, in model tokens (and, derived from that, in characters)."""
 
     max_tokens: int = 256  # hard cap per chunk
     target_tokens: int = 200  # aim; a chunk may grow to max_tokens to keep a code block/table whole
@@ -56,6 +75,11 @@ class ChunkerSettings:
                 f"chunk overlap_tokens must be at least 0 and below target_tokens ({self.target_tokens}), "
                 f"got {self.overlap_tokens}"
             )
+
+    @property
+    def max_chars(self) -> int:
+        """Return the most characters a chunk may hold: MAX_CHARS_PER_TOKEN per token of the cap."""
+        return self.max_tokens * MAX_CHARS_PER_TOKEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +147,11 @@ def sentence_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
 
 def _item_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
     """Return the span of each item of a list block (an item runs until the next marker line)."""
-    starts = [m.start() for m in _NON_WS_LINE.finditer(text, start, end) if _LIST_MARKER.match(m.group())]
+    starts = []
+    for match in _NON_WS_LINE.finditer(text, start, end):
+        line = max(start, text.rfind("\n", start, match.start()) + 1)
+        if _LIST_MARKER.match(text, line, end):
+            starts.append(line)
     if not starts or starts[0] != _first_content(text, start, end):
         starts.insert(0, start)
     return _spans_between(text, [*starts, end])
@@ -143,6 +171,32 @@ def _first_content(text: str, start: int, end: int) -> int:
 def _line_spans(text: str, start: int, end: int) -> list[tuple[int, int]]:
     spans = (trim_span(text, m.start(), m.end()) for m in _NON_WS_LINE.finditer(text, start, end))
     return [span for span in spans if span is not None]
+
+
+def hard_split(text: str, start: int, end: int, cap: int) -> list[tuple[int, int, bool]]:
+    """Return text[start:end] as trimmed spans of at most `cap` characters, each with whether it was cut at
+    whitespace (so token counts of neighbours add up); a span within the cap comes back whole."""
+    pieces: list[tuple[int, int, bool]] = []
+    clean = True  # whether the piece being cut starts at whitespace (or where the caller's span starts)
+    while end - start > cap:
+        limit = start + cap
+        low = limit - max(1, cap // _BREAK_WINDOW)
+        space = max(text.rfind(" ", low, limit), text.rfind("\n", low, limit), text.rfind("\t", low, limit))
+        if space > start:
+            cut, resume, at_space = space, space + 1, True
+        else:
+            marks = [m.end() for m in _PUNCTUATION.finditer(text, low, limit)]
+            cut = resume = marks[-1] if marks else limit
+            at_space = False
+        span = trim_span(text, start, cut)
+        if span is not None:
+            pieces.append((span[0], span[1], clean and at_space))
+        clean = at_space
+        start = resume
+    span = trim_span(text, start, end)
+    if span is not None:
+        pieces.append((span[0], span[1], clean))
+    return pieces
 
 
 def _window_cuts(offsets: Sequence[tuple[int, int]], size: int) -> list[int]:
@@ -170,6 +224,7 @@ class Chunker:
         # Sums of piece counts are trusted only clear of the cap, in case the tokenizer is not additive.
         self._trusted_tokens = settings.max_tokens - max(8, settings.max_tokens // 16)
         self._window_tokens = min(settings.target_tokens, max(settings.overlap_tokens, _MIN_WINDOW_TOKENS))
+        self._max_chars = settings.max_chars
 
     def fingerprint(self) -> str:
         """Return a stable string naming the chunking behaviour, so a change re-chunks documents."""
@@ -182,10 +237,14 @@ class Chunker:
         # A block outside the text would make a chunk that is no span of it.
         blocks = [b for b in doc.blocks if 0 <= b.start < b.end <= size] or self._fallback_blocks(doc.text)
         pieces = [self._block_pieces(doc.text, block) for block in blocks]
-        flat = [doc.text[a:b] for spans in pieces for a, b in spans]
-        counts = iter(self.tokenizer.count(flat))
+        # A piece over the character cap (only an oversize code block or table) is never tokenized whole: it is
+        # marked over the token cap, so it is split into lines first.
+        counts = iter(self._count([doc.text[a:b] for spans in pieces for a, b, _ in spans if b - a <= self._max_chars]))
+        over = self.settings.max_tokens + 1
         groups_by_block = {
-            id(block): self._block_groups(doc.text, block, [(a, b, next(counts)) for a, b in spans])
+            id(block): self._block_groups(
+                doc.text, block, [(a, b, next(counts) if b - a <= self._max_chars else over, e) for a, b, e in spans]
+            )
             for block, spans in zip(blocks, pieces, strict=True)
         }
         packed: list[tuple[tuple[str, ...], list[_Unit]]] = []
@@ -200,62 +259,81 @@ class Chunker:
         span = trim_span(text, 0, len(text))
         return [] if span is None else [Block("paragraph", span[0], span[1])]
 
-    @staticmethod
-    def _block_pieces(text: str, block: Block) -> list[tuple[int, int]]:
-        """Return the spans whose token counts the block needs: sentences for prose, else the block."""
+    def _count(self, texts: list[str]) -> list[int]:
+        """Return the token count of each text, asking the tokenizer a bounded number of characters at a time."""
+        counts: list[int] = []
+        batch: list[str] = []
+        size = 0
+        for text in texts:
+            batch.append(text)
+            size += len(text)
+            if size >= _COUNT_BATCH_CHARS:
+                counts += self.tokenizer.count(batch)
+                batch, size = [], 0
+        return counts + self.tokenizer.count(batch) if batch else counts
+
+    def _block_pieces(self, text: str, block: Block) -> list[tuple[int, int, bool]]:
+        """Return the spans whose token counts the block needs: sentences for prose (any over the character cap
+        cut into pieces), else the block; each with whether it ends at a word boundary (its count is exact)."""
         if block.kind in _ATOMIC_KINDS:
             span = trim_span(text, block.start, block.end)
-            return [] if span is None else [span]
+            return [] if span is None else [(span[0], span[1], True)]
         if block.kind == "list":
-            return [s for a, b in _item_spans(text, block.start, block.end) for s in sentence_spans(text, a, b)]
-        return sentence_spans(text, block.start, block.end)
+            spans = [s for a, b in _item_spans(text, block.start, block.end) for s in sentence_spans(text, a, b)]
+        else:
+            spans = sentence_spans(text, block.start, block.end)
+        cap = self._max_chars
+        return [piece for a, b in spans for piece in ([(a, b, True)] if b - a <= cap else hard_split(text, a, b, cap))]
 
-    def _block_groups(self, text: str, block: Block, pieces: list[tuple[int, int, int]]) -> list[_Group]:
+    def _block_groups(self, text: str, block: Block, pieces: list[tuple[int, int, int, bool]]) -> list[_Group]:
         """Return a block as groups: whole if it fits a chunk, else its pieces one group each."""
         s = self.settings
         if block.kind in _ATOMIC_KINDS:
             if not pieces:
                 return []
-            start, end, tokens = pieces[0]
+            start, end, tokens, _ = pieces[0]
             if tokens <= s.max_tokens:
                 return [_Group((self._unit(block, start, end, tokens),))]
             return [_Group((unit,)) for unit in self._split_atomic(text, block, start, end)]
         units: list[_Unit] = []
-        for start, end, tokens in pieces:
+        for start, end, tokens, exact in pieces:
             if tokens <= s.max_tokens:
-                units.append(self._unit(block, start, end, tokens))
+                units.append(self._unit(block, start, end, tokens, exact))
             else:
                 units.extend(self._windows(text, block, start, end, self._window_tokens))
-        if sum(unit.tokens for unit in units) <= s.target_tokens:
+        if sum(unit.tokens for unit in units) <= s.target_tokens and units[-1].end - units[0].start <= self._max_chars:
             return [_Group(tuple(units))]
         return [_Group((unit,)) for unit in units]
 
     @staticmethod
-    def _unit(block: Block, start: int, end: int, tokens: int) -> _Unit:
+    def _unit(block: Block, start: int, end: int, tokens: int, exact: bool = True) -> _Unit:
         prose = block.kind not in _ATOMIC_KINDS
-        return _Unit(start, end, tokens, block.page, prose=prose, heading=block.kind == "heading")
+        return _Unit(start, end, tokens, block.page, prose=prose, heading=block.kind == "heading", exact=exact)
 
     def _split_atomic(self, text: str, block: Block, start: int, end: int) -> list[_Unit]:
-        """Return an oversize code block or table as runs of whole lines, lines too long as windows."""
-        lines = _line_spans(text, start, end)
-        counts = self.tokenizer.count([text[a:b] for a, b in lines])
+        """Return an oversize code block or table as runs of whole lines, lines too long as windows (a line over
+        the character cap is first cut into pieces within it)."""
+        cap = self._max_chars
+        lines = [piece for a, b in _line_spans(text, start, end) for piece in hard_split(text, a, b, cap)]
+        counts = self._count([text[a:b] for a, b, _ in lines])
         target = self.settings.target_tokens
         units: list[_Unit] = []
-        run: list[tuple[int, int, int]] = []
+        run: list[tuple[int, int, int, bool]] = []
 
         def close_run() -> None:
             if run:
-                units.append(self._unit(block, run[0][0], run[-1][1], sum(c for _, _, c in run)))
+                exact = all(e for _, _, _, e in run)
+                units.append(self._unit(block, run[0][0], run[-1][1], sum(c for _, _, c, _ in run), exact))
                 run.clear()
 
-        for (a, b), tokens in zip(lines, counts, strict=True):
+        for (a, b, exact), tokens in zip(lines, counts, strict=True):
             if tokens > target:
                 close_run()
                 units.extend(self._windows(text, block, a, b, target))
             else:
-                if run and sum(c for _, _, c in run) + tokens > target:
+                if run and (sum(c for _, _, c, _ in run) + tokens > target or b - run[0][0] > cap):
                     close_run()
-                run.append((a, b, tokens))
+                run.append((a, b, tokens, exact))
         close_run()
         return units
 
@@ -286,9 +364,10 @@ class Chunker:
             # Until a chunk has content of its own, it may grow to the cap rather than leave
             # a heading or an overlap alone in a chunk.
             fits = fits or (not has_content and total + size <= s.max_tokens)
+            fits = fits and (not current or group.units[-1].end - current[0].start <= self._max_chars)
             if current and not fits:
                 chunks.append(current)
-                current = self._overlap(current, size)
+                current = self._overlap(current, group)
                 total = sum(unit.tokens for unit in current)
                 has_content = False
             current.extend(group.units)
@@ -298,15 +377,17 @@ class Chunker:
             chunks.append(current)
         return chunks
 
-    def _overlap(self, previous: list[_Unit], incoming: int) -> list[_Unit]:
+    def _overlap(self, previous: list[_Unit], incoming: _Group) -> list[_Unit]:
         """Return the trailing prose sentences of a chunk to repeat at the start of the next one."""
         budget = self.settings.overlap_tokens
-        room = self.settings.max_tokens - incoming
+        room = self.settings.max_tokens - incoming.tokens
         taken: list[_Unit] = []
         total = 0
         # Never the whole previous chunk: the next one must not start where it started.
         for unit in reversed(previous[1:]):
             if not unit.prose or total + unit.tokens > min(budget, room):
+                break
+            if incoming.units[-1].end - unit.start > self._max_chars:
                 break
             taken.append(unit)
             total += unit.tokens
@@ -320,13 +401,13 @@ class Chunker:
         # Counting every chunk again would double the tokenizer work; the sum of its pieces' counts
         # is exact when they were cut at whitespace, so only doubtful sums are recounted.
         doubtful = [i for i, (_, units) in enumerate(packed) if self._doubtful(text, units, counts[i])]
-        recounted = self.tokenizer.count([text[packed[i][1][0].start : packed[i][1][-1].end] for i in doubtful])
+        recounted = self._count([text[packed[i][1][0].start : packed[i][1][-1].end] for i in doubtful])
         for i, tokens in zip(doubtful, recounted, strict=True):
             counts[i] = tokens
         chunks: list[Chunk] = []
         for (path, units), tokens in zip(packed, counts, strict=True):
             start, end = units[0].start, units[-1].end
-            fits = tokens <= self.settings.max_tokens
+            fits = tokens <= self.settings.max_tokens and end - start <= self._max_chars
             pieces = [(start, end, tokens)] if fits else self._fit(text, start, end)
             for a, b, n in pieces:
                 chunks.append(
@@ -352,8 +433,15 @@ class Chunker:
         return any(text[a.end : b.start].strip() for a, b in itertools.pairwise(units))
 
     def _fit(self, text: str, start: int, end: int) -> list[tuple[int, int, int]]:
-        """Return a span cut into windows whose exact token counts are within the cap."""
+        """Return a span cut into windows whose exact token counts and lengths are within the caps."""
+        return [w for a, b, _ in hard_split(text, start, end, self._max_chars) for w in self._fit_tokens(text, a, b)]
+
+    def _fit_tokens(self, text: str, start: int, end: int) -> list[tuple[int, int, int]]:
+        """Return a span within the character cap cut into windows whose exact token counts are within the cap."""
         size = self.settings.max_tokens
+        [tokens] = self.tokenizer.count([text[start:end]])
+        if tokens <= size:
+            return [(start, end, tokens)]
         while True:
             offsets = self.tokenizer.offsets(text[start:end])
             bounds = [start, *(start + offsets[c][0] for c in _window_cuts(offsets, size)[1:]), end]

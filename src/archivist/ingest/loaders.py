@@ -23,6 +23,9 @@ from archivist.types import Block, BlockKind, Document, Skipped
 _MB = 1024 * 1024
 _SNIFF_BYTES = 8192
 _SHORT_TITLE_CHARS = 120
+#: Titles and heading names are repeated in every chunk's embedded text and every search hit: a "title" of
+#: megabytes (one huge line under a `#`) is cut to this many characters.
+MAX_TITLE_CHARS = 500
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 MARKDOWN = "text/markdown"
@@ -150,14 +153,34 @@ def _read_bytes(path: Path, max_file_bytes: int) -> bytes:
     return data
 
 
+def _wide_encoding(head: bytes) -> str | None:
+    """Return "utf-32" or "utf-16" when bytes start with that encoding's byte order mark, else None."""
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "utf-32"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return None
+
+
 def _decode_text(data: bytes, fallback_encoding: str | None = None) -> str:
-    """Return bytes decoded as UTF-8 with the BOM stripped and LF line ends, or reject them."""
-    if b"\x00" in data[:_SNIFF_BYTES]:
+    """Return bytes decoded as UTF-8 (or UTF-16/32 with a byte order mark) with the BOM stripped and LF line ends,
+    or reject them."""
+    wide = _wide_encoding(data)
+    if wide is not None:
+        # Windows tools save text as UTF-16 with a BOM: its NUL bytes do not make it binary.
+        try:
+            text = data.decode(wide)
+        except UnicodeDecodeError as error:
+            raise _Rejected(f"not valid {wide.upper()}: {_one_line(error)}") from None
+        if "\x00" in text[:_SNIFF_BYTES]:
+            raise _Rejected("binary content, not text")
+    elif b"\x00" in data[:_SNIFF_BYTES]:
         raise _Rejected("binary content, not text")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        text = _decode_fallback(data, fallback_encoding, error)
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            text = _decode_fallback(data, fallback_encoding, error)
     text = normalise_newlines(text.removeprefix("\ufeff"))
     if not text.strip():
         raise _Rejected("empty file")
@@ -179,12 +202,22 @@ def _bad_byte(error: UnicodeDecodeError) -> str:
     return f"byte 0x{error.object[error.start]:02x}"
 
 
+def clip_title(title: str) -> str:
+    """Return a title of at most MAX_TITLE_CHARS characters, cut at a space and marked with '…' when too long."""
+    if len(title) <= MAX_TITLE_CHARS:
+        return title
+    cut = title[: MAX_TITLE_CHARS - 1]
+    space = cut.rfind(" ", MAX_TITLE_CHARS // 2)
+    return (cut[:space] if space > 0 else cut).rstrip() + "…"
+
+
 def normalise_newlines(text: str) -> str:
     """Return text with CRLF and lone CR line ends turned into LF."""
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-_PARAGRAPH_RUN = re.compile(r"[^\n]*\S[^\n]*(?:\n[^\n]*\S[^\n]*)*")
+# Starts at a non-space and never backtracks, so a line of a million spaces costs one pass, not one per space.
+_PARAGRAPH_RUN = re.compile(r"\S[^\n]*+(?:\n[^\S\n]*+\S[^\n]*+)*+")
 _LINE_CONTENT = re.compile(r"\S(?:[^\n]*\S)?")
 
 
@@ -236,15 +269,31 @@ def _load_text(path: Path, source: str, data: bytes) -> Document:
 
 # --- markdown ---------------------------------------------------------------------------------
 
-_ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+_ATX_OPEN = re.compile(r" {0,3}(#{1,6})(?=[ \t]|$)")
 _SETEXT = re.compile(r"^ {0,3}(=+|-+)[ \t]*$")
 _THEMATIC = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _LIST_ITEM = re.compile(r"^ {0,3}(?:[-*+]|(\d{1,9})[.)])(?:[ \t]+|$)")
 _TABLE_ROW = re.compile(r"^ {0,3}\|")
-_FRONT_KEY = re.compile(r"^([A-Za-z_][\w.-]*)[ \t]*:(?:[ \t]+(.*?))?[ \t]*$")
-_FRONT_ITEM = re.compile(r"^[ \t]+-[ \t]+(.*?)[ \t]*$")
+# Values are matched greedily and right-trimmed by the caller: a lazy `(.*?)[ \t]*$` retries the tail at every
+# space of a long line.
+_FRONT_KEY = re.compile(r"^([A-Za-z_][\w.-]*)[ \t]*:(?:[ \t]+(.*))?$")
+_FRONT_ITEM = re.compile(r"^[ \t]+-[ \t]+(.*)$")
 _FRONT_END = frozenset({"---", "..."})
+
+
+def _atx_heading(line: str) -> tuple[int, str] | None:
+    """Return the level and title of an ATX heading line ("## Title ##"), or None if it is not one."""
+    match = _ATX_OPEN.match(line)
+    if match is None:
+        return None
+    rest = line[match.end() :].lstrip(" \t")
+    title = rest.rstrip(" \t")
+    # A closing run of '#' counts only after a space; a title is never the closing run alone.
+    unclosed = title.rstrip("#")
+    if unclosed != title and unclosed.endswith((" ", "\t")):
+        title = unclosed.rstrip(" \t")
+    return len(match.group(1)), title
 
 
 @dataclass
@@ -301,10 +350,10 @@ def _front_matter_fields(lines: list[str]) -> dict[str, Any]:
         item_match = _FRONT_ITEM.match(line)
         if key_match:
             last_key = key_match.group(1)
-            value = key_match.group(2)
+            value = (key_match.group(2) or "").rstrip(" \t")
             fields[last_key] = _unquote(value) if value else []
         elif item_match and last_key is not None and isinstance(fields[last_key], list):
-            fields[last_key].append(_unquote(item_match.group(1)))
+            fields[last_key].append(_unquote(item_match.group(1).rstrip(" \t")))
         else:
             return {}
     return fields
@@ -343,10 +392,10 @@ class _MarkdownParser:
         if fence:
             self._flush_paragraph()
             return self._fenced_code(i, fence.group(1))
-        atx = _ATX.match(content)
+        atx = _atx_heading(content)
         if atx:
             self._flush_paragraph()
-            self._heading(len(atx.group(1)), (atx.group(2) or "").strip(), line.start, line.end)
+            self._heading(atx[0], atx[1].strip(), line.start, line.end)
             return i + 1
         if _THEMATIC.match(content):
             # A horizontal rule carries no text worth indexing.
@@ -383,6 +432,7 @@ class _MarkdownParser:
         if not title:
             # An empty heading closes deeper sections but names none.
             return
+        title = clip_title(title)
         self.headings.append((level, title))
         if level == 1 and self.first_h1 is None:
             self.first_h1 = title
@@ -448,7 +498,7 @@ class _MarkdownParser:
         if content.startswith(("  ", "\t")) or _LIST_ITEM.match(content):
             return True
         # A lazy continuation line belongs to the item unless it starts another construct.
-        starts_other = _ATX.match(content) or _FENCE.match(content) or _TABLE_ROW.match(content)
+        starts_other = _atx_heading(content) or _FENCE.match(content) or _TABLE_ROW.match(content)
         return not starts_other and not _THEMATIC.match(content)
 
 
@@ -463,7 +513,7 @@ def _load_markdown(path: Path, source: str, data: bytes) -> Document:
     title = declared if isinstance(declared, str) and declared.strip() else parser.first_h1
     return Document(
         source=source,
-        title=(title or path.stem).strip(),
+        title=clip_title((title or path.stem).strip()),
         text=text,
         media_type=MARKDOWN,
         blocks=blocks,
@@ -547,32 +597,60 @@ def _declared_charset(data: bytes) -> str | None:
         return None
 
 
-def _has_ancestor(node: Any, tags: frozenset[str]) -> bool:
-    parent = node.parent
-    while parent is not None:
-        if parent.tag in tags:
-            return True
-        parent = parent.parent
-    return False
+_TAG = re.compile(r"<(/?)([A-Za-z][\w:-]*)[^<>]*?(/?)>")
+#: Elements that never deepen the tree: void elements, and those the parser closes by itself when the next one
+#: opens (an unclosed <p>, <li> or <a> is ordinary HTML, not nesting).
+_FLAT_TAGS = frozenset(
+    {
+        *("area", "base", "basefont", "bgsound", "br", "col", "embed", "frame", "hr", "img", "input", "keygen"),
+        *("link", "meta", "param", "source", "track", "wbr", "p", "li", "dt", "dd", "option", "optgroup", "tr"),
+        *("td", "th", "thead", "tbody", "tfoot", "caption", "colgroup", "rb", "rt", "rtc", "rp", "a", "nobr"),
+        *("html", "head", "body", "form"),
+    }
+)
+#: Deeper than any real page; the HTML parser's work per tag grows with the depth, so a file of nothing but
+#: nested tags would take hours to parse.
+MAX_HTML_DEPTH = 1000
+_LISTS = frozenset({"ul", "ol"})
+
+
+def _nesting_depth(text: str, limit: int) -> int:
+    """Return how deep the markup of an HTML text nests (an estimate from its tags), counting at most past limit."""
+    depth = peak = 0
+    for match in _TAG.finditer(text):
+        closing, name, self_closing = match.groups()
+        if self_closing or name.lower() in _FLAT_TAGS:
+            continue
+        if closing:
+            depth = max(0, depth - 1)
+            continue
+        depth += 1
+        if depth > peak:
+            peak = depth
+            if peak > limit:
+                break
+    return peak
 
 
 def _remove_chrome(tree: Any) -> None:
     """Remove navigation, banners, scripts and other elements that are not content."""
-    doomed = list(tree.css(_DROP_SELECTOR))
-    # A <header> inside an article or section holds its title, not the site banner.
-    doomed += [h for h in tree.css("header") if not _has_ancestor(h, _CONTENT_SECTIONS)]
-    # Innermost first, so no node is freed before a descendant is removed.
-    for node in sorted(doomed, key=_depth, reverse=True):
+    doomed = {node.mem_id for node in tree.css(_DROP_SELECTOR)}
+    headers = {node.mem_id for node in tree.css("header")}
+    outermost: list[Any] = []
+    # One pass over the tree, never entering a removed subtree: a per-element walk up to the root would cost the
+    # depth of the tree for each element.
+    stack: list[tuple[Any, bool]] = [(tree.root, False)] if tree.root is not None else []
+    while stack:
+        node, in_section = stack.pop()
+        # A <header> inside an article or section holds its title, not the site banner.
+        if node.mem_id in doomed or (node.mem_id in headers and not in_section):
+            outermost.append(node)
+            continue
+        inner = in_section or node.tag in _CONTENT_SECTIONS
+        stack.extend((child, inner) for child in _element_children(node))
+    # Removing a subtree removes what it holds: only the outermost ones are removed, so no freed node is touched.
+    for node in outermost:
         node.decompose()
-
-
-def _depth(node: Any) -> int:
-    depth = 0
-    parent = node.parent
-    while parent is not None:
-        depth += 1
-        parent = parent.parent
-    return depth
 
 
 def _content_root(tree: Any) -> Any:
@@ -589,22 +667,24 @@ def _content_root(tree: Any) -> Any:
 def _inline_text(node: Any, skip: frozenset[str] = frozenset()) -> str:
     """Return the collapsed text of an element, leaving out subtrees whose tag is in skip."""
     parts: list[str] = []
-
-    def visit(current: Any) -> None:
-        for child in current.iter(include_text=True):
-            if child.is_text_node:
-                parts.append(child.text(deep=False))
-            elif child.tag in skip or child.tag == "-comment":
-                continue
-            elif child.tag in _BLOCK_TAGS or child.tag == "br":
-                # Adjacent blocks must not run their words together.
-                parts.append(" ")
-                visit(child)
-                parts.append(" ")
-            else:
-                visit(child)
-
-    visit(node)
+    # An explicit stack, not recursion: nesting is bounded by MAX_HTML_DEPTH, not by Python's recursion limit.
+    stack: list[tuple[Iterator[Any], str]] = [(node.iter(include_text=True), "")]
+    while stack:
+        children, closer = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            parts.append(closer)
+        elif child.is_text_node:
+            parts.append(child.text(deep=False))
+        elif child.tag in skip or child.tag == "-comment":
+            continue
+        elif child.tag in _BLOCK_TAGS or child.tag == "br":
+            # Adjacent blocks must not run their words together.
+            parts.append(" ")
+            stack.append((child.iter(include_text=True), " "))
+        else:
+            stack.append((child.iter(include_text=True), ""))
     return _collapse("".join(parts))
 
 
@@ -612,32 +692,55 @@ def _element_children(node: Any) -> Iterator[Any]:
     return (child for child in node.iter(include_text=False) if child.tag not in ("-text", "-comment"))
 
 
-def _list_lines(node: Any, depth: int = 0) -> list[str]:
-    """Return a list element as `- item` lines (numbered for <ol>), nested lists indented."""
+@dataclass
+class _ListFrame:
+    """A list being turned into lines: its remaining items, its indent and its next number."""
+
+    children: Iterator[Any]
+    depth: int
+    ordered: bool
+    number: int
+
+
+def _list_frame(node: Any, depth: int) -> _ListFrame:
     ordered = node.tag == "ol"
-    number = _ol_start(node) if ordered else 1
+    return _ListFrame(_element_children(node), depth, ordered, _ol_start(node) if ordered else 1)
+
+
+def _list_lines(node: Any) -> list[str]:
+    """Return a list element as `- item` lines (numbered for <ol>), nested lists indented."""
     lines: list[str] = []
-    for child in _element_children(node):
-        if child.tag in ("ul", "ol"):
-            lines += _list_lines(child, depth + 1)
+    stack = [_list_frame(node, 0)]
+    while stack:
+        frame = stack[-1]
+        child = next(frame.children, None)
+        if child is None:
+            stack.pop()
             continue
-        text = _inline_text(child, skip=frozenset({"ul", "ol"}))
+        if child.tag in _LISTS:
+            stack.append(_list_frame(child, frame.depth + 1))
+            continue
+        text = _inline_text(child, skip=_LISTS)
         if text:
-            marker = f"{number}." if ordered else "-"
-            lines.append(f"{'  ' * depth}{marker} {text}")
-            number += 1
-        for nested in child.css("ul, ol"):
-            owner = _nearest_item(nested.parent)
-            if owner is not None and owner.mem_id == child.mem_id:
-                lines += _list_lines(nested, depth + 1)
+            marker = f"{frame.number}." if frame.ordered else "-"
+            lines.append(f"{'  ' * frame.depth}{marker} {text}")
+            frame.number += 1
+        # The item's own sub-lists come before its next sibling: pushed last-first, each is done before the next.
+        stack.extend(_list_frame(nested, frame.depth + 1) for nested in reversed(_outer_lists(child)))
     return lines
 
 
-def _nearest_item(node: Any) -> Any:
-    """Return the closest ancestor-or-self that is a list item, or None."""
-    while node is not None and node.tag != "li":
-        node = node.parent
-    return node
+def _outer_lists(node: Any) -> list[Any]:
+    """Return the lists inside an element that are not inside another list of it, in document order."""
+    found: list[Any] = []
+    stack = list(_element_children(node))[::-1]
+    while stack:
+        current = stack.pop()
+        if current.tag in _LISTS:
+            found.append(current)
+        else:
+            stack.extend(list(_element_children(current))[::-1])
+    return found
 
 
 def _ol_start(node: Any) -> int:
@@ -647,13 +750,22 @@ def _ol_start(node: Any) -> int:
         return 1
 
 
+def _table_rows(node: Any) -> Iterator[Any]:
+    """Yield a table's own rows (a nested table's rows are part of the cell holding it)."""
+    for child in _element_children(node):
+        if child.tag == "tr":
+            yield child
+        elif child.tag in ("thead", "tbody", "tfoot"):
+            yield from (row for row in _element_children(child) if row.tag == "tr")
+
+
 def _table_lines(node: Any) -> list[str]:
     """Return a table as lines of cells joined with ' | '."""
     lines = []
-    caption = node.css_first("caption")
+    caption = next((child for child in _element_children(node) if child.tag == "caption"), None)
     if caption is not None and _inline_text(caption):
         lines.append(_inline_text(caption))
-    for row in node.css("tr"):
+    for row in _table_rows(node):
         cells = [_inline_text(cell) for cell in _element_children(row) if cell.tag in ("td", "th")]
         if any(cells):
             lines.append(" | ".join(cells))
@@ -680,8 +792,16 @@ class _HtmlWalker:
 
     def walk(self, node: Any) -> None:
         """Emit the blocks of every child of a node."""
-        for child in node.iter(include_text=True):
-            if child.is_text_node:
+        # (children left, whether leaving the element ends a paragraph); a stack, not recursion, as in _inline_text.
+        stack: list[tuple[Iterator[Any], bool]] = [(node.iter(include_text=True), False)]
+        while stack:
+            children, is_block = stack[-1]
+            child = next(children, None)
+            if child is None:
+                stack.pop()
+                if is_block:
+                    self.flush()
+            elif child.is_text_node:
                 self._inline.append(child.text(deep=False))
             elif child.tag == "br":
                 self._inline.append(" ")
@@ -694,21 +814,20 @@ class _HtmlWalker:
             elif child.tag == "table":
                 self.flush()
                 self.builder.add("\n".join(_table_lines(child)), "table", self._path())
-            elif child.tag in ("ul", "ol"):
+            elif child.tag in _LISTS:
                 self.flush()
                 self.builder.add("\n".join(_list_lines(child)), "list", self._path())
             elif child.tag in _BLOCK_TAGS:
                 self.flush()
-                self.walk(child)
-                self.flush()
+                stack.append((child.iter(include_text=True), True))
             elif child.tag != "-comment":
-                self.walk(child)
+                stack.append((child.iter(include_text=True), False))
 
     def _heading(self, level: int, title: str) -> None:
         while self.headings and self.headings[-1][0] >= level:
             self.headings.pop()
         if title:
-            self.headings.append((level, title))
+            self.headings.append((level, clip_title(title)))
             self.builder.add(title, "heading", self._path())
 
 
@@ -723,6 +842,8 @@ def _load_html(path: Path, source: str, data: bytes) -> Document:
     from selectolax.lexbor import LexborHTMLParser
 
     text = _decode_text(data, fallback_encoding=_declared_charset(data))
+    if _nesting_depth(text, MAX_HTML_DEPTH) > MAX_HTML_DEPTH:
+        raise _Rejected(f"HTML nested too deeply (over {MAX_HTML_DEPTH} levels of elements)")
     tree = LexborHTMLParser(text)
     declared_title = _first_text(tree, "title")
     _remove_chrome(tree)
@@ -734,7 +855,7 @@ def _load_html(path: Path, source: str, data: bytes) -> Document:
     return Document(
         source=source,
         # The first <h1> is looked for only once a site banner's cannot be it.
-        title=declared_title or _first_text(tree, "h1") or path.stem,
+        title=clip_title(declared_title or _first_text(tree, "h1") or path.stem),
         text=walker.builder.text,
         media_type=HTML,
         blocks=walker.builder.blocks,
@@ -786,7 +907,7 @@ def _pdf_title(reader: Any, text: str, stem: str) -> str:
     except Exception:
         declared = None
     if declared is not None and str(declared).strip():
-        return _collapse(str(declared))
+        return clip_title(_collapse(str(declared)))
     return _short_line_title(text, stem)
 
 
@@ -825,6 +946,7 @@ _LOADERS: dict[str, Callable[[Path, str, bytes], Document]] = {
 # --- JSONL ------------------------------------------------------------------------------------
 
 _READ_CHUNK = 1024 * 1024
+MAX_ID_CHARS = 1000
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean"}
 
 
@@ -860,6 +982,10 @@ def iter_jsonl(path: Path, *, max_record_bytes: int | None = None) -> Iterator[D
     """Yield a Document per valid line of a JSONL file and a Skipped per bad line, streaming."""
     source = source_for(path)
     try:
+        # Opening a FIFO for reading would wait for a writer forever.
+        if not stat.S_ISREG(path.stat().st_mode):
+            yield Skipped(source, "not a regular file")
+            return
         handle = path.open("rb")
     except OSError as error:
         yield Skipped(source, f"cannot read: {error.strerror or error}")
@@ -870,11 +996,24 @@ def iter_jsonl(path: Path, *, max_record_bytes: int | None = None) -> Iterator[D
         except OSError as error:
             yield Skipped(source, f"cannot read: {error.strerror or error}")
             return
-        if b"\x00" in head:
+        wide = _wide_encoding(head)
+        if wide is not None:
+            yield Skipped(source, f"{wide.upper()} text: JSONL must be UTF-8")
+            return
+        if _binary_head(head):
             yield Skipped(source, "binary content, not text")
             return
         handle.seek(0)
         yield from _jsonl_records(handle, source, max_record_bytes)
+
+
+def _binary_head(head: bytes) -> bool:
+    """Return whether the start of a JSONL file is binary: a NUL byte on most of its lines (UTF-16 text,
+    compressed data), not one bad line among good records (that line alone is skipped)."""
+    if b"\x00" not in head:
+        return False
+    lines = [line for line in head.split(b"\n") if line.strip()]
+    return 2 * sum(1 for line in lines if b"\x00" in line) > len(lines)
 
 
 def _jsonl_records(handle: BinaryIO, source: str, limit: int | None) -> Iterator[Document | Skipped]:
@@ -912,8 +1051,14 @@ def _jsonl_record(raw: bytes, source: str, lineno: int, first_seen: dict[str, in
     return document
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def _parse_record(raw: bytes) -> dict[str, Any]:
     """Return the JSON object on a line, or reject it."""
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise _Rejected(f"binary content, not text (NUL byte at column {nul + 1})")
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -926,7 +1071,21 @@ def _parse_record(raw: bytes) -> dict[str, Any]:
         raise _Rejected(f"invalid JSON ({_one_line(error)})") from None
     if not isinstance(record, dict):
         raise _Rejected(f"not a JSON object (got {_json_type(record)})")
+    if _SURROGATE_ESCAPE.search(line):
+        _check_unicode(record)
     return record
+
+
+def _check_unicode(record: dict[str, Any]) -> None:
+    """Reject a record holding a lone surrogate (a "\\ud800" escape JSON allows): it is no text, and nothing
+    downstream (hashing, the store, JSON output) can encode it."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as error:
+        bad = ord(error.object[error.start])
+        raise _Rejected(f"not valid Unicode: unpaired surrogate \\u{bad:04x}") from None
+    except (ValueError, RecursionError) as error:
+        raise _Rejected(f"invalid JSON ({_one_line(error)})") from None
 
 
 def _record_id(record: dict[str, Any]) -> tuple[str, str]:
@@ -937,7 +1096,11 @@ def _record_id(record: dict[str, Any]) -> tuple[str, str]:
         raise _Rejected("missing 'id' (or '_id')")
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise _Rejected(f"'{id_key}' must be a string or an integer (got {_json_type(value)})")
-    return str(value), id_key
+    record_id = str(value)
+    # The id is part of the source, repeated in every chunk's search hit.
+    if len(record_id) > MAX_ID_CHARS:
+        raise _Rejected(f"'{id_key}' is too long ({len(record_id)} characters, at most {MAX_ID_CHARS})")
+    return record_id, id_key
 
 
 def _record_document(record: dict[str, Any], record_id: str, id_key: str, source: str) -> Document:
@@ -956,7 +1119,7 @@ def _record_document(record: dict[str, Any], record_id: str, id_key: str, source
     metadata = {k: v for k, v in record.items() if k not in (id_key, "title", "text")}
     return Document(
         source=f"{source}#{record_id}",
-        title=(title or "").strip() or record_id,
+        title=clip_title((title or "").strip() or record_id),
         text=text,
         media_type=JSONL,
         blocks=_paragraph_blocks(text),

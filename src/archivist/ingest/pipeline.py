@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +46,7 @@ ProgressHook = Callable[[Progress], None]
 class _Pending:
     """Documents chunked and waiting for their vectors, grouped so the model sees full batches."""
 
-    writes: list[tuple[DocumentWrite, list[str], bool]] = field(default_factory=list)
+    writes: list[tuple[DocumentWrite, list[str]]] = field(default_factory=list)
     chunk_count: int = 0
 
 
@@ -84,18 +86,23 @@ class IngestPipeline:
         metadata: dict[str, Any] | None = None,
         title: str | None = None,
         refresh: bool = False,
+        report: IngestReport | None = None,
+        follow_symlinks: bool = False,
     ) -> IngestReport:
         """Ingest files and folders into a collection; return what was added, updated, unchanged, removed, skipped,
         failed. `source_name` names each file's source (default: its path); `metadata` is added to every document;
         `title` replaces the loaders' titles (for a single document sent with its own title). `refresh` rewrites
         unchanged documents too (cached vectors are reused; what the store lacks, e.g. sentence vectors, is made).
+        `report`, when given, is filled as the run goes (a progress hook can read what is written so far).
+        In a folder, a symlink to a file or folder outside it is skipped unless `follow_symlinks` (a path named in
+        `paths` is always read, link or not).
         """
         started = time.perf_counter()
-        report = IngestReport()
-        inputs = self._expand(paths, report, source_name or source_for)
+        report = report if report is not None else IngestReport()
+        protected: set[str] = set()  # files (and folders, ending in '/') with problems: --sync keeps what they held
+        inputs = self._expand(paths, report, source_name or source_for, follow_symlinks, protected)
         total = sum(_estimate_documents(i) for i in inputs)
         seen: set[str] = set()
-        protected: set[str] = set()  # files with problems: --sync must not delete what they held
         pending = _Pending()
         done = 0
         # Vectors of another model are useless: switching embedders must re-chunk and re-embed. Sentence vectors
@@ -137,14 +144,14 @@ class IngestPipeline:
                     continue
                 hashes = [sha256_hex(c.embedding_text(doc.title)) for c in chunks]
                 write = DocumentWrite(doc, chunks, hashes, fingerprint)
-                pending.writes.append((write, [c.embedding_text(doc.title) for c in chunks], state is not None))
+                pending.writes.append((write, [c.embedding_text(doc.title) for c in chunks]))
                 pending.chunk_count += len(chunks)
                 if pending.chunk_count >= self.group_chunks:
-                    done += self._flush(pending, report)
+                    done += self._flush(pending, report, refresh)
                     pending = _Pending()
                     tick(doc.source)
             tick(docs[-1].source if docs else "")
-        done += self._flush(pending, report)
+        done += self._flush(pending, report, refresh)
         tick("")
         if sync:
             self._sync(paths, inputs, seen, protected, report, collection)
@@ -153,18 +160,39 @@ class IngestPipeline:
 
     # -- steps --------------------------------------------------------------------------------------
 
-    def _expand(self, paths: Sequence[Path], report: IngestReport, name: Callable[[Path], str]) -> list[_Input]:
+    def _expand(
+        self,
+        paths: Sequence[Path],
+        report: IngestReport,
+        name: Callable[[Path], str],
+        follow_symlinks: bool,
+        protected: set[str],
+    ) -> list[_Input]:
         inputs: list[_Input] = []
+
+        def add(file: Path) -> None:
+            source = name(file)
+            problem = _name_problem(file, source)
+            if problem is not None:
+                report.skipped.append(Skipped(_printable(source), problem))
+            else:
+                inputs.append(_Input(file, source, file.suffix.lower() in _JSONL_SUFFIXES))
+
         for path in paths:
             if not path.exists():
-                report.skipped.append(Skipped(str(path), "no such file or directory"))
+                report.skipped.append(Skipped(_printable(str(path)), "no such file or directory"))
             elif path.is_dir():
-                for file in _walk(path):
-                    inputs.append(_Input(file, name(file), file.suffix.lower() in _JSONL_SUFFIXES))
+                for file, reason in _walk(path, follow_symlinks):
+                    if reason is None:
+                        add(file)
+                        continue
+                    report.skipped.append(Skipped(_printable(name(file)), reason))
+                    if reason.startswith("cannot read folder"):
+                        protected.add(name(file).rstrip("/") + "/")
             elif path.is_file():
-                inputs.append(_Input(path, name(path), path.suffix.lower() in _JSONL_SUFFIXES))
+                add(path)
             else:
-                report.skipped.append(Skipped(str(path), "not a regular file or directory"))
+                report.skipped.append(Skipped(_printable(str(path)), "not a regular file or directory"))
         unique: dict[str, _Input] = {}
         for i in inputs:
             unique.setdefault(i.source, i)
@@ -176,6 +204,8 @@ class IngestPipeline:
         batch: list[Document] = []
         for inp in inputs:
             for item in self._load(inp):
+                if isinstance(item, Document) and not _encodable(item):
+                    item = Skipped(_printable(item.source), "not valid Unicode text (an unpaired surrogate)")
                 if isinstance(item, Skipped):
                     report.skipped.append(item)
                     protected.add(inp.source)
@@ -200,12 +230,12 @@ class IngestPipeline:
                 item.source = inp.source + item.source[len(default) :]
             yield item
 
-    def _flush(self, pending: _Pending, report: IngestReport) -> int:
+    def _flush(self, pending: _Pending, report: IngestReport, refresh: bool) -> int:
         """Embed what the cache lacks and write the pending documents; return how many were handled."""
         if not pending.writes:
             return 0
         model = self.embedder.model_id
-        all_hashes = [h for w, _, _ in pending.writes for h in w.embed_hashes]
+        all_hashes = [h for w, _ in pending.writes for h in w.embed_hashes]
         pooling = span_pooling(self.embedder)
         try:
             vectors: dict[str, Vectors] = self.store.cached_vectors(model, all_hashes)
@@ -214,7 +244,7 @@ class IngestPipeline:
             # existed) is run through the model again: both come out of the same pass.
             have_sentences = self.store.sentence_hashes(sentence_key, all_hashes) if pooling else set()
             missing: dict[str, tuple[str, str]] = {}
-            for w, texts, _ in pending.writes:
+            for w, texts in pending.writes:
                 for h, t, c in zip(w.embed_hashes, texts, w.chunks, strict=True):
                     if h not in vectors or (pooling is not None and h not in have_sentences):
                         missing.setdefault(h, (t, c.text))
@@ -226,19 +256,25 @@ class IngestPipeline:
             if missing:
                 vectors.update(zip(missing.keys(), embedded, strict=True))
                 report.chunks_embedded += len(missing)
-            self.store.write_documents(
+            outcomes = self.store.write_documents(
                 model,
-                [w for w, _, _ in pending.writes],
+                [w for w, _ in pending.writes],
                 vectors,
                 (sentence_key, sentences) if pooling is not None else None,
+                skip_unchanged=not refresh,
             )
         except ArchivistError as exc:
-            for w, _, _ in pending.writes:
+            for w, _ in pending.writes:
                 report.failed.append(Skipped(w.document.source, str(exc)))
             return len(pending.writes)
-        for w, _, existed in pending.writes:
-            (report.updated if existed else report.added).append(w.document.source)
-            report.chunks_written += len(w.chunks)
+        # The store decides inside its write transaction: another process may have written the same file since
+        # this run read the document states.
+        for (w, _), outcome in zip(pending.writes, outcomes, strict=True):
+            {"added": report.added, "updated": report.updated, "unchanged": report.unchanged}[outcome].append(
+                w.document.source
+            )
+            if outcome != "unchanged":
+                report.chunks_written += len(w.chunks)
         return len(pending.writes)
 
     def _sync(
@@ -261,17 +297,126 @@ class IngestPipeline:
             # A source under a given path that was not named at all (e.g. a deleted file) is also gone.
             if not in_scope or file_source in protected or source in protected:
                 continue
+            if any(file_source.startswith(p) for p in protected if p.endswith("/")):
+                continue
             if self.store.delete_document(document_id_for(source, collection)):
                 report.removed.append(source)
 
 
-def _walk(root: Path) -> Iterator[Path]:
-    """Yield the regular files under a folder in a stable order, skipping hidden files and folders."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith("."):
-                yield Path(dirpath) / name
+def _printable(text: str) -> str:
+    """Return a path or source fit to store and print: bytes that are not UTF-8 shown as \\xNN escapes."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _name_problem(path: Path, source: str) -> str | None:
+    """Return why a file cannot be stored under its name (one that is not UTF-8), or None."""
+    try:
+        source.encode("utf-8")
+    except UnicodeEncodeError:
+        # Python keeps such bytes as lone surrogates, which no store, hash or JSON output can encode.
+        return "file name is not valid UTF-8" if not _is_utf8(path.name) else "path is not valid UTF-8"
+    return None
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _encodable(doc: Document) -> bool:
+    """Return whether a document's source, title, metadata and text are valid Unicode (can be hashed and stored)."""
+    try:
+        doc.content_hash.encode("ascii")
+        doc.source.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _within(path: str, folder: str) -> bool:
+    """Return whether a resolved path is the folder or lies under it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _walk(root: Path, follow_symlinks: bool) -> Iterator[tuple[Path, str | None]]:
+    """Yield (file, None) for each regular file under a folder in a stable order, and (path, reason) for each entry
+    that is not ingested; hidden files and folders are left out without a word.
+
+    A symlink to something outside the folder is skipped unless `follow_symlinks`; one to a folder inside it is
+    never followed (its files are read under their own path). Each folder is walked once, so a symlink loop ends.
+    """
+    base = os.path.realpath(root)
+    walked: set[tuple[int, int]] = set()
+    try:
+        info = os.stat(root)
+        walked.add((info.st_dev, info.st_ino))
+    except OSError:
+        pass
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as scan:
+                entries = sorted(scan, key=lambda e: e.name)
+        except OSError as error:
+            yield folder, f"cannot read folder: {error.strerror or error}"
+            continue
+        subfolders: list[Path] = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = Path(entry.path)
+            reason, is_folder = _entry_problem(entry, base, follow_symlinks, walked)
+            if reason is not None:
+                yield path, reason
+            elif is_folder:
+                subfolders.append(path)
+            else:
+                yield path, None
+        # Depth-first in name order, a folder's own files before its subfolders' (the order os.walk gives).
+        stack.extend(reversed(subfolders))
+
+
+def _entry_problem(
+    entry: os.DirEntry[str], base: str, follow_symlinks: bool, walked: set[tuple[int, int]]
+) -> tuple[str | None, bool]:
+    """Return why a folder entry is not ingested (None if it is) and whether it is a folder to walk."""
+    if not _is_utf8(entry.name):
+        kind = "folder" if entry.is_dir() else "file"
+        return f"{kind} name is not valid UTF-8", False
+    link = entry.is_symlink()
+    try:
+        info = os.stat(entry.path)
+    except OSError as error:
+        if link and error.errno == errno.ELOOP:
+            return "symlink loop", False
+        if link and error.errno == errno.ENOENT:
+            return "broken symlink", False
+        return f"cannot read: {error.strerror or error}", False
+    is_folder = stat.S_ISDIR(info.st_mode)
+    if not is_folder and not stat.S_ISREG(info.st_mode):
+        # A FIFO would block the reader forever; a device or socket holds no document.
+        return "not a regular file", False
+    kind = "folder" if is_folder else "file"
+    if link:
+        inside = _within(os.path.realpath(entry.path), base)
+        if not inside and not follow_symlinks:
+            return f"symlink to a {kind} outside the ingested folder (--follow-symlinks reads it)", False
+        if inside and is_folder:
+            return "symlink to a folder inside the ingested folder (its files are read under their own path)", False
+    if is_folder:
+        key = (info.st_dev, info.st_ino)
+        if key in walked:
+            return "folder already walked (reached again through a symlink: a loop)", False
+        walked.add(key)
+    return None, is_folder
 
 
 def _estimate_documents(inp: _Input) -> int:

@@ -26,7 +26,7 @@ from archivist.llm.errors import (
     LLMError,
     ProviderError,
 )
-from archivist.llm.http import call_timeout, error_for_status, raise_for_status, stream_error, transport_error
+from archivist.llm.http import aborter, call_timeout, error_for_status, raise_for_status, stream_error, transport_error
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"
@@ -261,7 +261,10 @@ class AnthropicMessages:
         # Until the first token, a stall is a time-to-first-token failure; after it, an idle gap.
         timeout = call_timeout(deadline, self._ttft, self._connect, self.name)
         try:
-            with self._client.stream("POST", self._url, json=self._payload(request, True), timeout=timeout) as resp:
+            with (
+                self._client.stream("POST", self._url, json=self._payload(request, True), timeout=timeout) as resp,
+                deadline.on_cancel(aborter(resp)),
+            ):
                 raise_for_status(resp, self.name)
                 for event, data in _sse(resp.iter_lines()):
                     piece = state.feed(event, data)

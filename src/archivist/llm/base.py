@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -93,20 +96,92 @@ class DoneEvent:
 StreamEvent = TokenEvent | DoneEvent
 
 
-class Deadline:
-    """An absolute point in monotonic time that every call under a request must finish by."""
+class Cancellation:
+    """Set when nobody waits for the work any more (the client hung up): calls under it stop, and the hooks
+    that providers register for the duration of a call abort what is in flight (e.g. close its connection).
 
-    def __init__(self, at: float) -> None:
+    Thread-safe: `cancel` comes from the thread serving the client, the calls run in others.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cancelled = False
+        self._aborts: dict[int, Callable[[], None]] = {}
+        self._next_id = 0
+
+    @property
+    def cancelled(self) -> bool:
+        """Return whether the work was cancelled."""
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Cancel the work: run every registered abort hook once (later calls do nothing)."""
+        with self._lock:
+            if self._cancelled:
+                return
+            self._cancelled = True
+            # Under the lock: a hook never runs after its call left `on_cancel`, when what it aborts may be gone.
+            for abort in self._aborts.values():
+                _run_abort(abort)
+            self._aborts.clear()
+
+    @contextmanager
+    def on_cancel(self, abort: Callable[[], None]) -> Iterator[None]:
+        """Run `abort` if the work is cancelled while the block runs (at once if it already was); return a
+        context manager."""
+        with self._lock:
+            if self._cancelled:
+                _run_abort(abort)
+                hook_id = None
+            else:
+                hook_id = self._next_id
+                self._next_id += 1
+                self._aborts[hook_id] = abort
+        try:
+            yield
+        finally:
+            if hook_id is not None:
+                with self._lock:
+                    self._aborts.pop(hook_id, None)
+
+
+def _run_abort(abort: Callable[[], None]) -> None:
+    try:
+        abort()
+    except Exception:  # an abort is best effort: the call also stops at its next check of `cancelled`
+        logging.getLogger(__name__).debug("abort hook failed", exc_info=True)
+
+
+class Deadline:
+    """An absolute point in monotonic time that every call under a request must finish by, and optionally the
+    request's cancellation (the client went away: stop before the deadline)."""
+
+    def __init__(self, at: float, cancellation: Cancellation | None = None) -> None:
         self.at = at
+        self.cancellation = cancellation
 
     @classmethod
-    def after(cls, seconds: float) -> Deadline:
+    def after(cls, seconds: float, cancellation: Cancellation | None = None) -> Deadline:
         """Return a deadline `seconds` from now."""
-        return cls(time.monotonic() + seconds)
+        return cls(time.monotonic() + seconds, cancellation)
 
     def remaining(self) -> float:
         """Return the seconds left (negative once passed)."""
         return self.at - time.monotonic()
+
+    @property
+    def cancelled(self) -> bool:
+        """Return whether the work under this deadline was cancelled."""
+        return self.cancellation is not None and self.cancellation.cancelled
+
+    @contextmanager
+    def on_cancel(self, abort: Callable[[], None]) -> Iterator[None]:
+        """Return a context manager that runs `abort` if the work is cancelled while its block runs."""
+        if self.cancellation is None:
+            yield
+            return
+        with self.cancellation.on_cancel(abort):
+            yield
 
 
 @runtime_checkable

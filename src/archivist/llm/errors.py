@@ -60,6 +60,11 @@ class DeadlineExceeded(LLMError):
     """The caller's deadline passed before a model answered."""
 
 
+class Cancelled(LLMError):
+    """The caller cancelled the work (its client went away): never retried, never a fallback, and no mark
+    against the provider's health."""
+
+
 class AllProvidersFailed(LLMError):
     """Every provider in the fallback chain failed; `errors` holds each one's last error."""
 

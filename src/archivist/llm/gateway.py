@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,7 +21,14 @@ from archivist.llm.accounting import (
 )
 from archivist.llm.base import LLM, ChatRequest, Completion, Deadline, DoneEvent, StreamEvent, TokenEvent, Usage
 from archivist.llm.cache import ResponseCache, cache_key
-from archivist.llm.errors import AllProvidersFailed, CircuitOpen, DeadlineExceeded, LLMError, StreamBroken
+from archivist.llm.errors import (
+    AllProvidersFailed,
+    Cancelled,
+    CircuitOpen,
+    DeadlineExceeded,
+    LLMError,
+    StreamBroken,
+)
 from archivist.llm.tokens import TokenCounter, counter_for
 
 BreakerState = Literal["closed", "open", "half-open"]
@@ -73,6 +80,11 @@ class CircuitBreaker:
             if self._opened_at is not None or self._failures >= self.threshold:
                 self._opened_at = self._clock()
 
+    def abandon(self) -> None:
+        """Forget a call that ended with no verdict on the provider (its caller went away); frees a probe slot."""
+        with self._lock:
+            self._probing = False
+
 
 @dataclass
 class Route:
@@ -116,7 +128,10 @@ class Gateway:
         return self._rng.uniform(0.0, min(self._cap, self._base * 2**attempt))
 
     def _may_call(self, route: Route, name: str, deadline: Deadline, errors: list[LLMError]) -> bool:
-        """Return whether the route may be called now; raise AllProvidersFailed once the deadline has passed."""
+        """Return whether the route may be called now; raise Cancelled once the caller cancelled, AllProvidersFailed
+        once the deadline has passed."""
+        if deadline.cancelled:
+            raise Cancelled("cancelled before the call", provider=name)
         if deadline.remaining() <= 0:
             errors.append(DeadlineExceeded("deadline passed", provider=name))
             raise AllProvidersFailed(errors)
@@ -129,6 +144,8 @@ class Gateway:
         self, route: Route, attempt: int, exc: LLMError, deadline: Deadline, errors: list[LLMError]
     ) -> bool:
         """Sleep before retrying the route and return True, or record the error and return False to move on."""
+        if deadline.cancelled:
+            raise Cancelled("cancelled: not retried", provider=exc.provider) from exc
         if not exc.retryable or attempt == route.max_retries:
             errors.append(exc)
             return False
@@ -162,6 +179,12 @@ class Gateway:
             budget.settle(held, (usage.prompt_tokens + usage.completion_tokens) if usage else 0, cost)
         return cost
 
+    def _partial(self, route: Route, request: ChatRequest, sent: list[str]) -> Usage:
+        """Return the estimated usage of a stream that ended early: the prompt, and the text sent so far (the
+        provider's own count comes only with the end of the stream)."""
+        counter = self._counter(route)
+        return Usage(estimate_prompt_tokens(request, counter), counter.count("".join(sent)))
+
     def _cacheable(self, request: ChatRequest) -> bool:
         # Sampled answers differ by design: caching them would hide that unless asked for.
         return self.cache is not None and (request.temperature == 0 or self.cache_sampled)
@@ -188,6 +211,10 @@ class Gateway:
                     completion = route.llm.chat(request, deadline)
                 except LLMError as exc:
                     self._settle(budget, held, route.llm.model, None)
+                    if deadline.cancelled:
+                        # Whatever failed, nobody waits for the answer: try nothing else, blame no provider.
+                        route.breaker.abandon()
+                        raise Cancelled("cancelled during the call", provider=name) from exc
                     # A rejected request says nothing about the provider's health.
                     route.breaker.record(not exc.retryable)
                     attempts.append(f"{name}: {type(exc).__name__}")
@@ -204,8 +231,11 @@ class Gateway:
 
     def stream(
         self, request: ChatRequest, deadline: Deadline | None = None, budget: Budget | None = None
-    ) -> Iterator[StreamEvent]:
-        """Yield a stream from the first provider that starts one; once text flowed, a failure is StreamBroken."""
+    ) -> Generator[StreamEvent, None, None]:
+        """Yield a stream from the first provider that starts one; once text flowed, a failure is StreamBroken.
+
+        Closing the generator early closes the provider's stream and charges what it sent; a cancelled
+        `deadline` aborts the call in flight and raises Cancelled (no retry, no fallback)."""
         deadline = deadline or Deadline.after(self.default_timeout_s)
         errors: list[LLMError] = []
         for route in self.routes:
@@ -215,8 +245,9 @@ class Gateway:
                     break
                 sent: list[str] = []
                 held = self._reserve(route, request, budget)
+                events = route.llm.stream(request, deadline)
                 try:
-                    for event in route.llm.stream(request, deadline):
+                    for event in events:
                         if isinstance(event, TokenEvent):
                             sent.append(event.text)
                         elif isinstance(event, DoneEvent):
@@ -227,25 +258,32 @@ class Gateway:
                         yield event
                     return
                 except GeneratorExit:
-                    # The caller stopped reading: charge what was sent, then let the generator close.
-                    counter = self._counter(route)
-                    charged = Usage(estimate_prompt_tokens(request, counter), counter.count("".join(sent)))
-                    self._settle(budget, held, route.llm.model, charged)
+                    # The caller stopped reading: charge what was sent, then let the generator close (the
+                    # `finally` closes the provider's stream, and with it the connection).
+                    route.breaker.abandon()
+                    self._settle(budget, held, route.llm.model, self._partial(route, request, sent))
                     raise
-                except StreamBroken:
-                    route.breaker.record(False)
-                    # The provider billed what it sent: charge an estimate of it.
-                    counter = self._counter(route)
-                    partial = Usage(estimate_prompt_tokens(request, counter), counter.count("".join(sent)))
-                    self._settle(budget, held, route.llm.model, partial)
-                    raise  # text already reached the caller: retrying would duplicate it
                 except LLMError as exc:
+                    if deadline.cancelled:
+                        # The caller cancelled and the provider's stream was aborted for it: the provider billed
+                        # what it generated until then. Charge that, blame no provider, try nothing else.
+                        route.breaker.abandon()
+                        self._settle(budget, held, route.llm.model, self._partial(route, request, sent))
+                        raise Cancelled(f"cancelled after {len(sent)} pieces", provider=name) from exc
+                    if isinstance(exc, StreamBroken):
+                        route.breaker.record(False)
+                        # The provider billed what it sent: charge an estimate of it.
+                        self._settle(budget, held, route.llm.model, self._partial(route, request, sent))
+                        raise  # text already reached the caller: retrying would duplicate it
                     route.breaker.record(not exc.retryable)
                     self._settle(budget, held, route.llm.model, None)
                     if sent:
                         raise StreamBroken(str(exc), provider=name) from exc
                     if not self._wait_to_retry(route, attempt, exc, deadline, errors):
                         break
+                finally:
+                    if isinstance(events, Generator):
+                        events.close()
         raise AllProvidersFailed(errors)
 
     def ping(self, timeout_s: float = 10.0) -> list[dict[str, object]]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import time
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 
 import httpx
@@ -83,3 +85,18 @@ def stream_error(exc: LLMError | httpx.HTTPError, sent: list[str], provider: str
     if isinstance(exc, httpx.TimeoutException):
         return ProviderTimeout("no first token in time", provider=provider)
     return transport_error(exc, provider)
+
+
+def aborter(resp: httpx.Response) -> Callable[[], None]:
+    """Return a hook that aborts a streamed response from another thread: it shuts its socket down, which wakes
+    a read blocked on it (a stall before the first token included) with an error, and tells the server at once."""
+
+    def abort() -> None:
+        stream = resp.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            # The plain socket's shutdown, even under TLS: SSLSocket.shutdown would also drop the TLS state the
+            # reading thread is using. A transport without a socket (tests' in-memory ones) stops at the next read.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    return abort

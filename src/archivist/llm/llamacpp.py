@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from archivist.llm.base import ChatRequest, Completion, Deadline, DoneEvent, Message, StreamEvent, TokenEvent, Usage
-from archivist.llm.errors import DeadlineExceeded, LLMError, ProviderError, RequestRejected, StreamBroken
+from archivist.llm.errors import Cancelled, DeadlineExceeded, LLMError, ProviderError, RequestRejected, StreamBroken
 from archivist.types import ArchivistError, UsageError
 
 #: The answer length when the request sets no max_tokens (llama-cpp-python's own default is 16 tokens).
@@ -175,6 +175,8 @@ class LlamaCpp:
         # piece it could not be interrupted, and a long prompt on a slow CPU can take longer than the deadline.
         self._llm.reset()
         for start in range(0, len(tokens) - 1, PREFILL_CHUNK):
+            if deadline.cancelled:
+                raise Cancelled(f"cancelled evaluating the prompt ({start} tokens)", provider=self.name)
             if deadline.remaining() <= 0:
                 raise DeadlineExceeded(f"deadline passed evaluating the prompt ({start} tokens)", provider=self.name)
             self._llm.eval(tokens[start : min(start + PREFILL_CHUNK, len(tokens) - 1)])
@@ -222,8 +224,9 @@ class LlamaCpp:
 
     @staticmethod
     def _expired(deadline: Deadline, run: _Run) -> bool:
-        """Return True (stop generating) once the deadline has passed, and remember that it did."""
-        if deadline.remaining() <= 0:
+        """Return True (stop generating) once the deadline has passed or the work was cancelled (nobody reads the
+        rest: the model is freed for the next call), and remember that it did."""
+        if deadline.remaining() <= 0 or deadline.cancelled:
             run.expired = True
         return run.expired
 

@@ -25,7 +25,7 @@ from archivist.llm.errors import (
     LLMError,
     ProviderError,
 )
-from archivist.llm.http import call_timeout, raise_for_status, stream_error, transport_error
+from archivist.llm.http import aborter, call_timeout, raise_for_status, stream_error, transport_error
 
 
 def _message_json(m: Message) -> dict[str, Any]:
@@ -142,7 +142,10 @@ class OpenAICompatible:
         # Until the first token, a stall is a time-to-first-token failure; after it, an idle gap.
         timeout = call_timeout(deadline, self._ttft, self._connect, self.name)
         try:
-            with self._client.stream("POST", self._url, json=self._payload(request, True), timeout=timeout) as resp:
+            with (
+                self._client.stream("POST", self._url, json=self._payload(request, True), timeout=timeout) as resp,
+                deadline.on_cancel(aborter(resp)),
+            ):
                 raise_for_status(resp, self.name)
                 for line in resp.iter_lines():
                     if not line.startswith("data:"):

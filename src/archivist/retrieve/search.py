@@ -87,7 +87,7 @@ class SearchPipeline:
             # Nothing found because there is nothing to find: say so, or it reads as "no document matches".
             outcome.warnings.append(
                 "no stored document is in the collections searched or passes the filters"
-                if filters.clauses
+                if filters
                 else "the store holds no documents yet"
             )
         for warning in outcome.warnings:

@@ -26,6 +26,12 @@ class Metrics:
         )
         self.llm_tokens = Counter("archivist_llm_tokens", "LLM tokens used by answers", registry=self.registry)
         self.llm_cost = Counter("archivist_llm_cost_usd", "LLM cost of answers in dollars", registry=self.registry)
+        self.disconnects = Counter(
+            "archivist_client_disconnects",
+            "Requests whose client hung up before the response ended",
+            ["route"],
+            registry=self.registry,
+        )
         self.rate_limited = Counter(
             "archivist_rate_limited", "Requests refused by a key's rate limit", registry=self.registry
         )

@@ -25,6 +25,8 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("arc
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 #: paths that are not API calls: kept out of the usage log (still counted in metrics)
 _UNLOGGED = ("/healthz", "/readyz", "/metrics", "/static/", "/docs", "/openapi.json", "/favicon.ico")
+#: the request log's outcome of a request whose client hung up before the response ended
+CLIENT_DISCONNECTED = "client_disconnected"
 
 
 class _TooLarge(StarletteHTTPException):
@@ -53,7 +55,7 @@ class RequestMiddleware:
         request_id = client_id if _CLIENT_ID.match(client_id) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         token = request_id_var.set(request_id)
-        response: dict[str, Any] = {"status": 500, "started": False, "timed": False}
+        response: dict[str, Any] = {"status": 500, "started": False, "timed": False, "ended": False}
         # One timeout scope around the whole request, lifted as soon as the response starts (no extra task).
         deadline = asyncio.timeout(self.timeout_s)
 
@@ -64,6 +66,9 @@ class RequestMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
                 if response["timed"]:
                     deadline.reschedule(None)
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Marked before it is sent: a client that hangs up once it has read the end did not leave early.
+                response["ended"] = True
             await send(message)
 
         received = 0
@@ -71,6 +76,10 @@ class RequestMiddleware:
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
+            if message["type"] == "http.disconnect" and not response["ended"]:
+                # Seen by whoever listens for it (Starlette, while it streams a response; an endpoint that stops
+                # work for a departed client): the request log says the client left before the end.
+                scope["state"].setdefault("outcome", CLIENT_DISCONNECTED)
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
@@ -130,6 +139,9 @@ class RequestMiddleware:
         metrics.requests.labels(method, template, str(status)).inc()
         metrics.latency.labels(template).observe(elapsed)
         key_id = state.get("key_id")
+        outcome = str(state.get("outcome") or "completed")
+        if outcome == CLIENT_DISCONNECTED:
+            metrics.disconnects.labels(template).inc()
         if not path.startswith(_UNLOGGED) and path != "/":
             self.services.request_log.add(
                 RequestLogRow(
@@ -142,14 +154,16 @@ class RequestMiddleware:
                     latency_ms=round(elapsed * 1000, 3),
                     tokens=int(state.get("tokens", 0)),
                     cost_usd=float(state.get("cost_usd", 0.0)),
+                    outcome=outcome,
                 )
             )
         log.info(
-            "%s %s %d %.1fms",
+            "%s %s %d %.1fms%s",
             method,
             path,
             status,
             elapsed * 1000,
+            "" if outcome == "completed" else f" ({outcome})",
             extra={
                 "method": method,
                 "path": path,
@@ -157,6 +171,7 @@ class RequestMiddleware:
                 "latency_ms": round(elapsed * 1000, 2),
                 "key_id": key_id,
                 "user_agent": headers.get("user-agent"),
+                "outcome": outcome,
             },
         )
 
@@ -164,7 +179,7 @@ class RequestMiddleware:
 class JsonLogFormatter(logging.Formatter):
     """One JSON object per log line, with the request id of the request being served."""
 
-    _FIELDS = ("method", "path", "status", "latency_ms", "key_id", "user_agent")
+    _FIELDS = ("method", "path", "status", "latency_ms", "key_id", "user_agent", "outcome")
 
     def format(self, record: logging.LogRecord) -> str:
         """Return the record as one line of JSON."""

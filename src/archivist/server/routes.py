@@ -4,25 +4,32 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncGenerator, Generator
+from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from archivist.answer.answerer import AnswerDone, RetrievalDone
-from archivist.llm.accounting import Budget
-from archivist.llm.base import TokenEvent
+from archivist.answer.answerer import Answer, AnswerDone, Answerer, RetrievalDone
+from archivist.llm.accounting import Budget, KeyBudget
+from archivist.llm.base import Cancellation, TokenEvent
+from archivist.llm.errors import Cancelled
 from archivist.server.auth import Principal
 from archivist.server.errors import ApiError, error_body, request_id_of
-from archivist.server.jobs import safe_filename
+from archivist.server.jobs import upload_name
+from archivist.server.middleware import CLIENT_DISCONNECTED
 from archivist.server.services import Services
 from archivist.server.usage import usage_report, usage_since
-from archivist.store.base import FilterClause, Filters, check_filter_keys
+from archivist.store.base import Filters, check_filter_keys
 from archivist.types import ArchivistError, DocumentRecord, UsageError, check_collection_name
 
 log = logging.getLogger("archivist.server")
@@ -46,8 +53,22 @@ async def principal(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header_key: Annotated[str | None, Depends(_header_key)],
 ) -> Principal:
-    """Return the calling key (401 without a valid one, 429 past its rate limit)."""
-    who = svc.auth.authenticate(bearer.credentials if bearer else header_key)
+    """Return the calling key (401 without a valid one, 429 past its rate limit or its address's failures)."""
+    try:
+        who = svc.auth.authenticate(bearer.credentials if bearer else header_key)
+    except ApiError as exc:
+        # Failures are throttled per client address; a valid key is authenticated first, so it is never slowed by
+        # someone else's failures, even behind the same address.
+        address = request.client.host if request.client else "unknown"
+        wait = svc.auth_failures.acquire(address) if exc.status == 401 else 0.0
+        if wait:
+            svc.metrics.rate_limited.inc()
+            raise ApiError(
+                429,
+                f"too many failed authentications from {address}: retry in {wait:.1f}s",
+                headers={"Retry-After": svc.auth_failures.retry_after(wait), "WWW-Authenticate": "Bearer"},
+            ) from exc
+        raise
     request.state.key_id = who.id
     wait = svc.limiter.acquire(who.id, who.key.rate_per_minute)
     if wait:
@@ -158,18 +179,19 @@ def _collection(svc: Services, who: Principal, name: str) -> None:
 
 
 def _scope_filters(svc: Services, who: Principal, body: _Scoped) -> Filters:
-    """Return the body's filters ANDed with the collections the request may search."""
-    if "collection" in body.filters:
-        raise ApiError(400, "filter on collections with the 'collection' or 'collections' field, not in 'filters'")
+    """Return the body's filters within the collections the request may search (a clause of its own)."""
     requested = ([body.collection] if body.collection else []) + list(body.collections or [])
     for name in requested:
         _collection(svc, who, name)
-    allowed = requested or (list(who.key.collections) if who.key.collections is not None else [])
-    parsed = Filters.parse([f"{k}={v}" for k, v in body.filters.items()])
-    check_filter_keys(svc.archivist.store, parsed)
-    if who.key.collections is not None and not allowed:
-        allowed = ["\x00none"]  # a key limited to no existing collection sees nothing
-    return Filters(parsed.clauses + tuple(FilterClause("collection", c) for c in dict.fromkeys(allowed)))
+    parsed = Filters.from_mapping(body.filters, reserved=("collection", "collections"))
+    if requested:
+        scoped = parsed.within(requested)
+    elif who.key.collections is not None:
+        scoped = parsed.within(who.key.collections)  # an empty list (no collection left) reads nothing
+    else:
+        scoped = parsed
+    check_filter_keys(svc.archivist.store, scoped)
+    return scoped
 
 
 def _document(svc: Services, who: Principal, collection: str, document_id: str) -> DocumentRecord:
@@ -252,8 +274,8 @@ async def upload_document(collection: str, request: Request, who: Caller, svc: S
             raise ApiError(400, "multipart upload needs a 'file' field holding the document")
         metadata = _metadata_field(form.get("metadata"))
         data = await upload.read()
-        filename = upload.filename or "upload.txt"
-        source = f"upload/{safe_filename(filename)}"
+        filename = upload_name(upload.filename or "upload.txt")
+        source = f"upload/{filename}"
         title = None
     elif content_type == "application/json":
         try:
@@ -261,8 +283,8 @@ async def upload_document(collection: str, request: Request, who: Caller, svc: S
         except ValueError as exc:
             raise ApiError(422, f"invalid JSON document: {_first_error(exc)}", code="validation_error") from exc
         suffix = ".md" if body.media_type == "text/markdown" else ".txt"
-        filename = safe_filename(body.source or body.title, "document") + suffix
-        source = body.source or f"text/{safe_filename(body.title, 'document')}"
+        filename = upload_name((body.source or body.title) + suffix)
+        source = body.source or f"text/{upload_name(body.title, 'document', is_path=False)}"
         data, metadata, title = body.text.encode("utf-8"), body.metadata, body.title
     else:
         raise ApiError(415, "send multipart/form-data (field 'file') or application/json {title, text}")
@@ -305,7 +327,7 @@ def list_documents(
     """List a collection's documents, by source."""
     who.require("read")
     _collection(svc, who, collection)
-    scope = Filters((FilterClause("collection", collection),))
+    scope = Filters().within([collection])
     store = svc.archivist.store
     docs = store.list_documents(limit=limit, offset=offset, filters=scope)
     return {"total": store.count_documents(scope), "offset": offset, "documents": [_doc_dict(d) for d in docs]}
@@ -396,22 +418,29 @@ def list_jobs(
     who.require("read")
     if collection is not None:
         _collection(svc, who, collection)
-    jobs = svc.archivist.store.list_jobs(collection=collection, limit=limit)
-    return {"jobs": [j.public() for j in jobs if who.may_see(j.collection)]}
+    # Scoped in the query, not after it: a key sees up to `limit` of its own jobs, however many others there are.
+    scope = [collection] if collection is not None else who.key.collections
+    jobs = svc.archivist.store.list_jobs(collections=scope, limit=limit)
+    return {"jobs": [j.public() for j in jobs]}
 
 
 # -- search and answers ----------------------------------------------------------------------------
 
 
 @router.post("/search", response_model=SearchOut, tags=["search"], response_class=JSONResponse)
-def search(body: SearchIn, who: Caller, svc: ServicesDep) -> JSONResponse:
+def search(body: SearchIn, request: Request, who: Caller, svc: ServicesDep) -> JSONResponse:
     """Hybrid search over the collections the key may see."""
     who.require("read")
     if not body.query.strip():
         raise ApiError(400, "the query is empty")
     filters = _scope_filters(svc, who, body)
+    # Query expansion and an LLM reranker call the model: metered and charged to the key like an answer's calls.
+    meter = Budget(parent=who.budget(svc.archivist.store))
     started = time.perf_counter()
-    outcome = svc.searcher().search(body.query, k=body.k, filters=filters, mode=body.mode)
+    try:
+        outcome = svc.searcher().search(body.query, k=body.k, filters=filters, mode=body.mode, budget=meter)
+    finally:
+        _charge(request, svc, meter)
     # The hottest endpoint: built from typed records already, so it skips response-model validation.
     return JSONResponse(
         {
@@ -427,32 +456,76 @@ def search(body: SearchIn, who: Caller, svc: ServicesDep) -> JSONResponse:
     tags=["answers"],
     responses={200: {"content": {"application/json": {}, "text/event-stream": {}}}},
 )
-def answer(body: AnswerIn, request: Request, who: Caller, svc: ServicesDep) -> Any:
-    """Answer a question with checked citations; Server-Sent Events when the client accepts text/event-stream."""
+async def answer(body: AnswerIn, request: Request, who: Caller, svc: ServicesDep) -> Any:
+    """Answer a question with checked citations; Server-Sent Events when the client accepts text/event-stream.
+
+    A client that hangs up cancels the answer: the model call in flight is aborted (a stream's connection closed
+    at once), no further call is made, what was generated is charged, and the request log says so.
+    """
     who.require("read")
     if not body.question.strip():
         raise ApiError(400, "the question is empty")
-    filters = _scope_filters(svc, who, body)
-    key_budget = who.budget(svc.archivist.store)
-    budget = Budget(parent=key_budget) if key_budget is not None else None
-    answerer = svc.answerer()
+
+    def setup() -> tuple[Filters, KeyBudget | None, Answerer]:
+        return _scope_filters(svc, who, body), who.budget(svc.archivist.store), svc.answerer()
+
+    # Store reads, and the answerer's first build, stay off the event loop.
+    filters, key_budget, answerer = await run_in_threadpool(setup)
+    # The request's own budget meters every model call made for it (and passes each charge on to the key's
+    # budget, if it has one): an answer cut short is accounted from it.
+    meter = Budget(parent=key_budget)
+    cancellation = Cancellation()
+    charged = False
+
+    def charge(usage: dict[str, Any] | Budget) -> None:
+        nonlocal charged
+        if not charged:  # once: a client may hang up after the finished answer was charged
+            charged = True
+            _charge(request, svc, usage)
+
     if "text/event-stream" not in request.headers.get("accept", ""):
-        result = answerer.answer(body.question, k=body.k, filters=filters, budget=budget)
-        _charge(request, svc, result.usage)
+
+        async def cancel_on_disconnect() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            cancellation.cancel()
+
+        result: Answer | None = None
+        failure: Exception | None = None
+        async with anyio.create_task_group() as watch:
+            watch.start_soon(cancel_on_disconnect)
+            try:
+                result = await run_in_threadpool(
+                    answerer.answer, body.question, k=body.k, filters=filters, budget=meter, cancellation=cancellation
+                )
+            except Exception as exc:  # raised below, outside the task group (which would wrap it in a group)
+                failure = exc
+            watch.cancel_scope.cancel()
+        if isinstance(failure, Cancelled):
+            charge(meter)
+            request.state.outcome = CLIENT_DISCONNECTED
+            # 499 (nginx's "client closed request"): nobody reads it, the logs and metrics do.
+            message = "the client hung up: the answer was cancelled"
+            return JSONResponse(error_body(CLIENT_DISCONNECTED, message, request_id_of(request)), status_code=499)
+        if failure is not None:
+            raise failure
+        assert result is not None
+        charge(result.usage)
         return JSONResponse(result.to_dict())
 
     request_id = request_id_of(request)
 
-    def events() -> Iterator[bytes]:
+    def events() -> Generator[bytes, None, None]:
+        stream = answerer.stream(body.question, k=body.k, filters=filters, budget=meter, cancellation=cancellation)
         try:
-            for event in answerer.stream(body.question, k=body.k, filters=filters, budget=budget):
+            for event in stream:
                 if isinstance(event, RetrievalDone):
                     yield _sse("retrieval", {"hits": [h.to_dict() for h in event.hits]})
                 elif isinstance(event, TokenEvent):
                     yield _sse("token", {"text": event.text})
                 elif isinstance(event, AnswerDone):
                     final = event.answer
-                    _charge(request, svc, final.usage)
+                    charge(final.usage)
                     yield _sse(
                         "citations",
                         {
@@ -464,22 +537,68 @@ def answer(body: AnswerIn, request: Request, who: Caller, svc: ServicesDep) -> A
                         },
                     )
                     yield _sse("done", final.to_dict())
+        except Cancelled:
+            return  # the client is gone: nobody to tell
         except ArchivistError as exc:
             code = "bad_request" if isinstance(exc, UsageError) else "upstream_error"
             yield _sse("error", error_body(code, str(exc), request_id))
         except Exception:
             log.exception("answer stream failed")
             yield _sse("error", error_body("internal", "internal error; the server log has the details", request_id))
+        finally:
+            # Now and in this thread, not whenever the collector gets to it: closing the answer's stream closes the
+            # model's (and its connection) and charges what it generated.
+            stream.close()
 
+    chunks = events()
+    # A generator runs in one thread at a time: the close waits for a step still in flight.
+    turn = threading.Lock()
+
+    def step() -> bytes | None:
+        with turn:
+            return next(chunks, None)
+
+    def close() -> None:
+        with turn:
+            chunks.close()
+
+    async def sse() -> AsyncGenerator[bytes, None]:
+        ended = False
+        try:
+            # Each step runs in a worker thread. On cancellation the wait is abandoned rather than sitting out a step
+            # blocked on the model: the cancellation below is what unblocks it.
+            while (chunk := await anyio.to_thread.run_sync(step, abandon_on_cancel=True)) is not None:
+                yield chunk
+            ended = True
+        finally:
+            if not ended:
+                # The client hung up (Starlette cancels the response, or it is closed unfinished): abort the model
+                # call in flight, close the answer's stream, charge what was generated.
+                cancellation.cancel()
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(close)
+                charge(meter)
+                request.state.outcome = CLIENT_DISCONNECTED
+
+    body_chunks = sse()
     return StreamingResponse(
-        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        body_chunks,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # Runs after the response, also when its client hung up: it closes a stream left suspended between two
+        # chunks (its `finally` then does the accounting), and does nothing to one that ended.
+        background=BackgroundTask(body_chunks.aclose),
     )
 
 
-def _charge(request: Request, svc: Services, usage: dict[str, Any]) -> None:
-    """Record an answer's model usage on the request (for the request log) and in the metrics."""
-    tokens = int(usage.get("prompt_tokens", 0) or 0) + int(usage.get("completion_tokens", 0) or 0)
-    cost = float(usage.get("cost_usd", 0.0) or 0.0)
+def _charge(request: Request, svc: Services, usage: dict[str, Any] | Budget) -> None:
+    """Record an answer's model usage on the request (for the request log) and in the metrics: the usage the answer
+    reports, or, for an answer cut short, what its request's budget was charged until then."""
+    if isinstance(usage, Budget):
+        tokens, cost = usage.spent_tokens, usage.spent_cost_usd
+    else:
+        tokens = int(usage.get("prompt_tokens", 0) or 0) + int(usage.get("completion_tokens", 0) or 0)
+        cost = float(usage.get("cost_usd", 0.0) or 0.0)
     request.state.tokens = tokens
     request.state.cost_usd = cost
     if tokens:
@@ -512,7 +631,16 @@ def get_eval_run(run_id: str, who: Caller, svc: ServicesDep) -> dict[str, Any]:
     run = svc.archivist.store.get_eval_run(run_id)
     if run is None:
         raise ApiError(404, f"no eval run {run_id!r}")
-    return run
+    return run if who.has("admin") else _without_server_paths(run)
+
+
+def _without_server_paths(run: dict[str, Any]) -> dict[str, Any]:
+    """Return an eval run without the server's file paths (shown to admin keys only): datasets by name."""
+    public = {k: v for k, v in run.items() if k != "dataset_path"}
+    config = public.get("config")
+    if isinstance(config, dict) and config.get("unanswerable"):
+        public["config"] = {**config, "unanswerable": PurePath(str(config["unanswerable"])).name}
+    return public
 
 
 @router.get("/usage", tags=["usage"])

@@ -23,6 +23,8 @@ class Services:
     archivist: Archivist
     auth: Authenticator
     limiter: RateLimiter
+    #: failed authentications per client address
+    auth_failures: RateLimiter
     jobs: JobRunner
     request_log: RequestLog
     metrics: Metrics
@@ -38,6 +40,7 @@ class Services:
             archivist=archivist,
             auth=Authenticator(store),
             limiter=RateLimiter(archivist.settings.rate_limit_per_minute),
+            auth_failures=RateLimiter(archivist.settings.auth_failures_per_minute),
             jobs=JobRunner(archivist, spool),
             request_log=RequestLog(store),
             metrics=Metrics(store),

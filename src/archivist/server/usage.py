@@ -66,7 +66,7 @@ class RequestLog:
 def usage_report(
     rows: Sequence[RequestLogRow], key_names: dict[str, str], *, days: int, now: datetime | None = None
 ) -> dict[str, Any]:
-    """Return requests, errors, tokens, cost and latency percentiles per key and UTC day."""
+    """Return requests, errors, client disconnects, tokens, cost and latency percentiles per key and UTC day."""
     groups: dict[tuple[str, str], list[RequestLogRow]] = defaultdict(list)
     for r in rows:
         groups[(r.key_id or "", r.at[:10])].append(r)
@@ -82,6 +82,7 @@ def usage_report(
                 "requests": len(group),
                 "errors": sum(1 for r in group if r.status >= 400),
                 "server_errors": sum(1 for r in group if r.status >= 500),
+                "client_disconnected": sum(1 for r in group if r.outcome == "client_disconnected"),
                 "tokens": sum(r.tokens for r in group),
                 "cost_usd": round(sum(r.cost_usd for r in group), 6),
                 "latency_ms": {"p50": round(p50, 2), "p95": round(p95, 2), "p99": round(p99, 2)},

@@ -31,9 +31,21 @@ class FilterClause:
 
 @dataclass(frozen=True, slots=True)
 class Filters:
-    """Clauses ANDed across keys and ORed within one key."""
+    """Clauses ANDed across keys and ORed within one key; `scope`, when set, is the collections a request may read.
+
+    The scope is its own clause, ANDed with everything and never merged with user clauses: a user clause on the
+    same key can narrow what a request reads, never widen it.
+    """
 
     clauses: tuple[FilterClause, ...] = ()
+    scope: tuple[str, ...] | None = None
+
+    def within(self, collections: Sequence[str]) -> Filters:
+        """Return these filters limited to `collections` as well (an empty sequence reads nothing)."""
+        allowed = tuple(dict.fromkeys(collections))
+        if self.scope is not None:
+            allowed = tuple(c for c in self.scope if c in allowed)
+        return Filters(self.clauses, allowed)
 
     @classmethod
     def parse(cls, specs: Sequence[str]) -> Filters:
@@ -49,6 +61,20 @@ class Filters:
             clauses.append(FilterClause(key, value.strip()))
         return cls(tuple(clauses))
 
+    @classmethod
+    def from_mapping(cls, mapping: dict[str, str], *, reserved: Sequence[str] = ()) -> Filters:
+        """Return filters from {key: value} taken verbatim, or raise UsageError on a bad key or one that reads as
+        a reserved key once stripped, case-folded and cut at '=' (so " Collection" or "collection=*" cannot pass)."""
+        clauses = []
+        for key, value in mapping.items():
+            normal = key.partition("=")[0].strip().casefold()
+            if normal in {r.casefold() for r in reserved}:
+                raise UsageError(f"filter key {key!r} is reserved: {normal!r} is set by its own field, not in filters")
+            if not _KEY_RE.match(key):
+                raise UsageError(f"bad filter key {key!r}: use letters, digits, '_', '.', '-'")
+            clauses.append(FilterClause(key, value.strip()))
+        return cls(tuple(clauses))
+
     def by_key(self) -> dict[str, list[FilterClause]]:
         """Return the clauses grouped by key, in first-seen order."""
         grouped: dict[str, list[FilterClause]] = {}
@@ -57,7 +83,7 @@ class Filters:
         return grouped
 
     def __bool__(self) -> bool:
-        return bool(self.clauses)
+        return bool(self.clauses) or self.scope is not None
 
 
 @dataclass(slots=True)
@@ -118,6 +144,10 @@ class DocumentWrite:
     chunks: list[Chunk]
     embed_hashes: list[str]
     chunker: str
+
+
+#: What a document write did: stored a new source, replaced a stored one, or left an identical one as it was.
+WriteOutcome = Literal["added", "updated", "unchanged"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +268,12 @@ class JobRecord:
     result: dict[str, Any] | None = None
     error: str | None = None
     key_id: str | None = None
+    #: how many times a worker has taken the job
+    attempts: int = 0
+    #: the lease (epoch seconds) of the worker running it, or when a queued retry may start
+    locked_until: float | None = None
+    #: the worker holding the lease
+    locked_by: str | None = None
 
     def public(self) -> dict[str, Any]:
         """Return the job's JSON-ready status (without its internal payload)."""
@@ -249,6 +285,7 @@ class JobRecord:
             "progress": {"done": self.done, "total": self.total},
             "result": self.result,
             "error": self.error,
+            "attempts": self.attempts,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }
@@ -267,6 +304,8 @@ class RequestLogRow:
     latency_ms: float
     tokens: int = 0
     cost_usd: float = 0.0
+    #: "completed", or "client_disconnected" when the client hung up before the response ended
+    outcome: str = "completed"
 
 
 @runtime_checkable
@@ -291,11 +330,15 @@ class Store(Protocol):
         writes: Sequence[DocumentWrite],
         vectors: dict[str, Vectors],
         sentences: tuple[str, dict[str, SentenceVectors]] | None = None,
-    ) -> None:
-        """Store documents, replacing any with the same source; each document is all-or-nothing.
+        *,
+        skip_unchanged: bool = False,
+    ) -> list[WriteOutcome]:
+        """Store documents, replacing any with the same source; each document is all-or-nothing. Return what
+        happened to each write, in order.
 
         `sentences` is (sentence model key, {embedding hash: its chunk's sentence vectors}), written in the same
-        transaction."""
+        transaction. With `skip_unchanged`, a document stored with the same content hash and chunker is left as it
+        is ("unchanged"), decided inside the write transaction: of two concurrent writers of one file, one writes."""
         ...
 
     def sentence_hashes(self, model: str, hashes: Sequence[str]) -> set[str]:
@@ -337,8 +380,9 @@ class Store(Protocol):
         """Return the source of every stored document in a collection."""
         ...
 
-    def filter_keys(self) -> set[str]:
-        """Return the filter keys that name something in this store."""
+    def filter_keys(self, collections: Sequence[str] | None = None) -> set[str]:
+        """Return the filter keys that name something in this store: the built-in keys and the metadata keys of
+        documents in `collections` (None: every collection)."""
         ...
 
     def dense_search(self, model: str, query: Vectors, k: int, filters: Filters) -> list[tuple[int, float]]:
@@ -429,28 +473,31 @@ class Store(Protocol):
         """Store a new job."""
         ...
 
-    def update_job(self, job_id: str, **fields: Any) -> None:
-        """Set a job's status, done, total, result or error (and its updated_at)."""
+    def update_job(self, job_id: str, *, worker: str | None = None, **fields: Any) -> bool:
+        """Set a job's status, done, total, result, error, payload, attempts or lease (and its updated_at); with
+        `worker`, only while that worker holds the job. Return whether the job was updated."""
         ...
 
     def get_job(self, job_id: str) -> JobRecord | None:
         """Return one job, or None."""
         ...
 
-    def list_jobs(self, *, collection: str | None = None, limit: int = 50) -> list[JobRecord]:
-        """Return jobs, newest first."""
+    def list_jobs(self, *, collections: Sequence[str] | None = None, limit: int = 50) -> list[JobRecord]:
+        """Return jobs of these collections (None: all), newest first."""
         ...
 
-    def claim_job(self) -> JobRecord | None:
-        """Atomically mark the oldest queued job running and return it (None when none is queued)."""
+    def claim_job(self, worker: str, *, lease_s: float, max_attempts: int) -> JobRecord | None:
+        """Take the oldest job that is queued (past any retry delay) or whose worker's lease ran out, and hold it
+        for `lease_s` seconds (None when there is none). A job whose lease ran out on its last attempt ends
+        failed instead."""
+        ...
+
+    def renew_job(self, job_id: str, worker: str, lease_s: float) -> bool:
+        """Extend the lease of a job the worker holds; return False when it holds it no longer."""
         ...
 
     def job_counts(self) -> dict[str, int]:
         """Return how many jobs are in each status."""
-        ...
-
-    def requeue_jobs(self) -> int:
-        """Put jobs left running by a stopped process back in the queue; return how many."""
         ...
 
     def log_requests(self, rows: Sequence[RequestLogRow]) -> None:
@@ -467,10 +514,11 @@ class Store(Protocol):
 
 
 def check_filter_keys(store: Store, filters: Filters) -> None:
-    """Raise UsageError when a filter names a key nothing in the store has."""
-    if not filters:
+    """Raise UsageError when a filter names a key no document in the filters' scope has (the error lists only
+    keys of that scope: another tenant's metadata keys are not shown, nor told apart from absent ones)."""
+    if not filters.clauses:
         return
-    known = store.filter_keys()
+    known = store.filter_keys(filters.scope)
     unknown = sorted({c.key for c in filters.clauses} - known)
     if unknown:
         raise UsageError(f"unknown filter key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")

@@ -12,6 +12,8 @@ import json
 import re
 import sqlite3
 import threading
+import time
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
@@ -34,6 +36,7 @@ from archivist.store.base import (
     SentenceHit,
     SentenceVectors,
     StoredChunk,
+    WriteOutcome,
 )
 from archivist.store.lexical import Analyzer, encode_counts
 from archivist.store.memindex import DenseIndex, LexicalIndex
@@ -71,7 +74,9 @@ class SQLiteStore:
         self.url = url or f"sqlite:///{path}"
         path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._all_conns: list[sqlite3.Connection] = []
+        # Every open connection and the thread it belongs to (weakly): a thread's connection is closed once the
+        # thread is gone, so the count stays bounded by the threads alive, not by every thread ever created.
+        self._conns: dict[sqlite3.Connection, weakref.ref[threading.Thread]] = {}
         self._conns_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._index_lock = threading.Lock()
@@ -81,7 +86,7 @@ class SQLiteStore:
         self._bm25: Lexical | None = None
         self._analyzer = Analyzer()
         self._allowed_cache: dict[tuple[int, Filters], npt.NDArray[np.bool_]] = {}
-        self._keys_cache: tuple[int, set[str]] | None = None
+        self._keys_cache: tuple[int, dict[str, set[str]]] | None = None
         self.migrate()
 
     # -- connections and transactions -------------------------------------------------------------
@@ -89,17 +94,35 @@ class SQLiteStore:
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
+            with self._conns_lock:
+                # Before opening: SQLite reuses the file descriptors of connections closed here.
+                self._close_orphans()
             try:
                 conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
-                conn.execute("PRAGMA journal_mode=WAL")
+                _use_wal(conn)
             except sqlite3.DatabaseError as exc:
                 raise ArchivistError(f"cannot open store {self.path}: {exc}") from exc
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
             with self._conns_lock:
-                self._all_conns.append(conn)
+                self._conns[conn] = weakref.ref(threading.current_thread())
         return conn
+
+    def _close_orphans(self) -> None:
+        """Close the connections of threads that have ended (call with `_conns_lock` held)."""
+        for conn, owner in list(self._conns.items()):
+            thread = owner()
+            if thread is None or not thread.is_alive():
+                del self._conns[conn]
+                with suppress(sqlite3.Error):
+                    conn.close()
+
+    def open_connections(self) -> int:
+        """Return how many connections to the file this store holds open, after closing those of ended threads."""
+        with self._conns_lock:
+            self._close_orphans()
+            return len(self._conns)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -144,6 +167,9 @@ class SQLiteStore:
                 if version <= current:
                     continue
                 with self._transaction() as tx:
+                    # Another process may have applied it since the version was read: decide under the write lock.
+                    if tx.execute("SELECT 1 FROM schema_migrations WHERE version = ?", (version,)).fetchone():
+                        continue
                     for statement in _split_sql(sql):
                         tx.execute(statement)
                     broken = tx.execute("PRAGMA foreign_key_check").fetchall()
@@ -202,27 +228,37 @@ class SQLiteStore:
         writes: Sequence[DocumentWrite],
         vectors: dict[str, Vectors],
         sentences: tuple[str, dict[str, SentenceVectors]] | None = None,
-    ) -> None:
-        """Store documents, replacing any with the same source; each document is all-or-nothing.
+        *,
+        skip_unchanged: bool = False,
+    ) -> list[WriteOutcome]:
+        """Store documents, replacing any with the same source; each document is all-or-nothing. Return what
+        happened to each write, in order.
 
         `sentences` is (sentence model key, {embedding hash: its chunk's sentence vectors}), written in the same
-        transaction."""
+        transaction. With `skip_unchanged`, a document stored with the same content hash and chunker is left as it
+        is ("unchanged"), decided inside the write transaction: of two concurrent writers of one file, one writes."""
         if not writes:
-            return
+            return []
         for w in writes:
             missing = [h for h in w.embed_hashes if h not in vectors]
             if missing:
                 raise ArchivistError(f"{w.document.source}: {len(missing)} chunk vectors missing from the write")
         now = _now()
         counts = [[self._analyzer.counts(c.embedding_text(w.document.title)) for c in w.chunks] for w in writes]
+        outcomes: list[WriteOutcome] = []
         with self._transaction() as conn:
             term_ids = self._term_ids(conn, {t for per_doc in counts for c in per_doc for t in c})
             for w, doc_counts in zip(writes, counts, strict=True):
                 doc = w.document
                 prev = conn.execute(
-                    "SELECT id, version, created_at FROM documents WHERE collection = ? AND source = ?",
+                    "SELECT id, version, created_at, content_hash, chunker FROM documents"
+                    " WHERE collection = ? AND source = ?",
                     (doc.collection, doc.source),
                 ).fetchone()
+                if skip_unchanged and prev is not None and (prev[3], prev[4]) == (doc.content_hash, w.chunker):
+                    outcomes.append("unchanged")
+                    continue
+                outcomes.append("updated" if prev is not None else "added")
                 if prev is not None:
                     self._delete_in(conn, prev[0])
                 version = prev[1] + 1 if prev else 1
@@ -282,7 +318,9 @@ class SQLiteStore:
                             if (sv := by_hash.get(h)) is not None
                         ],
                     )
-            self._bump(conn)
+            if any(o != "unchanged" for o in outcomes):
+                self._bump(conn)
+        return outcomes
 
     def sentence_hashes(self, model: str, hashes: Sequence[str]) -> set[str]:
         """Return which of these embedding hashes have sentence vectors under the sentence model key."""
@@ -387,13 +425,21 @@ class SQLiteStore:
         rows = self._conn().execute("SELECT source FROM documents WHERE collection = ? ORDER BY source", (collection,))
         return [r[0] for r in rows]
 
-    def filter_keys(self) -> set[str]:
-        """Return the filter keys that name something in this store."""
+    def filter_keys(self, collections: Sequence[str] | None = None) -> set[str]:
+        """Return the filter keys that name something in this store: the built-in keys and the metadata keys of
+        documents in `collections` (None: every collection)."""
         gen = self.generation()
         if self._keys_cache is None or self._keys_cache[0] != gen:
-            rows = self._conn().execute("SELECT DISTINCT j.key FROM documents d, json_each(d.metadata) j")
-            self._keys_cache = (gen, set(BUILTIN_FILTER_KEYS) | {str(r[0]) for r in rows})
-        return set(self._keys_cache[1])
+            rows = self._conn().execute("SELECT DISTINCT d.collection, j.key FROM documents d, json_each(d.metadata) j")
+            by_collection: dict[str, set[str]] = {}
+            for collection, key in rows:
+                by_collection.setdefault(str(collection), set()).add(str(key))
+            self._keys_cache = (gen, by_collection)
+        wanted = self._keys_cache[1].keys() if collections is None else collections
+        keys = set(BUILTIN_FILTER_KEYS)
+        for name in wanted:
+            keys |= self._keys_cache[1].get(name, set())
+        return keys
 
     def get_chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]:
         """Return the stored chunks with these ids."""
@@ -638,8 +684,9 @@ class SQLiteStore:
         rows = (
             self._conn()
             .execute(
-                "SELECT record FROM eval_runs WHERE id = ? OR id LIKE ? LIMIT 2",
-                (run_id, run_id.replace("%", "") + "%"),
+                # A prefix compared as text, not a LIKE pattern: '_' and '%' in an id match only themselves.
+                "SELECT record FROM eval_runs WHERE id = ? OR substr(id, 1, ?) = ? LIMIT 2",
+                (run_id, len(run_id), run_id),
             )
             .fetchall()
         )
@@ -741,55 +788,82 @@ class SQLiteStore:
                 ),
             )
 
-    def update_job(self, job_id: str, **fields: Any) -> None:
-        """Set a job's status, done, total, result or error (and its updated_at)."""
-        allowed = {"status", "done", "total", "result", "error"}
+    def update_job(self, job_id: str, *, worker: str | None = None, **fields: Any) -> bool:
+        """Set a job's status, done, total, result, error, payload, attempts or lease (and its updated_at); with
+        `worker`, only while that worker holds the job. Return whether the job was updated."""
+        allowed = {"status", "done", "total", "result", "error", "payload", "attempts", "locked_until", "locked_by"}
         unknown = set(fields) - allowed
         if unknown:
             raise ValueError(f"update_job: unknown fields {sorted(unknown)}")
-        values = {k: json.dumps(v) if k == "result" and v is not None else v for k, v in fields.items()}
+        values = {
+            k: json.dumps(v, ensure_ascii=False) if k in ("result", "payload") and v is not None else v
+            for k, v in fields.items()
+        }
         values["updated_at"] = _now()
         sets = ", ".join(f"{k} = ?" for k in values)
+        where, params = "id = ?", [job_id]
+        if worker is not None:
+            where, params = where + " AND locked_by = ? AND status = 'running'", [job_id, worker]
         with self._transaction() as conn:
-            conn.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*values.values(), job_id])
+            return conn.execute(f"UPDATE jobs SET {sets} WHERE {where}", [*values.values(), *params]).rowcount > 0
 
     def get_job(self, job_id: str) -> JobRecord | None:
         """Return one job, or None."""
         row = self._conn().execute(f"SELECT {_JOB_SELECT} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return _job_record(row) if row else None
 
-    def list_jobs(self, *, collection: str | None = None, limit: int = 50) -> list[JobRecord]:
-        """Return jobs, newest first."""
-        where, params = ("WHERE collection = ?", [collection]) if collection else ("", [])
+    def list_jobs(self, *, collections: Sequence[str] | None = None, limit: int = 50) -> list[JobRecord]:
+        """Return jobs of these collections (None: all), newest first."""
+        where, params = "", list(collections or ())
+        if collections is not None:
+            where = f"WHERE collection IN ({','.join('?' * len(params))})" if params else "WHERE 0"
         rows = self._conn().execute(
             f"SELECT {_JOB_SELECT} FROM jobs {where} ORDER BY created_at DESC, rowid DESC LIMIT ?", [*params, limit]
         )
         return [_job_record(r) for r in rows]
 
-    def claim_job(self) -> JobRecord | None:
-        """Atomically mark the oldest queued job running and return it (None when none is queued)."""
+    def claim_job(self, worker: str, *, lease_s: float, max_attempts: int) -> JobRecord | None:
+        """Take the oldest job that is queued (past any retry delay) or whose worker's lease ran out, and hold it
+        for `lease_s` seconds (None when there is none). A job whose lease ran out on its last attempt ends
+        failed instead."""
+        now = time.time()
         with self._transaction() as conn:
+            conn.execute(
+                "UPDATE jobs SET status = 'failed', locked_by = NULL, locked_until = NULL, updated_at = ?,"
+                " error = 'gave up after ' || attempts || ' attempts: the worker running it stopped before"
+                " finishing' || COALESCE('; last error: ' || error, '')"
+                " WHERE status = 'running' AND locked_until < ? AND attempts >= ?",
+                (_now(), now, max_attempts),
+            )
             row = conn.execute(
-                f"SELECT {_JOB_SELECT} FROM jobs WHERE status = 'queued' ORDER BY created_at, rowid LIMIT 1"
+                f"SELECT {_JOB_SELECT} FROM jobs WHERE (status = 'queued' AND COALESCE(locked_until, 0) <= ?)"
+                " OR (status = 'running' AND COALESCE(locked_until, 0) < ?) ORDER BY created_at, rowid LIMIT 1",
+                (now, now),
             ).fetchone()
             if row is None:
                 return None
-            conn.execute("UPDATE jobs SET status = 'running', updated_at = ? WHERE id = ?", (_now(), row[0]))
+            conn.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, locked_until = ?, locked_by = ?,"
+                " updated_at = ? WHERE id = ?",
+                (now + lease_s, worker, _now(), row[0]),
+            )
         job = _job_record(row)
-        job.status = "running"
+        job.status, job.attempts, job.locked_until, job.locked_by = "running", job.attempts + 1, now + lease_s, worker
         return job
+
+    def renew_job(self, job_id: str, worker: str, lease_s: float) -> bool:
+        """Extend the lease of a job the worker holds; return False when it holds it no longer."""
+        with self._transaction() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET locked_until = ? WHERE id = ? AND locked_by = ? AND status = 'running'",
+                (time.time() + lease_s, job_id, worker),
+            )
+            return cur.rowcount > 0
 
     def job_counts(self) -> dict[str, int]:
         """Return how many jobs are in each status."""
         rows = self._conn().execute("SELECT status, COUNT(*) FROM jobs GROUP BY status")
         return {str(status): int(n) for status, n in rows}
-
-    def requeue_jobs(self) -> int:
-        """Put jobs left running by a stopped process back in the queue; return how many."""
-        with self._transaction() as conn:
-            return conn.execute(
-                "UPDATE jobs SET status = 'queued', updated_at = ? WHERE status = 'running'", (_now(),)
-            ).rowcount
 
     def log_requests(self, rows: Sequence[RequestLogRow]) -> None:
         """Append served requests to the request log."""
@@ -798,9 +872,20 @@ class SQLiteStore:
         with self._transaction() as conn:
             conn.executemany(
                 "INSERT INTO request_log (request_id, at, key_id, method, route, status, latency_ms, tokens,"
-                " cost_usd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " cost_usd, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (r.request_id, r.at, r.key_id, r.method, r.route, r.status, r.latency_ms, r.tokens, r.cost_usd)
+                    (
+                        r.request_id,
+                        r.at,
+                        r.key_id,
+                        r.method,
+                        r.route,
+                        r.status,
+                        r.latency_ms,
+                        r.tokens,
+                        r.cost_usd,
+                        r.outcome,
+                    )
                     for r in rows
                 ],
             )
@@ -809,7 +894,8 @@ class SQLiteStore:
         """Return logged requests at or after `since` (UTC ISO time), of one key or all."""
         where, params = ("AND key_id = ?", [key_id]) if key_id else ("", [])
         rows = self._conn().execute(
-            "SELECT request_id, at, key_id, method, route, status, latency_ms, tokens, cost_usd FROM request_log"
+            "SELECT request_id, at, key_id, method, route, status, latency_ms, tokens, cost_usd, outcome"
+            " FROM request_log"
             f" WHERE at >= ? {where} ORDER BY at",
             [since, *params],
         )
@@ -818,14 +904,34 @@ class SQLiteStore:
     def close(self) -> None:
         """Release connections and files."""
         with self._conns_lock:
-            for conn in self._all_conns:
+            for conn in self._conns:
                 with suppress(sqlite3.Error):
                     conn.close()
-            self._all_conns.clear()
+            self._conns.clear()
         self._local = threading.local()
         self._dense = None
         self._sentences = None
         self._bm25 = None
+
+
+def _use_wal(conn: sqlite3.Connection, timeout_s: float = 30.0) -> None:
+    """Put the file in WAL mode (once per file: the mode is stored in it).
+
+    Switching needs a moment alone with the file, and SQLite answers "database is locked" at once, without waiting
+    out the busy timeout, when processes open a fresh file together: retry until the timeout instead."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        try:
+            if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+                return
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.2)
 
 
 def _filter_sql(filters: Filters) -> tuple[str, list[Any]]:
@@ -834,6 +940,10 @@ def _filter_sql(filters: Filters) -> tuple[str, list[Any]]:
         return "1", []
     parts: list[str] = []
     params: list[Any] = []
+    if filters.scope is not None:
+        # The request's collections: a clause of its own, ANDed with the user's clauses (never ORed into them).
+        parts.append(f"d.collection IN ({','.join('?' * len(filters.scope))})" if filters.scope else "0")
+        params.extend(filters.scope)
     for key, clauses in filters.by_key().items():
         column = _DOC_COLUMNS.get(key, "CAST(json_extract(d.metadata, ?) AS TEXT)")
         ors = []
@@ -860,7 +970,10 @@ _KEY_SELECT = (
     "id, name, secret_hash, scopes, collections, created_at, budget_tokens, budget_usd, budget_period,"
     " rate_per_minute, revoked_at, last_used_at"
 )
-_JOB_SELECT = "id, kind, collection, status, payload, created_at, updated_at, done, total, result, error, key_id"
+_JOB_SELECT = (
+    "id, kind, collection, status, payload, created_at, updated_at, done, total, result, error, key_id, attempts,"
+    " locked_until, locked_by"
+)
 
 
 def _key_record(row: Sequence[Any]) -> ApiKeyRecord:
@@ -894,6 +1007,9 @@ def _job_record(row: Sequence[Any]) -> JobRecord:
         result=json.loads(row[9]) if row[9] is not None else None,
         error=row[10],
         key_id=row[11],
+        attempts=row[12],
+        locked_until=row[13],
+        locked_by=row[14],
     )
 
 

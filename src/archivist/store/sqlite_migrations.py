@@ -240,3 +240,20 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# Jobs are leased: a worker holds a job until `locked_until` (epoch seconds) and renews it while it works; a job
+# whose lease ran out (its worker died) is taken again, up to a number of attempts. A queued job waits until
+# `locked_until` too (a retry's backoff). The request log says how each request ended (a client that hung up
+# mid-stream is not a normal finish).
+MIGRATIONS.append(
+    (
+        9,
+        "job leases and attempts, request outcomes",
+        """
+        ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE jobs ADD COLUMN locked_until REAL;
+        ALTER TABLE jobs ADD COLUMN locked_by TEXT;
+        ALTER TABLE request_log ADD COLUMN outcome TEXT NOT NULL DEFAULT 'completed';
+        """,
+    )
+)

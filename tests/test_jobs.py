@@ -1,0 +1,219 @@
+"""Ingestion jobs: upload names kept apart, leases that hand a dead worker's job on and never re-run a live one's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import pytest
+
+from archivist.app import Archivist
+from archivist.config import load_settings
+from archivist.embed.minilm_onnx import MiniLMEmbedder
+from archivist.server.app import create_app
+from archivist.server.auth import mint_api_key
+from archivist.store import open_store
+from archivist.store.sqlite import SQLiteStore
+from fake_servers import EmbeddingServer, Fault
+from live_server import free_port, serving, wait_for_job
+
+# -- upload names ----------------------------------------------------------------------------------
+
+
+def test_uploads_keep_their_names_and_different_names_never_collide(tmp_path: Path, embedder: MiniLMEmbedder) -> None:
+    settings = load_settings(store=f"sqlite:///{tmp_path / 'store.db'}", upload_dir=str(tmp_path / "uploads"))
+    with Archivist(settings, open_store(settings.store), embedder) as app, serving(create_app(app)) as base:
+        admin = mint_api_key(app.store, "admin", ["admin"])[0]
+        with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin}"}, timeout=60) as c:
+            c.post("/v1/collections", json={"name": "kb"})
+            long_name = "x" * 1000 + ".md"
+            names = ["a b.md", "a_b.md", "名前.md", long_name, "../../etc/notes.md", "tab\there.md", "tabhere.md"]
+            sources = {}
+            for i, name in enumerate(names):
+                body = f"# Note {i}\n\nThis is note number {i} about topic {i}.\n".encode()
+                job = c.post("/v1/collections/kb/documents", files={"file": (name, body, "text/markdown")}).json()
+                done = wait_for_job(c, job["job_id"])
+                assert done["status"] == "succeeded", (name, done)
+                result: Any = done["result"]
+                [doc] = result["documents"]
+                sources[name] = doc["source"]
+            for title in ("a/b", "a_b"):
+                job = c.post("/v1/collections/kb/documents", json={"title": title, "text": f"Titled {title}."}).json()
+                assert wait_for_job(c, job["job_id"])["status"] == "succeeded"
+            listed = c.get("/v1/collections/kb/documents", params={"limit": 100}).json()["documents"]
+    assert sources["a b.md"] == "upload/a b.md" and sources["a_b.md"] == "upload/a_b.md"
+    assert sources["名前.md"] == "upload/名前.md"
+    assert sources["../../etc/notes.md"] == "upload/notes.md"  # folders are removed
+    long_source = sources[long_name]
+    assert long_source.startswith("upload/xxx") and long_source.endswith(".md")
+    assert len(long_source.encode()) <= len("upload/") + 200
+    assert len(set(sources.values())) == len(names)  # a tab dropped is a name changed: it gets its own
+    assert len(listed) == len(names) + 2  # nothing replaced anything else
+
+
+# -- leases across processes -----------------------------------------------------------------------
+
+RECORDS = 200
+
+
+@contextmanager
+def _embedding_server(delay_s: float) -> Iterator[EmbeddingServer]:
+    """A loopback embedding server slow enough (`delay_s` per request; the pipeline sends 64 texts at a time)
+    that a job takes seconds."""
+    with EmbeddingServer(dim=16).running() as server:
+        server.faults.extend(Fault(delay_s=delay_s) for _ in range(100_000))
+        yield server
+
+
+def _env(root: Path, embed_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")}
+    env.update(
+        ARCHIVIST_STORE=f"sqlite:///{root / 'store.db'}",
+        ARCHIVIST_UPLOAD_DIR=str(root / "uploads"),
+        ARCHIVIST_EMBEDDER="openai",
+        ARCHIVIST_EMBED_URL=embed_url,
+        ARCHIVIST_EMBED_MODEL="fake",
+        ARCHIVIST_JOB_LEASE_S="2",
+    )
+    return env
+
+
+class _Worker:
+    """One `archivist serve` process (its log in a file, so a full pipe never blocks it)."""
+
+    def __init__(self, root: Path, env: dict[str, str], name: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log: IO[str] = (root / f"{name}.log").open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "archivist.cli", "serve", "--port", str(self.port)],
+            cwd=root,
+            env=env,
+            stdout=self.log,
+            stderr=self.log,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            assert self.proc.poll() is None, (root / f"{name}.log").read_text()
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "serve did not come up"
+            time.sleep(0.1)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture
+def jobs_root(tmp_path: Path) -> tuple[Path, str]:
+    """Return a folder with a store holding collection "kb", and an admin key."""
+    store = SQLiteStore(tmp_path / "store.db")
+    try:
+        store.create_collection("kb")
+        return tmp_path, mint_api_key(store, "admin", ["admin"])[0]
+    finally:
+        store.close()
+
+
+def _upload(base: str, key: str) -> str:
+    lines = [
+        json.dumps({"id": f"r{i}", "title": f"Record {i}", "text": f"Record {i} is about item {i}."})
+        for i in range(RECORDS)
+    ]
+    r = httpx.post(
+        f"{base}/v1/collections/kb/documents",
+        files={"file": ("records.jsonl", "\n".join(lines).encode(), "application/x-ndjson")},
+        headers={"Authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert r.status_code == 202, r.text
+    return str(r.json()["job_id"])
+
+
+def _job(root: Path, job_id: str) -> Any:
+    store = SQLiteStore(root / "store.db")
+    try:
+        return store.get_job(job_id)
+    finally:
+        store.close()
+
+
+def _wait(root: Path, job_id: str, until: Any, timeout_s: float = 120) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = _job(root, job_id)
+        if until(job):
+            return job
+        assert time.monotonic() < deadline, f"job stuck: {job}"
+        time.sleep(0.1)
+
+
+def test_a_killed_workers_job_is_taken_over_after_its_lease_and_reports_the_whole_job(
+    jobs_root: tuple[Path, str],
+) -> None:
+    root, key = jobs_root
+    with _embedding_server(1.0) as emb:
+        env = _env(root, emb.url)
+        first = _Worker(root, env, "first")
+        try:
+            job_id = _upload(first.base, key)
+            # Killed once some documents are written (the job checkpoints each write).
+            _wait(root, job_id, lambda j: j.status == "running" and len(j.payload.get("written", {})) >= 64)
+            first.stop(signal.SIGKILL)
+        finally:
+            first.stop(signal.SIGKILL)
+        written_before = len(_job(root, job_id).payload["written"])
+        assert 0 < written_before < RECORDS
+        second = _Worker(root, env, "second")
+        try:
+            job = _wait(root, job_id, lambda j: j.status not in ("queued", "running"))
+        finally:
+            second.stop()
+    assert job.status == "succeeded" and job.attempts == 2, job.error
+    result = job.result
+    # Every record, including those the killed worker wrote, is this job's work.
+    assert result["added"] == RECORDS and result["unchanged"] == 0 and len(result["documents"]) == RECORDS
+    assert {d["outcome"] for d in result["documents"]} == {"added"}
+
+
+def test_restarting_a_worker_never_reruns_the_job_its_sibling_is_running(jobs_root: tuple[Path, str]) -> None:
+    root, key = jobs_root
+    # Slow enough (about 12 s) that a process restarts well within the job.
+    with _embedding_server(3.0) as emb:
+        env = _env(root, emb.url)
+        workers = [_Worker(root, env, "a"), _Worker(root, env, "b")]
+        try:
+            job_id = _upload(workers[0].base, key)
+            running = _wait(root, job_id, lambda j: j.status == "running" and j.done > 0)
+            holder_pid = int(running.locked_by.split(":")[1])
+            idle = next(w for w in workers if w.proc.pid != holder_pid)
+            idle.stop()  # a restart of the other process, while the holder works
+            workers.append(_Worker(root, env, "c"))
+            assert _job(root, job_id).status == "running"  # the restart came while the job ran
+            job = _wait(root, job_id, lambda j: j.status not in ("queued", "running"))
+        finally:
+            for w in workers:
+                w.stop()
+        embedded = [text for request in emb.requests for text in request["input"]]
+    assert job.status == "succeeded" and job.attempts == 1 and job.result["added"] == RECORDS
+    assert len(embedded) == len(set(embedded)) == RECORDS  # nothing was embedded twice: nothing re-ran
