@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import uvicorn
@@ -21,10 +22,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(app: FastAPI) -> Iterator[str]:
-    """Serve `app` over real HTTP until the block ends (graceful shutdown, lifespan included); yield its base URL."""
+def serving(app: FastAPI, **options: Any) -> Iterator[str]:
+    """Serve `app` over real HTTP until the block ends (graceful shutdown, lifespan included); yield its base URL.
+
+    Proxy headers are not trusted unless `options` say so, as `archivist serve` does by default."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    config = {"proxy_headers": False, **options}
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False, **config)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

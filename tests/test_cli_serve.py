@@ -134,3 +134,40 @@ def _wait_up(base: str, proc: subprocess.Popen[str]) -> None:
         except httpx.TransportError:
             time.sleep(0.1)
     raise AssertionError("serve did not come up")
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_serve_throttles_failed_keys_per_client_address_trusting_only_configured_proxies(
+    workdir: Path, trusted: bool
+) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")}
+    env.update(ARCHIVIST_STORE="sqlite:///store.db", ARCHIVIST_AUTH_FAILURES_PER_MINUTE="3")
+    if trusted:
+        env["ARCHIVIST_FORWARDED_ALLOW_IPS"] = "127.0.0.1"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archivist.cli", "serve", "--port", str(port)],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def bad_from(address: str) -> int:
+        headers = {"X-Forwarded-For": address, "Authorization": "Bearer ak_000000000000_wrongwrongwrongwrongwrong"}
+        return httpx.get(f"{base}/v1/me", headers=headers, timeout=10).status_code
+
+    try:
+        _wait_up(base, proc)
+        assert [bad_from("2001:db8::1") for _ in range(3)] == [401, 401, 401]
+        # Another address of the same IPv6 /64 is the same client.
+        assert bad_from("2001:db8::2") == 429
+        if trusted:  # addresses of other clients behind the proxy are not throttled by that one
+            assert bad_from("2001:db8:0:1::1") == 401 and bad_from("198.51.100.4") == 401
+        else:  # a header from an untrusted peer is ignored: it cannot dodge the throttle
+            assert bad_from("2001:db8:0:1::1") == 429 and bad_from("198.51.100.4") == 429
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)

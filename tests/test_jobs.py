@@ -21,6 +21,7 @@ from archivist.config import load_settings
 from archivist.embed.minilm_onnx import MiniLMEmbedder
 from archivist.server.app import create_app
 from archivist.server.auth import mint_api_key
+from archivist.server.jobs import upload_name
 from archivist.store import open_store
 from archivist.store.sqlite import SQLiteStore
 from fake_servers import EmbeddingServer, Fault
@@ -58,6 +59,66 @@ def test_uploads_keep_their_names_and_different_names_never_collide(tmp_path: Pa
     assert len(long_source.encode()) <= len("upload/") + 200
     assert len(set(sources.values())) == len(names)  # a tab dropped is a name changed: it gets its own
     assert len(listed) == len(names) + 2  # nothing replaced anything else
+
+
+def test_upload_names_are_distinct_bounded_and_keep_their_extension() -> None:
+    names = [
+        "a b.md", "a_b.md", ".secret.md", "secret~e87d890d.md", "secret.md", "a/", "dir\\", "", ".md", "\u200b.md",
+        "bad\udcff.md", "bad.md", "..", "x" * 300 + ".md", "x" * 301 + ".md", "tab\there.md", "tabhere.md", "名前.md",
+    ]  # fmt: skip
+    made = {name: upload_name(name) for name in names}
+    assert len(set(made.values())) == len(names), made  # no two names land on one
+    for name, safe in made.items():
+        assert safe and "/" not in safe and "\\" not in safe and len(safe.encode()) <= 200
+        if safe == name:  # a name kept as it was stays so
+            assert upload_name(safe) == safe
+        if name.endswith(".md"):
+            assert safe.endswith(".md"), (name, safe)
+    assert made["secret~e87d890d.md"] != made[".secret.md"] == "secret~e87d890d.md"
+
+
+def test_a_job_whose_documents_failed_to_embed_is_retried_and_finishes(tmp_path: Path) -> None:
+    with EmbeddingServer(dim=16).running() as emb:
+        # More failures than the embedder's own retries: the job's first attempt fails its documents.
+        emb.faults.extend(Fault(status=503, body=b'{"error": "loading"}') for _ in range(4))
+        settings = load_settings(
+            store=f"sqlite:///{tmp_path / 'store.db'}",
+            upload_dir=str(tmp_path / "uploads"),
+            embedder="openai",
+            embed_url=emb.url,
+            embed_model="fake",
+        )
+        with Archivist(settings, open_store(settings.store)) as app, serving(create_app(app)) as base:
+            admin = mint_api_key(app.store, "admin", ["admin"])[0]
+            with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin}"}, timeout=60) as c:
+                c.post("/v1/collections", json={"name": "kb"})
+                job_id = c.post("/v1/collections/kb/documents", json={"title": "Owls", "text": "Owls hunt."}).json()[
+                    "job_id"
+                ]
+                job: Any = wait_for_job(c, job_id)
+    assert job["status"] == "succeeded" and job["attempts"] == 2, job
+    assert job["result"]["added"] == 1 and job["result"]["failed"] == 0
+
+
+def test_the_uploads_of_ended_jobs_are_swept(tmp_path: Path, embedder: MiniLMEmbedder) -> None:
+    from archivist.server.jobs import JobRunner
+
+    settings = load_settings(store=f"sqlite:///{tmp_path / 'store.db'}")
+    with Archivist(settings, open_store(settings.store), embedder) as app:
+        app.store.create_collection("kb")
+        runner = JobRunner(app, tmp_path / "spool")
+        job = runner.submit("kb", "a.md", b"# A\n\nText.\n", source="upload/a.md")
+        # The queue ended it (its worker kept dying): nothing of the runner's own code path removed the upload.
+        app.store.update_job(job.id, status="failed", error="gave up")
+        runner.sweep_every_s = 0.0
+        runner.start()
+        try:
+            deadline = time.monotonic() + 30
+            while (tmp_path / "spool" / job.id).exists():
+                assert time.monotonic() < deadline, "the upload of a failed job was never removed"
+                time.sleep(0.05)
+        finally:
+            runner.stop()
 
 
 # -- leases across processes -----------------------------------------------------------------------
@@ -198,8 +259,8 @@ def test_a_killed_workers_job_is_taken_over_after_its_lease_and_reports_the_whol
 
 def test_restarting_a_worker_never_reruns_the_job_its_sibling_is_running(jobs_root: tuple[Path, str]) -> None:
     root, key = jobs_root
-    # Slow enough (about 12 s) that a process restarts well within the job.
-    with _embedding_server(3.0) as emb:
+    # Slow enough (about 16 s) that a process restarts well within the job.
+    with _embedding_server(4.0) as emb:
         env = _env(root, emb.url)
         workers = [_Worker(root, env, "a"), _Worker(root, env, "b")]
         try:

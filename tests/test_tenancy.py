@@ -13,7 +13,7 @@ import pytest
 from archivist.app import Archivist
 from archivist.config import load_settings
 from archivist.embed.minilm_onnx import MiniLMEmbedder
-from archivist.server.app import create_app
+from archivist.server.app import create_app, proxy_options
 from archivist.server.auth import mint_api_key
 from archivist.store import open_store
 from live_server import serving, wait_for_job
@@ -226,6 +226,7 @@ def test_eval_run_ids_are_matched_as_text_never_as_patterns(tenants: Tenants, em
         "created_at": "2026-12-01T00:00:00+00:00",
         "fingerprint_hash": "f" * 12,
         "config": {"unanswerable": "/srv/private/datasets/other"},
+        "corpus": {"store": "sqlite:////srv/private/evals/tiny-minilm.db", "added": 3},
         "metrics": {"ndcg@10": 0.5},
     }
     with _app(tenants.root, embedder) as app:
@@ -238,6 +239,7 @@ def test_eval_run_ids_are_matched_as_text_never_as_patterns(tenants: Tenants, em
         # The server's paths are for admin eyes only.
         assert "/srv/private" not in c.get("/v1/evals/runs/run9x8y7z6w5").text
         assert "dataset_path" not in read and read["config"]["unanswerable"] == "other"
+        assert read["corpus"] == {"store": "tiny-minilm.db", "added": 3}
         assert "/srv/private" not in c.get("/v1/evals/runs").text
     with client(tenants.base, tenants.admin) as c:
         assert c.get("/v1/evals/runs/run9x8y7z6w5").json()["dataset_path"] == "/srv/private/datasets/tiny"
@@ -246,9 +248,12 @@ def test_eval_run_ids_are_matched_as_text_never_as_patterns(tenants: Tenants, em
 def test_failed_authentication_is_throttled_per_address_and_never_slows_a_valid_key(
     tmp_path: Path, embedder: MiniLMEmbedder
 ) -> None:
-    with _app(tmp_path, embedder, auth_failures_per_minute=5) as app, serving(create_app(app, run_jobs=False)) as base:
+    with (
+        _app(tmp_path, embedder, auth_failures_per_minute=5, forwarded_allow_ips="127.0.0.1") as app,
+        serving(create_app(app, run_jobs=False), **proxy_options(app.settings)) as base,
+    ):
         valid = mint_api_key(app.store, "me", ["read"])[0]
-        # uvicorn takes the client address from X-Forwarded-For sent by a trusted proxy (loopback, by default).
+        # The client address is X-Forwarded-For's, sent by a trusted proxy (loopback, as configured here).
         attacker = {"X-Forwarded-For": "203.0.113.7"}
         statuses = []
         for i in range(12):

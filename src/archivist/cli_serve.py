@@ -60,7 +60,7 @@ def serve(
     """Run the HTTP API and web UI (JSON logs on stderr; Ctrl-C or SIGTERM stops gracefully)."""
     import uvicorn
 
-    from archivist.server.app import configure_logging, create_app
+    from archivist.server.app import configure_logging, create_app, proxy_options
 
     if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         fail(f"unknown --log-level {log_level!r}: use debug, info, warning or error", 2)
@@ -75,7 +75,7 @@ def serve(
                 "serving %s on http://%s:%d with %d workers", settings.store, settings.host, settings.port, workers
             )
             archivist.close()
-            _serve_workers(settings.host, settings.port, workers, graceful_s)
+            _serve_workers(settings.host, settings.port, workers, graceful_s, proxy_options(settings))
             return
         if settings.embed_threads is None:
             # Requests overlap: one thread per query embedding uses the cores better than each call taking them all.
@@ -88,7 +88,7 @@ def serve(
             log_config=None,
             access_log=False,
             timeout_graceful_shutdown=graceful_s,
-            proxy_headers=False,
+            **proxy_options(settings),
         )
         server = _server_class()(config)
         log.info("serving %s on http://%s:%d", archivist.store.url, settings.host, settings.port)
@@ -97,7 +97,7 @@ def serve(
             fail(f"could not serve on {settings.host}:{settings.port} (see the log above)", 1)
 
 
-def _serve_workers(host: str, port: int, workers: int, graceful_s: int) -> None:
+def _serve_workers(host: str, port: int, workers: int, graceful_s: int, proxy: dict[str, Any]) -> None:
     """Run `workers` processes of the app on one listening socket."""
     import socket
 
@@ -124,7 +124,7 @@ def _serve_workers(host: str, port: int, workers: int, graceful_s: int) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=graceful_s,
-        proxy_headers=False,
+        **proxy,
     )
     Multiprocess(config, sockets=[sock]).run()
 

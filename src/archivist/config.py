@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     #: Failed authentications per minute per client address before further failures answer 429 (a valid key is
     #: always served); bursts up to one minute's worth.
     auth_failures_per_minute: int = Field(default=30, ge=1)
+    #: Proxies (comma-separated addresses or networks, "*" for any) whose X-Forwarded-For and X-Forwarded-Proto are
+    #: trusted as the client's address and scheme; empty: none, the TCP peer is the client.
+    forwarded_allow_ips: str = ""
     #: Browser origins allowed to call the API, comma-separated ("*" for any); empty: same origin only.
     cors_origins: str = ""
     #: Where uploads wait for their ingestion job (default: an `uploads` folder beside a SQLite store).

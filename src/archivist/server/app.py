@@ -18,6 +18,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from archivist.app import Archivist
+from archivist.config import Settings
 from archivist.server.errors import install_error_handlers
 from archivist.server.middleware import RequestMiddleware
 from archivist.server.routes import router
@@ -39,6 +40,12 @@ def spool_dir(archivist: Archivist) -> Path:
         return Path(archivist.settings.upload_dir)
     path = getattr(archivist.store, "path", None)
     return Path(path).parent / "uploads" if path is not None else Path(".archivist/uploads")
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """Return uvicorn's options for trusting a reverse proxy's X-Forwarded-* headers (none unless configured)."""
+    allowed = settings.forwarded_allow_ips.strip()
+    return {"proxy_headers": bool(allowed), "forwarded_allow_ips": allowed or None}
 
 
 def configure_logging(level: str = "INFO") -> None:

@@ -11,20 +11,22 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import socket
 import threading
 import time
 import unicodedata
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from archivist.app import Archivist
 from archivist.ingest.pipeline import Progress
 from archivist.store.base import JobRecord
-from archivist.types import IngestReport, document_id_for
+from archivist.types import IngestReport, Skipped, document_id_for
 
 log = logging.getLogger("archivist.jobs")
 #: Longest stored file name, in UTF-8 bytes (file systems allow 255; room is left for a disambiguating hash).
@@ -37,24 +39,41 @@ def _now() -> str:
 
 
 def upload_name(name: str, fallback: str = "document.txt", *, is_path: bool = True) -> str:
-    """Return the user's file name fit to be a source and a file name: folders removed (or, for a name that is not
-    a path, slashes replaced), control characters dropped, capped at MAX_NAME_BYTES keeping its extension. A name
-    changed on the way gets a hash of the original, so two different names never become one."""
+    """Return the user's file name fit to be a source and a file name (see `_clean_name`); a name changed on the way
+    gets a hash of the original, so two different names never become one."""
     base = name.replace("\\", "/").rsplit("/", 1)[-1] if is_path else name
-    # Category C: control, format, surrogate (undecodable bytes), private-use and unassigned characters.
-    kept = "".join("_" if ch in "/\\" else ch for ch in base if unicodedata.category(ch)[0] != "C")
-    cleaned = kept.strip().lstrip(".").strip()
-    if cleaned and cleaned == base and len(base.encode("utf-8")) <= MAX_NAME_BYTES:
+    cleaned = _clean_name(base)
+    stem, suffix = _split_suffix(cleaned)
+    if stem and cleaned == base and len(base.encode("utf-8")) <= MAX_NAME_BYTES and not _TAGGED.search(base):
         return base
-    if not base:
+    if not name:
         return fallback
-    tag = "~" + hashlib.sha256(base.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    path = PurePosixPath(cleaned or fallback)
-    suffix = path.suffix if len(path.suffix) <= 16 else ""
-    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    tag = "~" + hashlib.sha256((base or name).encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    if not stem:
+        stem, fallback_suffix = _split_suffix(fallback)
+        suffix = suffix or fallback_suffix
     room = MAX_NAME_BYTES - len((tag + suffix).encode("utf-8"))
     stem = stem.encode("utf-8")[:room].decode("utf-8", "ignore").rstrip()
     return f"{stem}{tag}{suffix}"
+
+
+#: A name that already looks like one `upload_name` tagged: tagged again, so nobody can forge another's result.
+_TAGGED = re.compile(r"~[0-9a-f]{8}(\.[^.]*)?$")
+_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,16}$")
+
+
+def _clean_name(name: str) -> str:
+    """Return a name without control, format, surrogate (undecodable bytes), private-use or unassigned characters,
+    slashes, surrounding spaces or leading dots (its stem may end up empty: ".md")."""
+    kept = "".join("_" if ch in "/\\" else ch for ch in name if unicodedata.category(ch)[0] != "C")
+    stem, suffix = _split_suffix(kept.strip())
+    return stem.strip().lstrip(".").strip() + suffix
+
+
+def _split_suffix(name: str) -> tuple[str, str]:
+    """Return (stem, extension with its dot), the extension empty when the name has none."""
+    m = _SUFFIX.search(name)
+    return (name[: m.start()], m.group()) if m else (name, "")
 
 
 class _Stopping(Exception):
@@ -73,9 +92,12 @@ class JobRunner:
         self.max_attempts = archivist.settings.job_max_attempts
         #: who holds a job: host, process and this runner
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        #: how often an idle worker removes the uploads of jobs that ended
+        self.sweep_every_s = 60.0
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._held: JobRecord | None = None
 
     # -- queueing -----------------------------------------------------------------------------------
 
@@ -90,9 +112,12 @@ class JobRunner:
         metadata: dict[str, Any] | None = None,
         key_id: str | None = None,
     ) -> JobRecord:
-        """Spool an upload and queue its ingestion under `source` (re-sending a source replaces it); return the job."""
+        """Spool an upload (`filename` as `upload_name` made it) and queue its ingestion under `source` (re-sending a
+        source replaces it); return the job."""
+        if filename != Path(filename).name or not filename or len(filename.encode("utf-8")) > MAX_NAME_BYTES:
+            raise ValueError(f"not a safe upload file name (make it with upload_name): {filename!r}")
         job_id = uuid.uuid4().hex[:16]
-        name = upload_name(filename)
+        name = filename
         folder = self.spool / job_id
         folder.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(data)
@@ -123,10 +148,17 @@ class JobRunner:
         """Stop after the current document batch; an unfinished job goes back to the queue."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
+        if self._thread is None:
+            return
+        self._thread.join(timeout_s)
+        held = self._held
+        if self._thread.is_alive() and held is not None:
+            # Still inside one long step (a big document's embedding): give the job back now rather than let it
+            # wait out its lease and use up an attempt. The step's own write is harmless: writes are incremental.
+            self._give_back(held)
 
     def _loop(self) -> None:
+        last_sweep = 0.0
         while not self._stop.is_set():
             try:
                 job = self.store.claim_job(self.worker_id, lease_s=self.lease_s, max_attempts=self.max_attempts)
@@ -134,15 +166,20 @@ class JobRunner:
                 log.exception("could not read the job queue")
                 job = None
             if job is None:
+                if time.monotonic() - last_sweep > self.sweep_every_s:
+                    last_sweep = time.monotonic()
+                    self._sweep_spool()
                 self._wake.wait(self.poll_s)
                 self._wake.clear()
                 continue
             lost = threading.Event()
             beat = threading.Thread(target=self._heartbeat, args=(job, lost), name="archivist-lease", daemon=True)
             beat.start()
+            self._held = job
             try:
                 self._run(job, lost)
             finally:
+                self._held = None
                 lost.set()  # ends the heartbeat
                 beat.join()
 
@@ -157,6 +194,32 @@ class JobRunner:
             if not held:
                 log.warning("job %s: lease lost to another worker; stopping", job.id)
                 done.set()
+
+    def _sweep_spool(self) -> None:
+        """Remove the uploads of jobs that ended (a job failed by the queue after its worker died leaves its own)."""
+        if not self.spool.is_dir():
+            return
+        for folder in self.spool.iterdir():
+            try:
+                job = self.store.get_job(folder.name)
+            except Exception:
+                log.exception("could not read job %s", folder.name)
+                return
+            if job is not None and job.status in ("succeeded", "failed"):
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _give_back(self, job: JobRecord, written: dict[str, str] | None = None) -> bool:
+        """Put a held job back in the queue as it was taken (a shutdown is not a failed attempt)."""
+        fields: dict[str, Any] = {"payload": {**job.payload, "written": written}} if written is not None else {}
+        return self.store.update_job(
+            job.id,
+            worker=self.worker_id,
+            status="queued",
+            attempts=job.attempts - 1,
+            locked_until=None,
+            locked_by=None,
+            **fields,
+        )
 
     def _run(self, job: JobRecord, lost: threading.Event) -> None:
         folder = self.spool / job.id
@@ -173,16 +236,17 @@ class JobRunner:
                 raise _Stopping
             outcomes = len(report.added) + len(report.updated) + len(report.unchanged)
             now = time.monotonic()
+            fields: dict[str, Any] = {"done": p.done, "total": max(p.total, 1)}
             if outcomes != checkpointed:
                 # Each write is checkpointed, so a later attempt reports it as this job's work.
-                checkpointed, last = outcomes, now
-                payload = {**job.payload, "written": _merge(written, report)}
-                self.store.update_job(
-                    job.id, worker=self.worker_id, done=p.done, total=max(p.total, 1), payload=payload
-                )
-            elif now - last >= 0.25:
-                last = now
-                self.store.update_job(job.id, worker=self.worker_id, done=p.done, total=max(p.total, 1))
+                checkpointed = outcomes
+                fields["payload"] = {**job.payload, "written": _merge(written, report)}
+            elif now - last < 0.25:
+                return
+            last = now
+            if not self.store.update_job(job.id, worker=self.worker_id, **fields):
+                lost.set()  # another worker took the job (or it was given back): stop writing for it
+                raise _Stopping
 
         try:
             if not path.is_file():
@@ -197,22 +261,16 @@ class JobRunner:
                 report=report,
             )
         except _Stopping:
-            if not lost.is_set():
-                # A clean shutdown is not a failed attempt: give the job back as it was taken.
-                payload = {**job.payload, "written": _merge(written, report)}
-                self.store.update_job(
-                    job.id,
-                    worker=self.worker_id,
-                    status="queued",
-                    attempts=job.attempts - 1,
-                    locked_until=None,
-                    locked_by=None,
-                    payload=payload,
-                )
+            if not lost.is_set() and self._give_back(job, _merge(written, report)):
                 log.info("job %s left queued for the next worker", job.id)
             return
         except Exception as exc:
             self._failed(job, folder, f"{type(exc).__name__}: {exc}", written, report)
+            return
+        if report.failed and job.attempts < self.max_attempts:
+            # A document that failed to embed or store (a model server down, a locked store) may well go in on
+            # the next attempt; what was written is not redone.
+            self._failed(job, folder, _summary(report.failed), written, report)
             return
         outcomes = _merge(written, report)
         result = {
@@ -228,7 +286,7 @@ class JobRunner:
             "attempts": job.attempts,
         }
         ok = bool(outcomes)
-        error = None if ok else "; ".join(s.reason for s in report.skipped + report.failed) or "nothing ingested"
+        error = None if ok else _summary(report.skipped + report.failed) or "nothing ingested"
         if self.store.update_job(
             job.id,
             worker=self.worker_id,
@@ -264,6 +322,21 @@ class JobRunner:
             job.id, worker=self.worker_id, status="failed", error=error, payload=payload, locked_until=None
         ):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _summary(items: list[Skipped], limit: int = 500) -> str:
+    """Return the distinct reasons of skipped or failed documents, counted, in at most about `limit` characters."""
+    reasons = Counter(s.reason for s in items)
+    parts: list[str] = []
+    used = 0
+    for reason, n in reasons.most_common():
+        part = f"{reason} ({n} documents)" if n > 1 else reason
+        if parts and used + len(part) > limit:
+            parts.append(f"and {len(reasons) - len(parts)} other reasons")
+            break
+        parts.append(part[:limit])
+        used += len(part) + 2
+    return "; ".join(parts)
 
 
 def _merge(written: dict[str, str], report: IngestReport) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import threading
@@ -59,7 +60,7 @@ async def principal(
     except ApiError as exc:
         # Failures are throttled per client address; a valid key is authenticated first, so it is never slowed by
         # someone else's failures, even behind the same address.
-        address = request.client.host if request.client else "unknown"
+        address = _client_address(request)
         wait = svc.auth_failures.acquire(address) if exc.status == 401 else 0.0
         if wait:
             svc.metrics.rate_limited.inc()
@@ -82,6 +83,19 @@ async def principal(
 
 
 Caller = Annotated[Principal, Depends(principal)]
+
+
+def _client_address(request: Request) -> str:
+    """Return who a request comes from, for throttling: its address, or the /64 network of an IPv6 one (a host
+    owns a whole /64, so single addresses would give it unlimited buckets)."""
+    host = request.client.host if request.client else "unknown"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ip.ipv4_mapped or ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 # -- request and response bodies ------------------------------------------------------------------
@@ -134,6 +148,7 @@ class Job(BaseModel):
     progress: Progress
     result: dict[str, Any] | None
     error: str | None
+    attempts: int = Field(description="times a worker has taken the job (a retry or a dead worker's takeover adds one)")
     created_at: str
     updated_at: str
 
@@ -634,12 +649,17 @@ def get_eval_run(run_id: str, who: Caller, svc: ServicesDep) -> dict[str, Any]:
     return run if who.has("admin") else _without_server_paths(run)
 
 
+#: (section, field) of an eval run that name a file or store on the server: only their last part is shown
+_SERVER_PATHS = (("config", "unanswerable"), ("corpus", "store"))
+
+
 def _without_server_paths(run: dict[str, Any]) -> dict[str, Any]:
-    """Return an eval run without the server's file paths (shown to admin keys only): datasets by name."""
+    """Return an eval run without the server's file paths and store URLs (shown to admin keys only), by name."""
     public = {k: v for k, v in run.items() if k != "dataset_path"}
-    config = public.get("config")
-    if isinstance(config, dict) and config.get("unanswerable"):
-        public["config"] = {**config, "unanswerable": PurePath(str(config["unanswerable"])).name}
+    for section, name in _SERVER_PATHS:
+        part = public.get(section)
+        if isinstance(part, dict) and part.get(name):
+            public[section] = {**part, name: PurePath(str(part[name])).name}
     return public
 
 
