@@ -75,21 +75,7 @@ def test_serve_finishes_in_flight_requests_on_sigterm(workdir: Path) -> None:
     port = free_port()
     with ChatServer(reply="Steep green tea at 80 degrees [1].").running() as llm:
         llm.faults.append(Fault(delay_s=2.0))  # the model takes its time
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")}
-        env.update(
-            ARCHIVIST_STORE="sqlite:///store.db",
-            ARCHIVIST_LLM_URL=llm.url,
-            ARCHIVIST_LLM_MODEL="m",
-            ARCHIVIST_LLM_CACHE="false",
-        )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "archivist.cli", "serve", "--port", str(port)],
-            cwd=workdir,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = _serve(workdir, port, ARCHIVIST_LLM_URL=llm.url, ARCHIVIST_LLM_MODEL="m", ARCHIVIST_LLM_CACHE="false")
         base = f"http://127.0.0.1:{port}"
         try:
             _wait_up(base, proc)
@@ -123,6 +109,20 @@ def test_serve_finishes_in_flight_requests_on_sigterm(workdir: Path) -> None:
     assert access and access[0]["status"] == 200 and access[0]["request_id"]
 
 
+def _serve(workdir: Path, port: int, **settings: str) -> subprocess.Popen[str]:
+    """Start `archivist serve` over workdir's store.db with these ARCHIVIST_* settings (and no others)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")}
+    env.update(ARCHIVIST_STORE="sqlite:///store.db", **settings)
+    return subprocess.Popen(
+        [sys.executable, "-m", "archivist.cli", "serve", "--port", str(port)],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _wait_up(base: str, proc: subprocess.Popen[str]) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -141,18 +141,8 @@ def test_serve_throttles_failed_keys_per_client_address_trusting_only_configured
     workdir: Path, trusted: bool
 ) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")}
-    env.update(ARCHIVIST_STORE="sqlite:///store.db", ARCHIVIST_AUTH_FAILURES_PER_MINUTE="3")
-    if trusted:
-        env["ARCHIVIST_FORWARDED_ALLOW_IPS"] = "127.0.0.1"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "archivist.cli", "serve", "--port", str(port)],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proxies = {"ARCHIVIST_FORWARDED_ALLOW_IPS": "127.0.0.1"} if trusted else {}
+    proc = _serve(workdir, port, ARCHIVIST_AUTH_FAILURES_PER_MINUTE="3", **proxies)
     base = f"http://127.0.0.1:{port}"
 
     def bad_from(address: str) -> int:
