@@ -29,13 +29,13 @@ import numpy as np
 from _common import console, datasets_dir, percentiles, print_table, write_result
 
 from archivist.answer.answerer import Answerer
-from archivist.answer.text import split_sentences
+from archivist.answer.sentences import split_sentences
 from archivist.app import Archivist
 from archivist.config import load_settings
 from archivist.evals.answers import Gold, normalize, read_answers, score_answerable, spread
 from archivist.evals.datasets import load_dataset
 from archivist.evals.retrieval import corpus_id, eval_store_url
-from archivist.store.base import Filters
+from archivist.store.filters import Filters
 
 REPORTED = 400  # `archivist eval answers --limit 400`
 STAGES = (
@@ -116,7 +116,7 @@ def main() -> None:
     latencies: list[float] = []
     with Archivist.from_settings(settings.model_copy(update={"store": store})) as app:
         app.ingest([dataset.corpus], sync=True)
-        answerer = Answerer.from_app(app)
+        answerer = app.answerer()
         answerer.answer("warm-up question")
         t0 = time.perf_counter()
         for i, (q, gold) in enumerate(golds.items(), start=1):

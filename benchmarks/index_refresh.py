@@ -26,10 +26,10 @@ import numpy as np
 from _common import ROOT, console, percentiles, print_table, write_result
 from search import build_synthetic, load_queries
 
-from archivist.answer.answerer import Answerer
 from archivist.app import Archivist
 from archivist.config import load_settings
-from archivist.store.base import DocumentWrite, Filters
+from archivist.store.filters import Filters
+from archivist.store.records import DocumentWrite
 from archivist.types import Block, Chunk, Document, sha256_hex
 
 QUESTION = "What is the incubation period of COVID-19?"
@@ -75,7 +75,7 @@ def covidqa(n: int) -> dict[str, dict] | None:
         docs = Path(tmp) / "new"
         docs.mkdir()
         with Archivist.from_settings(load_settings(store=f"sqlite:///{copy}")) as app:
-            answerer = Answerer.from_app(app)
+            answerer = app.answerer()
 
             def write(i: int) -> None:
                 path = docs / f"note-{i}.md"

@@ -40,7 +40,7 @@ from _common import ROOT, console, datasets_dir, percentiles, print_table, write
 from archivist.app import Archivist
 from archivist.config import load_settings
 from archivist.server.auth import mint_api_key
-from archivist.store.base import Filters
+from archivist.store.filters import Filters
 
 EVAL_CACHE = ROOT / ".archivist" / "evals" / "scifact-minilm.db"
 

@@ -17,10 +17,12 @@ from pathlib import Path
 import numpy as np
 from _common import ROOT, console, datasets_dir, percentiles, print_table, write_result
 
-from archivist.app import Archivist, build_embedder
+from archivist.app import Archivist
 from archivist.config import load_settings
-from archivist.store.base import DocumentWrite, Filters
+from archivist.embed.registry import embedder_entry
+from archivist.store.filters import Filters
 from archivist.store.memindex import DenseIndex
+from archivist.store.records import DocumentWrite
 from archivist.types import Block, Chunk, Document, sha256_hex
 
 
@@ -130,7 +132,8 @@ def main() -> None:
     else:
         console.print(f"[yellow]no {args.scifact_store}: run benchmarks/ingest.py first for the SciFact figures[/]")
 
-    embedder = build_embedder(load_settings())
+    settings = load_settings()
+    embedder = embedder_entry(settings.embedder).build(settings)
     model, dim = embedder.model_id, embedder.dim
     marker = args.synthetic_store.with_suffix(f".{args.chunks}.done")
     if args.rebuild or not marker.exists():

@@ -50,7 +50,7 @@ from archivist.retrieve.learned import (
     fused_zscore,
     lightgbm_trees,
 )
-from archivist.store.lexical import Analyzer
+from archivist.text.analyzer import Analyzer
 
 POOL = 300  # candidates per retriever and chunk hits per query, as the eval runs at its default depth
 RERANK_DEPTH = 100  # chunks (by z-score fusion) the model re-orders

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from archivist.store.base import DocumentWrite, Filters, SentenceVectors
+from archivist.store.filters import Filters
 from archivist.store.memindex import DenseIndex, LexicalIndex
+from archivist.store.records import DocumentWrite, SentenceVectors
 from archivist.store.sqlite import SQLiteStore
 from archivist.types import Block, Chunk, Document, sha256_hex
 
@@ -118,7 +119,7 @@ def test_indexes_updated_after_each_write_equal_a_full_build(
 
 
 def test_a_write_in_another_process_or_store_object_is_seen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import archivist.store.sqlite as sqlite_module
+    import archivist.store.sqlite.documents as sqlite_module
 
     path = tmp_path / "store.db"
     reader, writer = SQLiteStore(path), SQLiteStore(path)
@@ -135,7 +136,7 @@ def test_a_write_in_another_process_or_store_object_is_seen(tmp_path: Path, monk
         monkeypatch.setattr(sqlite_module, "DELETION_LOG_GENERATIONS", 2)
         for i in range(5):
             _put(writer, rng, "b.txt", 10 + i)  # each rewrite deletes the chunks before
-        since = sqlite_module.generation(writer._conn())
+        since = writer.generation()
         reach = writer._conn().execute("SELECT value FROM meta WHERE key = 'deletions_since'").fetchone()[0]
         assert int(reach) == since - 2 > reader._dense[2]  # type: ignore[index]
         _same_as_a_fresh_build(reader, path, np.ones(DIM, dtype=np.float32) / DIM**0.5, "alpha")

@@ -19,9 +19,9 @@ import pytest
 from archivist.app import Archivist
 from archivist.config import load_settings
 from archivist.embed.minilm_onnx import MiniLMEmbedder
+from archivist.ingest.uploads import upload_name
 from archivist.server.app import create_app
 from archivist.server.auth import mint_api_key
-from archivist.server.jobs import upload_name
 from archivist.store import open_store
 from archivist.store.sqlite import SQLiteStore
 from fake_servers import EmbeddingServer, Fault
@@ -31,7 +31,7 @@ from live_server import free_port, serving, wait_for_job
 
 
 def test_uploads_keep_their_names_and_different_names_never_collide(tmp_path: Path, embedder: MiniLMEmbedder) -> None:
-    settings = load_settings(store=f"sqlite:///{tmp_path / 'store.db'}", upload_dir=str(tmp_path / "uploads"))
+    settings = load_settings(store=f"sqlite:///{tmp_path / 'store.db'}")
     with Archivist(settings, open_store(settings.store), embedder) as app, serving(create_app(app)) as base:
         admin = mint_api_key(app.store, "admin", ["admin"])[0]
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {admin}"}, timeout=60) as c:
@@ -83,7 +83,6 @@ def test_a_job_whose_documents_failed_to_embed_is_retried_and_finishes(tmp_path:
         emb.faults.extend(Fault(status=503, body=b'{"error": "loading"}') for _ in range(4))
         settings = load_settings(
             store=f"sqlite:///{tmp_path / 'store.db'}",
-            upload_dir=str(tmp_path / "uploads"),
             embedder="openai",
             embed_url=emb.url,
             embed_model="fake",
@@ -98,27 +97,6 @@ def test_a_job_whose_documents_failed_to_embed_is_retried_and_finishes(tmp_path:
                 job: Any = wait_for_job(c, job_id)
     assert job["status"] == "succeeded" and job["attempts"] == 2, job
     assert job["result"]["added"] == 1 and job["result"]["failed"] == 0
-
-
-def test_the_uploads_of_ended_jobs_are_swept(tmp_path: Path, embedder: MiniLMEmbedder) -> None:
-    from archivist.server.jobs import JobRunner
-
-    settings = load_settings(store=f"sqlite:///{tmp_path / 'store.db'}")
-    with Archivist(settings, open_store(settings.store), embedder) as app:
-        app.store.create_collection("kb")
-        runner = JobRunner(app, tmp_path / "spool")
-        job = runner.submit("kb", "a.md", b"# A\n\nText.\n", source="upload/a.md")
-        # The queue ended it (its worker kept dying): nothing of the runner's own code path removed the upload.
-        app.store.update_job(job.id, status="failed", error="gave up")
-        runner.sweep_every_s = 0.0
-        runner.start()
-        try:
-            deadline = time.monotonic() + 30
-            while (tmp_path / "spool" / job.id).exists():
-                assert time.monotonic() < deadline, "the upload of a failed job was never removed"
-                time.sleep(0.05)
-        finally:
-            runner.stop()
 
 
 # -- leases across processes -----------------------------------------------------------------------
@@ -139,7 +117,6 @@ def _env(root: Path, embed_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")}
     env.update(
         ARCHIVIST_STORE=f"sqlite:///{root / 'store.db'}",
-        ARCHIVIST_UPLOAD_DIR=str(root / "uploads"),
         ARCHIVIST_EMBEDDER="openai",
         ARCHIVIST_EMBED_URL=embed_url,
         ARCHIVIST_EMBED_MODEL="fake",
@@ -196,14 +173,14 @@ def jobs_root(tmp_path: Path) -> tuple[Path, str]:
         store.close()
 
 
-def _upload(base: str, key: str) -> str:
+def _upload(base: str, key: str, name: str = "records.jsonl") -> str:
     lines = [
-        json.dumps({"id": f"r{i}", "title": f"Record {i}", "text": f"Record {i} is about item {i}."})
+        json.dumps({"id": f"r{i}", "title": f"Record {i}", "text": f"Record {i} of {name} is about item {i}."})
         for i in range(RECORDS)
     ]
     r = httpx.post(
         f"{base}/v1/collections/kb/documents",
-        files={"file": ("records.jsonl", "\n".join(lines).encode(), "application/x-ndjson")},
+        files={"file": (name, "\n".join(lines).encode(), "application/x-ndjson")},
         headers={"Authorization": f"Bearer {key}"},
         timeout=30,
     )
@@ -278,3 +255,68 @@ def test_restarting_a_worker_never_reruns_the_job_its_sibling_is_running(jobs_ro
         embedded = [text for request in emb.requests for text in request["input"]]
     assert job.status == "succeeded" and job.attempts == 1 and job.result["added"] == RECORDS
     assert len(embedded) == len(set(embedded)) == RECORDS  # nothing was embedded twice: nothing re-ran
+
+
+def test_worker_processes_run_what_serve_queues_and_a_killed_worker_loses_no_job(jobs_root: tuple[Path, str]) -> None:
+    root, key = jobs_root
+    with _embedding_server(0.5) as emb:
+        env = _env(root, emb.url)
+        api = _Worker(root, env | {"ARCHIVIST_WORKERS_INLINE": "0"}, "api")  # an API process that only enqueues
+        workers: list[subprocess.Popen[str]] = []
+        logs = []
+        for name in ("w1", "w2"):
+            logs.append((root / f"{name}.log").open("w"))
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "archivist.cli", "worker", "--concurrency", "1"],
+                    cwd=root,
+                    env=env,
+                    stdout=logs[-1],
+                    stderr=logs[-1],
+                    text=True,
+                )
+            )
+        try:
+            job_ids = [_upload(api.base, key, f"records-{i}.jsonl") for i in range(3)]
+            # Kill the worker holding a job once that job has written some documents.
+            deadline = time.monotonic() + 120
+            while True:
+                held = [
+                    j
+                    for j in (_job(root, i) for i in job_ids)
+                    if j.status == "running" and len(j.payload.get("written", {})) >= 64
+                ]
+                if held:
+                    break
+                assert time.monotonic() < deadline, [_job(root, i) for i in job_ids]
+                time.sleep(0.05)
+            killed_job, holder = held[0], int(held[0].locked_by.split(":")[1])
+            victim = next(w for w in workers if w.pid == holder)
+            victim.kill()
+            victim.wait()
+            jobs = [_wait(root, i, lambda j: j.status not in ("queued", "running"), timeout_s=180) for i in job_ids]
+            survivor = next(w for w in workers if w is not victim)
+            assert survivor.poll() is None  # still serving the queue
+            survivor.send_signal(signal.SIGTERM)
+            assert survivor.wait(30) == 0  # a clean stop
+        finally:
+            for w in workers:
+                if w.poll() is None:
+                    w.kill()
+                    w.wait()
+            for log in logs:
+                log.close()
+            api.stop()
+    assert [j.status for j in jobs] == ["succeeded"] * 3, [j.error for j in jobs]
+    # Only the worker processes ran jobs, never the API process; the killed worker's job was taken over once.
+    finishers = {int(j.result["worker"].split(":")[1]) for j in jobs}
+    assert api.proc.pid not in finishers and finishers <= {w.pid for w in workers}
+    assert {j.id: j.attempts for j in jobs} == {j.id: 2 if j.id == killed_job.id else 1 for j in jobs}
+    # Every record of every job is stored once and reported once.
+    assert all(j.result["added"] == RECORDS and len(j.result["documents"]) == RECORDS for j in jobs)
+    store = SQLiteStore(root / "store.db")
+    try:
+        assert store.count_documents() == 3 * RECORDS
+        assert {d.version for d in store.list_documents(limit=10_000)} == {1}  # none written twice
+    finally:
+        store.close()

@@ -27,11 +27,10 @@ from archivist.retrieve.learned import (
     learned_fusion,
     lightgbm_trees,
     load_model,
-    term_set,
 )
 from archivist.store import open_store
-from archivist.store.base import CandidateScores, StoredChunk
-from archivist.store.lexical import Analyzer
+from archivist.store.records import CandidateScores, StoredChunk
+from archivist.text.analyzer import Analyzer
 from archivist.types import UsageError
 from conftest import ingest_corpus
 
@@ -163,9 +162,9 @@ def test_a_missing_or_malformed_model_file_gives_a_clear_error(
 def test_term_sets_match_the_bm25_analyzer() -> None:
     analyzer = Analyzer()
     text = "Descaling the Kettles: how is limescale (CaCO3) removed? Kettle descaled, kettles descaling; é-accents"
-    assert term_set(text, analyzer) == set(analyzer.terms(text))
+    assert analyzer.term_set(text) == set(analyzer.terms(text))
     initials = frozenset("dk")
-    assert term_set(text, analyzer, initials) == {t for t in analyzer.terms(text) if t[0] in initials}
+    assert analyzer.term_set(text, initials) == {t for t in analyzer.terms(text) if t[0] in initials}
     words = "dying lying tying skies skis idly gently early only news yelling yes ÿ über _x 2020s"
     assert {t[0] for t in analyzer.terms(words)} <= {w[0] for w in words.split()}  # stems keep the first letter
 

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from archivist.config import load_settings
+from archivist.app import Archivist
 from archivist.llm.accounting import Budget, Price, PriceTable
 from archivist.llm.anthropic import AnthropicMessages
 from archivist.llm.base import LLM, ChatRequest, Deadline, DoneEvent, Message, TokenEvent, ToolSpec
-from archivist.llm.config import build_gateway
 from archivist.llm.errors import DeadlineExceeded, RequestRejected
 from archivist.llm.gateway import Gateway, Route
 from archivist.llm.llamacpp import LlamaCpp, plain_prompt
@@ -197,7 +196,7 @@ def test_a_llamacpp_provider_configured_in_archivist_toml(
         'model = "smollm2"\nn_ctx = 1024\n'
     )
     monkeypatch.setenv("ARCHIVIST_CONFIG", str(config))
-    gw = build_gateway(load_settings(store=f"sqlite:///{tmp_path / 's.db'}"))
+    gw = Archivist.from_settings(store=f"sqlite:///{tmp_path / 's.db'}").gateway()
     done = gw.chat(ASK, Deadline.after(60))
     assert (done.provider, done.model) == ("local", "smollm2") and done.text
     assert gw.ping()[0]["reachable"] is True
@@ -208,7 +207,7 @@ def test_llamacpp_config_needs_a_model_file(tmp_path: Path, monkeypatch: pytest.
     config.write_text('[[llm.providers]]\nname = "local"\nkind = "llamacpp"\n')
     monkeypatch.setenv("ARCHIVIST_CONFIG", str(config))
     with pytest.raises(UsageError, match="needs model_path"):
-        build_gateway(load_settings(store=f"sqlite:///{tmp_path / 's.db'}"))
+        Archivist.from_settings(store=f"sqlite:///{tmp_path / 's.db'}").gateway()
     with pytest.raises(UsageError, match="is not a file"):
         LlamaCpp("local", tmp_path / "missing.gguf")
     (tmp_path / "model.gguf").write_bytes(b"GGUF not really")

@@ -273,8 +273,7 @@ def test_response_cache_hits_are_marked_and_free(server: ChatServer, tmp_path: P
 def test_a_configured_chain_mixes_anthropic_and_openai_providers(
     server: ChatServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from archivist.config import load_settings
-    from archivist.llm.config import build_gateway
+    from archivist.app import Archivist
     from fake_anthropic import AnthropicServer
 
     with AnthropicServer(reply="claude says hi").running() as claude:
@@ -286,7 +285,7 @@ def test_a_configured_chain_mixes_anthropic_and_openai_providers(
         )
         monkeypatch.setenv("ARCHIVIST_CONFIG", str(tmp_path / "archivist.toml"))
         monkeypatch.setenv("TEST_ANTHROPIC_KEY", "sk-ant-test")
-        gw = build_gateway(load_settings(store=f"sqlite:///{tmp_path / 's.db'}"))
+        gw = Archivist.from_settings(store=f"sqlite:///{tmp_path / 's.db'}").gateway()
         first = gw.chat(ASK)
         assert (first.provider, first.text) == ("claude", "claude says hi") and first.cost_usd > 0
         assert claude.headers[-1]["x-api-key"] == "sk-ant-test"

@@ -18,7 +18,7 @@ from archivist.app import Archivist
 from archivist.config import load_settings
 from archivist.embed.minilm_onnx import MiniLMEmbedder
 from archivist.embed.openai_http import OpenAIEmbedder, bundled_tokenizer
-from archivist.store.base import Filters
+from archivist.store.filters import Filters
 from archivist.types import UsageError, document_id_for
 from conftest import DATASETS
 from fake_servers import EmbeddingServer, Fault
@@ -131,7 +131,7 @@ def test_reingest_is_incremental_and_reuses_vectors(make_app: MakeApp, tmp_path:
 def test_a_document_stored_without_sentence_vectors_gets_them_when_it_is_next_written(
     make_app: MakeApp, tmp_path: Path
 ) -> None:
-    from archivist.answer.text import sentence_model_key
+    from archivist.text.sentences import sentence_model_key
 
     docs = _corpus(tmp_path)
     app = make_app()
@@ -162,7 +162,7 @@ def test_a_document_stored_without_sentence_vectors_gets_them_when_it_is_next_wr
 def test_a_store_from_an_older_splitter_gets_current_sentence_vectors_on_the_next_ingest(
     make_app: MakeApp, tmp_path: Path
 ) -> None:
-    from archivist.answer.text import SPLITTER_VERSION, sentence_model_key
+    from archivist.text.sentences import SPLITTER_VERSION, sentence_model_key
 
     docs = _corpus(tmp_path)
     app = make_app()

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from archivist.store.base import DocumentWrite, Filters
+from archivist.store.filters import Filters
+from archivist.store.records import DocumentWrite
 from archivist.store.sqlite import SQLiteStore
 from archivist.types import Block, Chunk, Document, sha256_hex
 

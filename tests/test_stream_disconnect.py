@@ -33,7 +33,7 @@ from archivist.server.app import create_app
 from archivist.server.auth import mint_api_key
 from archivist.server.services import Services
 from archivist.store import open_store
-from archivist.store.base import RequestLogRow
+from archivist.store.records import RequestLogRow
 from fake_anthropic import AnthropicServer
 from fake_servers import ChatServer, Fault, StreamLog
 from live_server import serving
@@ -70,7 +70,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, embedder: MiniLMEmbedder) -
         env.setenv("ARCHIVIST_CONFIG", str(root / "archivist.toml"))
         settings = load_settings(
             store=f"sqlite:///{root / 'store.db'}",
-            upload_dir=str(root / "uploads"),
             llm_url=llm.url,
             llm_model=MODEL,
             llm_max_retries=2,  # a dropped stream must not be retried

@@ -40,7 +40,7 @@ class Tenants:
 
 
 def _app(root: Path, embedder: MiniLMEmbedder, **overrides: Any) -> Archivist:
-    settings = load_settings(store=f"sqlite:///{root / 'store.db'}", upload_dir=str(root / "uploads"), **overrides)
+    settings = load_settings(store=f"sqlite:///{root / 'store.db'}", **overrides)
     return Archivist(settings, open_store(settings.store), embedder)
 
 

@@ -1,7 +1,12 @@
-"""The composition root: `Archivist.from_settings()` wires every component; CLI, server and tests use it."""
+"""The composition root: `Archivist.from_settings()` wires every component; CLI, server, worker and tests use it.
+
+Nothing else builds components from settings: the store (by URL scheme), the embedder (by name), the LLM gateway
+(providers by kind), the retriever, the search pipeline, the answerer and the ingestion pipeline all come from here.
+"""
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
@@ -10,47 +15,27 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
+from archivist.answer.answerer import Answerer
 from archivist.config import Settings, load_settings
 from archivist.embed.base import Embedder
 from archivist.embed.query_cache import QueryCachingEmbedder
+from archivist.embed.registry import embedder_entry
 from archivist.ingest.chunker import Chunker, ChunkerSettings
+from archivist.ingest.document_filter import DocumentFilter
 from archivist.ingest.pipeline import IngestPipeline, ProgressHook
-from archivist.llm.gateway import Gateway
+from archivist.ingest.worker import JobRunner
+from archivist.llm.accounting import Price, PriceTable
+from archivist.llm.cache import ResponseCache
+from archivist.llm.gateway import Gateway, Route
+from archivist.llm.providers import build_provider
 from archivist.retrieve.expansion import Expander
 from archivist.retrieve.hybrid import HybridRetriever, Mode, RetrievalSettings
 from archivist.retrieve.rerank import Reranker
 from archivist.retrieve.search import SearchPipeline
 from archivist.store import open_store
-from archivist.store.base import Filters, Store
+from archivist.store.filters import Filters
+from archivist.store.protocols import Store
 from archivist.types import DEFAULT_COLLECTION, ConflictError, Hit, IngestReport, UsageError, check_collection_name
-
-
-def build_embedder(settings: Settings) -> Embedder:
-    """Return the embedder the settings name."""
-    if settings.embedder == "openai":
-        from archivist.embed.openai_http import OpenAIEmbedder, bundled_tokenizer
-
-        assert settings.embed_url and settings.embed_model  # checked by Settings
-        return OpenAIEmbedder(
-            settings.embed_url,
-            settings.embed_model,
-            tokenizer=bundled_tokenizer(settings.chunk_max_tokens),
-            api_key=settings.embed_api_key,
-            dim=settings.embed_dim,
-            timeout_s=settings.embed_timeout_s,
-        )
-    from archivist.embed.minilm_onnx import MiniLMEmbedder
-
-    return MiniLMEmbedder(batch_size=settings.embed_batch_size, threads=settings.embed_threads)
-
-
-def embedder_name(settings: Settings) -> str:
-    """Return the model id the settings' embedder stores vectors under, without loading it."""
-    if settings.embedder == "openai":
-        return f"openai:{settings.embed_model}"
-    from archivist.embed.minilm_onnx import MODEL_ID
-
-    return MODEL_ID
 
 
 class Archivist:
@@ -63,6 +48,10 @@ class Archivist:
         self._gateway: Gateway | None = None
         self._reranker: Reranker | None = None
         self._expander: Expander | None = None
+        self._searcher: SearchPipeline | None = None
+        #: run on every loaded document before chunking, in order (PII redaction and injection scanning plug in here)
+        self.document_filters: list[DocumentFilter] = []
+        self._lock = threading.RLock()
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="archivist")
         # OpenBLAS worker threads keep spinning after a matrix product and starve onnxruntime's
         # threads: measured, hybrid search p50 went from 16 ms to 9 ms with BLAS on one thread.
@@ -79,7 +68,7 @@ class Archivist:
     def embedder(self) -> Embedder:
         """Return the embedder, loading the model on first use (commands that only read skip the cost)."""
         if self._embedder is None:
-            embedder = build_embedder(self.settings)
+            embedder = embedder_entry(self.settings.embedder).build(self.settings)
             size = self.settings.query_cache_size
             self._embedder = QueryCachingEmbedder(embedder, size) if size else embedder
         return self._embedder
@@ -87,7 +76,9 @@ class Archivist:
     @property
     def embedding_model(self) -> str:
         """Return the id of the embedding model in use."""
-        return self._embedder.model_id if self._embedder is not None else embedder_name(self.settings)
+        if self._embedder is not None:
+            return self._embedder.model_id
+        return embedder_entry(self.settings.embedder).model_id(self.settings)
 
     def chunker(self) -> Chunker:
         """Return the chunker sized for the embedder's tokenizer."""
@@ -103,11 +94,14 @@ class Archivist:
 
     def gateway(self) -> Gateway:
         """Return the LLM gateway over the configured providers, caching responses in the store."""
-        if self._gateway is None:
-            from archivist.llm.config import build_gateway
-
-            self._gateway = build_gateway(self.settings, self.store)
-        return self._gateway
+        with self._lock:
+            if self._gateway is None:
+                s = self.settings
+                routes = [Route(build_provider(c, s.llm_api_key), c.max_retries) for c in s.provider_configs()]
+                prices = PriceTable({pattern: Price(*pair) for pattern, pair in s.llm.prices.items()})
+                cache = ResponseCache(self.store, s.llm_cache_ttl_s) if s.llm_cache else None
+                self._gateway = Gateway(routes, prices=prices, cache=cache)
+            return self._gateway
 
     def pipeline(self) -> IngestPipeline:
         """Return the ingestion pipeline, or raise UsageError if chunks could not fit the model."""
@@ -117,8 +111,17 @@ class Archivist:
                 f"({self.embedder.max_tokens} tokens): lower ARCHIVIST_CHUNK_MAX_TOKENS"
             )
         return IngestPipeline(
-            self.store, self.embedder, self.chunker(), max_file_bytes=int(self.settings.max_file_mb * 1024 * 1024)
+            self.store,
+            self.embedder,
+            self.chunker(),
+            max_file_bytes=int(self.settings.max_file_mb * 1024 * 1024),
+            filters=self.document_filters,
         )
+
+    def job_runner(self) -> JobRunner:
+        """Return a worker over the store's job queue, ingesting with this app's pipeline (start it to run jobs)."""
+        s = self.settings
+        return JobRunner(self.store, self.pipeline, lease_s=s.job_lease_s, max_attempts=s.job_max_attempts)
 
     def retriever(self) -> HybridRetriever:
         """Return the hybrid retriever."""
@@ -179,8 +182,23 @@ class Archivist:
         return self._expander
 
     def searcher(self) -> SearchPipeline:
-        """Return the search pipeline: expansion and reranking as configured, around the hybrid retriever."""
-        return SearchPipeline(self.retriever(), expander=self.expander(), reranker=self.reranker())
+        """Return the search pipeline: expansion and reranking as configured, around the hybrid retriever (built
+        once; it is safe to share between threads)."""
+        if self._searcher is None:
+            searcher = SearchPipeline(self.retriever(), expander=self.expander(), reranker=self.reranker())
+            with self._lock:
+                self._searcher = self._searcher or searcher
+        return self._searcher
+
+    def answerer(self, **options: Any) -> Answerer:
+        """Return an answerer over the search pipeline, the embedder and (if it has routes) the gateway, with the
+        settings' verification and refusal defaults; `options` override them (k, timeout_s, refusal_threshold…)."""
+        gateway = self.gateway()
+        s = self.settings
+        defaults: dict[str, Any] = {"verify_with_model": s.verify_with_model, "verify_timeout_s": s.verify_timeout_s}
+        if s.refusal_threshold is not None:
+            defaults["refusal_threshold"] = s.refusal_threshold
+        return Answerer(self.searcher(), self.embedder, gateway if gateway.routes else None, **(defaults | options))
 
     def ingest(
         self,

@@ -1,4 +1,8 @@
-"""Typed settings: environment variables `ARCHIVIST_*`, then `archivist.toml`, then defaults."""
+"""Typed settings: environment variables `ARCHIVIST_*`, then `archivist.toml`, then defaults.
+
+The one reader of `archivist.toml`: its `[archivist]` table (or top-level keys) fills the flat settings, its `[llm]`
+table (the provider fallback chain and prices) the nested `Settings.llm`.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,40 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from archivist.types import UsageError
 
 DEFAULT_STORE = "sqlite:///.archivist/archivist.db"
+
+
+class ProviderConfig(BaseModel):
+    """One entry of the LLM fallback chain (`[[llm.providers]]`)."""
+
+    name: str
+    #: a registered provider kind (`archivist.llm.providers`): openai, anthropic, llamacpp
+    kind: str
+    base_url: str | None = None
+    model: str = ""
+    api_key_env: str | None = None
+    timeout_s: float = Field(default=60.0, gt=0)
+    ttft_timeout_s: float = Field(default=20.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    #: openai only: send `response_format: json_schema` for structured output (OpenAI, recent vLLM, llama.cpp server)
+    native_json: bool = False
+    #: llamacpp only: the GGUF file, the context length, and CPU threads (1 keeps it fast beside a busy core)
+    model_path: str | None = None
+    n_ctx: int = Field(default=4096, gt=0)
+    n_threads: int = Field(default=1, gt=0)
+
+
+class LLMSettings(BaseModel):
+    """The `[llm]` table: the provider fallback chain in order, and prices per model glob (USD per million
+    input and output tokens)."""
+
+    providers: list[ProviderConfig] = []
+    prices: dict[str, tuple[float, float]] = {}
 
 
 class Settings(BaseSettings):
@@ -22,7 +54,8 @@ class Settings(BaseSettings):
 
     store: str = DEFAULT_STORE
 
-    embedder: Literal["minilm", "openai"] = "minilm"
+    #: a registered embedder (`archivist.embed.registry`): minilm (bundled), openai (any OpenAI-compatible server)
+    embedder: str = "minilm"
     embed_url: str | None = Field(default=None, description="OpenAI-compatible base URL ending in /v1")
     embed_model: str | None = None
     embed_api_key: str | None = None
@@ -46,6 +79,8 @@ class Settings(BaseSettings):
     llm_api_key: str | None = None
     llm_timeout_s: float = Field(default=60.0, gt=0)
     llm_max_retries: int = Field(default=2, ge=0, le=10)
+    #: The fallback chain and prices from archivist.toml's [llm] table (see `provider_configs`).
+    llm: LLMSettings = LLMSettings()
     llm_cache: bool = True
     llm_cache_ttl_s: float = Field(default=86_400.0, gt=0)
     #: With a model configured, check each cited claim by an entailment judgment of the model (else similarity).
@@ -93,8 +128,9 @@ class Settings(BaseSettings):
     forwarded_allow_ips: str = ""
     #: Browser origins allowed to call the API, comma-separated ("*" for any); empty: same origin only.
     cors_origins: str = ""
-    #: Where uploads wait for their ingestion job (default: an `uploads` folder beside a SQLite store).
-    upload_dir: str | None = None
+    #: Ingestion workers `serve` runs in its own process; 0: the API only queues jobs, and `archivist worker`
+    #: processes (on any host that reaches the store) run them.
+    workers_inline: int = Field(default=1, ge=0, le=64)
     #: A worker holds a job this long and renews it every third of it while working; a job whose worker stopped
     #: renewing (killed, host gone) is taken by another worker once the lease runs out.
     job_lease_s: float = Field(default=60.0, ge=1.0, le=3600.0)
@@ -112,6 +148,26 @@ class Settings(BaseSettings):
         if self.embedder == "openai" and not (self.embed_url and self.embed_model):
             raise ValueError("embedder 'openai' needs embed_url and embed_model")
         return self
+
+    def provider_configs(self) -> list[ProviderConfig]:
+        """Return the configured LLM providers in fallback order: the archivist.toml chain, else the one
+        ARCHIVIST_LLM_* names, else none."""
+        if self.llm.providers:
+            return list(self.llm.providers)
+        if not self.llm_url:
+            return []
+        if not self.llm_model:
+            raise UsageError("ARCHIVIST_LLM_URL is set but ARCHIVIST_LLM_MODEL is not")
+        return [
+            ProviderConfig(
+                name="default",
+                kind="openai",
+                base_url=self.llm_url,
+                model=self.llm_model,
+                timeout_s=self.llm_timeout_s,
+                max_retries=self.llm_max_retries,
+            )
+        ]
 
     @classmethod
     def settings_customise_sources(
@@ -143,7 +199,10 @@ class _TomlSource(PydanticBaseSettingsSource):
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{path}: not valid TOML: {exc}") from exc
         table = data.get("archivist", data)
-        return {k: v for k, v in table.items() if not isinstance(v, dict | list)}
+        values = {k: v for k, v in table.items() if not isinstance(v, dict | list)}
+        if isinstance(data.get("llm"), dict):
+            values["llm"] = data["llm"]
+        return values
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -154,4 +213,11 @@ def load_settings(**overrides: Any) -> Settings:
         first = exc.errors()[0]
         message = str(first["msg"]).removeprefix("Value error, ")
         where = ".".join(str(p) for p in first["loc"])
+        if first["loc"][:1] == ("llm",):
+            # As the user wrote it in archivist.toml: [[llm.providers]] 0.kind, [llm.prices] "gpt-*"
+            path = os.environ.get("ARCHIVIST_CONFIG", "archivist.toml")
+            section, rest = (str(first["loc"][1]) if len(first["loc"]) > 1 else ""), first["loc"][2:]
+            shown = {"providers": "[[llm.providers]]", "prices": "[llm.prices]"}.get(section, "[llm]")
+            detail = ".".join(str(p) for p in rest)
+            raise UsageError(f"{path}: {shown} {detail}: {message}".replace("  ", " ")) from exc
         raise UsageError(f"invalid setting {where}: {message}" if where else f"invalid settings: {message}") from exc

@@ -207,3 +207,7 @@ class NotFoundError(ArchivistError):
 
 class ConflictError(ArchivistError):
     """A record with that name or id exists already."""
+
+
+class StoreError(ArchivistError):
+    """The store failed to read or write (the database driver's own error is its `__cause__`)."""

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from archivist.answer.context import Passage, complete_cut_sentences, pack_context, render_passages
 from archivist.answer.entailment import apply_entailment, checkable, judge_entailment
@@ -16,19 +16,19 @@ from archivist.answer.extractive import MAX_CANDIDATES, Extraction, KnownVectors
 from archivist.answer.prompts import EXTRACTIVE_VERSION, Prompt, load_prompt
 from archivist.answer.refusal import REFUSAL_THRESHOLD, refusal_text, should_refuse
 from archivist.answer.sentence_hits import best_sentence_chunks
-from archivist.answer.text import Sentence, prose, sentence_model_key
+from archivist.answer.sentences import Sentence
 from archivist.answer.verify import Claim, Verification, split_claims, verify
 from archivist.embed.base import Embedder, span_pooling
 from archivist.llm.accounting import Budget
 from archivist.llm.base import Cancellation, ChatRequest, Completion, Deadline, DoneEvent, Message, TokenEvent
 from archivist.llm.errors import Cancelled, LLMError, StreamBroken
 from archivist.llm.gateway import Gateway
+from archivist.observe import span
 from archivist.retrieve.search import SearchPipeline
-from archivist.store.base import Filters
+from archivist.store.filters import Filters
+from archivist.text.prose import prose
+from archivist.text.sentences import sentence_model_key
 from archivist.types import DEFAULT_COLLECTION, Hit, UsageError
-
-if TYPE_CHECKING:
-    from archivist.app import Archivist
 
 log = logging.getLogger(__name__)
 
@@ -215,16 +215,6 @@ class Answerer:
         #: embedded on the spot and sentence hits find nothing)
         self.sentence_key = sentence_model_key(embedder.model_id) if span_pooling(embedder) is not None else None
 
-    @classmethod
-    def from_app(cls, app: Archivist, **options: Any) -> Answerer:
-        """Return an answerer over the app's search pipeline, embedder and (if it has routes) gateway."""
-        gateway = app.gateway()
-        s = app.settings
-        defaults: dict[str, Any] = {"verify_with_model": s.verify_with_model, "verify_timeout_s": s.verify_timeout_s}
-        if s.refusal_threshold is not None:
-            defaults["refusal_threshold"] = s.refusal_threshold
-        return cls(app.searcher(), app.embedder, gateway if gateway.routes else None, **{**defaults, **options})
-
     @property
     def mode(self) -> Literal["extractive", "llm"]:
         """Return 'llm' when a model is configured, else 'extractive'."""
@@ -288,6 +278,22 @@ class Answerer:
         fit falls back to the extractive answer with a warning, like any other model failure. Once
         `cancellation` is set, no further model call is made and `Cancelled` is raised instead of an answer.
         """
+        with span("answer", configured_mode=self.mode, k=k) as current:
+            answer = self._answer(question, k, filters, exclude_documents, budget, cancellation)
+            current.set(
+                mode=answer.mode, refused=answer.refused, citations=len(answer.citations), support=answer.support
+            )
+            return answer
+
+    def _answer(
+        self,
+        question: str,
+        k: int | None,
+        filters: Filters,
+        exclude_documents: frozenset[str],
+        budget: Budget | None,
+        cancellation: Cancellation | None,
+    ) -> Answer:
         prep = self._prepare(question, k, filters, exclude_documents, budget)
         prep.cancellation = cancellation
         refused = self._refusal(prep)

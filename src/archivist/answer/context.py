@@ -6,7 +6,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from archivist.retrieve.llm_rerank import fence
+from archivist.guard.quote import quote
+from archivist.text.sentences import MAX_INTRODUCED_CHARS, introduced_block, leading_block
 from archivist.types import DEFAULT_COLLECTION, Hit
 
 TokenCounter = Callable[[str], int]
@@ -146,9 +147,6 @@ def complete_cut_sentences(passages: Sequence[Passage], next_chunk: NextChunk, m
     """Extend each segment that stops mid-sentence into the next chunk, to the end of that sentence (at most
     `max_chars` more), and each that stops on a colon through the list, table or code block it introduces; return
     how many segments grew. Text stays an exact span of the document."""
-    # text.py reads passages; imported here so that the two modules do not import each other at load time
-    from archivist.answer.text import MAX_INTRODUCED_CHARS, introduced_block, leading_block
-
     grown = 0
     added: list[tuple[Passage, Segment]] = []
     for passage in passages:
@@ -190,9 +188,9 @@ def complete_cut_sentences(passages: Sequence[Passage], next_chunk: NextChunk, m
 
 
 def render_passages(passages: Sequence[Passage]) -> str:
-    """Return the passages fenced as untrusted data, numbered for citation."""
+    """Return the passages quoted as untrusted data, numbered for citation."""
     blocks = []
     for p in passages:
         head = " > ".join(x for x in (p.title, *p.heading_path) if x)
-        blocks.append(fence("passage", f"{head}\n{p.text}" if head else p.text, id=p.n))
+        blocks.append(quote("passage", f"{head}\n{p.text}" if head else p.text, id=p.n))
     return "\n\n".join(blocks)

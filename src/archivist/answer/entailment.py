@@ -15,10 +15,11 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from archivist.answer.context import Passage
+from archivist.answer.context import Passage, render_passages
 from archivist.answer.prompts import Prompt
-from archivist.answer.text import Sentence, split_sentences
+from archivist.answer.sentences import Sentence, split_sentences
 from archivist.answer.verify import MIN_CLAIM_CHARS, Claim
+from archivist.guard.quote import quote
 from archivist.llm.accounting import Budget
 from archivist.llm.base import ChatRequest, Completion, Deadline, Message
 from archivist.llm.gateway import Gateway
@@ -31,16 +32,7 @@ VERDICT_SUPPORT: dict[str, float] = {"supported": 1.0, "partially": 0.5, "unsupp
 TOKENS_PER_CLAIM = 120
 BASE_TOKENS = 64
 
-# Anything in quoted text that could open or close one of our tags, so quoted data cannot end its own fence.
-_TAG_LIKE = re.compile(r"<(\s*/?\s*(?:claim|passage|quote|question|answer)\b)", re.IGNORECASE)
 _SPACE = re.compile(r"\s+")
-
-
-def fence(tag: str, text: str, **attrs: str | int) -> str:
-    """Return `text` wrapped in `<tag …>` … `</tag>`, with claim, passage and quote tags inside it defused."""
-    attributes = "".join(f' {k}="{v}"' for k, v in attrs.items())
-    body = _TAG_LIKE.sub(r"&lt;\1", text)
-    return f"<{tag}{attributes}>\n{body}\n</{tag}>"
 
 
 class ClaimVerdict(BaseModel):
@@ -76,17 +68,13 @@ def entailment_request(prompt: Prompt, claims: Sequence[Claim], passages: Sequen
     """Return the judge's request: the claims (id, cited numbers) and only the passages they cite, fenced."""
     cited = {n for c in claims for n in c.cited}
     rendered_claims = "\n\n".join(
-        fence("claim", c.text, id=i, cites=",".join(str(n) for n in c.cited)) for i, c in enumerate(claims, start=1)
+        quote("claim", c.text, id=i, cites=",".join(str(n) for n in c.cited)) for i, c in enumerate(claims, start=1)
     )
-    blocks = []
-    for p in passages:
-        if p.n in cited:
-            head = " > ".join(x for x in (p.title, *p.heading_path) if x)
-            blocks.append(fence("passage", f"{head}\n{p.text}" if head else p.text, id=p.n))
+    rendered_passages = render_passages([p for p in passages if p.n in cited])
     return ChatRequest(
         messages=(
             Message("system", prompt.system),
-            Message("user", prompt.render(claims=rendered_claims, passages="\n\n".join(blocks))),
+            Message("user", prompt.render(claims=rendered_claims, passages=rendered_passages)),
         ),
         temperature=0.0,
         max_tokens=BASE_TOKENS + TOKENS_PER_CLAIM * len(claims),

@@ -8,9 +8,11 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from archivist.answer.context import BLOCK_GAP, Passage, Segment
-from archivist.answer.text import Sentence, leading_block, overlap, quote_end, split_sentences, terms
+from archivist.answer.sentences import Sentence, split_sentences
 from archivist.embed.base import Embedder, Vectors
 from archivist.embed.lru import VectorLRU
+from archivist.text.analyzer import ANSWER_TERMS, analyzer, overlap
+from archivist.text.sentences import leading_block, quote_end
 
 #: weights of the sentence relevance score: embedding cosine, query-term overlap, the passage's rank
 DENSE_WEIGHT = 0.6
@@ -111,6 +113,7 @@ def score_sentences(
     sentences = [s for p in passages for s in split_sentences(p)]
     if not sentences:
         return [], np.zeros((0, embedder.dim), dtype=np.float32)
+    terms = analyzer(ANSWER_TERMS).terms
     q_terms = terms(question)
     lexical = [overlap(q_terms, terms(s.text)) for s in sentences]
     rank = {p.n: i for i, p in enumerate(passages)}

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
+from archivist.guard.quote import quote
 from archivist.types import UsageError
 
 _SYSTEM_MARK = "--- system ---"
@@ -30,9 +31,8 @@ class Prompt:
         return f"{self.name}@{self.version}#{self.sha256[:8]}"
 
     def render_user(self, question: str, passages: str) -> str:
-        """Return the user message with the question and the fenced passages filled in."""
-        # str.replace, not str.format: questions and passages may hold braces.
-        return self.render(question=question, passages=passages)
+        """Return the user message with the question quoted as untrusted data and the quoted passages filled in."""
+        return self.render(question=quote("question", question), passages=passages)
 
     def render(self, **values: str) -> str:
         """Return the user message with each `{name}` placeholder replaced by `values[name]`."""

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from archivist.answer.context import Passage
 
 #: The best sentence's relevance score (extractive.score_sentences) below which the answerer refuses.
-#: Calibrated, not guessed, on questions the reported eval never asks: produced by `python -m
-#: archivist.answer.calibrate` (src/archivist/answer/calibrate.py): 600 COVID-QA questions (answerable) and 300
+#: Calibrated, not guessed, on questions the reported eval never asks: produced by `archivist eval
+#: calibrate-refusal` (src/archivist/evals/calibrate.py): 600 COVID-QA questions (answerable) and 300
 #: PubMedQA questions asked of the COVID-QA corpus (unanswerable), none of them among the 400 and 200 that
 #: `archivist eval answers --limit 400 --unanswerable-limit 200` reports on; the same 2:1 mix, since precision moves
 #: with it. Chosen on one half, measured on the other: held-out refusal precision 0.937, recall 0.987, 3.3 % of

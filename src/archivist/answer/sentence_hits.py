@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Collection
 
 from archivist.answer.extractive import DENSE_WEIGHT, LEXICAL_WEIGHT
-from archivist.answer.text import overlap, terms
 from archivist.embed.base import Vectors
-from archivist.store.base import Filters, Store, chunk_hit
+from archivist.store.filters import Filters
+from archivist.store.protocols import Store
+from archivist.store.records import chunk_hit
+from archivist.text.analyzer import ANSWER_TERMS, analyzer, overlap
 from archivist.types import Hit
 
 #: stored sentences scored per question (by cosine) before query-term overlap reorders them
@@ -33,6 +35,7 @@ def best_sentence_chunks(
         return []
     found = store.sentence_search(model_key, query_vector, POOL, filters)
     chunks = store.get_chunks(list(dict.fromkeys(s.chunk_id for s in found)))
+    terms = analyzer(ANSWER_TERMS).terms
     q_terms = terms(question)
     scored: list[tuple[float, int]] = []
     for s in found:

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from archivist.answer.context import Passage
-from archivist.answer.text import Sentence, overlap, split_sentences, terms
+from archivist.answer.sentences import Sentence, split_sentences
 from archivist.embed.base import Embedder
+from archivist.text.analyzer import ANSWER_TERMS, analyzer, overlap
 
 _MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 # Claims end at sentence punctuation (after any citation markers) followed by whitespace or the end of the text,
@@ -94,6 +95,7 @@ def verify(claims: list[Claim], passages: Sequence[Passage], embedder: Embedder)
     vectors = embedder.embed([s.text for s in cited_sentences]) if cited_sentences else None
     index = {s: i for i, s in enumerate(cited_sentences)}
     claim_vectors = embedder.embed([c.text for c in wanted]) if wanted else None
+    terms = analyzer(ANSWER_TERMS).terms
     for i, claim in enumerate(wanted):
         claim_terms = terms(claim.text)
         candidates = [s for n in claim.cited if n in by_n for s in sentences[n]]

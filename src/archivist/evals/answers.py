@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from archivist.answer.answerer import Answer, Answerer
+from archivist.answer.answerer import Answer
 from archivist.answer.verify import strip_markers
 from archivist.app import Archivist
 from archivist.config import Settings
@@ -190,7 +190,7 @@ def run_answer_eval(
         ids = spread(_left(list(golds), config.leave_out[0] if config.leave_out else None), config.limit)
         removed = spread(ids, config.gold_removed) if config.gold_removed else []
         threshold = {} if config.refusal_threshold is None else {"refusal_threshold": config.refusal_threshold}
-        answerer = Answerer.from_app(app, k=config.k, **threshold)
+        answerer = app.answerer(k=config.k, **threshold)
         judge, judge_reason = _judge(config, judge_gateway or app.gateway())
         answerer.answer("warm-up question")  # load the model and caches before timing anything
         per_query: dict[str, dict[str, float]] = {}

@@ -17,9 +17,10 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from archivist.answer.answerer import Answer
-from archivist.answer.entailment import VERDICT_SUPPORT, Verdict, fence
+from archivist.answer.entailment import VERDICT_SUPPORT, Verdict
 from archivist.answer.prompts import Prompt, load_prompt
 from archivist.answer.verify import MIN_CLAIM_CHARS, split_claims
+from archivist.guard.quote import quote
 from archivist.llm.base import ChatRequest, Deadline, Message
 from archivist.llm.errors import LLMError
 from archivist.llm.gateway import Gateway
@@ -111,10 +112,10 @@ class FaithfulnessJudge:
             return None, 0, fixed
         used = sorted({n for c in cited for n in c.cited if n in quotes})
         rendered_claims = "\n\n".join(
-            fence("claim", c.text, id=i, cites=",".join(str(n) for n in c.cited if n in quotes))
+            quote("claim", c.text, id=i, cites=",".join(str(n) for n in c.cited if n in quotes))
             for i, c in enumerate(cited, start=1)
         )
-        rendered_quotes = "\n\n".join(fence("quote", quotes[n], id=n) for n in used)
+        rendered_quotes = "\n\n".join(quote("quote", quotes[n], id=n) for n in used)
         request = ChatRequest(
             messages=(
                 Message("system", self.prompt.system),

@@ -1,4 +1,4 @@
-"""The ingestion pipeline: load, skip unchanged, chunk, embed (cached), write atomically, sync."""
+"""The ingestion pipeline: load, filter, skip unchanged, chunk, embed (cached), write atomically, sync."""
 
 from __future__ import annotations
 
@@ -11,11 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archivist.answer.text import SPLITTER_VERSION, sentence_model_key, sentence_spans
 from archivist.embed.base import Embedder, SpanEmbedder, Vectors, span_pooling
 from archivist.ingest.chunker import Chunker
+from archivist.ingest.document_filter import DocumentFilter, filter_problem
 from archivist.ingest.loaders import iter_jsonl, load_path, source_for
-from archivist.store.base import DocumentWrite, SentenceVectors, Store
+from archivist.observe import span
+from archivist.store.protocols import Store
+from archivist.store.records import DocumentWrite, SentenceVectors
+from archivist.text.sentences import SPLITTER_VERSION, sentence_model_key, sentence_spans
 from archivist.types import (
     DEFAULT_COLLECTION,
     ArchivistError,
@@ -68,12 +71,15 @@ class IngestPipeline:
         *,
         max_file_bytes: int,
         group_chunks: int = 64,
+        filters: Sequence[DocumentFilter] = (),
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.chunker = chunker
         self.max_file_bytes = max_file_bytes
         self.group_chunks = group_chunks
+        #: applied in order to each loaded document before chunking (see `ingest.document_filter`)
+        self.filters = list(filters)
 
     def run(
         self,
@@ -125,27 +131,19 @@ class IngestPipeline:
                     doc.metadata = {**doc.metadata, **metadata}
                 if title:
                     doc.title = title
+            kept = [d for d in (self._filter(doc, report) for doc in docs) if d is not None]
+            done += len(docs) - len(kept)
+            docs = kept
             states = self.store.document_states([d.source for d in docs], collection)
             for doc in docs:
-                state = states.get(doc.source)
-                if state == (doc.content_hash, fingerprint) and not refresh:
-                    report.unchanged.append(doc.source)
+                with span("ingest.document", source=doc.source, collection=collection) as current:
+                    write = self._prepare(doc, states.get(doc.source), fingerprint, refresh, report)
+                    current.set(outcome="pending" if write else "done", chunks=len(write.chunks) if write else 0)
+                if write is None:
                     done += 1
                     continue
-                try:
-                    chunks = self.chunker.chunk(doc)
-                except Exception as exc:  # one bad document must not stop the run
-                    report.failed.append(Skipped(doc.source, f"chunking failed: {exc}"))
-                    done += 1
-                    continue
-                if not chunks:
-                    report.skipped.append(Skipped(doc.source, "no text to index"))
-                    done += 1
-                    continue
-                hashes = [sha256_hex(c.embedding_text(doc.title)) for c in chunks]
-                write = DocumentWrite(doc, chunks, hashes, fingerprint)
-                pending.writes.append((write, [c.embedding_text(doc.title) for c in chunks]))
-                pending.chunk_count += len(chunks)
+                pending.writes.append((write, [c.embedding_text(doc.title) for c in write.chunks]))
+                pending.chunk_count += len(write.chunks)
                 if pending.chunk_count >= self.group_chunks:
                     done += self._flush(pending, report, refresh)
                     pending = _Pending()
@@ -159,6 +157,48 @@ class IngestPipeline:
         return report
 
     # -- steps --------------------------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        doc: Document,
+        state: tuple[str, str] | None,
+        fingerprint: str,
+        refresh: bool,
+        report: IngestReport,
+    ) -> DocumentWrite | None:
+        """Return the write of a document's chunks, or None when it is done already (unchanged, failed or empty:
+        noted in the report)."""
+        if state == (doc.content_hash, fingerprint) and not refresh:
+            report.unchanged.append(doc.source)
+            return None
+        try:
+            chunks = self.chunker.chunk(doc)
+        except Exception as exc:  # one bad document must not stop the run
+            report.failed.append(Skipped(doc.source, f"chunking failed: {exc}"))
+            return None
+        if not chunks:
+            report.skipped.append(Skipped(doc.source, "no text to index"))
+            return None
+        hashes = [sha256_hex(c.embedding_text(doc.title)) for c in chunks]
+        return DocumentWrite(doc, chunks, hashes, fingerprint)
+
+    def _filter(self, doc: Document, report: IngestReport) -> Document | None:
+        """Return the document after every filter, or None when one skipped it or failed (the report says why)."""
+        for keep in self.filters:
+            try:
+                result = keep(doc)
+            except Exception as exc:  # one bad document (or filter bug) must not stop the run
+                report.failed.append(Skipped(doc.source, f"document filter failed: {exc}"))
+                return None
+            if isinstance(result, Skipped):
+                report.skipped.append(result)
+                return None
+            problem = filter_problem(doc, result)
+            if problem is not None:
+                report.failed.append(Skipped(doc.source, problem))
+                return None
+            doc = result
+        return doc
 
     def _expand(
         self,

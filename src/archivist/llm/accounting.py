@@ -14,14 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from archivist.llm.base import ChatRequest, Usage
 from archivist.llm.errors import BudgetExceeded
+from archivist.llm.persistence import SpendLedger
 from archivist.llm.tokens import CharEstimate, TokenCounter
-
-if TYPE_CHECKING:
-    from archivist.store.base import Store
 
 DEFAULT_COMPLETION_ESTIMATE = 512
 
@@ -159,7 +157,7 @@ class KeyBudget(Budget):
 
     def __init__(
         self,
-        store: Store,
+        store: SpendLedger,
         key: str,
         *,
         period: Period = "month",

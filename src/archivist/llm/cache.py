@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from archivist.llm.base import ChatRequest, Completion, ToolCall, Usage
-from archivist.store.base import Store
+from archivist.llm.persistence import CacheBackend
 
 
 def cache_key(provider: str, model: str, request: ChatRequest) -> str:
@@ -21,9 +21,9 @@ def cache_key(provider: str, model: str, request: ChatRequest) -> str:
 
 
 class ResponseCache:
-    """Completions stored in the store's `llm_cache` table."""
+    """Completions kept in a cache backend (the store's `llm_cache` table)."""
 
-    def __init__(self, store: Store, ttl_s: float = 86_400.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: CacheBackend, ttl_s: float = 86_400.0, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.ttl_s = ttl_s
         self._clock = clock

@@ -30,6 +30,7 @@ from archivist.llm.errors import (
     StreamBroken,
 )
 from archivist.llm.tokens import TokenCounter, counter_for
+from archivist.observe import span
 
 BreakerState = Literal["closed", "open", "half-open"]
 
@@ -191,6 +192,19 @@ class Gateway:
 
     def chat(self, request: ChatRequest, deadline: Deadline | None = None, budget: Budget | None = None) -> Completion:
         """Return the first successful completion along the fallback chain, or raise AllProvidersFailed."""
+        with span("llm.chat", max_tokens=request.max_tokens, messages=len(request.messages)) as current:
+            completion = self._chat(request, deadline, budget)
+            current.set(
+                provider=completion.provider,
+                model=completion.model,
+                attempts=len(completion.attempts),
+                prompt_tokens=completion.usage.prompt_tokens,
+                completion_tokens=completion.usage.completion_tokens,
+                cost_usd=completion.cost_usd,
+            )
+            return completion
+
+    def _chat(self, request: ChatRequest, deadline: Deadline | None, budget: Budget | None) -> Completion:
         deadline = deadline or Deadline.after(self.default_timeout_s)
         errors: list[LLMError] = []
         attempts: list[str] = []

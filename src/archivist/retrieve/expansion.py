@@ -13,13 +13,14 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
+from archivist.guard.quote import quote
 from archivist.llm.accounting import Budget
 from archivist.llm.base import ChatRequest, Deadline, Message
 from archivist.llm.errors import LLMError
 from archivist.llm.gateway import Gateway
 from archivist.llm.structured import generate_structured
 from archivist.retrieve.fusion import rrf
-from archivist.retrieve.llm_rerank import clip, fence
+from archivist.retrieve.llm_rerank import clip
 from archivist.types import Hit
 
 MULTI_QUERY_PROMPT_VERSION = "multi-query-v1"
@@ -162,7 +163,7 @@ class MultiQueryExpander(_GatewayExpander):
             "it contains, or its key technical terms. Keep each one short and self-contained. " + _UNTRUSTED
         )
         request = ChatRequest(
-            (Message("system", system), Message("user", fence("query", query))),
+            (Message("system", system), Message("user", quote("query", query))),
             temperature=0.0,
             max_tokens=48 + 64 * self.n,
             prompt_version=self.prompt_version,
@@ -199,7 +200,7 @@ class HyDEExpander(_GatewayExpander):
             "Plain prose only: no preamble, no headings, no notes about being hypothetical. " + _UNTRUSTED
         )
         request = ChatRequest(
-            (Message("system", system), Message("user", fence("query", query))),
+            (Message("system", system), Message("user", quote("query", query))),
             temperature=0.0,
             max_tokens=self.max_tokens,
             prompt_version=self.prompt_version,

@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from archivist.embed.base import Embedder
+from archivist.observe import span
 from archivist.retrieve.fusion import rrf, zscore_fusion
 from archivist.retrieve.learned import LearnedFusionModel, fused_zscore, learned_fusion, load_model
-from archivist.store.base import CandidateScores, Filters, Store, StoredChunk, check_filter_keys, chunk_hit
-from archivist.store.lexical import Analyzer
+from archivist.store.filters import Filters, check_filter_keys
+from archivist.store.protocols import Store
+from archivist.store.records import CandidateScores, StoredChunk, chunk_hit
+from archivist.text.analyzer import Analyzer
 from archivist.types import Hit, UsageError
 
 Mode = Literal["hybrid", "dense", "bm25"]
@@ -61,6 +64,12 @@ class HybridRetriever:
 
     def search(self, query: str, k: int = 10, filters: Filters = Filters(), mode: Mode = "hybrid") -> list[Hit]:
         """Return the top-k hits for a query, each with its per-retriever scores and ranks."""
+        with span("retrieve.hybrid", mode=mode, k=k, fusion=self.settings.fusion) as current:
+            hits = self._search(query, k, filters, mode)
+            current.set(hits=len(hits))
+            return hits
+
+    def _search(self, query: str, k: int, filters: Filters, mode: Mode) -> list[Hit]:
         query = query.strip()
         if not query:
             raise UsageError("empty query")
@@ -71,7 +80,9 @@ class HybridRetriever:
         check_filter_keys(self.store, filters)
         n = max(k, self.settings.candidates)
         s = self.settings
-        scored = s.fusion in ("zscore", "learned")  # every candidate is scored exactly on all three signals
+        # Every candidate is scored exactly on all three signals, where the index declares it can; an index that
+        # cannot (approximate search, no corpus statistics) is fused by ranks instead.
+        scored = s.fusion in ("zscore", "learned") and self.store.capabilities.candidate_scores
         lexical_weight = s.bm25_weight + (s.doc_bm25_weight if scored else 0)
         use_dense = mode == "dense" or (mode == "hybrid" and s.dense_weight > 0)
         # BM25's candidates join the pool even when only the document-level signal is weighted.

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,8 +28,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from archivist.store.base import CandidateScores, StoredChunk
-from archivist.store.lexical import STOPWORDS, Analyzer
+from archivist.store.records import CandidateScores, StoredChunk
+from archivist.text.analyzer import Analyzer
 from archivist.types import UsageError
 
 MODEL_FORMAT = "archivist-tree-ensemble"
@@ -65,20 +64,6 @@ FEATURES: tuple[str, ...] = (
 )
 
 FloatArray = npt.NDArray[np.float64]
-_TOKEN_RE = re.compile(r"\w+", re.UNICODE)  # the Analyzer's tokens
-
-
-def term_set(text: str, analyzer: Analyzer, initials: frozenset[str] | None = None) -> set[str]:
-    """Return `set(analyzer.terms(text))`, stemming each distinct token once (the hot path of the features).
-
-    With `initials`, only terms starting with one of those letters (a stem keeps its word's first letter,
-    so this finds every match of a query's terms while stemming a fraction of the tokens).
-    """
-    stem = analyzer.stem
-    tokens = set(_TOKEN_RE.findall(text.lower()))
-    if initials is not None:
-        tokens = {t for t in tokens if t[0] in initials}
-    return {stem(t) for t in tokens if t not in STOPWORDS and len(t) < 64}
 
 
 class ModelError(UsageError):
@@ -373,9 +358,9 @@ def features(
             continue
         docs.append(c.document_id)
         if c.document_id not in title_terms:
-            title_terms[c.document_id] = term_set(c.title, analyzer, initials)
+            title_terms[c.document_id] = analyzer.term_set(c.title, initials)
         title_cov[i] = len(q_terms & title_terms[c.document_id]) / nq
-        chunk_terms = term_set(" ".join((c.title, *c.heading_path, c.text)), analyzer, initials)
+        chunk_terms = analyzer.term_set(" ".join((c.title, *c.heading_path, c.text)), initials)
         text_cov[i] = len(q_terms & chunk_terms) / nq
         ordinal[i] = min(c.ordinal, 10)
     _, owner = np.unique(np.asarray(docs, dtype=object).astype(str), return_inverse=True)

@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from archivist.llm.accounting import Budget
+from archivist.llm.base import Deadline
 from archivist.types import Hit
+
+
+@dataclass(slots=True)
+class RerankReport:
+    """What one rerank call did: how many hits were scored, at what cost in model calls, and any failure."""
+
+    candidates: int = 0
+    graded: int = 0
+    calls: int = 0
+    repairs: int = 0
+    #: chunk_id → the model's grade, for the hits it graded
+    grades: dict[int, int] = field(default_factory=dict)
+    #: why the incoming order was kept ("ExceptionType: message"), None when the model's grades were used
+    error: str | None = None
+
+    @property
+    def fallback(self) -> bool:
+        """Return whether the incoming order was returned because grading failed."""
+        return self.error is not None
 
 
 class Reranker(Protocol):
@@ -18,6 +39,19 @@ class Reranker(Protocol):
 
     def rerank(self, query: str, hits: Sequence[Hit], k: int) -> list[Hit]:
         """Return at most k hits, best first, each with `score` set to the reranker's score."""
+        ...
+
+    def rerank_with_report(
+        self,
+        query: str,
+        hits: Sequence[Hit],
+        k: int,
+        *,
+        deadline: Deadline | None = None,
+        budget: Budget | None = None,
+    ) -> tuple[list[Hit], RerankReport]:
+        """Return the reranked hits (as `rerank`), within the caller's deadline and budget where the reranker calls
+        a model, and the report of what it did (its `error` says why the incoming order was kept)."""
         ...
 
     def fingerprint(self) -> dict[str, Any]:

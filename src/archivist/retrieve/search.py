@@ -8,11 +8,11 @@ from typing import Any
 
 from archivist.llm.accounting import Budget
 from archivist.llm.base import Deadline
+from archivist.observe import span
 from archivist.retrieve.expansion import Expander, fuse_expanded
 from archivist.retrieve.hybrid import HybridRetriever, Mode
-from archivist.retrieve.llm_rerank import LLMReranker
 from archivist.retrieve.rerank import Reranker
-from archivist.store.base import Filters
+from archivist.store.filters import Filters
 from archivist.types import Hit
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,14 @@ class SearchPipeline:
         budget: Budget | None = None,
     ) -> SearchOutcome:
         """Return the top-k hits for a query after expansion, fusion and reranking."""
+        with span("search", mode=mode, k=k) as current:
+            outcome = self._search(query, k, filters, mode, deadline, budget)
+            current.set(hits=len(outcome.hits), queries=len(outcome.queries), reranker=outcome.reranker)
+            return outcome
+
+    def _search(
+        self, query: str, k: int, filters: Filters, mode: Mode, deadline: Deadline | None, budget: Budget | None
+    ) -> SearchOutcome:
         # The reranker reorders the best `depth` candidates, so retrieval must hand it at least that many.
         n = max(k, self.reranker.depth) if self.reranker else k
         outcome = SearchOutcome(hits=[], queries=[query.strip()])
@@ -76,12 +84,9 @@ class SearchPipeline:
             hits = self.retriever.search(query, k=n, filters=filters, mode=mode)
         if self.reranker is not None and hits:
             outcome.reranker = self.reranker.name
-            if isinstance(self.reranker, LLMReranker):
-                hits, report = self.reranker.rerank_with_report(query, hits, k, deadline=deadline, budget=budget)
-                if report.error:
-                    outcome.warnings.append(f"reranking kept the retrieval order: {report.error}")
-            else:
-                hits = self.reranker.rerank(query, hits, k)
+            hits, report = self.reranker.rerank_with_report(query, hits, k, deadline=deadline, budget=budget)
+            if report.error:
+                outcome.warnings.append(f"reranking kept the retrieval order: {report.error}")
         outcome.hits = hits[:k]
         if not hits and self.retriever.store.count_documents(filters) == 0:
             # Nothing found because there is nothing to find: say so, or it reads as "no document matches".

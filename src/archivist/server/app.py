@@ -34,14 +34,6 @@ UI_HEADERS = {
 }
 
 
-def spool_dir(archivist: Archivist) -> Path:
-    """Return where uploads wait for ingestion: the configured folder, or `uploads/` beside a SQLite store."""
-    if archivist.settings.upload_dir:
-        return Path(archivist.settings.upload_dir)
-    path = getattr(archivist.store, "path", None)
-    return Path(path).parent / "uploads" if path is not None else Path(".archivist/uploads")
-
-
 def proxy_options(settings: Settings) -> dict[str, Any]:
     """Return uvicorn's options for trusting a reverse proxy's X-Forwarded-* headers (none unless configured)."""
     allowed = settings.forwarded_allow_ips.strip()
@@ -66,20 +58,22 @@ def app_from_environment() -> FastAPI:
 
 
 def create_app(archivist: Archivist, *, run_jobs: bool = True, close_on_shutdown: bool = False) -> FastAPI:
-    """Return the HTTP app over `archivist`; `run_jobs=False` queues uploads without running them (tests)."""
+    """Return the HTTP app over `archivist`, running `workers_inline` ingestion workers in its process;
+    `run_jobs=False` runs none (uploads are only queued)."""
     settings = archivist.settings
-    services = Services.build(archivist, spool_dir(archivist))
+    services = Services.build(archivist, settings.workers_inline if run_jobs else 0)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         services.request_log.start()
-        if run_jobs:
-            services.jobs.start()
+        for worker in services.workers:
+            worker.start()
         try:
             yield
         finally:
-            # Uvicorn has finished the in-flight requests by now; a job cut short is requeued for the next start.
-            services.jobs.stop()
+            # Uvicorn has finished the in-flight requests by now; a job cut short is requeued for the next worker.
+            for worker in services.workers:
+                worker.stop()
             services.request_log.stop()
             if close_on_shutdown:
                 archivist.close()
@@ -126,9 +120,7 @@ def _add_service_routes(app: FastAPI, services: Services) -> None:
     @app.get("/readyz", tags=["operations"], responses={503: {"description": "store unreachable or not migrated"}})
     def readyz() -> JSONResponse:
         """The store is reachable and its schema is current."""
-        from archivist.store.sqlite_migrations import MIGRATIONS
-
-        latest = MIGRATIONS[-1][0]
+        latest = store.expected_schema_version()
         try:
             version = store.schema_version()
         except Exception as exc:

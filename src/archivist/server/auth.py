@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 
 from archivist.llm.accounting import KeyBudget, Period
 from archivist.server.errors import ApiError
-from archivist.store.base import ApiKeyRecord, Store
+from archivist.store.protocols import Store
+from archivist.store.records import ApiKeyRecord
 from archivist.types import UsageError, check_collection_name
 
 SCOPES = ("read", "write", "admin")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from archivist.store.base import Store
+from archivist.store.protocols import Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from archivist.server.errors import error_body
 from archivist.server.services import Services
-from archivist.store.base import RequestLogRow
+from archivist.store.records import RequestLogRow
 
 log = logging.getLogger("archivist.access")
 #: the id of the request being served, for every log line written while serving it

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 from archivist.answer.answerer import Answerer
 from archivist.app import Archivist
+from archivist.ingest.uploads import enqueue_upload
+from archivist.ingest.worker import JobRunner
 from archivist.retrieve.search import SearchPipeline
 from archivist.server.auth import Authenticator
-from archivist.server.jobs import JobRunner
 from archivist.server.metrics import Metrics
 from archivist.server.ratelimit import RateLimiter
 from archivist.server.usage import RequestLog
+from archivist.store.records import JobRecord
 
 
 @dataclass
@@ -25,7 +27,8 @@ class Services:
     limiter: RateLimiter
     #: failed authentications per client address
     auth_failures: RateLimiter
-    jobs: JobRunner
+    #: ingestion workers run in this process (none: `archivist worker` processes run the queue)
+    workers: list[JobRunner]
     request_log: RequestLog
     metrics: Metrics
     _searcher: SearchPipeline | None = None
@@ -33,18 +36,44 @@ class Services:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def build(cls, archivist: Archivist, spool: Path) -> Services:
-        """Return the services of one app over `archivist`, spooling uploads under `spool`."""
+    def build(cls, archivist: Archivist, workers: int) -> Services:
+        """Return the services of one app over `archivist`, with `workers` ingestion workers of its own."""
         store = archivist.store
         return cls(
             archivist=archivist,
             auth=Authenticator(store),
             limiter=RateLimiter(archivist.settings.rate_limit_per_minute),
             auth_failures=RateLimiter(archivist.settings.auth_failures_per_minute),
-            jobs=JobRunner(archivist, spool),
+            workers=[archivist.job_runner() for _ in range(workers)],
             request_log=RequestLog(store),
             metrics=Metrics(store),
         )
+
+    def enqueue(
+        self,
+        collection: str,
+        filename: str,
+        data: bytes,
+        *,
+        source: str,
+        title: str | None,
+        metadata: dict[str, Any],
+        key_id: str | None,
+    ) -> JobRecord:
+        """Queue an upload's ingestion (its bytes in the store) and wake this process's workers; return the job."""
+        job = enqueue_upload(
+            self.archivist.store,
+            collection,
+            filename,
+            data,
+            source=source,
+            title=title,
+            metadata=metadata,
+            key_id=key_id,
+        )
+        for worker in self.workers:
+            worker.wake()
+        return job
 
     def searcher(self) -> SearchPipeline:
         """Return the search pipeline, built on first use."""
@@ -57,5 +86,5 @@ class Services:
         """Return the answerer, built on first use (it loads the embedding model)."""
         with self._lock:
             if self._answerer is None:
-                self._answerer = Answerer.from_app(self.archivist, timeout_s=self.archivist.settings.llm_timeout_s)
+                self._answerer = self.archivist.answerer(timeout_s=self.archivist.settings.llm_timeout_s)
             return self._answerer

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from archivist.store.base import RequestLogRow, Store
+from archivist.store.protocols import Store
+from archivist.store.records import RequestLogRow
 
 log = logging.getLogger("archivist.server")
 

@@ -1,0 +1,548 @@
+"""`archivist eval …`: run retrieval evals, list and compare runs, gate regressions, write reports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from archivist.app import Archivist
+from archivist.cli._app import open_app
+from archivist.cli._errors import fail, usage
+from archivist.cli._options import JsonOpt, ModeOpt, StoreOpt, parse_mode
+from archivist.cli._output import emit_json, err, out
+from archivist.evals.answers import AnswerEvalConfig, run_answer_eval
+from archivist.evals.calibrate import calibrate_refusal
+from archivist.evals.datasets import Slice, load_dataset
+from archivist.evals.gate import run_gate
+from archivist.evals.metrics import DEFAULT_METRICS, parse_metric
+from archivist.evals.report import render_report
+from archivist.evals.retrieval import ProgressFn, RetrievalEvalConfig, run_retrieval_eval
+from archivist.evals.significance import compare
+from archivist.types import UsageError
+
+app = typer.Typer(name="eval", help="Evaluate retrieval quality, compare runs, gate regressions.", no_args_is_help=True)
+
+CacheOpt = Annotated[
+    Path,
+    typer.Option("--cache-dir", envvar="ARCHIVIST_EVAL_CACHE", help="Where each dataset's own store is kept."),
+]
+MetricOpt = Annotated[list[str] | None, typer.Option("--metric", "-m", help="e.g. ndcg@10; repeatable.")]
+SplitOpt = Annotated[str, typer.Option("--split", help="test or train.")]
+TagOpt = Annotated[str | None, typer.Option("--tag", help="A label stored with the run.")]
+SaveBaselineOpt = Annotated[Path | None, typer.Option("--save-baseline", help="Also write the run here.")]
+
+
+def _pair(spec: str, option: str, shape: str) -> tuple[int, int]:
+    """Return the two integers of an `A:B` option value, or raise UsageError naming the option."""
+    try:
+        a, b = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise UsageError(f"bad {option} {spec!r}: expected {shape}") from None
+    return a, b
+
+
+def _parse_slice(spec: str | None) -> Slice | None:
+    if not spec:
+        return None
+    q, d = _pair(spec, "--slice", "QUERIES:DISTRACTORS, e.g. 30:400")
+    if q < 1 or d < 0:
+        raise UsageError("--slice needs at least 1 query and 0 or more distractors")
+    return Slice(q, d)
+
+
+def _parse_leave_out(spec: str | None) -> tuple[int, int] | None:
+    if spec is None:
+        return None
+    a, u = _pair(spec, "--leave-out", "ANSWERABLE:UNANSWERABLE, e.g. 400:200")
+    if a < 0 or u < 0:
+        raise UsageError("--leave-out counts cannot be negative")
+    return a, u
+
+
+def _metrics(names: list[str] | None, k: int | None) -> list[str]:
+    chosen = list(names) if names else list(DEFAULT_METRICS)
+    if k is not None:
+        chosen = [m if "@" not in m or m.startswith("recall@100") else f"{m.split('@')[0]}@{k}" for m in chosen]
+    for m in chosen:
+        parse_metric(m)
+    return list(dict.fromkeys(chosen))
+
+
+def _run_eval(
+    archivist: Archivist,
+    dataset: Path,
+    split: str,
+    slice_: Slice | None,
+    config: RetrievalEvalConfig | AnswerEvalConfig,
+    cache_dir: Path,
+) -> dict[str, Any]:
+    """Return a retrieval or answer eval run (by the config's type), stored."""
+    ds = load_dataset(dataset, split, slice_, work_dir=cache_dir)
+    with stage_progress() as hook:
+        if isinstance(config, AnswerEvalConfig):
+            record = run_answer_eval(archivist.settings, ds, config, cache_dir=cache_dir, progress=hook)
+        else:
+            record = run_retrieval_eval(archivist.settings, ds, config, cache_dir=cache_dir, progress=hook)
+    archivist.store.save_eval_run(record)
+    return record
+
+
+def _save_baseline(record: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    err.print(f"baseline written to {path}")
+
+
+@contextmanager
+def stage_progress() -> Iterator[ProgressFn]:
+    """Yield a progress hook that shows one transient bar per stage (ingest, queries…) on stderr."""
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        tasks: dict[str, Any] = {}
+
+        def hook(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(stage, total=total)
+            progress.update(tasks[stage], completed=done, total=total)
+
+        yield hook
+
+
+def _print_metrics_table(title: str, metrics: dict[str, float]) -> None:
+    table = Table(title=title, box=None)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        table.add_row(name, f"{value:.4f}")
+    out.print(table)
+
+
+def _print_metrics(record: dict[str, Any]) -> None:
+    _print_metrics_table(f"{record['dataset']} ({record['split']}) · run {record['id']}", record["metrics"])
+    t = record["timings"]
+    out.print(
+        f"[dim]{record['n_queries']} queries · ingest {t['ingest_s']}s · search {t['search_s']}s "
+        f"(p50 {t['query_p50_ms']} ms) · fingerprint {record['fingerprint_hash']}[/]"
+    )
+
+
+@app.command("retrieval")
+def eval_retrieval(
+    dataset: Annotated[Path, typer.Argument(help="A BEIR-layout folder: corpus.jsonl, queries.jsonl, qrels.tsv.")],
+    split: SplitOpt = "test",
+    k: Annotated[int | None, typer.Option("--k", min=1, help="Cutoff for the @k metrics (recall@100 is kept).")] = None,
+    metrics: MetricOpt = None,
+    mode: ModeOpt = "hybrid",
+    depth: Annotated[int, typer.Option("--depth", min=1, max=5000, help="Chunk hits fetched per query.")] = 300,
+    slice_spec: Annotated[str | None, typer.Option("--slice", help="QUERIES:DISTRACTORS subset, e.g. 30:400.")] = None,
+    tag: TagOpt = None,
+    save_baseline: SaveBaselineOpt = None,
+    cache_dir: CacheOpt = Path(".archivist/evals"),
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ingest the dataset's corpus into its own cached store, run its queries, store and print metrics."""
+    retrieval_mode = parse_mode(mode)
+    with open_app(store) as archivist:
+        config = RetrievalEvalConfig(mode=retrieval_mode, depth=depth, metrics=_metrics(metrics, k), tag=tag)
+        record = _run_eval(archivist, dataset, split, _parse_slice(slice_spec), config, cache_dir)
+    if save_baseline:
+        _save_baseline(record, save_baseline)
+    if as_json:
+        emit_json({k: v for k, v in record.items() if k not in ("per_query", "queries")})
+    else:
+        _print_metrics(record)
+
+
+@app.command("runs")
+def eval_runs(
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Only runs of this dataset name.")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 20,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List stored eval runs, newest first."""
+    with open_app(store, existing=True) as archivist:
+        runs = archivist.store.list_eval_runs(dataset=dataset, limit=limit)
+    summaries = [
+        {
+            k: r.get(k)
+            for k in (
+                "id",
+                "kind",
+                "dataset",
+                "split",
+                "slice",
+                "tag",
+                "created_at",
+                "fingerprint_hash",
+                "metrics",
+                "n_queries",
+            )
+        }
+        for r in runs
+    ]
+    if as_json:
+        emit_json(summaries)
+        return
+    table = Table("id", "dataset", "split", "date", "fingerprint", "tag", "ndcg@10", "recall@100", box=None)
+    for r in summaries:
+        m = r["metrics"] or {}
+        table.add_row(
+            str(r["id"]),
+            str(r["dataset"]),
+            str(r["split"]),
+            str(r["created_at"]),
+            str(r["fingerprint_hash"]),
+            str(r["tag"] or ""),
+            _fmt(m.get("ndcg@10")),
+            _fmt(m.get("recall@100")),
+        )
+    out.print(table)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4f}" if isinstance(v, int | float) else "–"
+
+
+def _is_run_file(ref: str) -> bool:
+    return ref.endswith(".json") and Path(ref).is_file()
+
+
+def _load_run(archivist: Archivist, ref: str) -> dict[str, Any]:
+    """Return a run by id (or unique prefix) from the store, or from a JSON file path."""
+    if _is_run_file(ref):
+        data: dict[str, Any] = json.loads(Path(ref).read_text())
+        return data
+    run = archivist.store.get_eval_run(ref)
+    if run is None:
+        raise UsageError(f"no eval run {ref!r} (see `archivist eval runs`)")
+    return run
+
+
+@app.command("compare")
+def eval_compare(
+    run_a: Annotated[str, typer.Argument(help="Baseline run id (or a run JSON file).")],
+    run_b: Annotated[str, typer.Argument(help="Candidate run id (or a run JSON file).")],
+    metrics: MetricOpt = None,
+    show: Annotated[int, typer.Option("--show", min=0, help="How many per-query wins and losses to list.")] = 5,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Per-metric deltas with a paired randomization test, and the queries that won and lost most."""
+    with open_app(store, existing=not (_is_run_file(run_a) and _is_run_file(run_b))) as archivist:
+        a, b = _load_run(archivist, run_a), _load_run(archivist, run_b)
+        # By default, every metric measured per query (a run's aggregate-only metrics, e.g. refusal precision,
+        # have nothing to pair).
+        per_query = {m for v in a["per_query"].values() for m in v}
+        names = metrics or [m for m in a["metrics"] if m in per_query and m in b["metrics"]]
+        comps = [compare(a["per_query"], b["per_query"], m) for m in names]
+    focus = names[0]
+    deltas = sorted(
+        (
+            (q, b["per_query"][q][focus] - v[focus])
+            for q, v in a["per_query"].items()
+            if focus in v and focus in b["per_query"].get(q, {})
+        ),
+        key=lambda t: t[1],
+    )
+    texts = {**a.get("queries", {}), **b.get("queries", {})}
+    losses = [{"query_id": q, "query": texts.get(q, ""), "delta": d} for q, d in deltas[:show] if d < 0]
+    best = reversed(deltas[-show:]) if show else iter(())
+    wins = [{"query_id": q, "query": texts.get(q, ""), "delta": d} for q, d in best if d > 0]
+    if a["fingerprint_hash"] != b["fingerprint_hash"]:
+        changed = sorted(k for k in a["fingerprint"] if a["fingerprint"].get(k) != b["fingerprint"].get(k))
+    else:
+        changed = []
+    if as_json:
+        emit_json(
+            {
+                "a": a["id"],
+                "b": b["id"],
+                "changed": changed,
+                "comparisons": [c.__dict__ for c in comps],
+                "wins": wins,
+                "losses": losses,
+            }
+        )
+        return
+    table = Table("metric", "A", "B", "Δ", "95% CI", "p", "wins/losses/ties", box=None)
+    for c in comps:
+        table.add_row(
+            c.metric,
+            f"{c.mean_a:.4f}",
+            f"{c.mean_b:.4f}",
+            f"{c.delta:+.4f}",
+            f"[{c.ci_low:+.4f}, {c.ci_high:+.4f}]",
+            f"{c.p_value:.4f}",
+            f"{c.wins}/{c.losses}/{c.ties}",
+        )
+    out.print(table)
+    if changed:
+        out.print(f"[dim]fingerprint differs in: {', '.join(changed)}[/]")
+    for title, rows in (("biggest losses", losses), ("biggest wins", wins)):
+        if rows:
+            out.print(f"[bold]{title}[/] ({focus})")
+            for r in rows:
+                out.print(f"  {r['delta']:+.3f}  {escape(r['query_id'])}  {escape(r['query'][:90])}")
+
+
+@app.command("gate")
+def eval_gate(
+    baseline: Annotated[Path, typer.Option("--baseline", help="A run JSON written by --save-baseline.")],
+    max_drop: Annotated[float, typer.Option("--max-drop", min=0.0, help="Largest tolerated drop in a metric.")] = 0.01,
+    metrics: MetricOpt = None,
+    alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Significance level.")] = 0.05,
+    run_ref: Annotated[str | None, typer.Option("--run", help="Gate this stored run instead of running anew.")] = None,
+    cache_dir: CacheOpt = Path(".archivist/evals"),
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Exit 1 when a metric dropped by more than --max-drop and significantly; print the queries that got worse."""
+    if not baseline.is_file():
+        fail(f"no baseline file at {baseline}", 2)
+    with open_app(store) as archivist:
+        base = json.loads(baseline.read_text())
+        answers = base.get("kind") == "answers"
+        if run_ref:
+            current = _load_run(archivist, run_ref)
+        else:
+            sl = base.get("slice")
+            where = (Path(base["dataset_path"]), base["split"], Slice(**sl) if sl else None)
+            if answers:
+                c = base["config"]
+                current = _run_eval(
+                    archivist,
+                    *where,
+                    AnswerEvalConfig(
+                        k=c["k"],
+                        limit=c["limit"],
+                        unanswerable=Path(c["unanswerable"]) if c["unanswerable"] else None,
+                        unanswerable_limit=c["unanswerable_limit"],
+                        gold_removed=c["gold_removed"],
+                        tag="gate",
+                        judge=False,  # a sampled judge is noise to a gate; its metric is compared by hand
+                    ),
+                    cache_dir,
+                )
+            else:
+                config = RetrievalEvalConfig(
+                    mode=base["config"]["mode"],
+                    depth=base["config"]["depth"],
+                    metrics=base["config"]["metrics"],
+                    tag="gate",
+                )
+                current = _run_eval(archivist, *where, config, cache_dir)
+        if current.get("kind", "retrieval") != base.get("kind", "retrieval"):
+            raise UsageError(f"cannot gate a {current.get('kind')} run against a {base.get('kind')} baseline")
+        names = metrics or (["gold_doc_cited", "span_in_cited"] if answers else ["ndcg@10", "recall@100"])
+        names = [m for m in names if m in base["metrics"]]
+        if not names:
+            # A gate that checks nothing must not pass.
+            raise UsageError(f"none of the metrics to gate is in the baseline ({', '.join(sorted(base['metrics']))})")
+        result = run_gate(base, current, names, max_drop=max_drop, alpha=alpha)
+    if as_json:
+        emit_json(
+            {
+                "passed": result.passed,
+                "baseline": base["id"],
+                "run": current["id"],
+                "checks": [{**c.comparison.__dict__, "failed": c.failed, "reason": c.reason} for c in result.checks],
+                "worse_queries": result.worse,
+            }
+        )
+    else:
+        for c in result.checks:
+            mark = "[red]FAIL[/]" if c.failed else "[green]ok[/]"
+            out.print(
+                f"{mark} {c.comparison.metric}: {c.comparison.mean_a:.4f} → {c.comparison.mean_b:.4f}  {c.reason}"
+            )
+        if result.worse:
+            out.print(f"[bold]queries that got worse[/] ({result.worse[0]['metric']}):")
+            for w in result.worse:
+                out.print(f"  {w['before']:.3f} → {w['after']:.3f}  {escape(w['query_id'])}  {escape(w['query'][:80])}")
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command("report")
+def eval_report(
+    run_ref: Annotated[str, typer.Argument(metavar="RUN", help="Run id (or prefix).")],
+    html_path: Annotated[Path, typer.Option("--html", help="Where to write the HTML report.")],
+    metric: Annotated[str, typer.Option("--metric", help="The metric charted.")] = "ndcg@10",
+    store: StoreOpt = None,
+) -> None:
+    """Write an HTML report: metrics, per-query distribution, the metric over time for this dataset."""
+    with open_app(store, existing=True) as archivist:
+        parse_metric(metric)
+        run = _load_run(archivist, run_ref)
+        history = [
+            r
+            for r in archivist.store.list_eval_runs(dataset=run["dataset"], limit=200)
+            if r["split"] == run["split"] and r.get("slice") == run.get("slice")
+        ]
+    history.reverse()
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    html_path.write_text(render_report(run, history, metric), encoding="utf-8")
+    out.print(f"wrote {html_path}")
+
+
+@app.command("calibrate-refusal")
+def eval_calibrate_refusal(
+    dataset: Annotated[Path, typer.Argument(help="A QA dataset folder whose questions its corpus answers.")],
+    unanswerable: Annotated[
+        Path, typer.Option("--unanswerable", help="A dataset whose questions this corpus cannot answer.")
+    ],
+    split: SplitOpt = "test",
+    limit: Annotated[int | None, typer.Option("--limit", min=2, help="Ask only N questions (evenly spread).")] = None,
+    unanswerable_limit: Annotated[int, typer.Option("--unanswerable-limit", min=2)] = 200,
+    min_precision: Annotated[
+        float, typer.Option("--min-precision", min=0.0, max=1.0, help="Refusals that must be right.")
+    ] = 0.9,
+    slice_spec: Annotated[str | None, typer.Option("--slice", help="QUERIES:DISTRACTORS subset, e.g. 5:3.")] = None,
+    leave_out: Annotated[
+        str | None,
+        typer.Option(
+            "--leave-out",
+            metavar="A:U",
+            help="Leave out the questions `eval answers --limit A --unanswerable-limit U` asks, so it can measure "
+            "the threshold on questions it was not chosen on.",
+        ),
+    ] = None,
+    cache_dir: CacheOpt = Path(".archivist/evals"),
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure the refusal threshold for your documents: best refusal recall at a minimum precision, checked on a
+    held-out half. Set it as ARCHIVIST_REFUSAL_THRESHOLD or `refusal_threshold` in archivist.toml."""
+    left = usage(_parse_leave_out, leave_out)
+    with open_app(store) as archivist:
+        ds = load_dataset(dataset, split, _parse_slice(slice_spec), work_dir=cache_dir)
+        with stage_progress() as hook:
+            result = calibrate_refusal(
+                archivist.settings,
+                ds,
+                unanswerable,
+                limit=limit,
+                unanswerable_limit=unanswerable_limit,
+                min_precision=min_precision,
+                leave_out=left,
+                cache_dir=cache_dir,
+                progress=hook,
+            )
+    if as_json:
+        emit_json(result)
+    if result["threshold"] is None:
+        fail(
+            f"no threshold refuses any unanswerable question at precision >= {min_precision} "
+            f"({result['n_answerable']} answerable, {result['n_unanswerable']} unanswerable questions): "
+            "the two kinds of question score alike on this corpus",
+            1,
+        )
+    if as_json:
+        return
+    tuning, held = result["tuning_half"], result["held_out_half"]
+    table = Table(title=f"refusal threshold {result['threshold']} · {result['dataset']}", box=None)
+    for column in ("half", "precision", "recall", "answerable refused"):
+        table.add_column(column, justify="right" if column != "half" else "left")
+    for name, pr in (("tuning (chose it)", tuning), ("held out", held)):
+        table.add_row(name, f"{pr['precision']:.3f}", f"{pr['recall']:.3f}", f"{pr['answerable_refused_rate']:.3f}")
+    out.print(table)
+    out.print(
+        f"[dim]{result['n_answerable']} answerable, {result['n_unanswerable']} unanswerable questions · "
+        f"set ARCHIVIST_REFUSAL_THRESHOLD={result['threshold']} (or refusal_threshold in archivist.toml)[/]"
+    )
+
+
+@app.command("answers")
+def eval_answers(
+    dataset: Annotated[Path, typer.Argument(help="A QA dataset folder: corpus, queries, qrels and answers.jsonl.")],
+    split: SplitOpt = "test",
+    k: Annotated[int, typer.Option("--k", min=1, max=50, help="Chunks retrieved as evidence per question.")] = 12,
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Ask only N questions (evenly spread).")] = None,
+    slice_spec: Annotated[str | None, typer.Option("--slice", help="QUERIES:DISTRACTORS subset, e.g. 5:3.")] = None,
+    unanswerable: Annotated[
+        Path | None, typer.Option("--unanswerable", help="A dataset whose questions this corpus cannot answer.")
+    ] = None,
+    unanswerable_limit: Annotated[int, typer.Option("--unanswerable-limit", min=1)] = 100,
+    gold_removed: Annotated[
+        int, typer.Option("--gold-removed", min=0, help="Also ask N questions with their gold document removed.")
+    ] = 0,
+    leave_out: Annotated[
+        str | None,
+        typer.Option(
+            "--leave-out",
+            metavar="A:U",
+            help="Ask none of the questions a run with --limit A --unanswerable-limit U asks (e.g. to tune on them).",
+        ),
+    ] = None,
+    tag: TagOpt = None,
+    judge: Annotated[
+        bool | None,
+        typer.Option(
+            "--judge/--no-judge",
+            help="Rate faithfulness by LLM-as-judge (default: on when a model is configured).",
+            show_default=False,
+        ),
+    ] = None,
+    judge_samples: Annotated[
+        int | None,
+        typer.Option("--judge-samples", min=1, max=20, help="Judge samples per answered question [default: 3]."),
+    ] = None,
+    save_baseline: SaveBaselineOpt = None,
+    cache_dir: CacheOpt = Path(".archivist/evals"),
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Answer the dataset's questions from its own cached store; score answers, citations and refusal; store the run."""
+    from archivist.evals.judge import DEFAULT_SAMPLES
+
+    if judge is False and judge_samples is not None:
+        raise UsageError("--judge-samples has no effect with --no-judge")
+    left = usage(_parse_leave_out, leave_out)
+    with open_app(store) as archivist:
+        config = AnswerEvalConfig(
+            k=k,
+            limit=limit,
+            unanswerable=unanswerable,
+            unanswerable_limit=unanswerable_limit,
+            gold_removed=gold_removed,
+            leave_out=left,
+            tag=tag,
+            judge=judge,
+            judge_samples=judge_samples or DEFAULT_SAMPLES,
+        )
+        record = _run_eval(archivist, dataset, split, _parse_slice(slice_spec), config, cache_dir)
+    if save_baseline:
+        _save_baseline(record, save_baseline)
+    if as_json:
+        emit_json({k: v for k, v in record.items() if k not in ("per_query", "queries")})
+        return
+    _print_metrics_table(f"{record['dataset']} answers · run {record['id']}", record["metrics"])
+    t = record["timings"]
+    out.print(
+        f"[dim]{record['n_queries']} questions · answer p50 {t['answer_p50_ms']} ms · "
+        f"prompt {record['fingerprint']['prompt_versions']['answer']} · fingerprint {record['fingerprint_hash']}[/]"
+    )
+    j = record["judge"]
+    if j["enabled"] and "judge_faithfulness" in record["metrics"]:
+        out.print(
+            f"[dim]judge {j['prompt_version']} · {j['samples']} samples × {j['questions_judged']} questions · "
+            f"{j['samples_failed']} failed samples[/]"
+        )
+    else:
+        out.print(f"[dim]judge_faithfulness not measured: {escape(str(j['reason']))}[/]")

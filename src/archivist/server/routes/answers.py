@@ -1,0 +1,180 @@
+"""`/v1/answer`: grounded answers with checked citations, as JSON or Server-Sent Events."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import AsyncGenerator, Generator
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import Field
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from archivist.answer.answerer import Answer, AnswerDone, Answerer, RetrievalDone
+from archivist.llm.accounting import Budget, KeyBudget
+from archivist.llm.base import Cancellation, TokenEvent
+from archivist.llm.errors import Cancelled
+from archivist.server.deps import Caller, ServicesDep
+from archivist.server.errors import ApiError, error_body, request_id_of
+from archivist.server.metering import charge_usage
+from archivist.server.middleware import CLIENT_DISCONNECTED
+from archivist.server.models import Scoped
+from archivist.server.scope import scope_filters
+from archivist.store.filters import Filters
+from archivist.types import ArchivistError, UsageError
+
+log = logging.getLogger("archivist.server")
+router = APIRouter(prefix="/v1", tags=["answers"])
+
+
+class AnswerIn(Scoped):
+    question: str = Field(min_length=1, max_length=4000)
+    k: int | None = Field(default=None, ge=1, le=50)
+
+
+@router.post(
+    "/answer",
+    responses={200: {"content": {"application/json": {}, "text/event-stream": {}}}},
+)
+async def answer(body: AnswerIn, request: Request, who: Caller, svc: ServicesDep) -> Any:
+    """Answer a question with checked citations; Server-Sent Events when the client accepts text/event-stream.
+
+    A client that hangs up cancels the answer: the model call in flight is aborted (a stream's connection closed
+    at once), no further call is made, what was generated is charged, and the request log says so.
+    """
+    who.require("read")
+    if not body.question.strip():
+        raise ApiError(400, "the question is empty")
+
+    def setup() -> tuple[Filters, KeyBudget | None, Answerer]:
+        return scope_filters(svc, who, body), who.budget(svc.archivist.store), svc.answerer()
+
+    # Store reads, and the answerer's first build, stay off the event loop.
+    filters, key_budget, answerer = await run_in_threadpool(setup)
+    # The request's own budget meters every model call made for it (and passes each charge on to the key's
+    # budget, if it has one): an answer cut short is accounted from it.
+    meter = Budget(parent=key_budget)
+    cancellation = Cancellation()
+    charged = False
+
+    def charge(usage: dict[str, Any] | Budget) -> None:
+        nonlocal charged
+        if not charged:  # once: a client may hang up after the finished answer was charged
+            charged = True
+            charge_usage(request, svc, usage)
+
+    if "text/event-stream" not in request.headers.get("accept", ""):
+
+        async def cancel_on_disconnect() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            cancellation.cancel()
+
+        result: Answer | None = None
+        failure: Exception | None = None
+        async with anyio.create_task_group() as watch:
+            watch.start_soon(cancel_on_disconnect)
+            try:
+                result = await run_in_threadpool(
+                    answerer.answer, body.question, k=body.k, filters=filters, budget=meter, cancellation=cancellation
+                )
+            except Exception as exc:  # raised below, outside the task group (which would wrap it in a group)
+                failure = exc
+            watch.cancel_scope.cancel()
+        if isinstance(failure, Cancelled):
+            charge(meter)
+            request.state.outcome = CLIENT_DISCONNECTED
+            # 499 (nginx's "client closed request"): nobody reads it, the logs and metrics do.
+            message = "the client hung up: the answer was cancelled"
+            return JSONResponse(error_body(CLIENT_DISCONNECTED, message, request_id_of(request)), status_code=499)
+        if failure is not None:
+            raise failure
+        assert result is not None
+        charge(result.usage)
+        return JSONResponse(result.to_dict())
+
+    request_id = request_id_of(request)
+
+    def events() -> Generator[bytes, None, None]:
+        stream = answerer.stream(body.question, k=body.k, filters=filters, budget=meter, cancellation=cancellation)
+        try:
+            for event in stream:
+                if isinstance(event, RetrievalDone):
+                    yield _sse("retrieval", {"hits": [h.to_dict() for h in event.hits]})
+                elif isinstance(event, TokenEvent):
+                    yield _sse("token", {"text": event.text})
+                elif isinstance(event, AnswerDone):
+                    final = event.answer
+                    charge(final.usage)
+                    yield _sse(
+                        "citations",
+                        {
+                            "answer": final.answer,
+                            "citations": [c.to_dict() for c in final.citations],
+                            "support": final.support,
+                            "refused": final.refused,
+                            "unsupported": final.unsupported,
+                        },
+                    )
+                    yield _sse("done", final.to_dict())
+        except Cancelled:
+            return  # the client is gone: nobody to tell
+        except ArchivistError as exc:
+            code = "bad_request" if isinstance(exc, UsageError) else "upstream_error"
+            yield _sse("error", error_body(code, str(exc), request_id))
+        except Exception:
+            log.exception("answer stream failed")
+            yield _sse("error", error_body("internal", "internal error; the server log has the details", request_id))
+        finally:
+            # Now and in this thread, not whenever the collector gets to it: closing the answer's stream closes the
+            # model's (and its connection) and charges what it generated.
+            stream.close()
+
+    chunks = events()
+    # A generator runs in one thread at a time: the close waits for a step still in flight.
+    turn = threading.Lock()
+
+    def step() -> bytes | None:
+        with turn:
+            return next(chunks, None)
+
+    def close() -> None:
+        with turn:
+            chunks.close()
+
+    async def sse() -> AsyncGenerator[bytes, None]:
+        ended = False
+        try:
+            # Each step runs in a worker thread. On cancellation the wait is abandoned rather than sitting out a step
+            # blocked on the model: the cancellation below is what unblocks it.
+            while (chunk := await anyio.to_thread.run_sync(step, abandon_on_cancel=True)) is not None:
+                yield chunk
+            ended = True
+        finally:
+            if not ended:
+                # The client hung up (Starlette cancels the response, or it is closed unfinished): abort the model
+                # call in flight, close the answer's stream, charge what was generated.
+                cancellation.cancel()
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(close)
+                charge(meter)
+                request.state.outcome = CLIENT_DISCONNECTED
+
+    body_chunks = sse()
+    return StreamingResponse(
+        body_chunks,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # Runs after the response, also when its client hung up: it closes a stream left suspended between two
+        # chunks (its `finally` then does the accounting), and does nothing to one that ended.
+        background=BackgroundTask(body_chunks.aclose),
+    )
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n".encode()

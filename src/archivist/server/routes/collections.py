@@ -1,0 +1,52 @@
+"""`/v1/collections`: create a collection, list the ones a key may see."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, Field
+
+from archivist.server.deps import Caller, ServicesDep
+from archivist.server.models import Body
+from archivist.types import check_collection_name
+
+router = APIRouter(prefix="/v1", tags=["collections"])
+
+
+class CollectionIn(Body):
+    name: str = Field(min_length=1, max_length=63, description="lowercase letters, digits, '-' and '_'")
+    description: str = Field(default="", max_length=2000)
+
+
+class Collection(BaseModel):
+    name: str
+    description: str
+    created_at: str
+    documents: int
+
+
+class CollectionList(BaseModel):
+    collections: list[Collection]
+
+
+@router.post("/collections", status_code=201, response_model=Collection)
+def create_collection(body: CollectionIn, who: Caller, svc: ServicesDep) -> dict[str, Any]:
+    """Create a collection (admin)."""
+    who.require("admin")
+    check_collection_name(body.name)
+    record = svc.archivist.store.create_collection(body.name, body.description)
+    return {"name": record.name, "description": record.description, "created_at": record.created_at, "documents": 0}
+
+
+@router.get("/collections", response_model=CollectionList)
+def list_collections(who: Caller, svc: ServicesDep) -> dict[str, Any]:
+    """List the collections this key may see, with their document counts."""
+    who.require("read")
+    return {
+        "collections": [
+            {"name": c.name, "description": c.description, "created_at": c.created_at, "documents": c.documents}
+            for c in svc.archivist.store.list_collections()
+            if who.may_see(c.name)
+        ]
+    }

@@ -1,0 +1,17 @@
+"""`/v1/me`: the calling key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from archivist.server.deps import Caller
+
+router = APIRouter(prefix="/v1", tags=["keys"])
+
+
+@router.get("/me")
+def me(who: Caller) -> dict[str, Any]:
+    """Return the calling key: id, name, scopes, collections (null: all), budget."""
+    return who.key.public()

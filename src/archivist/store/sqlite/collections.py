@@ -1,0 +1,40 @@
+"""Collections in SQLite."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from archivist.store.records import (
+    CollectionRecord,
+)
+from archivist.store.sqlite.database import SQLiteDatabase, utc_now
+from archivist.types import ConflictError
+
+
+class SQLiteCollections(SQLiteDatabase):
+    """The `CollectionStore` of an SQLite file."""
+
+    def create_collection(self, name: str, description: str = "") -> CollectionRecord:
+        """Create a collection and return it, or raise ConflictError when the name is taken."""
+        created = utc_now()
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    "INSERT INTO collections (name, description, created_at) VALUES (?, ?, ?)",
+                    (name, description, created),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise ConflictError(f"collection {name!r} exists already") from exc
+        return CollectionRecord(name, description, created, 0)
+
+    def list_collections(self) -> list[CollectionRecord]:
+        """Return every collection with its document count, by name."""
+        rows = self._conn().execute(
+            "SELECT c.name, c.description, c.created_at, COUNT(d.id) FROM collections c"
+            " LEFT JOIN documents d ON d.collection = c.name GROUP BY c.name ORDER BY c.name"
+        )
+        return [CollectionRecord(*r) for r in rows]
+
+    def has_collection(self, name: str) -> bool:
+        """Return whether a collection exists (cheap: checked on every scoped request)."""
+        return self._conn().execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone() is not None

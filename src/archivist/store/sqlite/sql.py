@@ -1,0 +1,83 @@
+"""SQL pieces shared by the SQLite store's modules: filter conditions and row readers."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from archivist.store.filters import Filters
+from archivist.store.records import (
+    StoredChunk,
+)
+from archivist.types import DocumentRecord
+
+DOC_COLUMNS = {
+    "source": "d.source",
+    "title": "d.title",
+    "document_id": "d.id",
+    "media_type": "d.media_type",
+    "collection": "d.collection",
+}
+
+
+def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
+    """Return a SQL condition over `documents d` for the filters, and its parameters."""
+    if not filters:
+        return "1", []
+    parts: list[str] = []
+    params: list[Any] = []
+    if filters.scope is not None:
+        # The request's collections: a clause of its own, ANDed with the user's clauses (never ORed into them).
+        parts.append(f"d.collection IN ({','.join('?' * len(filters.scope))})" if filters.scope else "0")
+        params.extend(filters.scope)
+    for key, clauses in filters.by_key().items():
+        column = DOC_COLUMNS.get(key, "CAST(json_extract(d.metadata, ?) AS TEXT)")
+        ors = []
+        for c in clauses:
+            ors.append(f"{column} {'GLOB' if c.is_glob else '='} ?")
+            if key not in DOC_COLUMNS:
+                params.append('$."' + key.replace('"', "") + '"')
+            params.append(c.value)
+        parts.append("(" + " OR ".join(ors) + ")")
+    return " AND ".join(parts), params
+
+
+DOC_SELECT = (
+    "d.id, d.source, d.title, d.media_type, d.content_hash, d.metadata, d.chunk_count, d.char_count,"
+    " d.created_at, d.updated_at, d.version, d.collection"
+)
+
+
+CHUNK_SELECT = (
+    'c.id, c.document_id, c.ordinal, c.text, c.heading_path, c.start, c."end", c.page, c.page_end,'
+    " c.token_count, d.source, d.title, d.metadata, d.collection"
+)
+
+
+R = TypeVar("R")
+
+
+def reader(cls: Callable[..., R], columns: str, **decode: Callable[[Any], Any]) -> Callable[[Sequence[Any]], R]:
+    """Return a function building a `cls` record from a row of `columns` (a SELECT list; each column's last name,
+    unquoted, is the field), passing the columns named in `decode` through their decoder first."""
+    fields = [c.strip().rsplit(".", 1)[-1].strip('"') for c in columns.split(",")]
+
+    def read(row: Sequence[Any]) -> R:
+        return cls(**{f: decode[f](v) if f in decode else v for f, v in zip(fields, row, strict=True)})
+
+    return read
+
+
+def json_or_none(value: str | None) -> Any:
+    """Return a JSON column's value (None stays None)."""
+    return json.loads(value) if value is not None else None
+
+
+def json_tuple(value: str | None) -> tuple[Any, ...] | None:
+    """Return a JSON array column as a tuple (None stays None)."""
+    return tuple(json.loads(value)) if value is not None else None
+
+
+doc_record = reader(DocumentRecord, DOC_SELECT, metadata=json.loads)
+stored_chunk = reader(StoredChunk, CHUNK_SELECT, heading_path=json_tuple, metadata=json.loads)

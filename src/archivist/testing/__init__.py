@@ -1,0 +1,1 @@
+"""Test suites a backend or plugin reuses: the store contract (`archivist.testing.store`)."""

@@ -1,0 +1,463 @@
+"""The contract every store backend passes: test classes a backend's test module subclasses, supplying `make_store`.
+
+As Haystack's reusable document-store tests do: subclass the classes for the protocols your backend implements
+(`StoreTests` for a whole `Store`) and define a `make_store` fixture returning a factory that opens, or reopens, one
+store of your backend. The tests assert behaviour and our own error types (`StoreError`, `ConflictError`), never a
+database driver's, so a server backend runs them unchanged.
+
+    class TestMyStore(StoreTests):
+        @pytest.fixture
+        def make_store(self, tmp_path): ...
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from archivist.embed.base import Vectors
+from archivist.store.filters import Filters
+from archivist.store.protocols import Store
+from archivist.store.records import DocumentWrite
+from archivist.types import Block, Chunk, ConflictError, Document, StoreError, sha256_hex
+
+MODEL = "test-model"
+DIM = 8
+
+StoreFactory = Callable[[], Store]
+
+
+class StoreFixtures:
+    """The fixtures every contract class uses: a backend supplies `make_store`."""
+
+    @pytest.fixture
+    def make_store(self) -> StoreFactory:
+        """Return a factory that opens (or reopens) one store of the backend under test."""
+        raise NotImplementedError("a backend's test class defines the make_store fixture")
+
+    @pytest.fixture
+    def store(self, make_store: StoreFactory) -> Store:
+        """Return a fresh, empty store."""
+        return make_store()
+
+
+def _doc(
+    source: str, paragraphs: list[str], *, title: str = "T", metadata: dict[str, object] | None = None
+) -> Document:
+    text = "\n\n".join(paragraphs)
+    blocks, pos = [], 0
+    for p in paragraphs:
+        blocks.append(Block("paragraph", pos, pos + len(p)))
+        pos += len(p) + 2
+    return Document(source, title, text, "text/plain", blocks, metadata or {})
+
+
+def _write(
+    doc: Document, vectors: dict[str, Vectors] | None = None, seed: int = 0
+) -> tuple[DocumentWrite, dict[str, Vectors]]:
+    """Return a write of the document, one chunk per block, and random unit vectors for its chunks."""
+    chunks = [Chunk(doc.id, i, doc.text[b.start : b.end], b.start, b.end, ("H",), 5) for i, b in enumerate(doc.blocks)]
+    hashes = [sha256_hex(c.embedding_text(doc.title)) for c in chunks]
+    rng = np.random.default_rng(seed)
+    vecs = vectors if vectors is not None else {}
+    for h in hashes:
+        if h not in vecs:
+            v = rng.normal(size=DIM).astype(np.float32)
+            vecs[h] = (v / np.linalg.norm(v)).astype(np.float32)
+    return DocumentWrite(doc, chunks, hashes, "chunker-v1"), vecs
+
+
+def _put(store: Store, doc: Document, seed: int = 0) -> dict[str, Vectors]:
+    """Write the document with random vectors; return its vectors by embedding hash."""
+    w, vecs = _write(doc, seed=seed)
+    store.write_documents(MODEL, [w], vecs)
+    return vecs
+
+
+def _needs(store: Store, capability: str) -> None:
+    """Skip a test of exact scores on an index that declares it does not compute them."""
+    if not getattr(store.capabilities, capability):
+        pytest.skip(f"the index declares {capability}=False")
+
+
+class DocumentStoreTests(StoreFixtures):
+    """Documents, chunks, vectors and sentence vectors: written whole, read back, replaced, deleted."""
+
+    def test_write_then_read_back(self, store: Store) -> None:
+        doc = _doc("a.txt", ["alpha beta", "gamma delta"], metadata={"lang": "en"})
+        _put(store, doc)
+        rec = store.get_document(doc.id)
+        assert rec is not None
+        assert (rec.source, rec.chunk_count, rec.version, rec.metadata) == ("a.txt", 2, 1, {"lang": "en"})
+        chunks = store.document_chunks(doc.id)
+        assert [c.text for c in chunks] == ["alpha beta", "gamma delta"]
+        assert chunks[0].heading_path == ("H",)
+        assert store.document_states(["a.txt", "missing.txt"]) == {"a.txt": (doc.content_hash, "chunker-v1")}
+        assert store.stats()["documents"] == 1 and store.stats()["chunks"] == 2
+
+    def test_replacing_a_document_keeps_one_copy_and_bumps_version(self, store: Store) -> None:
+        _put(store, _doc("a.txt", ["one", "two", "three"]))
+        new = _doc("a.txt", ["only one now"])
+        _put(store, new, seed=1)
+        rec = store.get_document(new.id)
+        assert rec is not None and rec.version == 2 and rec.chunk_count == 1
+        assert store.stats()["chunks"] == 1
+        assert store.bm25_search("three", 10, Filters()) == []
+        assert len(store.bm25_search("only", 10, Filters())) == 1
+
+    def test_delete_removes_chunks_from_both_indexes(self, store: Store) -> None:
+        doc = _doc("a.txt", ["zebra stripes"])
+        vecs = _put(store, doc)
+        q = next(iter(vecs.values()))
+        assert store.dense_search(MODEL, q, 5, Filters())
+        assert store.delete_document(doc.id) is True
+        assert store.delete_document(doc.id) is False
+        assert store.dense_search(MODEL, q, 5, Filters()) == []
+        assert store.bm25_search("zebra", 5, Filters()) == []
+        assert store.get_document(doc.id) is None
+
+    def test_filter_keys_include_metadata_fields(self, store: Store) -> None:
+        _put(store, _doc("a.txt", ["x"], metadata={"lang": "en", "year": 2020}))
+        keys = store.filter_keys()
+        assert {"source", "title", "document_id", "media_type", "lang", "year"} <= keys
+        assert len(store.dense_search(MODEL, np.ones(DIM, np.float32) / np.sqrt(DIM), 5, Filters.parse(["year=2020"])))
+
+    def test_vectors_are_cached_by_embedded_text(self, store: Store) -> None:
+        doc = _doc("a.txt", ["same text"])
+        vecs = _put(store, doc)
+        cached = store.cached_vectors(MODEL, [*vecs, "nope"])
+        assert set(cached) == set(vecs)
+        np.testing.assert_array_equal(cached[next(iter(vecs))], next(iter(vecs.values())))
+        store.delete_document(doc.id)
+        assert set(store.cached_vectors(MODEL, list(vecs))) == set(vecs)  # survive deletion as a cache
+        assert store.cached_vectors("other-model", list(vecs)) == {}
+
+    def test_write_is_all_or_nothing(self, store: Store) -> None:
+        good, vecs = _write(_doc("good.txt", ["fine"]))
+        bad, _ = _write(_doc("bad.txt", ["broken"]), seed=5)
+        bad.chunks[0].text = None  # type: ignore[assignment]  # violates NOT NULL mid-write
+        with pytest.raises(StoreError):
+            store.write_documents(MODEL, [good, bad], vecs | _write(_doc("bad.txt", ["broken"]), seed=5)[1])
+        assert store.stats()["documents"] == 0 and store.stats()["chunks"] == 0
+        assert store.bm25_search("fine", 5, Filters()) == []
+
+    def test_data_survives_reopen(self, make_store: StoreFactory) -> None:
+        first = make_store()
+        doc = _doc("a.txt", ["persistent words"])
+        vecs = _put(first, doc)
+        first.close()
+        second = make_store()
+        assert second.get_document(doc.id) is not None
+        assert second.dense_search(MODEL, next(iter(vecs.values())), 1, Filters())[0][1] == pytest.approx(1.0, abs=1e-5)
+
+    def test_same_source_in_two_collections_is_two_documents(self, store: Store) -> None:
+        store.create_collection("other")
+        a = _doc("notes.md", ["shared words alpha"])
+        b = _doc("notes.md", ["shared words beta"])
+        b.collection = "other"
+        _put(store, a)
+        _put(store, b, seed=1)
+        assert a.id != b.id
+        assert {d.collection for d in store.list_documents()} == {"default", "other"}
+        only = Filters.parse(["collection=other"])
+        assert [d.id for d in store.list_documents(filters=only)] == [b.id]
+        assert {cid for cid, _ in store.bm25_search("shared words", 10, only)} == {
+            c.id for c in store.document_chunks(b.id)
+        }
+        assert store.sources("other") == ["notes.md"] and store.document_states(["notes.md"], "other")
+        _put(store, a, seed=2)  # replacing in one collection leaves the other alone
+        assert store.get_document(b.id) is not None and store.count_documents() == 2
+
+    def test_sentence_vectors_are_written_with_the_document_and_read_back_at_document_offsets(
+        self, store: Store
+    ) -> None:
+        from archivist.store.records import SentenceVectors
+
+        doc = _doc("s.txt", ["First one here. Second one here.", "Third sentence stands alone."])
+        w, vecs = _write(doc)
+        rows = np.eye(DIM, dtype=np.float32)
+        by_hash = {
+            w.embed_hashes[0]: SentenceVectors([(0, 15), (16, 32)], rows[:2]),
+            w.embed_hashes[1]: SentenceVectors([(0, 28)], rows[2:3]),
+        }
+        store.write_documents(MODEL, [w], vecs, ("sent-key", by_hash))
+        assert store.sentence_hashes("sent-key", [*w.embed_hashes, "other"]) == set(w.embed_hashes)
+        assert store.sentence_hashes("another-key", w.embed_hashes) == set()
+        chunks = store.document_chunks(doc.id)
+        found = store.chunk_sentences("sent-key", [c.id for c in chunks])
+        second = chunks[1]
+        assert found[chunks[0].id].spans == [(0, 15), (16, 32)]
+        # Offsets come back in the document: the second chunk starts after the first paragraph.
+        assert found[second.id].spans == [(second.start, second.start + 28)]
+        assert doc.text[second.start : second.start + 28] == "Third sentence stands alone."
+        assert np.allclose(found[second.id].vectors, rows[2:3])  # float16 on disk, exact for these values
+        assert store.chunk_sentences("another-key", [c.id for c in chunks]) == {}
+
+    def test_the_change_feed_names_what_each_write_added_and_deleted(self, store: Store) -> None:
+        start = store.generation()
+        a = _doc("a.txt", ["alpha one", "alpha two"])
+        _put(store, a)
+        first = store.changes_since(start)
+        ids_a = sorted(c.id for c in store.document_chunks(a.id))
+        assert first is not None and first.generation == store.generation() > start
+        assert first.added.tolist() == ids_a and first.deleted.size == 0 and len(first.vectors_added) == 2
+        middle = store.generation()
+        b = _doc("b.txt", ["beta"])
+        _put(store, b, seed=1)
+        store.delete_document(a.id)
+        later = store.changes_since(middle)
+        assert later is not None and later.generation == store.generation()
+        assert later.added.tolist() == [c.id for c in store.document_chunks(b.id)]
+        assert set(ids_a) <= set(later.deleted.tolist())
+        # A rewrite replaces the chunks: the old ones are deleted, the new ones added (whatever ids they get).
+        before = store.generation()
+        _put(store, _doc("b.txt", ["beta, rewritten"]), seed=2)
+        rewrite = store.changes_since(before)
+        assert rewrite is not None and rewrite.deleted.size == 1
+        assert rewrite.added.tolist() == [c.id for c in store.document_chunks(b.id)]
+        nothing = store.changes_since(store.generation())
+        assert nothing is not None and nothing.added.size == nothing.deleted.size == 0
+        # A generation the store never reached (a backup restored over it): read everything anew.
+        assert store.changes_since(store.generation() + 5) is None
+
+    def test_a_chunk_without_sentences_reads_back_as_empty(self, store: Store) -> None:
+        from archivist.store.records import SentenceVectors
+
+        doc = _doc("t.txt", ["| a | b |"])
+        w, vecs = _write(doc)
+        store.write_documents(
+            MODEL, [w], vecs, ("k", {w.embed_hashes[0]: SentenceVectors([], np.zeros((0, DIM), dtype=np.float32))})
+        )
+        (chunk,) = store.document_chunks(doc.id)
+        assert store.chunk_sentences("k", [chunk.id])[chunk.id].spans == []
+        assert store.sentence_hashes("k", w.embed_hashes) == set(w.embed_hashes)  # done: not embedded again
+
+
+class SearchIndexTests(StoreFixtures):
+    """Dense, BM25 and sentence search, filters inside both arms, and exact candidate scores."""
+
+    def test_dense_search_ranks_by_cosine(self, store: Store) -> None:
+        _needs(store, "exact_dense")
+        doc = _doc("a.txt", ["p0", "p1", "p2", "p3"])
+        vecs = _put(store, doc)
+        hashes = list(vecs)
+        target = vecs[hashes[2]]
+        hits = store.dense_search(MODEL, target, 4, Filters())
+        chunks = store.get_chunks([cid for cid, _ in hits])
+        assert chunks[hits[0][0]].text == "p2"
+        assert hits[0][1] == pytest.approx(1.0, abs=1e-5)
+        scores = [s for _, s in hits]
+        assert scores == sorted(scores, reverse=True)
+
+    def test_bm25_prefers_the_chunk_with_the_rare_term_and_stems(self, store: Store) -> None:
+        _put(store, _doc("a.txt", ["rotating keys is routine", "the weather today"]))
+        _put(store, _doc("b.txt", ["keys keys keys everywhere"]), seed=2)
+        hits = store.bm25_search("how to rotate a key", 5, Filters())
+        texts = [store.get_chunks([h[0]])[h[0]].text for h in hits]
+        assert texts[0] == "rotating keys is routine"  # 'rotate' matches 'rotating' through the stemmer
+        assert "the weather today" not in texts
+
+    def test_filters_apply_inside_both_searches(self, store: Store) -> None:
+        # 30 English chunks that match better than the single French one: a filter applied after
+        # top-k would lose the French chunk; applied inside the search it must be found.
+        vecs: dict[str, Vectors] = {}
+        for i in range(30):
+            w, vecs = _write(_doc(f"docs/en{i}.md", [f"search term number {i}"], metadata={"lang": "en"}), vecs, seed=i)
+            store.write_documents(MODEL, [w], vecs)
+        fr = _doc("notes/fr.txt", ["search something"], metadata={"lang": "fr"})
+        w, vecs = _write(fr, vecs, seed=99)
+        store.write_documents(MODEL, [w], vecs)
+        q = vecs[w.embed_hashes[0]] * -1  # the French chunk is the worst dense match
+        only_fr = Filters.parse(["lang=fr"])
+        assert [store.get_chunks([c])[c].source for c, _ in store.dense_search(MODEL, q, 3, only_fr)] == [
+            "notes/fr.txt"
+        ]
+        assert [store.get_chunks([c])[c].source for c, _ in store.bm25_search("search term", 3, only_fr)] == [
+            "notes/fr.txt"
+        ]
+        glob = Filters.parse(["source=docs/en1*.md"])
+        sources = {store.get_chunks([c])[c].source for c, _ in store.dense_search(MODEL, q, 50, glob)}
+        assert sources == {"docs/en1.md"} | {f"docs/en{i}.md" for i in range(10, 20)}
+        both = Filters.parse(["lang=fr", "lang=en", "source=notes/*"])  # OR within a key, AND across keys
+        assert {store.get_chunks([c])[c].source for c, _ in store.dense_search(MODEL, q, 50, both)} == {"notes/fr.txt"}
+        assert store.dense_search(MODEL, q, 5, Filters.parse(["lang=de"])) == []
+        assert store.count_documents(Filters.parse(["lang=en"])) == 30
+
+    def test_search_sees_writes_from_another_connection(self, make_store: StoreFactory) -> None:
+        reader, writer = make_store(), make_store()
+        _put(writer, _doc("a.txt", ["first"]))
+        q = np.ones(DIM, np.float32) / np.sqrt(DIM)
+        assert len(reader.dense_search(MODEL, q, 10, Filters())) == 1
+        _put(writer, _doc("b.txt", ["second"]), seed=3)
+        assert len(reader.dense_search(MODEL, q, 10, Filters())) == 2
+
+    def test_candidate_scores_are_exact_with_corpus_wide_statistics(self, store: Store) -> None:
+        _needs(store, "candidate_scores")
+        vecs: dict[str, Vectors] = {}
+        for i in range(12):
+            w, vecs = _write(_doc(f"d{i}.txt", [f"alpha {'beta ' * i}gamma", f"delta {i}"]), vecs, seed=i)
+            store.write_documents(MODEL, [w], vecs)
+        q = np.ones(DIM, np.float32) / np.sqrt(DIM)
+        all_ids = sorted(c.id for d in store.list_documents() for c in store.document_chunks(d.id))
+        dense_all = {c: s for c, s in store.dense_search(MODEL, q, 1000, Filters())}
+        bm25_all = dict(store.bm25_search("beta", 1000, Filters()))
+        scores = store.candidate_scores(MODEL, q, "beta", all_ids)
+        assert scores.dense == pytest.approx([dense_all[c] for c in all_ids], abs=1e-5)
+        assert scores.bm25 == pytest.approx([bm25_all.get(c, 0.0) for c in all_ids], abs=1e-5)
+        dense_values = np.array([dense_all[c] for c in all_ids])
+        bm25_values = np.array([bm25_all.get(c, 0.0) for c in all_ids])
+        assert scores.dense_mean == pytest.approx(dense_values.mean(), abs=1e-5)
+        assert scores.dense_std == pytest.approx(dense_values.std(), abs=1e-4)
+        assert (scores.bm25_mean, scores.bm25_std) == pytest.approx((bm25_values.mean(), bm25_values.std()), abs=1e-5)
+
+    def test_document_bm25_sums_term_counts_over_a_documents_chunks(self, store: Store) -> None:
+        _needs(store, "candidate_scores")
+        vecs: dict[str, Vectors] = {}
+        # "split" has both query terms, in different chunks; "one" has both in one chunk; "half" has one.
+        for name, texts in (
+            ("split.txt", ["alpha words here", "beta words there"]),
+            ("one.txt", ["alpha beta together", "nothing else"]),
+            ("half.txt", ["alpha alone", "filler text"]),
+        ):
+            w, vecs = _write(_doc(name, texts), vecs, seed=len(vecs))
+            store.write_documents(MODEL, [w], vecs)
+        q = np.ones(DIM, np.float32) / np.sqrt(DIM)
+        chunks = {d.source: store.document_chunks(d.id) for d in store.list_documents()}
+        ids = [c.id for cs in chunks.values() for c in cs]
+        scores = store.candidate_scores(MODEL, q, "alpha beta", ids)
+        by_chunk = dict(zip(ids, scores.doc_bm25, strict=True))
+        split, one, half = (chunks[s] for s in ("split.txt", "one.txt", "half.txt"))
+        # Every chunk of a document carries its document's score.
+        assert by_chunk[split[0].id] == by_chunk[split[1].id] > 0
+        assert by_chunk[half[0].id] == by_chunk[half[1].id]
+        # Chunk BM25 sees only one term in each chunk of "split"; the document score sees both.
+        chunk_bm25 = dict(zip(ids, scores.bm25, strict=True))
+        assert by_chunk[split[0].id] > by_chunk[half[0].id]
+        assert chunk_bm25[split[0].id] < chunk_bm25[one[0].id]
+        values = np.array([by_chunk[cs[0].id] for cs in chunks.values()])
+        assert (scores.doc_bm25_mean, scores.doc_bm25_std) == pytest.approx((values.mean(), values.std()), abs=1e-5)
+
+    def test_sentence_search_finds_sentences_once_and_honours_filters(self, store: Store) -> None:
+        from archivist.store.records import SentenceVectors
+
+        rows = np.eye(DIM, dtype=np.float32)
+        a = _doc("a.txt", ["First one here. Second one here."], metadata={"team": "x"})
+        b = _doc("b.txt", ["Third sentence stands alone."], metadata={"team": "y"})
+        written = ((a, SentenceVectors([(0, 15), (16, 32)], rows[:2])), (b, SentenceVectors([(0, 28)], rows[2:3])))
+        for doc, sentences in written:
+            w, vecs = _write(doc)
+            store.write_documents(MODEL, [w], vecs, ("k", {w.embed_hashes[0]: sentences}))
+        found = store.sentence_search("k", rows[1], 10, Filters())
+        (chunk_a,) = store.document_chunks(a.id)
+        assert (found[0].chunk_id, found[0].start, found[0].end) == (chunk_a.id, 16, 32)
+        assert found[0].score == pytest.approx(1.0) and len(found) == 3  # every stored sentence
+        only_y = store.sentence_search("k", rows[1], 10, Filters.parse(["team=y"]))
+        assert [(h.start, h.end) for h in only_y] == [(0, 28)]
+        assert store.sentence_search("other-key", rows[1], 10, Filters()) == []
+
+
+class EvalRunStoreTests(StoreFixtures):
+    """Stored eval runs, looked up by id prefix."""
+
+    def test_eval_runs_round_trip(self, store: Store) -> None:
+        for i, created in enumerate(["2026-01-01T00:00:00+00:00", "2026-01-02T00:00:00+00:00"]):
+            store.save_eval_run(
+                {
+                    "id": f"run{i}abc",
+                    "kind": "retrieval",
+                    "dataset": "ds",
+                    "split": "test",
+                    "tag": None,
+                    "created_at": created,
+                    "fingerprint_hash": "f",
+                    "metrics": {"ndcg@10": i / 10},
+                }
+            )
+        assert [r["id"] for r in store.list_eval_runs(dataset="ds")] == ["run1abc", "run0abc"]
+        assert store.get_eval_run("run0")["metrics"] == {"ndcg@10": 0.0}  # type: ignore[index]
+        assert store.get_eval_run("run") is None  # ambiguous prefix
+        assert store.list_eval_runs(dataset="other") == []
+
+
+class ServiceRecordsTests(StoreFixtures):
+    """Collections, API keys, the job queue under leases, and the request log."""
+
+    def test_collections_keys_jobs_and_request_log(self, store: Store) -> None:
+        from archivist.store.records import ApiKeyRecord, JobRecord, RequestLogRow
+
+        store.create_collection("docs", "the handbook")
+        with pytest.raises(ConflictError):
+            store.create_collection("docs")
+        assert [c.name for c in store.list_collections()] == ["default", "docs"]
+        assert store.has_collection("docs") and not store.has_collection("nope")
+        key = ApiKeyRecord("k1", "ci", "h" * 64, ("read",), ("docs",), "2026-01-01T00:00:00+00:00", budget_tokens=10)
+        store.save_api_key(key)
+        assert store.get_api_key("k1") == key
+        assert store.revoke_api_key("k1", "2026-01-02T00:00:00+00:00") and not store.revoke_api_key("k1", "x")
+        assert store.get_api_key("k1").revoked_at == "2026-01-02T00:00:00+00:00"  # type: ignore[union-attr]
+        for i in range(2):
+            store.create_job(JobRecord(f"j{i}", "ingest", "docs", "queued", {"file": "a.md"}, f"2026-01-0{i + 1}", "x"))
+        first = store.claim_job("w1", lease_s=60, max_attempts=3)
+        assert first is not None and first.id == "j0" and first.status == "running" and first.attempts == 1
+        assert store.job_counts() == {"queued": 1, "running": 1}
+        # A live lease is never taken: the next claim gets the other job, then nothing.
+        second = store.claim_job("w2", lease_s=60, max_attempts=3)
+        assert second is not None and second.id == "j1" and store.claim_job("w2", lease_s=60, max_attempts=3) is None
+        assert store.renew_job("j0", "w1", 60) and not store.renew_job("j0", "w2", 60)
+        assert not store.update_job("j0", worker="w2", status="succeeded")  # only the holder finishes it
+        assert store.update_job("j0", worker="w1", status="succeeded", result={"added": 1}, done=1, total=1)
+        done = store.get_job("j0")
+        assert done is not None and done.result == {"added": 1} and done.public()["progress"] == {"done": 1, "total": 1}
+        rows = [
+            RequestLogRow(f"r{i}", f"2026-01-0{i + 1}T00:00:00+00:00", "k1", "GET", "/v1/me", 200, 1.5)
+            for i in range(3)
+        ]
+        store.log_requests(rows)
+        assert [r.request_id for r in store.request_log(since="2026-01-02")] == ["r1", "r2"]
+
+    def test_a_jobs_input_is_kept_with_it_until_it_ends(self, store: Store) -> None:
+        from archivist.store.records import JobRecord
+
+        store.create_collection("docs")
+        data = bytes(range(256)) * 1000
+        store.create_job(JobRecord("j", "ingest", "docs", "queued", {"file": "a.pdf"}, "2026-01-01", "x"), data)
+        store.create_job(JobRecord("k", "ingest", "docs", "queued", {}, "2026-01-02", "x"))
+        assert store.job_input("j") == data and store.job_input("k") is None and store.job_input("nope") is None
+        taken = store.claim_job("w", lease_s=60, max_attempts=3)
+        assert taken is not None and taken.id == "j" and store.job_input("j") == data  # running: still there
+        assert store.update_job("j", worker="w", status="succeeded")
+        assert store.job_input("j") is None  # ended: dropped
+        store.create_job(JobRecord("f", "ingest", "docs", "queued", {}, "2026-01-03", "x"), b"input")
+        store.update_job("f", status="failed", error="gave up")
+        assert store.job_input("f") is None
+
+    def test_a_job_whose_lease_runs_out_is_taken_over_then_fails_after_its_attempts(self, store: Store) -> None:
+
+        from archivist.store.records import JobRecord
+
+        store.create_collection("docs")
+        store.create_job(JobRecord("j", "ingest", "docs", "queued", {"file": "a.md"}, "2026-01-01", "x"))
+        taken = store.claim_job("dead", lease_s=0.05, max_attempts=2)
+        assert taken is not None and taken.locked_by == "dead"
+        assert store.claim_job("live", lease_s=60, max_attempts=2) is None  # the lease still holds
+        time.sleep(0.1)
+        again = store.claim_job("live", lease_s=0.05, max_attempts=2)
+        assert again is not None and again.id == "j" and again.attempts == 2 and again.locked_by == "live"
+        assert not store.renew_job("j", "dead", 60)  # the first worker lost it
+        time.sleep(0.1)
+        assert store.claim_job("third", lease_s=60, max_attempts=2) is None  # its last attempt: failed, not retaken
+        failed = store.get_job("j")
+        assert failed is not None and failed.status == "failed" and "gave up after 2 attempts" in (failed.error or "")
+        # A queued retry waits out its delay.
+        store.create_job(JobRecord("r", "ingest", "docs", "queued", {"file": "b.md"}, "2026-01-02", "x"))
+        store.update_job("r", locked_until=time.time() + 60)
+        assert store.claim_job("w", lease_s=60, max_attempts=2) is None
+        store.update_job("r", locked_until=time.time() - 1)
+        assert (store.claim_job("w", lease_s=60, max_attempts=2) or failed).id == "r"
+
+
+class StoreTests(DocumentStoreTests, SearchIndexTests, EvalRunStoreTests, ServiceRecordsTests):
+    """Every contract test: what a backend behind a store URL passes."""
