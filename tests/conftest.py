@@ -18,15 +18,21 @@ def embedder() -> MiniLMEmbedder:
     return MiniLMEmbedder()
 
 
+def write_files(folder: Path, files: dict[str, str]) -> Path:
+    """Create `folder` with these files (name → text) in it; return the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder
+
+
 def ingest_corpus(root: Path, docs: dict[str, str], embedder: MiniLMEmbedder) -> Path:
     """Write `docs` (file name → text) under root/docs and ingest them into root/store.db; return root."""
     from archivist.app import Archivist
     from archivist.config import load_settings
     from archivist.store import open_store
 
-    (root / "docs").mkdir()
-    for name, text in docs.items():
-        (root / "docs" / name).write_text(text)
+    write_files(root / "docs", docs)
     settings = load_settings(store=f"sqlite:///{root / 'store.db'}")
     with Archivist(settings, open_store(settings.store), embedder) as app:
         app.ingest([root / "docs"])

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from conftest import write_files
+
 
 def run(cwd: Path, *args: str, store: str | None = "sqlite:///store.db") -> subprocess.CompletedProcess[str]:
     """Run the CLI in `cwd` and return the finished process."""
@@ -33,14 +35,15 @@ def run_json(cwd: Path, *args: str) -> Any:
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Return a folder with a small corpus, ingested once into store.db."""
     root = tmp_path_factory.mktemp("cli")
-    docs = root / "docs"
-    docs.mkdir()
-    (docs / "keys.md").write_text(
-        "---\nlang: en\n---\n# API keys\n\nEvery request carries an API key.\n\n## Rotating a key\n\n"
-        "Create a second key, roll it out, then revoke the first one.\n"
+    write_files(
+        root / "docs",
+        {
+            "keys.md": "---\nlang: en\n---\n# API keys\n\nEvery request carries an API key.\n\n## Rotating a key\n\n"
+            "Create a second key, roll it out, then revoke the first one.\n",
+            "backup.md": "# Backups\n\nRun the online backup nightly and test a restore monthly.\n",
+            "empty.txt": "",
+        },
     )
-    (docs / "backup.md").write_text("# Backups\n\nRun the online backup nightly and test a restore monthly.\n")
-    (docs / "empty.txt").write_text("")
     summary = run_json(root, "ingest", "docs")
     assert summary["added"] == 2 and summary["skipped"] == 1
     assert summary["skipped_items"] == [{"source": "docs/empty.txt", "reason": "empty file"}]

@@ -10,10 +10,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper, save_model
 from tokenizers import Tokenizer
 
-from archivist.embed.minilm_onnx import bundled_model_dir
+from archivist.app import Archivist
+from archivist.config import load_settings
+from archivist.embed.minilm_onnx import MiniLMEmbedder, bundled_model_dir
 from archivist.retrieve.cross_encoder import CrossEncoderReranker
+from archivist.retrieve.llm_rerank import passage_text
 from archivist.retrieve.rerank import Reranker
+from archivist.store import open_store
 from archivist.types import Hit, UsageError
+from conftest import ingest_corpus
 
 QUERY = "does vitamin d lower bone fracture risk"
 SPECIAL = (0, 100, 101, 102, 103)  # [PAD] [UNK] [CLS] [SEP] [MASK] in the bundled BERT vocabulary
@@ -193,3 +198,20 @@ def test_a_graph_with_inputs_a_cross_encoder_lacks_is_a_usage_error(tmp_path: Pa
     length_model(folder / "model.onnx", extra_input="pixel_values")
     with pytest.raises(UsageError, match="pixel_values"):
         CrossEncoderReranker(folder)
+
+
+def test_the_search_pipeline_reranks_with_the_configured_cross_encoder(
+    tmp_path: Path, embedder: MiniLMEmbedder
+) -> None:
+    root = ingest_corpus(tmp_path, {f"p{i}.txt": text for i, text in enumerate(PASSAGES)}, embedder)
+    settings = load_settings(
+        store=f"sqlite:///{root / 'store.db'}", reranker="cross-encoder", cross_encoder_dir=str(model_dir(tmp_path))
+    )
+    with Archivist(settings, open_store(settings.store), embedder) as app:
+        outcome = app.searcher().search(QUERY, k=4)
+        reranker = app.reranker()
+        assert isinstance(reranker, CrossEncoderReranker)
+        scores = reranker.score(QUERY, [passage_text(h, reranker.max_passage_chars) for h in outcome.hits])
+    assert outcome.reranker == "cross-encoder" and not outcome.warnings
+    assert [h.score for h in outcome.hits] == scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
+    assert outcome.hits[0].source.endswith("p3.txt")

@@ -15,6 +15,7 @@ from archivist.ingest.document_filter import DocumentFilter, TextEdit, edit_text
 from archivist.ingest.pipeline import IngestPipeline
 from archivist.store.filters import Filters
 from archivist.types import Block, Document, Skipped, document_id_for
+from conftest import write_files
 
 EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 
@@ -89,14 +90,15 @@ def pipeline(app: Archivist, filters: list[DocumentFilter]) -> IngestPipeline:
 
 
 def test_filters_redact_and_skip_documents_before_they_are_stored(app: Archivist, tmp_path: Path) -> None:
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "contacts.md").write_text(
-        "# Support\n\nWrite to help.desk@example.com for refunds.\n\n## Escalation\n\n"
-        "The duty manager is reached at oncall@example.org at any hour.\n"
+    docs = write_files(
+        tmp_path / "docs",
+        {
+            "contacts.md": "# Support\n\nWrite to help.desk@example.com for refunds.\n\n## Escalation\n\n"
+            "The duty manager is reached at oncall@example.org at any hour.\n",
+            "secret.txt": "CONFIDENTIAL: the merger closes in May.\n",
+            "plain.txt": "Refunds are paid within five days.\n",
+        },
     )
-    (docs / "secret.txt").write_text("CONFIDENTIAL: the merger closes in May.\n")
-    (docs / "plain.txt").write_text("Refunds are paid within five days.\n")
     report = pipeline(app, [redact_emails, SkipWord("CONFIDENTIAL")]).run([docs])
     assert sorted(Path(s).name for s in report.added) == ["contacts.md", "plain.txt"]
     assert [(Path(s.source).name, s.reason) for s in report.skipped] == [("secret.txt", "contains 'CONFIDENTIAL'")]

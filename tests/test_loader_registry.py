@@ -23,6 +23,7 @@ from archivist.ingest.loaders import (
 )
 from archivist.store import open_store
 from archivist.types import Document, document_id_for
+from conftest import write_files
 
 LIMIT = 50 * 1024 * 1024
 
@@ -52,13 +53,14 @@ def load_csv(file: SourceFile) -> Document:
 
 def test_a_registered_format_is_ingested_end_to_end(tmp_path: Path, embedder: MiniLMEmbedder) -> None:
     register_loader(".csv", load_csv, media_type="text/csv")
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "people.csv").write_text(
-        "name,known for\nAda Lovelace,the first program for the Analytical Engine\n"
-        "Grace Hopper,the first compiler and the word debugging\n"
+    docs = write_files(
+        tmp_path / "docs",
+        {
+            "people.csv": "name,known for\nAda Lovelace,the first program for the Analytical Engine\n"
+            "Grace Hopper,the first compiler and the word debugging\n",
+            "header-only.csv": "name,known for\n",
+        },
     )
-    (docs / "header-only.csv").write_text("name,known for\n")
     settings = load_settings(store=f"sqlite:///{tmp_path / 'store.db'}")
     with Archivist(settings, open_store(settings.store), embedder) as app:
         report = app.ingest([docs])

@@ -20,7 +20,7 @@ from archivist.store import open_store, register_store, store_exists
 from archivist.store.records import IndexCapabilities
 from archivist.store.sqlite import SQLiteStore
 from archivist.types import UsageError
-from conftest import ingest_corpus
+from conftest import ingest_corpus, write_files
 from fake_servers import ChatServer
 
 DOCS = {
@@ -72,9 +72,7 @@ def recorder() -> Iterator[_Recorder]:
 def test_spans_mark_ingest_search_retrieval_answer_and_model_calls(
     tmp_path: Path, embedder: MiniLMEmbedder, recorder: _Recorder
 ) -> None:
-    (tmp_path / "docs").mkdir()
-    for name, text in DOCS.items():
-        (tmp_path / "docs" / name).write_text(text)
+    write_files(tmp_path / "docs", DOCS)
     with ChatServer(reply="The gateway retries with backoff [1].").running() as llm:
         settings = load_settings(store=f"sqlite:///{tmp_path / 'store.db'}", llm_url=llm.url, llm_model="m")
         with Archivist(settings, open_store(settings.store), embedder) as app:

@@ -112,24 +112,19 @@ def test_multi_query_expansion_finds_what_the_rewrite_matches(
 def test_cli_search_with_llm_reranking_needs_a_provider(corpus: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")}
     env["ARCHIVIST_STORE"] = f"sqlite:///{corpus / 'store.db'}"
-    proc = subprocess.run(
-        [sys.executable, "-m", "archivist.cli", "search", "tea", "--rerank", "llm"],
-        cwd=corpus,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc, bad = (
+        subprocess.run(
+            [sys.executable, "-m", "archivist.cli", "search", "tea", "--rerank", reranker],
+            cwd=corpus,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        for reranker in ("llm", "magic")
     )
     assert proc.returncode == 2
     assert "needs an LLM provider" in proc.stderr and "ARCHIVIST_LLM_URL" in proc.stderr
-    bad = subprocess.run(
-        [sys.executable, "-m", "archivist.cli", "search", "tea", "--rerank", "magic"],
-        cwd=corpus,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
     assert bad.returncode == 2 and "reranker" in bad.stderr
 
 

@@ -19,10 +19,8 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
-from archivist.llm.accounting import Budget
-from archivist.llm.base import Deadline
 from archivist.retrieve.llm_rerank import passage_text
-from archivist.retrieve.rerank import RerankReport, reorder
+from archivist.retrieve.rerank import Reranker, reorder
 from archivist.types import ArchivistError, Hit, UsageError
 
 MODEL_FILE = "model.onnx"
@@ -39,7 +37,7 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-class CrossEncoderReranker:
+class CrossEncoderReranker(Reranker):
     """Reorders the top `depth` hits by a local ONNX cross-encoder's score; hits past depth keep their order."""
 
     name = "cross-encoder"
@@ -156,20 +154,6 @@ class CrossEncoderReranker:
                 raise ArchivistError(f"cross-encoder output has shape {out.shape}; expected one score per pair")
             scores[idx] = out
         return [float(s) for s in scores]
-
-    def rerank_with_report(
-        self,
-        query: str,
-        hits: Sequence[Hit],
-        k: int,
-        *,
-        deadline: Deadline | None = None,
-        budget: Budget | None = None,
-    ) -> tuple[list[Hit], RerankReport]:
-        """Return the reranked hits (as `rerank`: a local model, no deadline or budget to honour) and a report."""
-        ranked = self.rerank(query, hits, k)
-        scored = min(len(hits), self.depth) if k > 0 else 0
-        return ranked, RerankReport(candidates=scored, graded=scored)
 
     def rerank(self, query: str, hits: Sequence[Hit], k: int) -> list[Hit]:
         """Return at most k hits: the top `depth` by cross-encoder score, then the rest in incoming order."""

@@ -51,8 +51,12 @@ class Reranker(Protocol):
         budget: Budget | None = None,
     ) -> tuple[list[Hit], RerankReport]:
         """Return the reranked hits (as `rerank`), within the caller's deadline and budget where the reranker calls
-        a model, and the report of what it did (its `error` says why the incoming order was kept)."""
-        ...
+        a model, and the report of what it did (its `error` says why the incoming order was kept).
+
+        This default, for rerankers that call no model (a subclass of `Reranker` inherits it), reports every hit
+        up to `depth` scored."""
+        scored = min(len(hits), self.depth) if k > 0 else 0
+        return self.rerank(query, hits, k), RerankReport(candidates=scored, graded=scored)
 
     def fingerprint(self) -> dict[str, Any]:
         """Return every setting that can change the order this reranker produces (for eval run records)."""

@@ -2,6 +2,27 @@
 
 from __future__ import annotations
 
+#: the store's generation, as a trigger logging a change reads it
+_GENERATION = "(SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation')"
+#: the change feed reaches back to now: what came before was not logged
+_FEED_STARTS_NOW = (
+    "UPDATE meta SET value = (SELECT value FROM meta WHERE key = 'generation') WHERE key = 'deletions_since';"
+)
+
+
+def _change_log(log: str, column: str, triggers: dict[str, tuple[str, str]]) -> str:
+    """Return the SQL of a change log: a table of `column` values with the generation of the write that logged
+    them (indexed for pruning), filled by the triggers {name: (event, value)}, e.g. ("AFTER DELETE ON chunks",
+    "old.id")."""
+    name = column.split()[0]
+    sql = f"CREATE TABLE {log} (generation INTEGER NOT NULL, {column} NOT NULL);\n"
+    sql += f"CREATE INDEX {log}_generation ON {log}(generation);\n"
+    for trigger, (event, value) in triggers.items():
+        sql += f"CREATE TRIGGER {trigger} {event} BEGIN INSERT INTO {log} (generation, {name})"
+        sql += f" VALUES ({_GENERATION}, {value}); END;\n"
+    return sql
+
+
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
         1,
@@ -205,15 +226,8 @@ MIGRATIONS.append(
     (
         7,
         "chunk deletion log",
-        """
-        CREATE TABLE chunk_deletions (generation INTEGER NOT NULL, chunk_id INTEGER NOT NULL);
-        CREATE INDEX chunk_deletions_generation ON chunk_deletions(generation);
-        CREATE TRIGGER chunks_deleted AFTER DELETE ON chunks BEGIN
-            INSERT INTO chunk_deletions (generation, chunk_id)
-            VALUES ((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), old.id);
-        END;
-        INSERT INTO meta (key, value) SELECT 'deletions_since', value FROM meta WHERE key = 'generation';
-        """,
+        _change_log("chunk_deletions", "chunk_id INTEGER", {"chunks_deleted": ("AFTER DELETE ON chunks", "old.id")})
+        + "INSERT INTO meta (key, value) SELECT 'deletions_since', value FROM meta WHERE key = 'generation';",
     )
 )
 
@@ -225,19 +239,15 @@ MIGRATIONS.append(
     (
         8,
         "vector insert log",
-        """
-        CREATE TABLE vector_inserts (generation INTEGER NOT NULL, text_hash TEXT NOT NULL);
-        CREATE INDEX vector_inserts_generation ON vector_inserts(generation);
-        CREATE TRIGGER embeddings_inserted AFTER INSERT ON embeddings BEGIN
-            INSERT INTO vector_inserts (generation, text_hash)
-            VALUES ((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), new.text_hash);
-        END;
-        CREATE TRIGGER sentence_vectors_inserted AFTER INSERT ON sentence_vectors BEGIN
-            INSERT INTO vector_inserts (generation, text_hash)
-            VALUES ((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), new.text_hash);
-        END;
-        UPDATE meta SET value = (SELECT value FROM meta WHERE key = 'generation') WHERE key = 'deletions_since';
-        """,
+        _change_log(
+            "vector_inserts",
+            "text_hash TEXT",
+            {
+                "embeddings_inserted": ("AFTER INSERT ON embeddings", "new.text_hash"),
+                "sentence_vectors_inserted": ("AFTER INSERT ON sentence_vectors", "new.text_hash"),
+            },
+        )
+        + _FEED_STARTS_NOW,
     )
 )
 
@@ -266,15 +276,8 @@ MIGRATIONS.append(
     (
         10,
         "chunk insert log",
-        """
-        CREATE TABLE chunk_inserts (generation INTEGER NOT NULL, chunk_id INTEGER NOT NULL);
-        CREATE INDEX chunk_inserts_generation ON chunk_inserts(generation);
-        CREATE TRIGGER chunks_inserted AFTER INSERT ON chunks BEGIN
-            INSERT INTO chunk_inserts (generation, chunk_id)
-            VALUES ((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'), new.id);
-        END;
-        UPDATE meta SET value = (SELECT value FROM meta WHERE key = 'generation') WHERE key = 'deletions_since';
-        """,
+        _change_log("chunk_inserts", "chunk_id INTEGER", {"chunks_inserted": ("AFTER INSERT ON chunks", "new.id")})
+        + _FEED_STARTS_NOW,
     )
 )
 
