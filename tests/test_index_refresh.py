@@ -211,6 +211,46 @@ def test_an_older_chunk_that_gains_vectors_through_another_document_joins_the_in
         live.close()
 
 
+@pytest.mark.parametrize("kept_before", [True, False], ids=["after-kept-chunks", "into-an-empty-index"])
+def test_an_older_chunk_that_gains_vectors_joins_an_index_that_is_only_updated(
+    tmp_path: Path, kept_before: bool
+) -> None:
+    path = tmp_path / "store.db"
+    live = SQLiteStore(path)
+    text = "alpha beta gamma delta. epsilon zeta eta theta iota."
+    query = np.ones(DIM, dtype=np.float32) / DIM**0.5
+    try:
+        if kept_before:
+            _put(live, random.Random(3), "c.txt", 1)  # chunk ids 1, 2: a.txt's chunk comes after them
+        w, vectors, _ = _same_text_write("a.txt", text)
+        live.write_documents("other-model", [w], vectors)
+        live._dense_index(MODEL), live._sentence_index(SENTENCES), live._lexical()
+        w, vectors, sentences = _same_text_write("b.txt", text)
+        live.write_documents(MODEL, [w], vectors, (SENTENCES, sentences))
+        _same_as_a_fresh_build(live, path, query, "alpha")
+    finally:
+        live.close()
+
+
+def test_an_index_behind_more_writes_than_the_feed_reaches_sees_every_addition(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import archivist.store.sqlite.documents as documents
+
+    monkeypatch.setattr(documents, "DELETION_LOG_GENERATIONS", 2)
+    path = tmp_path / "store.db"
+    live = SQLiteStore(path)
+    rng = random.Random(1)
+    try:
+        _put(live, rng, "a.txt", 1)
+        live._dense_index(MODEL), live._lexical()
+        for i in range(5):  # additions only: no deletion is logged, yet the feed's older entries are pruned
+            _put(live, rng, f"new-{i}.txt", 10 + i)
+        _same_as_a_fresh_build(live, path, np.ones(DIM, dtype=np.float32) / DIM**0.5, "alpha")
+    finally:
+        live.close()
+
+
 def test_a_store_restored_from_an_older_backup_is_read_anew(tmp_path: Path) -> None:
     import sqlite3
 

@@ -320,3 +320,25 @@ def test_worker_processes_run_what_serve_queues_and_a_killed_worker_loses_no_job
         assert {d.version for d in store.list_documents(limit=10_000)} == {1}  # none written twice
     finally:
         store.close()
+
+
+def test_a_job_without_its_upload_in_the_store_fails_at_once_saying_why(tmp_path: Path) -> None:
+    from archivist.store.records import JobRecord
+
+    settings = load_settings(store=f"sqlite:///{tmp_path / 'store.db'}")
+    with Archivist(settings, open_store(settings.store)) as app:
+        app.store.create_collection("kb")
+        # As an Archivist that kept uploads on the server's disk queued it: the store has no bytes for it.
+        payload = {"file": "a.md", "source": "upload/a.md", "title": None, "metadata": {}}
+        app.store.create_job(JobRecord("old", "ingest", "kb", "queued", payload, "2026-01-01", "2026-01-01", total=1))
+        runner = app.job_runner()
+        runner.start()
+        try:
+            deadline = time.monotonic() + 30
+            while (job := app.store.get_job("old")) is not None and job.status in ("queued", "running"):
+                assert time.monotonic() < deadline, job
+                time.sleep(0.05)
+        finally:
+            runner.stop()
+    assert job is not None and job.status == "failed" and job.attempts == 1  # no attempt can bring it back
+    assert "upload is not in the store" in (job.error or "") and "upload it again" in (job.error or "")

@@ -82,7 +82,9 @@ def test_spans_mark_ingest_search_retrieval_answer_and_model_calls(
     names = [s["name"] for s in recorder.spans]
     ingested = [s for s in recorder.spans if s["name"] == "ingest.document"]
     assert sorted(s["source"] for s in ingested) == sorted(str(tmp_path / "docs" / n) for n in DOCS)
-    assert all(s["chunks"] >= 1 for s in ingested)
+    assert all(s["chunks"] >= 1 and s["outcome"] == "chunked" for s in ingested)
+    (write,) = (s for s in recorder.spans if s["name"] == "ingest.write")  # the group's embedding and write
+    assert write["documents"] == len(DOCS) and write["chunks_embedded"] == write["chunks"] >= len(DOCS)
     (hybrid,) = (s for s in recorder.spans if s["name"] == "retrieve.hybrid")
     (search,) = (s for s in recorder.spans if s["name"] == "search")
     (done,) = (s for s in recorder.spans if s["name"] == "answer")
@@ -182,3 +184,68 @@ def test_a_registered_provider_kind_serves_a_configured_chain(tmp_path: Path, mo
     config.write_text('[[llm.providers]]\nkind = "openai"\n')
     with pytest.raises(UsageError, match=r"archivist.toml: \[\[llm.providers\]\] 0.name: Field required"):
         load_settings()
+
+
+def test_a_store_failure_answers_a_plain_500_and_the_database_words_go_to_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import sqlite3
+
+    import httpx
+
+    from archivist.server.app import create_app
+    from archivist.server.auth import mint_api_key
+    from live_server import serving
+
+    settings = load_settings(store=f"sqlite:///{tmp_path / 'store.db'}")
+    with Archivist(settings, open_store(settings.store)) as app, serving(create_app(app, run_jobs=False)) as base:
+        admin = mint_api_key(app.store, "admin", ["admin"])[0]
+        with sqlite3.connect(tmp_path / "store.db") as conn:
+            conn.execute("DROP TABLE job_inputs")
+            conn.execute("DROP TABLE jobs")
+        reply = httpx.get(f"{base}/v1/jobs", headers={"Authorization": f"Bearer {admin}"}, timeout=30)
+    assert reply.status_code == 500
+    assert reply.json()["error"]["message"] == "internal error; the server log has the details"
+    assert any("no such table: jobs" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+class _Reverse:
+    """A reranker of a user's own that implements only `rerank` (no report): it reverses the retrieval order."""
+
+    name = "reverse"
+    depth = 10
+
+    def rerank(self, query: str, hits: Any, k: int) -> list[Any]:
+        from dataclasses import replace
+
+        return [replace(h, score=float(-i)) for i, h in enumerate(reversed(list(hits[: self.depth])))][:k]
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+def test_a_reranker_that_only_reranks_plugs_into_the_search_pipeline(corpus: Path, embedder: MiniLMEmbedder) -> None:
+    from archivist.retrieve.search import SearchPipeline
+
+    settings = load_settings(store=f"sqlite:///{corpus / 'store.db'}")
+    with Archivist(settings, open_store(settings.store), embedder) as app:
+        plain = app.retriever().search("how are retries done", k=10)
+        outcome = SearchPipeline(app.retriever(), reranker=_Reverse()).search("how are retries done", k=2)
+    assert outcome.reranker == "reverse" and not outcome.warnings
+    assert [h.chunk_id for h in outcome.hits] == [h.chunk_id for h in reversed(plain)][:2]
+
+
+def test_an_ingest_stops_at_a_store_failure_instead_of_embedding_everything_for_nothing(
+    tmp_path: Path, embedder: MiniLMEmbedder
+) -> None:
+    import sqlite3
+
+    from archivist.types import StoreError
+
+    docs = write_files(tmp_path / "docs", {f"d{i}.md": f"# Doc {i}\n\nText number {i}.\n" for i in range(3)})
+    settings = load_settings(store=f"sqlite:///{tmp_path / 'store.db'}")
+    with Archivist(settings, open_store(settings.store), embedder) as app:
+        with sqlite3.connect(tmp_path / "store.db") as conn:
+            conn.execute("DROP TABLE sentence_vectors")
+        with pytest.raises(StoreError, match="no such table: sentence_vectors"):
+            app.ingest([docs])

@@ -42,6 +42,8 @@ class Archivist:
     """The application: a store plus the components that ingest into it and search it."""
 
     def __init__(self, settings: Settings, store: Store, embedder: Embedder | None = None) -> None:
+        if embedder is None:
+            embedder_entry(settings.embedder)  # an unknown name fails now (exit 2), not at a job's first document
         self.settings = settings
         self.store = store
         self._embedder = embedder
@@ -62,6 +64,7 @@ class Archivist:
     def from_settings(cls, settings: Settings | None = None, **overrides: Any) -> Archivist:
         """Return an app wired from settings (environment and archivist.toml when none are given)."""
         settings = settings or load_settings(**overrides)
+        embedder_entry(settings.embedder)  # before the store is opened: a typo must not create one
         return cls(settings, open_store(settings.store))
 
     @property

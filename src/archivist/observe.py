@@ -1,7 +1,8 @@
 """The observability seam: `span(name, **attributes)` around each unit of work worth tracing.
 
 Five points call it: the gateway's model call (`llm.chat`), hybrid retrieval (`retrieve.hybrid`), the search
-pipeline (`search`), an answer (`answer`) and the ingest of one document (`ingest.document`). Until a tracer is
+pipeline (`search`), an answer (`answer`) and the ingest of one document (`ingest.document`: loaded to chunks, with
+its outcome; documents are embedded and written in groups, each group one `ingest.write`). Until a tracer is
 installed with `use_tracer` (the tracing issue backs it with OpenTelemetry) a span costs one check and does nothing.
 """
 

@@ -68,8 +68,9 @@ def _print_hit(rank: int, hit: Hit, query: str, explain: bool) -> None:
 
 
 def _terms(query: str) -> list[str]:
-    """Return the query's distinct terms as BM25 reads them (stopwords dropped, stemmed)."""
-    return list(dict.fromkeys(analyzer(BM25_TERMS).terms(query)))
+    """Return the query's distinct terms as BM25 reads them (stopwords dropped, stemmed), of 3 characters or more:
+    a shorter one would mark every word that starts with it."""
+    return [t for t in dict.fromkeys(analyzer(BM25_TERMS).terms(query)) if len(t) > 2]
 
 
 def snippet(text: str, query: str, width: int = 240) -> str:

@@ -12,6 +12,7 @@ import typer
 from archivist.cli._app import open_app
 from archivist.cli._errors import fail
 from archivist.cli._options import StoreOpt
+from archivist.types import ArchivistError
 
 app = typer.Typer()
 
@@ -45,7 +46,11 @@ def worker(
             runner.start()
         log.info("worker running %d job thread(s) on %s", concurrency, archivist.store.url)
         while not stop.wait(STATUS_EVERY_S):
-            counts = archivist.store.job_counts()
+            try:
+                counts = archivist.store.job_counts()
+            except ArchivistError as exc:  # the runners keep going (and retry the store) whatever a status read does
+                log.warning("could not read the queue: %s", exc)
+                continue
             log.info(
                 "queue: %d queued, %d running; this worker finished %d",
                 counts.get("queued", 0),
@@ -53,6 +58,8 @@ def worker(
                 sum(r.finished for r in runners),
             )
         log.info("stopping: unfinished jobs go back to the queue")
+        for runner in runners:
+            runner.request_stop()  # all at once: none takes a new job while another finishes its batch
         for runner in runners:
             runner.stop()
         log.info("stopped after finishing %d job(s)", sum(r.finished for r in runners))

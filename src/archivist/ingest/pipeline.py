@@ -25,6 +25,7 @@ from archivist.types import (
     Document,
     IngestReport,
     Skipped,
+    StoreError,
     document_id_for,
     sha256_hex,
 )
@@ -137,8 +138,8 @@ class IngestPipeline:
             states = self.store.document_states([d.source for d in docs], collection)
             for doc in docs:
                 with span("ingest.document", source=doc.source, collection=collection) as current:
-                    write = self._prepare(doc, states.get(doc.source), fingerprint, refresh, report)
-                    current.set(outcome="pending" if write else "done", chunks=len(write.chunks) if write else 0)
+                    write, outcome = self._prepare(doc, states.get(doc.source), fingerprint, refresh, report)
+                    current.set(outcome=outcome, chunks=len(write.chunks) if write else 0)
                 if write is None:
                     done += 1
                     continue
@@ -165,22 +166,22 @@ class IngestPipeline:
         fingerprint: str,
         refresh: bool,
         report: IngestReport,
-    ) -> DocumentWrite | None:
-        """Return the write of a document's chunks, or None when it is done already (unchanged, failed or empty:
-        noted in the report)."""
+    ) -> tuple[DocumentWrite | None, str]:
+        """Return the write of a document's chunks ("chunked": embedded and written with its group), or None when
+        it is done already ("unchanged", "failed", "skipped": noted in the report)."""
         if state == (doc.content_hash, fingerprint) and not refresh:
             report.unchanged.append(doc.source)
-            return None
+            return None, "unchanged"
         try:
             chunks = self.chunker.chunk(doc)
         except Exception as exc:  # one bad document must not stop the run
             report.failed.append(Skipped(doc.source, f"chunking failed: {exc}"))
-            return None
+            return None, "failed"
         if not chunks:
             report.skipped.append(Skipped(doc.source, "no text to index"))
-            return None
+            return None, "skipped"
         hashes = [sha256_hex(c.embedding_text(doc.title)) for c in chunks]
-        return DocumentWrite(doc, chunks, hashes, fingerprint)
+        return DocumentWrite(doc, chunks, hashes, fingerprint), "chunked"
 
     def _filter(self, doc: Document, report: IngestReport) -> Document | None:
         """Return the document after every filter, or None when one skipped it or failed (the report says why)."""
@@ -274,6 +275,13 @@ class IngestPipeline:
         """Embed what the cache lacks and write the pending documents; return how many were handled."""
         if not pending.writes:
             return 0
+        with span("ingest.write", documents=len(pending.writes), chunks=pending.chunk_count) as current:
+            embedded_before = report.chunks_embedded
+            handled = self._embed_and_write(pending, report, refresh)
+            current.set(chunks_embedded=report.chunks_embedded - embedded_before)
+            return handled
+
+    def _embed_and_write(self, pending: _Pending, report: IngestReport, refresh: bool) -> int:
         model = self.embedder.model_id
         all_hashes = [h for w, _ in pending.writes for h in w.embed_hashes]
         pooling = span_pooling(self.embedder)
@@ -303,6 +311,8 @@ class IngestPipeline:
                 (sentence_key, sentences) if pooling is not None else None,
                 skip_unchanged=not refresh,
             )
+        except StoreError:
+            raise  # the store itself failed (locked, full, gone): every later write would fail too, so stop
         except ArchivistError as exc:
             for w, _ in pending.writes:
                 report.failed.append(Skipped(w.document.source, str(exc)))

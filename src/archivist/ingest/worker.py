@@ -71,10 +71,14 @@ class JobRunner:
         self._thread = threading.Thread(target=self._loop, name="archivist-jobs", daemon=True)
         self._thread.start()
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop after the current document batch; an unfinished job goes back to the queue."""
+    def request_stop(self) -> None:
+        """Take no further job and leave the current one after its document batch (`stop` waits for that)."""
         self._stop.set()
         self._wake.set()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop after the current document batch; an unfinished job goes back to the queue."""
+        self.request_stop()
         if self._thread is None:
             return
         self._thread.join(timeout_s)
@@ -168,10 +172,14 @@ class JobRunner:
                 lost.set()  # another worker took the job (or it was given back): stop writing for it
                 raise _Stopping
 
+        data = self.store.job_input(job.id)
+        if data is None:
+            # No attempt can bring it back: a job queued by an Archivist that kept uploads on the API server's disk
+            # (before jobs carried their input), or one whose input was deleted.
+            missing = "its upload is not in the store (queued by an older Archivist, or deleted): upload it again"
+            self._failed(job, missing, written, report, retry=False)
+            return
         try:
-            data = self.store.job_input(job.id)
-            if data is None:
-                raise FileNotFoundError(f"the upload of job {job.id} is gone from the store")
             path.write_bytes(data)
             self._pipeline().run(
                 [path],
@@ -225,10 +233,12 @@ class JobRunner:
         else:
             log.warning("job %s finished after its lease was lost; the worker now holding it reports it", job.id)
 
-    def _failed(self, job: JobRecord, error: str, written: dict[str, str], report: IngestReport) -> None:
-        """Queue the job again after a delay, or end it failed once it has used its attempts."""
+    def _failed(
+        self, job: JobRecord, error: str, written: dict[str, str], report: IngestReport, *, retry: bool = True
+    ) -> None:
+        """Queue the job again after a delay, or end it failed once it has used its attempts (or cannot succeed)."""
         payload = {**job.payload, "written": _merge(written, report)}
-        if job.attempts < self.max_attempts:
+        if retry and job.attempts < self.max_attempts:
             delay = min(2.0**job.attempts, self.lease_s)
             log.warning("job %s attempt %d failed (%s); retrying in %.0fs", job.id, job.attempts, error, delay)
             self.store.update_job(

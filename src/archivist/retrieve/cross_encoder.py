@@ -20,7 +20,7 @@ import numpy.typing as npt
 from tokenizers import Tokenizer
 
 from archivist.retrieve.llm_rerank import passage_text
-from archivist.retrieve.rerank import Reranker, reorder
+from archivist.retrieve.rerank import reorder
 from archivist.types import ArchivistError, Hit, UsageError
 
 MODEL_FILE = "model.onnx"
@@ -37,7 +37,7 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-class CrossEncoderReranker(Reranker):
+class CrossEncoderReranker:
     """Reorders the top `depth` hits by a local ONNX cross-encoder's score; hits past depth keep their order."""
 
     name = "cross-encoder"

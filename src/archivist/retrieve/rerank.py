@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from archivist.llm.accounting import Budget
 from archivist.llm.base import Deadline
@@ -41,6 +41,15 @@ class Reranker(Protocol):
         """Return at most k hits, best first, each with `score` set to the reranker's score."""
         ...
 
+    def fingerprint(self) -> dict[str, Any]:
+        """Return every setting that can change the order this reranker produces (for eval run records)."""
+        ...
+
+
+@runtime_checkable
+class ReportingReranker(Reranker, Protocol):
+    """A reranker that calls a model: it honours the caller's deadline and budget and reports what it did."""
+
     def rerank_with_report(
         self,
         query: str,
@@ -50,17 +59,26 @@ class Reranker(Protocol):
         deadline: Deadline | None = None,
         budget: Budget | None = None,
     ) -> tuple[list[Hit], RerankReport]:
-        """Return the reranked hits (as `rerank`), within the caller's deadline and budget where the reranker calls
-        a model, and the report of what it did (its `error` says why the incoming order was kept).
-
-        This default, for rerankers that call no model (a subclass of `Reranker` inherits it), reports every hit
-        up to `depth` scored."""
-        scored = min(len(hits), self.depth) if k > 0 else 0
-        return self.rerank(query, hits, k), RerankReport(candidates=scored, graded=scored)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """Return every setting that can change the order this reranker produces (for eval run records)."""
+        """Return the reranked hits (as `rerank`) and the report of what it did (its `error` says why the
+        incoming order was kept)."""
         ...
+
+
+def rerank_with_report(
+    reranker: Reranker,
+    query: str,
+    hits: Sequence[Hit],
+    k: int,
+    *,
+    deadline: Deadline | None = None,
+    budget: Budget | None = None,
+) -> tuple[list[Hit], RerankReport]:
+    """Return the reranked hits and a report: the reranker's own where it reports, else every hit up to its depth
+    scored (a reranker that implements only `rerank` works as it always did)."""
+    if isinstance(reranker, ReportingReranker):
+        return reranker.rerank_with_report(query, hits, k, deadline=deadline, budget=budget)
+    scored = min(len(hits), reranker.depth) if k > 0 else 0
+    return reranker.rerank(query, hits, k), RerankReport(candidates=scored, graded=scored)
 
 
 def reorder(hits: Sequence[Hit], scores: Sequence[float], k: int) -> list[Hit]:

@@ -73,6 +73,8 @@ def create_app(archivist: Archivist, *, run_jobs: bool = True, close_on_shutdown
         finally:
             # Uvicorn has finished the in-flight requests by now; a job cut short is requeued for the next worker.
             for worker in services.workers:
+                worker.request_stop()
+            for worker in services.workers:
                 worker.stop()
             services.request_log.stop()
             if close_on_shutdown:

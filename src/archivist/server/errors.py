@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from archivist.llm.errors import BudgetExceeded
-from archivist.types import ArchivistError, ConflictError, NotFoundError, UsageError
+from archivist.types import ArchivistError, ConflictError, NotFoundError, StoreError, UsageError
 
 log = logging.getLogger("archivist.server")
 
@@ -100,6 +100,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
     for error in _KNOWN:
         app.add_exception_handler(error, _known)
+
+    @app.exception_handler(StoreError)
+    async def _store(request: Request, exc: StoreError) -> JSONResponse:
+        # The database's own words (table names, constraints) are for the server log, not for the client.
+        log.error("store failed: %s", exc, exc_info=exc, extra={"request_id": request_id_of(request)})
+        return error_response(request, 500, "internal", "internal error; the server log has the details")
 
     @app.exception_handler(ArchivistError)
     async def _archivist(request: Request, exc: ArchivistError) -> JSONResponse:

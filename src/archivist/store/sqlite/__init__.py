@@ -4,7 +4,7 @@ The file holds documents, chunks, vectors (float32 blobs keyed by model and embe
 BM25 term counts. Searches run over a dense matrix and BM25 posting lists built from the file and brought up to
 date from the change feed when a write bumps the store's generation (see `index`). Filters select documents in
 SQL and are applied as a mask inside both searches, never after top-k. One module per concern; `SQLiteStore` is
-all of them over one file, and reports the driver's errors as our own (`StoreError`, `ConflictError`).
+all of them over one file, and reports the driver's errors as our own `StoreError`.
 """
 
 from __future__ import annotations
@@ -22,18 +22,11 @@ from archivist.store.sqlite.keys import SQLiteKeys
 from archivist.store.sqlite.llmdata import SQLiteLLMData
 from archivist.store.sqlite.requestlog import SQLiteRequestLog
 from archivist.store.sqlite.search import SQLiteSearch
-from archivist.types import ArchivistError, ConflictError, StoreError
+from archivist.types import StoreError
 
 __all__ = ["SQLiteStore"]
 
 C = TypeVar("C", bound=type)
-
-
-def _ours(exc: sqlite3.Error) -> ArchivistError:
-    """Return our error for a driver error: a uniqueness violation is a conflict, anything else a store error."""
-    if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc):
-        return ConflictError(f"store conflict: {exc}")
-    return StoreError(f"store error: {exc}")
 
 
 def _in_our_errors(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -42,7 +35,8 @@ def _in_our_errors(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return method(*args, **kwargs)
         except sqlite3.Error as exc:
-            raise _ours(exc) from exc
+            # A conflict a caller can act on is raised as ConflictError by the method that expects it.
+            raise StoreError(f"store error: {exc}") from exc
 
     return wrapper
 

@@ -221,15 +221,13 @@ class SQLiteDocuments(SQLiteDatabase):
 
     def _bump(self, conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-        # The deletion log reaches back DELETION_LOG_GENERATIONS writes; an index older than that is built anew.
+        # The change feed reaches back DELETION_LOG_GENERATIONS writes; an index older than that is built anew. Its
+        # reach moves with the pruning of every log (a run of writes that only add must not outrun it either).
         oldest = int(conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0])
         oldest -= DELETION_LOG_GENERATIONS
-        conn.execute("DELETE FROM vector_inserts WHERE generation < ?", (oldest,))
-        conn.execute("DELETE FROM chunk_inserts WHERE generation < ?", (oldest,))
-        if conn.execute("DELETE FROM chunk_deletions WHERE generation < ?", (oldest,)).rowcount:
-            conn.execute(
-                "UPDATE meta SET value = MAX(CAST(value AS INTEGER), ?) WHERE key = 'deletions_since'", (oldest,)
-            )
+        for log in ("vector_inserts", "chunk_inserts", "chunk_deletions"):
+            conn.execute(f"DELETE FROM {log} WHERE generation < ?", (oldest,))
+        conn.execute("UPDATE meta SET value = MAX(CAST(value AS INTEGER), ?) WHERE key = 'deletions_since'", (oldest,))
 
     def changes_since(self, generation: int) -> Changes | None:
         """Return what changed in the chunks after `generation`, or None when the feed does not reach back that far

@@ -101,25 +101,24 @@ def delta(
     conn: sqlite3.Connection, since: int, chunk_ids: npt.NDArray[np.int64], *, vectors: bool = False
 ) -> Delta | None:
     """Return the change since generation `since` for an index of these chunk ids (sorted), or None when the index
-    must be built anew: the change feed does not reach back that far, a chunk added sorts before a kept one (an
-    index stays in id order), or (`vectors`: an index of vectors) a kept chunk gained vectors through another
-    document with its text."""
+    must be built anew: the change feed does not reach back that far, or a chunk to add sorts before a kept one (an
+    index stays in id order). With `vectors` (an index of vectors), the chunks to add include those whose text
+    gained vectors since, through another document with the same text."""
     change = changes(conn, since)
     if change is None:
         return None
     keep = ~np.isin(chunk_ids, change.deleted) if change.deleted.size else np.ones(chunk_ids.size, dtype=bool)
     kept = chunk_ids[keep]
     added = change.added
+    if vectors and change.vectors_added:
+        # A chunk written before may join an index of vectors now: the same text, in another document, brought the
+        # vectors (or sentence vectors) its own write did not store.
+        hashes = json.dumps(sorted(change.vectors_added))
+        rows = conn.execute("SELECT id FROM chunks WHERE embed_hash IN (SELECT value FROM json_each(?))", (hashes,))
+        gained = np.fromiter((r[0] for r in rows), dtype=np.int64)
+        added = np.union1d(added, gained[~np.isin(gained, kept)])
     if added.size and kept.size and added[0] <= kept[-1]:
         return None
-    if vectors and change.vectors_added and kept.size:
-        hashes = json.dumps(sorted(change.vectors_added))
-        older = conn.execute(
-            "SELECT 1 FROM chunks WHERE embed_hash IN (SELECT value FROM json_each(?)) AND id <= ? LIMIT 1",
-            (hashes, int(kept[-1])),
-        ).fetchone()
-        if older:
-            return None
     return Delta(keep, added)
 
 
