@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import pytest
@@ -20,17 +21,8 @@ class TestSQLiteStore(StoreTests):
 
     @pytest.fixture
     def make_store(self, tmp_path: Path) -> Iterator[StoreFactory]:
-        opened: list[SQLiteStore] = []
-
-        def factory() -> SQLiteStore:
-            store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
-            assert isinstance(store, SQLiteStore)
-            opened.append(store)
-            return store
-
-        yield factory
-        for s in opened:
-            s.close()
+        with ExitStack() as opened:
+            yield lambda: opened.enter_context(closing(open_store(f"sqlite:///{tmp_path / 'store.db'}")))
 
 
 def test_sqlite_store_uses_wal_and_records_migrations(tmp_path: Path) -> None:

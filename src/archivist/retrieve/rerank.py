@@ -64,23 +64,6 @@ class ReportingReranker(Reranker, Protocol):
         ...
 
 
-def rerank_with_report(
-    reranker: Reranker,
-    query: str,
-    hits: Sequence[Hit],
-    k: int,
-    *,
-    deadline: Deadline | None = None,
-    budget: Budget | None = None,
-) -> tuple[list[Hit], RerankReport]:
-    """Return the reranked hits and a report: the reranker's own where it reports, else every hit up to its depth
-    scored (a reranker that implements only `rerank` works as it always did)."""
-    if isinstance(reranker, ReportingReranker):
-        return reranker.rerank_with_report(query, hits, k, deadline=deadline, budget=budget)
-    scored = min(len(hits), reranker.depth) if k > 0 else 0
-    return reranker.rerank(query, hits, k), RerankReport(candidates=scored, graded=scored)
-
-
 def reorder(hits: Sequence[Hit], scores: Sequence[float], k: int) -> list[Hit]:
     """Return the k best hits by the given scores (ties keep the incoming order), with `score` replaced."""
     if len(scores) != len(hits):

@@ -11,7 +11,7 @@ from archivist.llm.base import Deadline
 from archivist.observe import span
 from archivist.retrieve.expansion import Expander, fuse_expanded
 from archivist.retrieve.hybrid import HybridRetriever, Mode
-from archivist.retrieve.rerank import Reranker, rerank_with_report
+from archivist.retrieve.rerank import ReportingReranker, Reranker
 from archivist.store.filters import Filters
 from archivist.types import Hit
 
@@ -84,9 +84,12 @@ class SearchPipeline:
             hits = self.retriever.search(query, k=n, filters=filters, mode=mode)
         if self.reranker is not None and hits:
             outcome.reranker = self.reranker.name
-            hits, report = rerank_with_report(self.reranker, query, hits, k, deadline=deadline, budget=budget)
-            if report.error:
-                outcome.warnings.append(f"reranking kept the retrieval order: {report.error}")
+            if isinstance(self.reranker, ReportingReranker):  # it calls a model: our deadline and budget apply
+                hits, report = self.reranker.rerank_with_report(query, hits, k, deadline=deadline, budget=budget)
+                if report.error:
+                    outcome.warnings.append(f"reranking kept the retrieval order: {report.error}")
+            else:
+                hits = self.reranker.rerank(query, hits, k)
         outcome.hits = hits[:k]
         if not hits and self.retriever.store.count_documents(filters) == 0:
             # Nothing found because there is nothing to find: say so, or it reads as "no document matches".
