@@ -151,6 +151,27 @@ def test_requests_without_a_valid_key_get_401(server: str, keys: Keys) -> None:
         assert c.get("/v1/me").json()["name"] == "alpha-r"
 
 
+def test_me_says_what_the_server_lets_a_key_do(server: str, keys: Keys) -> None:
+    expected = {
+        keys.admin: {"read": True, "write": True, "admin": True},  # admin holds every scope
+        keys.alpha_writer: {"read": True, "write": True, "admin": False},
+        keys.alpha_reader: {"read": True, "write": False, "admin": False},
+    }
+    for key, can in expected.items():
+        with client(server, key) as c:
+            assert c.get("/v1/me").json()["can"] == can
+
+
+def test_documents_are_listed_by_source_or_newest_first(server: str, keys: Keys) -> None:
+    with client(server, keys.alpha_reader) as c:
+        by_source = c.get("/v1/collections/alpha/documents").json()["documents"]
+        newest = c.get("/v1/collections/alpha/documents", params={"sort": "newest"}).json()["documents"]
+        assert_error(c.get("/v1/collections/alpha/documents", params={"sort": "random"}), 422, "validation_error")
+    assert [d["source"] for d in by_source] == sorted(d["source"] for d in by_source)
+    stamps = [(d["updated_at"]) for d in newest]
+    assert stamps == sorted(stamps, reverse=True) and {d["id"] for d in newest} == {d["id"] for d in by_source}
+
+
 def test_scopes_are_enforced(server: str, keys: Keys) -> None:
     with client(server, keys.alpha_reader) as c:
         assert_error(c.post("/v1/collections/alpha/documents", json={"title": "t", "text": "x"}), 403, "forbidden")

@@ -17,6 +17,7 @@ from archivist.store.records import (
     CandidateScores,
     Changes,
     CollectionRecord,
+    DocumentOrder,
     DocumentWrite,
     IndexCapabilities,
     JobRecord,
@@ -78,9 +79,9 @@ class DocumentStore(Protocol):
         ...
 
     def list_documents(
-        self, *, limit: int = 100, offset: int = 0, filters: Filters = Filters()
+        self, *, limit: int = 100, offset: int = 0, filters: Filters = Filters(), order: DocumentOrder = "source"
     ) -> list[DocumentRecord]:
-        """Return stored documents ordered by source."""
+        """Return stored documents ordered by source, or newest first (by when each was last written)."""
         ...
 
     def count_documents(self, filters: Filters = Filters()) -> int:

@@ -178,6 +178,8 @@ class ApiKeyRecord:
 
 
 JobStatus = Literal["queued", "running", "succeeded", "failed"]
+#: how documents are listed: by source, or the most recently written first
+DocumentOrder = Literal["source", "newest"]
 
 
 @dataclass(slots=True)

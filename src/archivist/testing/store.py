@@ -196,6 +196,14 @@ class DocumentStoreTests(StoreFixtures):
         assert np.allclose(found[second.id].vectors, rows[2:3])  # float16 on disk, exact for these values
         assert store.chunk_sentences("another-key", [c.id for c in chunks]) == {}
 
+    def test_documents_are_listed_by_source_or_newest_first(self, store: Store) -> None:
+        for i, name in enumerate(["b.txt", "a.txt", "c.txt"]):
+            _put(store, _doc(name, [f"text {i}"]), seed=i)
+        assert [d.source for d in store.list_documents()] == ["a.txt", "b.txt", "c.txt"]
+        assert [d.source for d in store.list_documents(order="newest")] == ["c.txt", "a.txt", "b.txt"]
+        _put(store, _doc("b.txt", ["text, changed"]), seed=9)  # rewritten: the newest now
+        assert [d.source for d in store.list_documents(order="newest", limit=2)] == ["b.txt", "c.txt"]
+
     def test_the_change_feed_names_what_each_write_added_and_deleted(self, store: Store) -> None:
         start = store.generation()
         a = _doc("a.txt", ["alpha one", "alpha two"])

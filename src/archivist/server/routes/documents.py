@@ -17,6 +17,7 @@ from archivist.server.models import Body
 from archivist.server.scope import require_collection
 from archivist.server.services import Services
 from archivist.store.filters import Filters
+from archivist.store.records import DocumentOrder
 from archivist.types import DocumentRecord
 
 router = APIRouter(prefix="/v1", tags=["documents"])
@@ -126,13 +127,14 @@ def list_documents(
     svc: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**62)] = 0,  # bounded: SQLite integers are 64-bit
+    sort: Annotated[DocumentOrder, Query(description="source, or newest (last written) first")] = "source",
 ) -> dict[str, Any]:
-    """List a collection's documents, by source."""
+    """List a collection's documents, by source or newest first."""
     who.require("read")
     require_collection(svc, who, collection)
     scope = Filters().within([collection])
     store = svc.archivist.store
-    docs = store.list_documents(limit=limit, offset=offset, filters=scope)
+    docs = store.list_documents(limit=limit, offset=offset, filters=scope, order=sort)
     return {"total": store.count_documents(scope), "offset": offset, "documents": [_doc_dict(d) for d in docs]}
 
 

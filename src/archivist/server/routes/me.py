@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from archivist.server.auth import SCOPES
 from archivist.server.deps import Caller
 
 router = APIRouter(prefix="/v1", tags=["keys"])
@@ -13,5 +14,6 @@ router = APIRouter(prefix="/v1", tags=["keys"])
 
 @router.get("/me")
 def me(who: Caller) -> dict[str, Any]:
-    """Return the calling key: id, name, scopes, collections (null: all), budget."""
-    return who.key.public()
+    """Return the calling key: id, name, scopes, collections (null: all), budget, and `can`: what the server lets it
+    do ({"read", "write", "admin"} → bool; admin holds every scope), so a client never re-implements the rule."""
+    return {**who.key.public(), "can": {scope: who.has(scope) for scope in SCOPES}}

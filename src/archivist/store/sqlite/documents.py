@@ -16,6 +16,7 @@ from archivist.store.filters import BUILTIN_FILTER_KEYS, Filters
 from archivist.store.lexical import encode_counts
 from archivist.store.records import (
     Changes,
+    DocumentOrder,
     DocumentWrite,
     SentenceVectors,
     StoredChunk,
@@ -241,12 +242,13 @@ class SQLiteDocuments(SQLiteDatabase):
         return doc_record(row) if row else None
 
     def list_documents(
-        self, *, limit: int = 100, offset: int = 0, filters: Filters = Filters()
+        self, *, limit: int = 100, offset: int = 0, filters: Filters = Filters(), order: DocumentOrder = "source"
     ) -> list[DocumentRecord]:
-        """Return stored documents ordered by source."""
+        """Return stored documents ordered by source, or newest first (by when each was last written)."""
         where, params = filter_sql(filters)
+        by = "d.source" if order == "source" else "d.updated_at DESC, d.rowid DESC"
         rows = self._conn().execute(
-            f"SELECT {DOC_SELECT} FROM documents d WHERE {where} ORDER BY d.source LIMIT ? OFFSET ?",
+            f"SELECT {DOC_SELECT} FROM documents d WHERE {where} ORDER BY {by} LIMIT ? OFFSET ?",
             [*params, limit, offset],
         )
         return [doc_record(r) for r in rows]
