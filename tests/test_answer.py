@@ -174,7 +174,8 @@ def test_cli_ask_json_shape(root: Path) -> None:
     proc = cli(root, "ask", "How often should a restore be tested?", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert {"answer", "citations", "support", "refused", "usage", "prompt_version", "trace_id"} <= set(data)
+    assert {"answer", "citations", "support", "refused", "usage", "prompt_version", "trace_id", "segments"} <= set(data)
+    assert joined(data["segments"]) == data["answer"]
     citation = data["citations"][0]
     assert set(citation) >= {"n", "document", "title", "heading_path", "page", "span", "quote"}
     assert Path(citation["source"]).name == "backup.md" and "restore" in citation["quote"]
@@ -791,3 +792,144 @@ def test_sentence_spans_are_ordered_trimmed_pieces_of_the_text(text: str) -> Non
             fences.append((pos, pos + len(line)))
         pos += len(line)
     assert not [(a, b) for a, b in prose for f, g in fences if a < g and f < b]
+
+
+# --- citation marks that are ours alone, and quotes that start where sentences do -------------------------------
+
+#: a paper's own reference marks, as COVID-QA's corpus holds them (text extracted from PDFs: "days [3] .")
+REFERENCED = (
+    "# Incubation\n\nStudies have suggested an incubation period of 2-14 days with a mean of 5.0 days [3] . "
+    "The median time from onset to death is 11-13 days [12, 13] , shorter among older patients [12–14] .\n\n"
+    "# Testing\n\nThe gold standard test for the detection of the virus is real-time reverse-transcription "
+    "polymerase chain reaction (rRT-PCR) [14] .\n"
+)
+
+
+def joined(segments: list[dict[str, Any]]) -> str:
+    """Return the text a client builds from an answer's segments."""
+    return "".join(s["text"] if s["type"] == "text" else f"[{s['n']}]" for s in segments)
+
+
+def test_a_documents_own_reference_marks_read_as_plain_text_and_segments_carry_our_citations(
+    tmp_path: Path, embedder: MiniLMEmbedder
+) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "covid.md").write_text(REFERENCED)
+    with app_for(tmp_path, embedder) as app:
+        app.ingest([tmp_path / "docs"])
+        answer = app.answerer().answer("What is the mean incubation period and the time from onset to death?")
+        events = list(app.answerer().stream("What is the mean incubation period and the time from onset to death?"))
+    data = answer.to_dict()
+    assert not answer.refused and answer.citations
+    assert "5.0 days (ref. 3)." in answer.answer and "11-13 days (refs. 12, 13)," in answer.answer
+    # Every "[n]" left in the text is one of our citations, and the segments say exactly where each one is.
+    assert {int(n) for n in re.findall(r"\[(\d+)\]", answer.answer)} == {c.n for c in answer.citations}
+    assert joined(data["segments"]) == answer.answer
+    assert [s["n"] for s in data["segments"] if s["type"] == "citation"] == [c.n for c in answer.citations]
+    assert all(set(s) == {"type", "text"} for s in data["segments"] if s["type"] == "text")
+    for c in answer.citations:  # the quote itself keeps the document's characters, marks and all
+        assert REFERENCED[c.span[0] : c.span[1]] == c.quote and "[" in c.quote
+    final = events[-1]
+    assert isinstance(final, AnswerDone) and final.answer.to_dict()["segments"] == data["segments"]
+
+
+def answer_with_marks(payload: dict[str, Any]) -> str:
+    user = next(m["content"] for m in payload["messages"] if m["role"] == "user")
+    n = next(i for i, body in PASSAGE.findall(user) if "429" in body)
+    claim = "When a provider returns 429, the gateway waits for the Retry-After delay and retries the call"
+    # The model copies a paper-style range mark and cites a passage that does not exist, besides the real one.
+    return f"{claim} [12–14] [{n}]. After the retries are spent, it falls back to the next provider [{n}][9]."
+
+
+def test_an_llm_answers_segments_mark_only_the_citations_it_really_has(
+    root: Path, embedder: MiniLMEmbedder, server: ChatServer
+) -> None:
+    server.responder = answer_with_marks
+    with app_for(root, embedder, llm_url=server.url, llm_model="m", llm_max_retries=0, llm_cache=False) as app:
+        answer = app.answerer(verify_with_model=False).answer(QUESTION)
+    assert answer.mode == "llm" and not answer.refused
+    segments = answer.to_dict()["segments"]
+    assert joined(segments) == answer.answer
+    assert [s["n"] for s in segments if s["type"] == "citation"] == [1, 1] == [c.n for c in answer.citations] * 2
+    assert "(refs. 12–14)" in answer.answer and "[12" not in answer.answer and "[9]" not in answer.answer
+
+
+def chunked_hits(text: str, chunker: Any) -> tuple[list[Hit], Any, Any]:
+    """Return every chunk of a document as a hit, and the next/previous chunk readers the answerer uses."""
+    from archivist.types import Block, Document
+
+    doc = Document("d.md", "D", text, "text/markdown", [Block("paragraph", 0, len(text))])
+    chunks = chunker.chunk(doc)
+    spans = {i + 1: (c.start, c.end) for i, c in enumerate(chunks)}
+    hits = [Hit(i, doc.id, "d.md", "D", (), text[a:b], a, b, None, 1.0) for i, (a, b) in spans.items()]
+
+    def nearby(step: int) -> Any:
+        def read(document_id: str, chunk_id: int) -> tuple[int, int, str] | None:
+            a, b = spans.get(chunk_id + step, (0, 0))
+            return (a, b, text[a:b]) if document_id == doc.id and b else None
+
+        return read
+
+    return hits, nearby(1), nearby(-1)
+
+
+def assert_sentences_start_and_end_where_the_documents_do(text: str, hits: list[Hit], nxt: Any, prev: Any) -> None:
+    from archivist.answer.context import complete_cut_sentences
+    from archivist.answer.sentences import split_sentences
+    from archivist.text.sentences import sentence_start
+
+    for hit in hits:  # each chunk retrieved alone: its start and end are wherever the chunker cut
+        passages = pack_context([hit], budget_tokens=10_000)
+        complete_cut_sentences(passages, nxt, prev)
+        for s in split_sentences(passages[0]):
+            assert text[s.start : s.end] == s.text
+            assert s.start == 0 or not (text[s.start - 1].isalnum() and text[s.start].isalnum()), s.text
+            assert s.end == len(text) or not (text[s.end - 1].isalnum() and text[s.end].isalnum()), s.text
+            assert sentence_start(text, s.start) == s.start, s.text  # a sentence of the document starts there
+
+
+#: COVID-QA document 1548: a sentence of accession numbers too long in tokens for one chunk, so the chunker cut it
+ACCESSIONS = (
+    "Statistical analysis of the tree was performed with the bootstrap test (1000 replicates) for multiple "
+    "alignments. The complete genome sequences of NC99 (EF446615) [2] , Tokachi09 (LC061272), Obihiro12-1 "
+    "(LC061273) and Obihiro12-2 (LC061274) [1] , the N (AB671298) and S (AB671299) genes of Obihiro2004, the N gene "
+    "of Hidaka-No.61/2012 (LC054263) and Hidaka-No.119/2012 (LC054264) [13] , the S gene of ECoV_FRA_2011/1 "
+    "(KC178705), ECoV_FRA_2011/2 (KC178704), ECoV_FRA_2012/1 (KC178703), ECoV_FRA_2012/2 (KC178702) and "
+    "ECoV_FRA_2012/3 (KC178701) [9] were used in sequence and/or phylogenetic analysis.\n\nThe accession numbers "
+    "registered in GenBank/EMBL/DDBJ are listed in the table."
+)
+
+
+def test_a_chunk_that_starts_mid_sentence_is_never_quoted_from_there(embedder: MiniLMEmbedder) -> None:
+    from archivist.ingest.chunker import Chunker, ChunkerSettings
+
+    chunker = Chunker(embedder.tokenizer, ChunkerSettings(max_tokens=96, target_tokens=80, overlap_tokens=16))
+    hits, nxt, prev = chunked_hits(ACCESSIONS, chunker)
+    assert any(ACCESSIONS[h.start - 2 : h.start] not in (". ", "\n\n") and h.start for h in hits)  # cut mid-sentence
+    assert_sentences_start_and_end_where_the_documents_do(ACCESSIONS, hits, nxt, prev)
+
+
+_WORDS = st.sampled_from(
+    ["the", "gold", "standard", "test", "Virus", "e.g.", "et al.", "ECoV_FRA_2012/3", "(KC178701)", "[3]", "[12, 13]"]
+)
+_SENTENCE = st.tuples(
+    st.lists(_WORDS, min_size=1, max_size=14).map(" ".join), st.sampled_from([". ", ".\n", " . ", "? ", ".\n\n"])
+).map("".join)
+_DOCUMENT = st.lists(_SENTENCE, min_size=1, max_size=12).map(lambda xs: "".join(xs).strip())
+
+
+@given(text=_DOCUMENT, sizes=st.sampled_from([(24, 16, 4), (40, 32, 8), (64, 48, 0)]))
+@settings(max_examples=150, deadline=None)
+def test_every_quotable_sentence_starts_and_ends_on_the_documents_sentence_boundaries(
+    text: str, sizes: tuple[int, int, int]
+) -> None:
+    from archivist.embed.minilm_onnx import MiniLMEmbedder
+    from archivist.ingest.chunker import Chunker, ChunkerSettings
+
+    tokenizer = _TOKENIZER.setdefault("minilm", MiniLMEmbedder().tokenizer)
+    chunker = Chunker(tokenizer, ChunkerSettings(*sizes))
+    hits, nxt, prev = chunked_hits(text, chunker)
+    assert_sentences_start_and_end_where_the_documents_do(text, hits, nxt, prev)
+
+
+_TOKENIZER: dict[str, Any] = {}

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import pty
+import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +18,11 @@ import pytest
 from conftest import write_files
 
 
-def run(cwd: Path, *args: str, store: str | None = "sqlite:///store.db") -> subprocess.CompletedProcess[str]:
-    """Run the CLI in `cwd` and return the finished process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")}
+def run(
+    cwd: Path, *args: str, store: str | None = "sqlite:///store.db", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the CLI in `cwd` (with `env` added to the environment) and return the finished process."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")}, **(env or {})}
     if store:
         env["ARCHIVIST_STORE"] = store
     return subprocess.run(
@@ -173,3 +179,145 @@ def test_an_empty_store_or_filters_that_match_nothing_are_named_not_just_no_resu
     assert proc.returncode == 0 and "no stored document is in the collections searched or passes" in proc.stderr
     # A search that finds nothing in a store that has matching documents warns of nothing.
     assert "warning" not in run(workdir, "search", "key", "--filter", "lang=en").stderr
+
+
+ARCHIVIST = str(Path(sys.executable).parent / "archivist")  # the console script: completion names the program by it
+
+
+def run_script(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed `archivist` console script with `args` and return the finished process."""
+    return subprocess.run(
+        [ARCHIVIST, *args], env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_version_prints_the_installed_package_version() -> None:
+    for flag in ("--version", "-V"):
+        proc = run_script(flag)
+        assert (proc.returncode, proc.stdout) == (0, f"archivist {importlib.metadata.version('archivist')}\n")
+
+
+def test_help_and_version_load_no_model_numpy_or_server(tmp_path: Path) -> None:
+    # `archivist --help` took 1.2 s when every command's modules (numpy, onnxruntime, the app) were imported first.
+    for args in (["--help"], ["--version"], ["search", "--help"], ["eval", "answers", "--help"]):
+        proc = subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", "archivist.cli", *args],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        loaded = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import ")}
+        heavy = {"numpy", "onnxruntime", "fastapi", "httpx", "uvicorn", "archivist.app", "archivist.store"}
+        assert "typer" in loaded and not heavy & loaded, (args, heavy & loaded)
+
+
+def test_shell_completion_is_offered_and_completes_commands_and_values() -> None:
+    script = run_script("--show-completion", "bash")
+    assert script.returncode == 0 and "_ARCHIVIST_COMPLETE=complete_bash" in script.stdout
+
+    def complete(words: str) -> list[str]:
+        current = len(words.split()) - (0 if words.endswith(" ") else 1)  # the index of the word being typed
+        env = {"_ARCHIVIST_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(current)}
+        proc = run_script(env=env)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    assert complete("archivist ev") == ["eval"]
+    assert complete("archivist eval c") == ["compare", "calibrate-refusal"]
+    assert complete("archivist search q --mode ") == ["hybrid", "dense", "bm25"]
+
+
+def test_llm_ping_json_without_a_provider_is_one_json_document_and_exit_1(tmp_path: Path) -> None:
+    proc = run(tmp_path, "llm", "ping", "--json", store=f"sqlite:///{tmp_path / 's.db'}")
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["providers"] == [] and report["error"].startswith("no LLM provider configured: set ARCHIVIST_LLM_URL")
+    assert "no LLM provider configured" in proc.stderr
+
+
+def test_eval_runs_at_80_columns_shows_the_whole_ids_that_compare_takes(tmp_path: Path) -> None:
+    from archivist.store import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    ids = [uuid.uuid4().hex[:12] for _ in range(2)]
+    runs = zip(ids, ("scifact", "covidqa-answers"), ("bm25-only-baseline", None), strict=True)
+    for i, (run_id, dataset, tag) in enumerate(runs):
+        store.save_eval_run(
+            {
+                "id": run_id,
+                "kind": "retrieval",
+                "dataset": dataset,
+                "split": "test",
+                "tag": tag,
+                "created_at": f"2026-05-0{i + 1}T14:22:00+00:00",
+                "fingerprint_hash": "a1b2c3d4e5f6",
+                "fingerprint": {},
+                "metrics": {"ndcg@10": 0.7559, "recall@100": 0.966},
+                "per_query": {"q1": {"ndcg@10": 0.5 + i / 10}, "q2": {"ndcg@10": 0.9}},
+                "n_queries": 2,
+            }
+        )
+    store.close()
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    proc = run(tmp_path, "eval", "runs", store=url, env={"COLUMNS": "80"})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(map(len, lines)) <= 80, proc.stdout
+    # A row starts at column 0; the lines of a wrapped cell under it start with spaces.
+    shown = [line.split()[0] for line in lines[1:] if not line.startswith(" ")]
+    assert shown == ids[::-1], proc.stdout  # newest first, every id whole
+    compared = run(tmp_path, "eval", "compare", *shown, "--json", store=url)
+    assert compared.returncode == 0 and json.loads(compared.stdout)["a"] == ids[1], compared.stderr
+
+
+@pytest.fixture(scope="module")
+def many_notes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Return a folder of 300 short notes: an ingest that takes a second or more."""
+    return write_files(
+        tmp_path_factory.mktemp("notes") / "notes",
+        {f"note{i:03}.md": f"# Note {i}\n\nNote {i} is about backups, keys and topic {i % 7}.\n" for i in range(300)},
+    )
+
+
+def test_ingest_with_stderr_piped_prints_progress_lines_not_bars(many_notes: Path, tmp_path: Path) -> None:
+    proc = run(tmp_path, "ingest", str(many_notes), env={"ARCHIVIST_PROGRESS_EVERY": "0.05"})
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("ingest: ")]
+    counted = [line for line in lines if re.fullmatch(r"ingest: \d+/300 \(\d+%\) · \d+s · \S+note\d+\.md", line)]
+    assert len(lines) >= 2 and counted, proc.stderr
+    assert "━" not in proc.stderr and "\x1b[" not in proc.stderr  # no bar, no terminal codes in a log
+    # Work shorter than the interval prints no progress at all.
+    quick = run(tmp_path, "ingest", str(many_notes), env={"ARCHIVIST_PROGRESS_EVERY": "60"})
+    assert quick.returncode == 0 and "ingest:" not in quick.stderr and "300 unchanged" in quick.stdout
+    bad = run(tmp_path, "ingest", str(many_notes), env={"ARCHIVIST_PROGRESS_EVERY": "often"})
+    assert bad.returncode == 2 and "ARCHIVIST_PROGRESS_EVERY must be a number of seconds above 0" in bad.stderr
+
+
+def test_ingest_on_a_terminal_draws_bars(many_notes: Path, tmp_path: Path) -> None:
+    primary, secondary = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")}
+    env.update(ARCHIVIST_STORE="sqlite:///store.db", TERM="xterm", ARCHIVIST_PROGRESS_EVERY="0.05")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "archivist.cli", "ingest", str(many_notes)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    seen = b""
+    while True:
+        try:
+            piece = os.read(primary, 65536)
+        except OSError:  # EIO: the child exited and closed the terminal
+            break
+        if not piece:
+            break
+        seen += piece
+    os.close(primary)
+    assert proc.wait(timeout=120) == 0
+    assert proc.stdout is not None and b"300 added" in proc.stdout.read()
+    text = seen.decode(errors="replace")
+    assert "━" in text and "ingest" in text and "ingest: " not in text  # bars, and none of the plain lines

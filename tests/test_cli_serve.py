@@ -9,11 +9,13 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from fake_servers import ChatServer, Fault
 from live_server import free_port
@@ -109,12 +111,13 @@ def test_serve_finishes_in_flight_requests_on_sigterm(workdir: Path) -> None:
     assert access and access[0]["status"] == 200 and access[0]["request_id"]
 
 
-def _serve(workdir: Path, port: int, **settings: str) -> subprocess.Popen[str]:
-    """Start `archivist serve` over workdir's store.db with these ARCHIVIST_* settings (and no others)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")}
+def _serve(workdir: Path, port: int, *args: str, **settings: str) -> subprocess.Popen[str]:
+    """Start `archivist serve` with these options over workdir's store.db with these ARCHIVIST_* settings (and no
+    others)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ARCHIVIST_", "PROMETHEUS_"))}
     env.update(ARCHIVIST_STORE="sqlite:///store.db", **settings)
     return subprocess.Popen(
-        [sys.executable, "-m", "archivist.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "archivist.cli", "serve", "--port", str(port), *args],
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,
@@ -161,3 +164,85 @@ def test_serve_throttles_failed_keys_per_client_address_trusting_only_configured
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
+
+
+def _scrape(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Return one scrape of /metrics (on a new connection) as {(sample name, sorted labels): value}."""
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_scrape_reports_the_whole_server_with_any_number_of_workers(workdir: Path, workers: int) -> None:
+    key = run_json(workdir, "keys", "create", "--name", f"metrics{workers}", "--scopes", "read")["key"]
+    port = free_port()
+    proc = _serve(workdir, port, "--workers", str(workers))
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {key}"}
+    try:
+        _wait_up(base, proc)
+        n = 60
+
+        def ready(_: int) -> int:
+            # A new connection per request, several at once: the worker processes take turns accepting them.
+            return httpx.get(f"{base}/readyz", timeout=30).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            assert set(pool.map(ready, range(n))) == {200}
+        found = httpx.post(f"{base}/v1/search", json={"query": "green tea", "k": 3}, headers=auth, timeout=60)
+        answered = httpx.post(
+            f"{base}/v1/answer", json={"question": "How hot for green tea?"}, headers=auth, timeout=60
+        )
+        assert found.status_code == 200 and found.json()["hits"] and answered.status_code == 200
+        readyz = ("archivist_http_requests_total", (("method", "GET"), ("route", "/readyz"), ("status", "200")))
+        scrapes = [_scrape(base) for _ in range(4)]
+        # Before: each scrape showed only the counters of the process that answered it (30 of the 60, measured).
+        assert [s[readyz] for s in scrapes] == [n] * 4
+        last = scrapes[-1]
+        assert last[("archivist_search_duration_seconds_count", (("mode", "hybrid"),))] == 2  # search + answer's
+        assert last[("archivist_answer_duration_seconds_count", (("mode", "extractive"),))] == 1
+        assert last[("archivist_embed_duration_seconds_count", (("kind", "query"),))] == 2
+        assert last[("archivist_embed_duration_seconds_bucket", (("kind", "query"), ("le", "60.0")))] == 2
+        assert last[("archivist_documents", ())] == 1
+        rss = {labels: v for (name, labels), v in last.items() if name == "process_resident_memory_bytes"}
+        fds = {labels: v for (name, labels), v in last.items() if name == "process_open_fds"}
+        cpu = {labels: v for (name, labels), v in last.items() if name == "process_cpu_seconds_total"}
+        if workers == 1:
+            assert rss.keys() == fds.keys() == cpu.keys() == {()}
+            assert last[("archivist_server_process", ())] == 1
+        else:  # one sample per worker process, by pid
+            pids = {labels for (name, labels), _ in last.items() if name == "archivist_server_process"}
+            assert len(pids) == workers and rss.keys() == fds.keys() == cpu.keys() == pids
+        assert all(v > 0 for v in [*rss.values(), *fds.values()])
+        if workers > 1:
+            # A worker killed outright (no shutdown): what it served stays counted, and it leaves the process
+            # metrics once uvicorn has started its replacement.
+            victim = dict(next(iter(pids)))["pid"]
+            os.kill(int(victim), signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while True:
+                after = _scrape(base)
+                now = {dict(labels)["pid"] for (name, labels), _ in after.items() if name == "archivist_server_process"}
+                if (len(now) == workers and victim not in now) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            assert len(now) == workers and victim not in now
+            assert after[readyz] == n
+            assert {dict(labels)["pid"] for (name, labels), _ in after.items() if name == "process_open_fds"} == now
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    shared = [
+        json.loads(line)["message"].rpartition(" ")[2]
+        for line in stderr.splitlines()
+        if "share their metrics in" in line
+    ]
+    if workers == 1:
+        assert not shared  # one process: its own registry, no files
+    else:
+        assert len(shared) == 1 and not Path(shared[0]).exists()  # the workers' metric files go with the server

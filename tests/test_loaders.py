@@ -162,6 +162,54 @@ def test_markdown_front_matter_sets_title_and_metadata() -> None:
     assert block_texts(doc) == ["# Heading", "Body."]
 
 
+def test_markdown_front_matter_is_yaml_nested_mappings_and_flow_lists_kept() -> None:
+    text = (
+        "---\ntitle: Runbook\nowner:\n  team: platform\n  oncall: [ada, bob]\ntags: [security, ops]\n"
+        "reviewed: 2024-05-01\nversion: 3\ndraft: false\n---\n# Runbook\n\nRotate the keys.\n"
+    )
+    doc = load_one(write("fm.md", text))
+    assert doc.title == "Runbook"
+    assert doc.metadata == {
+        "owner": {"team": "platform", "oncall": ["ada", "bob"]},
+        "tags": ["security", "ops"],
+        "reviewed": "2024-05-01",  # a YAML date, stored as JSON can hold it
+        "version": 3,
+        "draft": False,
+    }
+    assert block_texts(doc) == ["# Runbook", "Rotate the keys."]
+    assert "team" not in doc.text
+
+
+def test_bad_front_matter_is_a_warning_on_the_document_and_the_body_is_still_ingested(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    text = "---\ntitle: Notes\ntags: [security, ops\n---\n# Notes\n\nThe body stays.\n"
+    doc = load_one(write("bad.md", text))
+    warning = doc.metadata.pop("front_matter_error")
+    assert warning.startswith("front matter is not valid YAML, so it was left out: ")
+    assert "line 4" in warning  # where the unclosed list runs into the end: a line of the file, not of the YAML
+    assert doc.metadata == {}
+    assert block_texts(doc) == ["# Notes", "The body stays."]
+    assert doc.title == "Notes"  # from the heading: nothing of the bad front matter is trusted
+    assert any("bad.md" in r.getMessage() and "not valid YAML" in r.getMessage() for r in caplog.records)
+
+
+def test_a_thematic_break_then_prose_is_not_front_matter() -> None:
+    text = "---\nJust a paragraph between rules.\n---\n\nMore text.\n"
+    doc = load_one(write("rule.md", text))
+    assert doc.metadata == {}
+    assert "Just a paragraph between rules." in doc.text
+
+
+def test_front_matter_whose_aliases_expand_past_the_limit_is_left_out() -> None:
+    # A "billion laughs": nine levels of nine aliases each would be 387 million values once expanded.
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    doc = load_one(write("laughs.md", "---\n" + "\n".join(lines) + "\n---\n\nBody.\n"))
+    assert doc.metadata == {"front_matter_error": "front matter has more than 10000 values, so it was left out"}
+    assert block_texts(doc) == ["Body."]
+
+
 def test_markdown_without_h1_is_titled_by_file_stem() -> None:
     doc = load_one(write("release-notes.md", "## Changes\n\nFixed things.\n"))
     assert doc.title == "release-notes"

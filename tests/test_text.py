@@ -56,3 +56,30 @@ def test_low_layer_packages_import_nothing_of_archivist_but_types(package: str) 
                 imported.update(alias.name for alias in node.names)
     ours = {m for m in imported if m == "archivist" or m.startswith("archivist.")}
     assert ours <= {"archivist.types"} | {m for m in ours if m.startswith(f"archivist.{package}.")}
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("a mean of 5.0 days [3] . Then", "a mean of 5.0 days (ref. 3). Then"),
+        ("11-13 days [12, 13] , while", "11-13 days (refs. 12, 13), while"),
+        ("older patients [12–14] .", "older patients (refs. 12–14)."),
+        ("see [1;5 - 7] and [ 4 ]", "see (refs. 1; 5–7) and (ref. 4)"),
+        # Not reference marks: inline code, a link's text, words in brackets.
+        ("index `x[0]` then [see the docs](https://x.io/a) or [draft]", "index `x[0]` then see the docs or [draft]"),
+    ],
+)
+def test_a_documents_reference_marks_read_as_plain_text_in_answer_prose(text: str, shown: str) -> None:
+    from archivist.text.prose import prose
+
+    assert prose(text) == shown
+
+
+def test_sentence_start_reads_the_text_before_an_offset() -> None:
+    from archivist.text.sentences import sentence_start
+
+    text = "Smith et al. Found it. Lines wrap\nhere mid-sentence.\n\nA new paragraph."
+    assert sentence_start(text, text.index("Found")) == 0  # "et al." ends no sentence
+    assert sentence_start(text, text.index("Lines")) == text.index("Lines")
+    assert sentence_start(text, text.index("here")) == text.index("Lines")  # a soft wrap continues it
+    assert sentence_start(text, text.index("new")) == text.index("A new")

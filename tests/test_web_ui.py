@@ -7,6 +7,7 @@ one); without it the module is skipped. Set ARCHIVIST_UI_SCREENSHOTS=DIR to keep
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -22,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+
+from live_server import wait_for_job
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 expect = sync_api.expect
@@ -110,27 +114,43 @@ class Server:
             return exc.code, json.loads(exc.read() or b"null")
 
 
+#: fingerprints of two retrieval configurations (what `archivist eval` hashes from the settings)
+HYBRID_FP, BM25_FP = "3f2a9c1d7b6e", "b25e0c4d1a99"
+#: (id, dataset, tag, fingerprint, finished at (UTC), ndcg@10): a hybrid configuration run weekly on two datasets,
+#: and a bm25 configuration run twice on the day of the last hybrid run
+EVAL_RUNS = [
+    *(
+        (f"hyb{i}{dataset[:3]}", dataset, "hybrid", HYBRID_FP, at, round(ndcg + offset, 4))
+        for i, (at, ndcg) in enumerate(
+            [("2026-10-01T12:00", 0.61), ("2026-10-08T12:00", 0.64), ("2026-10-15T09:00", 0.66)]
+        )
+        for dataset, offset in (("scifact", 0.0), ("nfcorpus", -0.28))
+    ),
+    ("bm25a", "scifact", "bm25", BM25_FP, "2026-10-15T15:30", 0.55),
+    ("bm25b", "scifact", "bm25", BM25_FP, "2026-10-15T17:45", 0.56),
+]
+
+
 def _seed_eval_runs(store_url: str) -> None:
-    """Store a few eval runs (what `archivist eval` would have left) so the Evals view has something to draw."""
+    """Store eval runs (what `archivist eval` would have left) so the Evals view has something to draw."""
     from archivist.store import open_store
 
     store = open_store(store_url)
     try:
         store.migrate()
-        for i, (day, ndcg) in enumerate([("2026-10-01", 0.61), ("2026-10-08", 0.64), ("2026-10-15", 0.66)]):
-            for dataset, offset in (("scifact", 0.0), ("nfcorpus", -0.28)):
-                store.save_eval_run(
-                    {
-                        "id": f"run{i}{dataset[:3]}",
-                        "kind": "retrieval",
-                        "dataset": dataset,
-                        "split": "test",
-                        "tag": f"v{i}",
-                        "created_at": f"{day}T12:00:00+00:00",
-                        "fingerprint_hash": f"fp{i}",
-                        "metrics": {"ndcg@10": round(ndcg + offset, 4), "recall@100": round(0.9 + offset / 2, 4)},
-                    }
-                )
+        for run_id, dataset, tag, fingerprint, at, ndcg in EVAL_RUNS:
+            store.save_eval_run(
+                {
+                    "id": run_id,
+                    "kind": "retrieval",
+                    "dataset": dataset,
+                    "split": "test",
+                    "tag": tag,
+                    "created_at": f"{at}:00+00:00",
+                    "fingerprint_hash": fingerprint,
+                    "metrics": {"ndcg@10": ndcg, "recall@100": round(0.9 + (ndcg - 0.6) / 2, 4)},
+                }
+            )
     finally:
         store.close()
 
@@ -202,7 +222,8 @@ def browser() -> Iterator[Any]:
 @pytest.fixture
 def page(browser: Any, server: Server) -> Iterator[Any]:
     """A fresh browser context (empty local storage) on the app; fails the test on any uncaught page error."""
-    context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=server.base)
+    # UTC, so that the times the UI shows are those the runs were stored with.
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, base_url=server.base, timezone_id="UTC")
     context.set_default_timeout(15_000)
     pg = context.new_page()
     errors: list[str] = []
@@ -366,15 +387,15 @@ def test_evals_and_usage_views(page: Any, server: Server) -> None:
     _sign_in(page, server.key)
 
     page.get_by_test_id("nav-evals").click()
-    expect(page.get_by_test_id("eval-row")).to_have_count(6)
+    expect(page.get_by_test_id("eval-row")).to_have_count(len(EVAL_RUNS))
     expect(page.get_by_test_id("evals-head")).to_contain_text("ndcg@10")
     expect(page.get_by_test_id("evals-metric")).to_have_value("ndcg@10")
     chart = page.get_by_test_id("evals-svg")
-    expect(chart.locator("polyline")).to_have_count(2)  # one line per dataset
-    expect(chart.get_by_test_id("evals-point")).to_have_count(6)
+    expect(chart.locator("polyline")).to_have_count(3)  # one line per dataset and configuration
+    expect(chart.get_by_test_id("evals-point")).to_have_count(len(EVAL_RUNS))
     expect(page.get_by_test_id("evals-legend")).to_contain_text("scifact")
     page.get_by_label("Metric").select_option("recall@100")
-    expect(chart.get_by_test_id("evals-point")).to_have_count(6)
+    expect(chart.get_by_test_id("evals-point")).to_have_count(len(EVAL_RUNS))
     _shot(page, "evals")
 
     page.get_by_test_id("nav-usage").click()
@@ -402,3 +423,335 @@ def test_an_error_shows_its_request_id(page: Any, server: Server) -> None:
     status = page.get_by_test_id("collection-create-status")
     expect(status.get_by_test_id("error-code")).to_have_text(re.compile(r"bad_request|validation_error"))
     expect(status.get_by_test_id("error-request-id")).not_to_be_empty()
+
+
+# ---------- issue 18: citations from segments, what a key can do, layout, conversation history ----------
+
+#: a paper's passage that carries its own reference marks ("[3]", "[4]"): they are not our citations
+PAPER = """\
+# Outbreak notes
+
+Clinical notes on the outbreak, kept by the ward team.
+
+## Incubation period
+
+The median incubation period of the virus is about 5.0 days [3]. Most patients show symptoms within 11.5 days of
+exposure [4].
+
+## Treatment
+
+Patients with mild symptoms recover at home with rest and fluids.
+"""
+PAPER_QUESTION = "What is the median incubation period of the virus?"
+FOLLOW_UP = "When do deploys happen?"
+LONG_TITLE = "Quarterly operations review of the platform and infrastructure team, with appendices on capacity and cost"
+LONG_SOURCE = "reports/2026/quarterly-operations-review-of-the-platform-and-infrastructure-team-with-all-appendices.md"
+#: every text of a chart: its font size as drawn on screen, and whether it lies inside the chart
+CHART_TEXTS = """svg => {
+  const s = svg.getBoundingClientRect();
+  return [...svg.querySelectorAll('text')].map((t) => {
+    const r = t.getBoundingClientRect();
+    return {text: [...t.childNodes].map((c) => c.textContent).join(' '), testid: t.dataset.testid || '',
+      px: parseFloat(getComputedStyle(t).fontSize) * t.getScreenCTM().a, left: r.left, right: r.right,
+      inside: r.left >= s.left - 1 && r.right <= s.right + 1 && r.top >= s.top - 1 && r.bottom <= s.bottom + 1};
+  });
+}"""
+#: a table's box: whether it fits or scrolls, and where its last column ends once scrolled to the end
+TABLE_REACH = """w => {
+  const res = {overflow: getComputedStyle(w).overflowX, fits: w.scrollWidth <= w.clientWidth + 1};
+  w.scrollLeft = w.scrollWidth;
+  res.lastRight = w.querySelector('thead th:last-child').getBoundingClientRect().right;
+  res.wrapRight = w.getBoundingClientRect().right;
+  w.scrollLeft = 0;
+  return res;
+}"""
+
+
+def _make_key(server: Server, name: str, scopes: str) -> str:
+    """Create an API key with the CLI in the running server's store; return the key."""
+    made = subprocess.run(
+        [*_archivist(), "keys", "create", "--name", name, "--scopes", scopes, "--json", "--store", server.store_url],
+        capture_output=True,
+        text=True,
+        cwd=server.log.parent,
+        env=_env(),
+        timeout=60,
+    )
+    assert made.returncode == 0, f"archivist keys create failed: {made.stderr}"
+    return str(json.loads(made.stdout)["key"])
+
+
+def _ingest(server: Server, collection: str, title: str, text: str, source: str | None = None) -> None:
+    """Ingest a text document through the API (creating the collection if needed) and wait for its job."""
+    with httpx.Client(base_url=server.base, headers={"Authorization": f"Bearer {server.key}"}, timeout=30) as client:
+        made = client.post("/v1/collections", json={"name": collection})
+        assert made.status_code in (200, 201, 409), made.text
+        doc: dict[str, Any] = {"title": title, "text": text}
+        if source:
+            doc["source"] = source
+        queued = client.post(f"/v1/collections/{collection}/documents", json=doc)
+        assert queued.status_code == 202, queued.text
+        job = wait_for_job(client, queued.json()["job_id"])
+        assert job["status"] == "succeeded", job
+
+
+def _ask(page: Any, question: str) -> dict[str, Any]:
+    """Ask in the chat and wait for the checked answer; return the JSON body the UI sent."""
+    with page.expect_request(lambda r: r.url.endswith("/v1/answer") and r.method == "POST") as sent:
+        page.get_by_label("Question").fill(question)
+        page.get_by_test_id("chat-submit").click()
+    status = page.get_by_test_id("answer-status")
+    expect(status).to_have_attribute("data-state", re.compile(r"^(ok|warn|error)$"), timeout=30_000)
+    if status.get_attribute("data-state") == "error":
+        pytest.fail(f"the answer failed: {page.get_by_test_id('answer-error').inner_text()}")
+    body: dict[str, Any] = sent.value.post_data_json
+    return body
+
+
+def _inside(inner: dict[str, float], outer: dict[str, float]) -> bool:
+    return (
+        inner["x"] >= outer["x"] - 1
+        and inner["x"] + inner["width"] <= outer["x"] + outer["width"] + 1
+        and inner["y"] >= outer["y"] - 1
+        and inner["y"] + inner["height"] <= outer["y"] + outer["height"] + 1
+    )
+
+
+def _box(locator: Any) -> dict[str, float]:
+    box = locator.bounding_box()
+    assert box is not None, f"{locator} is not rendered"
+    return dict(box)
+
+
+def _check_chart(page: Any, testid: str, width: int) -> list[dict[str, Any]]:
+    """Assert a chart lies in the viewport with every label inside it and ≥ 10 px on screen; return its texts."""
+    chart = page.get_by_test_id(testid)
+    box = _box(chart)
+    assert box["x"] >= 0 and box["x"] + box["width"] <= width + 1, f"{testid} at {box} leaves a {width}px screen"
+    texts: list[dict[str, Any]] = chart.evaluate(CHART_TEXTS)
+    assert texts, f"{testid} has no labels"
+    small = [t for t in texts if t["px"] < 10]
+    assert not small, f"{testid} labels under 10 px at {width}px: {small}"
+    outside = [t["text"] for t in texts if not t["inside"]]
+    assert not outside, f"{testid} labels cut off at {width}px: {outside}"
+    xlabels = sorted((t for t in texts if t["testid"].endswith("xlabel")), key=lambda t: t["left"])
+    assert xlabels, f"{testid} has no x labels"
+    for a, b in itertools.pairwise(xlabels):
+        assert a["right"] <= b["left"], f"{testid} x labels {a['text']!r} and {b['text']!r} overlap at {width}px"
+    return texts
+
+
+def _check_table(page: Any, testid: str, width: int) -> None:
+    """Assert a table's box lies in the viewport and its last column can be reached (it fits, or it scrolls)."""
+    wrap = page.get_by_test_id(testid)
+    box = _box(wrap)
+    assert box["x"] >= 0 and box["x"] + box["width"] <= width + 1, f"{testid} at {box} leaves a {width}px screen"
+    reach = wrap.evaluate(TABLE_REACH)
+    assert reach["fits"] or reach["overflow"] in ("auto", "scroll"), f"{testid} is cut off: {reach}"
+    assert reach["lastRight"] <= reach["wrapRight"] + 1, f"{testid}'s last column cannot be reached: {reach}"
+
+
+def test_citation_links_come_from_the_answers_segments(page: Any, server: Server) -> None:
+    _ingest(server, "papers", "Outbreak notes", PAPER)
+    status, expected = server.api("POST", "/v1/answer", {"question": PAPER_QUESTION, "collection": "papers"})
+    assert status == 200, expected
+    assert any("[3]" in c["quote"] for c in expected["citations"]), expected  # the paper's own mark is quoted
+
+    _sign_in(page, server.key)
+    page.get_by_test_id("chat-collection").select_option("papers")
+    _ask(page, PAPER_QUESTION)
+    answer = page.get_by_test_id("answer-text")
+    expect(answer).to_contain_text("5.0 days")
+    # Nothing in the answer is drawn from its text: every element in it is one of our citation links.
+    drawn = answer.evaluate("a => [...a.querySelectorAll('*')].map((e) => e.dataset.testid || e.tagName)")
+    assert set(drawn) <= {"citation-link"}, drawn
+    links = answer.get_by_test_id("citation-link")
+    segments = expected.get("segments")
+    if segments is None:  # a server without structured citations: the text as it is, no links
+        expect(links).to_have_count(0)
+        assert _squash(answer.inner_text()) == _squash(expected["answer"])
+        return
+    cited = [s["n"] for s in segments if s["type"] == "citation"]
+    assert cited, segments
+    assert [int(n) for n in links.evaluate_all("ls => ls.map((l) => l.dataset.n)")] == cited
+    whole = "".join(s["text"] if s["type"] == "text" else f"[{s['n']}]" for s in segments)
+    assert _squash(answer.inner_text()) == _squash(whole)
+    _shot(page, "citations")
+    quotes = {c["n"]: c["quote"] for c in expected["citations"]}
+    viewer = page.get_by_test_id("doc-viewer")
+    for i in range(links.count()):  # each link opens its own source, highlighted
+        link = links.nth(i)
+        n = int(link.get_attribute("data-n") or 0)
+        link.click()
+        expect(viewer).to_be_visible()
+        assert _squash(quotes[n]) in _squash(viewer.get_by_test_id("doc-highlight").inner_text())
+        page.keyboard.press("Escape")
+        expect(viewer).to_be_hidden()
+
+
+def test_upload_and_delete_follow_what_the_server_says_a_key_can_do(page: Any, server: Server) -> None:
+    _ingest(server, "roles", "Roles note", "Only the platform team may rotate the database credentials.")
+    admin = _make_key(server, "boss", "admin")  # admin alone: the server grants it every scope
+    reader = _make_key(server, "reader", "read")
+    for key, may_write in ((admin, True), (reader, False)):
+        _sign_in(page, key)
+        page.get_by_test_id("nav-library").click()
+        page.get_by_test_id("library-collection").select_option("roles")
+        expect(page.get_by_test_id("document-row")).to_have_count(1)
+        upload = page.get_by_test_id("upload-card")
+        delete = page.get_by_test_id("document-delete")
+        if may_write:
+            expect(upload).to_be_visible()
+            expect(delete).to_have_count(1)
+            expect(page.get_by_test_id("collection-create")).to_be_visible()
+        else:
+            expect(upload).to_be_hidden()
+            expect(delete).to_have_count(0)
+            expect(page.get_by_test_id("collection-create")).to_be_hidden()
+        page.get_by_test_id("signout").click()
+        expect(page.get_by_test_id("view-signin")).to_be_visible()
+
+
+def test_library_fits_its_card_and_lists_the_newest_first(page: Any, server: Server) -> None:
+    _ingest(server, "shelf", LONG_TITLE, "The review covers capacity, cost and incidents.", source=LONG_SOURCE)
+    _ingest(server, "shelf", "Zulu notes", "Written last, so listed first.", source="zz-latest.md")
+    listed: list[str] = []
+    page.on("request", lambda r: listed.append(r.url) if "/documents" in r.url and r.method == "GET" else None)
+    _sign_in(page, server.key)
+    page.get_by_test_id("nav-library").click()
+    page.get_by_test_id("library-collection").select_option("shelf")
+    rows = page.get_by_test_id("document-row")
+    expect(rows).to_have_count(2)
+    expect(rows.first).to_contain_text("Zulu notes")  # the latest upload is on the first page, at the top
+    assert listed and all("sort=newest" in url for url in listed), listed
+
+    for width, height in ((1280, 860), (390, 844)):
+        page.set_viewport_size({"width": width, "height": height})
+        wrap = page.get_by_test_id("documents-wrap")
+        wrap_box = _box(wrap)
+        if width == 1280:
+            assert wrap.evaluate("w => w.scrollWidth <= w.clientWidth + 1"), "the documents table overflows"
+        for i in range(2):
+            box = _box(rows.nth(i).get_by_test_id("document-delete"))
+            assert _inside(box, wrap_box), f"Delete at {box} is clipped by its table at {wrap_box} ({width}px)"
+            assert box["x"] + box["width"] <= width, f"Delete at {box} is off a {width}px screen"
+        assert page.evaluate("document.documentElement.scrollWidth") <= width
+        _shot(page, f"library-{width}")
+
+
+def test_evals_chart_keeps_configurations_apart_and_reads_on_a_phone(page: Any, server: Server) -> None:
+    _sign_in(page, server.key)
+    page.get_by_test_id("nav-evals").click()
+    expect(page.get_by_test_id("view-evals")).not_to_have_attribute("aria-busy", "true")
+    chart = page.get_by_test_id("evals-svg")
+    series = chart.get_by_test_id("evals-series")
+    expect(series).to_have_count(3)
+    for i in range(3):  # a line never joins runs of two configurations
+        fingerprints = (
+            series.nth(i).get_by_test_id("evals-point").evaluate_all("ps => ps.map((p) => p.dataset.fingerprint)")
+        )
+        assert len(set(fingerprints)) == 1, fingerprints
+    legend = page.get_by_test_id("evals-legend")
+    for label in ("nfcorpus · hybrid", "scifact · bm25", "scifact · hybrid"):
+        expect(legend).to_contain_text(label)
+
+    for width, height in ((1280, 860), (390, 844)):
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_function(
+            "w => Math.abs(document.querySelector('[data-testid=evals-svg]').getBoundingClientRect().width"
+            " - Number(document.querySelector('[data-testid=evals-svg]').getAttribute('width'))) < 1",
+            arg=width,
+        )
+        texts = _check_chart(page, "evals-svg", width)
+        xlabels = [t["text"] for t in texts if t["testid"] == "evals-xlabel"]
+        assert len(set(xlabels)) == len(xlabels), f"x labels repeat at {width}px: {xlabels}"
+        # The newest run is always labelled with its time, and at 1280 px so is every run of its day.
+        assert "10-15 17:45" in xlabels, xlabels
+        if width == 1280:
+            assert {"10-15 09:00", "10-15 15:30", "10-15 17:45"} <= set(xlabels), xlabels
+        _check_table(page, "evals-wrap", width)
+        _shot(page, f"evals-{width}")
+
+        page.get_by_test_id("nav-usage").click()
+        expect(page.get_by_test_id("view-usage")).not_to_have_attribute("aria-busy", "true")  # drawn
+        _check_chart(page, "usage-svg", width)
+        _check_table(page, "usage-wrap", width)
+        _shot(page, f"usage-{width}")
+        page.get_by_test_id("nav-evals").click()
+        expect(page.get_by_test_id("view-evals")).not_to_have_attribute("aria-busy", "true")
+
+
+def test_conversation_thread_sends_history_survives_reload_and_starts_anew(page: Any, server: Server) -> None:
+    _ingest(server, "thread", "Operations Handbook", HANDBOOK)
+    status, me = server.api("GET", "/v1/me")
+    assert status == 200, me
+    storage_key = f"archivist.thread.{me['id']}.thread"
+    _sign_in(page, server.key)
+    page.get_by_test_id("chat-collection").select_option("thread")
+
+    first = _ask(page, QUESTION)
+    assert "history" not in first  # a first question has no earlier turns
+    first_answer = page.get_by_test_id("answer-text").inner_text()
+    assert "35 days" in first_answer
+    second = _ask(page, FOLLOW_UP)
+    assert [m["role"] for m in second["history"]] == ["user", "assistant"]
+    assert second["history"][0]["content"] == QUESTION
+    assert _squash(second["history"][1]["content"]) == _squash(first_answer)
+    turns = page.get_by_test_id("thread-turn")
+    expect(turns).to_have_count(1)  # the earlier turn, above the answer just given
+    expect(turns.first.get_by_test_id("turn-question")).to_have_text(QUESTION)
+    expect(page.get_by_test_id("thread-count")).to_have_text("(2 turns)")
+    _shot(page, "thread")
+
+    # The thread survives a reload, on the collection it belongs to, and its sources still open.
+    page.reload()
+    expect(page.get_by_test_id("chat-collection")).to_have_value("thread")
+    expect(turns).to_have_count(2)
+    expect(turns.nth(1).get_by_test_id("turn-question")).to_have_text(FOLLOW_UP)
+    expect(page.get_by_test_id("answer-card")).to_be_hidden()
+    turns.first.locator("summary").click()
+    turns.first.get_by_test_id("turn-source").first.click()
+    expect(page.get_by_test_id("doc-highlight")).to_contain_text("35 days")
+    page.keyboard.press("Escape")
+    third = _ask(page, "Who do escalations go to?")
+    assert [m["content"] for m in third["history"] if m["role"] == "user"] == [QUESTION, FOLLOW_UP]
+
+    # Each collection has its own conversation.
+    page.get_by_test_id("chat-collection").select_option("__all__")
+    expect(page.get_by_test_id("thread-wrap")).to_be_hidden()
+    page.get_by_test_id("chat-collection").select_option("thread")
+    expect(turns).to_have_count(3)
+
+    # A new conversation forgets the thread: the next question goes alone.
+    page.get_by_test_id("thread-new").click()
+    expect(page.get_by_test_id("thread-wrap")).to_be_hidden()
+    assert page.evaluate("k => localStorage.getItem(k)", storage_key) is None
+    assert "history" not in _ask(page, QUESTION)
+
+    # A long thread sends only its last 10 turns, oldest first.
+    kept = [
+        {"id": f"t{i}", "question": f"question {i}?", "collection": "thread", "answer": f"answer {i}.", "citations": []}
+        for i in range(12)
+    ]
+    page.evaluate("([k, v]) => localStorage.setItem(k, v)", [storage_key, json.dumps(kept)])
+    page.reload()
+    expect(turns).to_have_count(12)
+    sent = _ask(page, QUESTION)
+    expected = [
+        message
+        for i in range(2, 12)
+        for message in ({"role": "user", "content": f"question {i}?"}, {"role": "assistant", "content": f"answer {i}."})
+    ]
+    assert sent["history"] == expected
+
+    # Long answers: only the latest turns that fit the server's 16 000 characters go, and the server takes them.
+    long = [{"id": f"l{i}", "question": f"q{i}?", "answer": f"{i}" * 4000, "citations": []} for i in range(6)]
+    page.evaluate("([k, v]) => localStorage.setItem(k, v)", [storage_key, json.dumps(long)])
+    page.reload()
+    sent = _ask(page, QUESTION)
+    assert [m["content"] for m in sent["history"] if m["role"] == "user"] == ["q3?", "q4?", "q5?"]
+    assert sum(len(m["content"]) for m in sent["history"]) <= 16_000
+
+    # Signing out leaves no conversation behind in the browser.
+    page.get_by_test_id("signout").click()
+    assert page.evaluate("Object.keys(localStorage).filter((k) => k.startsWith('archivist.thread.'))") == []

@@ -1,8 +1,9 @@
 """The observability seam: `span(name, **attributes)` around each unit of work worth tracing.
 
-Five points call it: the gateway's model call (`llm.chat`), hybrid retrieval (`retrieve.hybrid`), the search
-pipeline (`search`), an answer (`answer`) and the ingest of one document (`ingest.document`: loaded to chunks, with
-its outcome; documents are embedded and written in groups, each group one `ingest.write`). Until a tracer is
+Six points call it: the gateway's model call (`llm.chat`), hybrid retrieval (`retrieve.hybrid`), the search
+pipeline (`search`), an answer (`answer`), the ingest of one document (`ingest.document`: loaded to chunks, with
+its outcome; documents are embedded and written in groups, each group one `ingest.write`), and each call of the
+embedding model (`embed`, kind `query` or `documents`; the server's latency histograms time it). Until a tracer is
 installed with `use_tracer` (the tracing issue backs it with OpenTelemetry) a span costs one check and does nothing.
 """
 

@@ -11,14 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from archivist.answer.context import Passage, complete_cut_sentences, pack_context, render_passages
+from archivist.answer.conversation import Turn, check_history, follow_up_extraction, render_history, search_query
 from archivist.answer.entailment import apply_entailment, checkable, judge_entailment
 from archivist.answer.extractive import MAX_CANDIDATES, Extraction, KnownVectors, VectorCache, extract, quotes
 from archivist.answer.prompts import EXTRACTIVE_VERSION, Prompt, load_prompt
 from archivist.answer.refusal import REFUSAL_THRESHOLD, refusal_text, should_refuse
+from archivist.answer.segments import AnswerSegment, compact, mark, plain, quoted, shown
 from archivist.answer.sentence_hits import best_sentence_chunks
 from archivist.answer.sentences import Sentence
 from archivist.answer.verify import Claim, Verification, split_claims, verify
 from archivist.embed.base import Embedder, span_pooling
+from archivist.guard.quote import quote
 from archivist.llm.accounting import Budget
 from archivist.llm.base import Cancellation, ChatRequest, Completion, Deadline, DoneEvent, Message, TokenEvent
 from archivist.llm.errors import Cancelled, LLMError, StreamBroken
@@ -92,6 +95,9 @@ class Answer:
     #: what checked the claims: "entailment:<provider>/<model>" (the model judged them), "similarity" (lexical +
     #: embedding score), "verbatim" (extractive: quotes by construction) or "none" (refused before generation)
     verification: str = "none"
+    #: `answer` as text and citation marks: joined (a citation as "[n]") they are `answer`; links are built from
+    #: these, never by finding "[n]" in the text
+    segments: list[AnswerSegment] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON shape of an answer (what `archivist ask --json` prints)."""
@@ -111,6 +117,7 @@ class Answer:
             "warnings": self.warnings,
             "timings_ms": self.timings_ms,
             "verification": self.verification,
+            "segments": [s.to_dict() for s in self.segments],
         }
 
 
@@ -145,6 +152,8 @@ class _Prepared:
     warnings: list[str]
     #: set when the caller stops waiting (its client hung up): the model calls made for the answer stop
     cancellation: Cancellation | None = None
+    #: earlier turns of the conversation (oldest first): context for a follow-up question
+    history: tuple[Turn, ...] = ()
 
 
 def _citation(n: int, passage: Passage, sentence: Sentence, support: float = 1.0) -> Citation:
@@ -186,6 +195,7 @@ class Answerer:
         verify_with_model: bool = True,
         verify_prompt: Prompt | None = None,
         verify_timeout_s: float | None = None,
+        conversation_prompt: Prompt | None = None,
     ) -> None:
         self.searcher = searcher
         self.embedder = embedder
@@ -203,6 +213,8 @@ class Answerer:
         self.refusal_threshold = refusal_threshold
         self.unsupported = unsupported
         self.prompt = prompt or load_prompt()
+        #: the prompt of an answer given with earlier turns (the turns quoted as context)
+        self.conversation_prompt = conversation_prompt or load_prompt("grounded_conversation")
         self.timeout_s = timeout_s
         self.max_tokens = max_tokens
         #: with a model: judge each claim's entailment through the gateway (similarity stays the fallback)
@@ -271,15 +283,19 @@ class Answerer:
         exclude_documents: frozenset[str] = frozenset(),
         budget: Budget | None = None,
         cancellation: Cancellation | None = None,
+        history: Sequence[Turn] = (),
     ) -> Answer:
         """Return the grounded answer to a question (or a refusal naming the closest sources).
+
+        `history` holds the conversation's earlier turns, oldest first: a follow-up is retrieved together with the
+        earlier question(s) it leans on, and a model reads the turns as context.
 
         Model calls are charged to `budget` (e.g. a request's, chained to its API key's); one that would not
         fit falls back to the extractive answer with a warning, like any other model failure. Once
         `cancellation` is set, no further model call is made and `Cancelled` is raised instead of an answer.
         """
         with span("answer", configured_mode=self.mode, k=k) as current:
-            answer = self._answer(question, k, filters, exclude_documents, budget, cancellation)
+            answer = self._answer(question, k, filters, exclude_documents, budget, cancellation, history)
             current.set(
                 mode=answer.mode, refused=answer.refused, citations=len(answer.citations), support=answer.support
             )
@@ -293,8 +309,9 @@ class Answerer:
         exclude_documents: frozenset[str],
         budget: Budget | None,
         cancellation: Cancellation | None,
+        history: Sequence[Turn] = (),
     ) -> Answer:
-        prep = self._prepare(question, k, filters, exclude_documents, budget)
+        prep = self._prepare(question, k, filters, exclude_documents, budget, history)
         prep.cancellation = cancellation
         refused = self._refusal(prep)
         if refused is not None or self.gateway is None:
@@ -319,15 +336,16 @@ class Answerer:
         exclude_documents: frozenset[str] = frozenset(),
         budget: Budget | None = None,
         cancellation: Cancellation | None = None,
+        history: Sequence[Turn] = (),
     ) -> Generator[AnswerEvent, None, None]:
         """Yield the evidence (RetrievalDone), the answer's text as TokenEvents as it is produced, then one
         AnswerDone with the checked answer and its citations.
 
         A caller that stops early closes the iterator: the model's stream is closed at once and what it generated
         so far is charged to `budget`. Setting `cancellation` from another thread also aborts a model call in
-        flight (a stalled one included); the stream then raises `Cancelled`.
+        flight (a stalled one included); the stream then raises `Cancelled`. `history` is as for `answer`.
         """
-        prep = self._prepare(question, k, filters, exclude_documents, budget)
+        prep = self._prepare(question, k, filters, exclude_documents, budget, history)
         prep.cancellation = cancellation
         yield RetrievalDone(prep.hits)
         refused = self._refusal(prep)
@@ -371,6 +389,10 @@ class Answerer:
             return None
         return found.start, found.end, found.text
 
+    def _previous_chunk(self, document_id: str, chunk_id: int) -> tuple[int, int, str] | None:
+        """Return the chunk before `chunk_id` in its document: the one after `chunk_id - 2` (ids are consecutive)."""
+        return self._next_chunk(document_id, chunk_id - 2)
+
     def _stored_sentences(self, passages: Sequence[Passage]) -> KnownVectors:
         """Return the sentence vectors stored at ingest for the passages' chunks (none from a model that
         cannot pool spans, or for chunks stored before sentence vectors existed)."""
@@ -393,22 +415,32 @@ class Answerer:
         return Deadline.after(seconds, cancellation) if seconds else None
 
     def _prepare(
-        self, question: str, k: int | None, filters: Filters, exclude: frozenset[str], budget: Budget | None = None
+        self,
+        question: str,
+        k: int | None,
+        filters: Filters,
+        exclude: frozenset[str],
+        budget: Budget | None = None,
+        history: Sequence[Turn] = (),
     ) -> _Prepared:
         question = question.strip()
         if not question:
             raise UsageError("the question is empty")
+        check_history(history)
         t0 = time.perf_counter()
         k = k or self.k
+        # A follow-up ("and how do I rotate them?") is searched, and its sentences scored, together with the
+        # earlier question(s) it leans on; without history the query is the question itself.
+        query = search_query(question, history)
         # Excluded documents (eval: "gold document removed") are dropped after retrieval, so fetch extra.
-        outcome = self.searcher.search(question, k=k + (4 * k if exclude else 0), filters=filters, budget=budget)
+        outcome = self.searcher.search(query, k=k + (4 * k if exclude else 0), filters=filters, budget=budget)
         hits: list[Hit] = [h for h in outcome.hits if h.document_id not in exclude and h.source not in exclude][:k]
         if self.sentence_hits and self.sentence_key is not None:
             hits += best_sentence_chunks(
                 self.searcher.retriever.store,
                 self.sentence_key,
-                question,
-                self.embedder.embed_query(question),
+                query,
+                self.embedder.embed_query(query),
                 self.sentence_hits,
                 filters,
                 exclude,
@@ -421,23 +453,42 @@ class Answerer:
             max_passages=self.max_passages,
             count_tokens=lambda text: self.embedder.tokenizer.count([text])[0],
         )
-        complete_cut_sentences(passages, self._next_chunk)
-        extraction = extract(
-            question,
-            passages,
-            self.embedder,
-            max_sentences=self.max_sentences,
-            cache=self.vectors,
-            known=self._stored_sentences(passages),
-        )
+        complete_cut_sentences(passages, self._next_chunk, self._previous_chunk)
+        known = self._stored_sentences(passages)
+        if query == question:
+            extraction = extract(
+                question, passages, self.embedder, max_sentences=self.max_sentences, cache=self.vectors, known=known
+            )
+        else:
+            extraction = follow_up_extraction(
+                question,
+                query,
+                history,
+                passages,
+                self.embedder,
+                max_sentences=self.max_sentences,
+                cache=self.vectors,
+                known=known,
+            )
         t2 = time.perf_counter()
         timings = {"retrieve": round((t1 - t0) * 1000, 2), "extract": round((t2 - t1) * 1000, 2)}
-        return _Prepared(question, hits, passages, extraction, uuid.uuid4().hex, t0, timings, list(outcome.warnings))
+        return _Prepared(
+            question,
+            hits,
+            passages,
+            extraction,
+            uuid.uuid4().hex,
+            t0,
+            timings,
+            list(outcome.warnings),
+            history=tuple(history),
+        )
 
     def _finish(self, prep: _Prepared, answer: Answer) -> Answer:
         answer.timings_ms = {**prep.timings, "total": round((time.perf_counter() - prep.t0) * 1000, 2)}
         answer.warnings = prep.warnings
         answer.evidence = round(prep.extraction.evidence, 4)
+        answer.segments = answer.segments or compact([plain(answer.answer)])
         answer.sources = [
             {
                 "n": p.n,
@@ -471,7 +522,7 @@ class Answerer:
             support=0.0,
             refused=True,
             usage=usage,
-            prompt_version=self.prompt_version,
+            prompt_version=self._prompt(prep).id if self.gateway is not None else self.prompt_version,
             trace_id=prep.trace_id,
             mode=self.mode,
             unsupported=unsupported or [],
@@ -484,10 +535,11 @@ class Answerer:
         chosen = quotes(prep.extraction.chosen, prep.passages)
         citations = [_citation(i, by_n[q.passage], q) for i, q in enumerate(chosen, start=1)]
         # The quotes keep the document's exact characters; the answer reads as prose, without its line wraps.
-        text = " ".join(f"{prose(q.text)} [{i}]" for i, q in enumerate(chosen, start=1))
+        segments = quoted([prose(q.text) for q in chosen])
         answer = Answer(
             question=prep.question,
-            answer=text,
+            answer=shown(segments),
+            segments=segments,
             citations=citations,
             # Every sentence is a verbatim span of the passage it cites: support is exact by construction.
             support=1.0,
@@ -500,13 +552,25 @@ class Answerer:
         )
         return self._finish(prep, answer)
 
+    def _prompt(self, prep: _Prepared) -> Prompt:
+        """Return the prompt an answer is generated with: the conversation's when it has earlier turns."""
+        return self.conversation_prompt if prep.history else self.prompt
+
     def _request(self, prep: _Prepared) -> ChatRequest:
-        user = self.prompt.render_user(prep.question, render_passages(prep.passages))
+        prompt = self._prompt(prep)
+        if prep.history:
+            user = prompt.render(
+                history=render_history(prep.history),
+                question=quote("question", prep.question),
+                passages=render_passages(prep.passages),
+            )
+        else:
+            user = prompt.render_user(prep.question, render_passages(prep.passages))
         return ChatRequest(
-            messages=(Message("system", self.prompt.system), Message("user", user)),
+            messages=(Message("system", prompt.system), Message("user", user)),
             temperature=0.0,
             max_tokens=self.max_tokens,
-            prompt_version=self.prompt.id,
+            prompt_version=prompt.id,
         )
 
     def _check(self, prep: _Prepared, verification: Verification, usage: dict[str, Any], budget: Budget | None) -> str:
@@ -567,15 +631,16 @@ class Answerer:
         kept = [c for c in verification.claims if c.supported or self.unsupported == "flag"]
         if not any(c.supported and c.cited for c in kept):
             return self._refused(prep, usage, unsupported, verifier)
-        answer_text, citations = _renumber(kept, {p.n: p for p in prep.passages})
+        segments, citations = _renumber(kept, {p.n: p for p in prep.passages})
         answer = Answer(
             question=prep.question,
-            answer=answer_text,
+            answer=shown(segments),
+            segments=segments,
             citations=citations,
             support=round(verification.support, 4),
             refused=False,
             usage=usage,
-            prompt_version=self.prompt.id,
+            prompt_version=self._prompt(prep).id,
             trace_id=prep.trace_id,
             mode="llm",
             unsupported=unsupported,
@@ -591,11 +656,11 @@ def _unsupported(claim: Claim) -> dict[str, Any]:
     return entry
 
 
-def _renumber(claims: Sequence[Claim], passages: dict[int, Passage]) -> tuple[str, list[Citation]]:
-    """Return the answer text with citations numbered 1, 2, … in order of first use, and those citations."""
+def _renumber(claims: Sequence[Claim], passages: dict[int, Passage]) -> tuple[list[AnswerSegment], list[Citation]]:
+    """Return the answer's segments with citations numbered 1, 2, … in order of first use, and those citations."""
     numbers: dict[int, int] = {}
     citations: list[Citation] = []
-    parts: list[str] = []
+    parts: list[AnswerSegment] = []
     for claim in claims:
         marks: list[int] = []
         for n in claim.cited:
@@ -606,11 +671,11 @@ def _renumber(claims: Sequence[Claim], passages: dict[int, Passage]) -> tuple[st
                 numbers[n] = len(numbers) + 1
                 citations.append(_citation(numbers[n], passages[n], sentence, claim.support))
             marks.append(numbers[n])
-        sentence_text = claim.text + "".join(f" [{m}]" for m in marks)
+        parts += [plain(" " if parts else ""), plain(claim.text)]
+        parts += [s for m in marks for s in (plain(" "), mark(m))]
         if not claim.supported:
-            sentence_text += " [unsupported]"
-        parts.append(sentence_text)
-    return " ".join(parts), citations
+            parts.append(plain(" [unsupported]"))
+    return compact(parts), citations
 
 
 def _usage(completion: Completion | None) -> dict[str, Any]:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from archivist.guard.quote import quote
-from archivist.text.sentences import MAX_INTRODUCED_CHARS, introduced_block, leading_block
+from archivist.text.sentences import (
+    MAX_INTRODUCED_CHARS,
+    introduced_block,
+    leading_block,
+    sentence_spans,
+    sentence_start,
+    unstored_space,
+)
 from archivist.types import DEFAULT_COLLECTION, Hit
 
 TokenCounter = Callable[[str], int]
@@ -30,6 +37,12 @@ class Segment:
     page: int | None = None
     #: the chunk the span ends in (where a sentence cut at the span's end continues: the chunk after it)
     end_chunk: int | None = None
+    #: the chunk the span starts in (where a sentence cut at the span's start began: the chunk before it)
+    start_chunk: int | None = None
+    #: how much of the span's start belongs to a sentence begun before it that could not be completed (0: none)
+    cut_start: int = 0
+    #: the span ends inside a sentence that could not be completed: its last piece is no sentence
+    cut_end: bool = False
 
 
 @dataclass(slots=True)
@@ -81,8 +94,9 @@ def _merge(segments: list[Segment]) -> list[Segment]:
                 last.text += seg.text[last.end - seg.start :]
                 last.end = seg.end
                 last.end_chunk = seg.end_chunk
+                last.cut_end = seg.cut_end
         else:
-            merged.append(Segment(seg.start, seg.end, seg.text, seg.heading_path, seg.page, seg.end_chunk))
+            merged.append(replace(seg))
     return merged
 
 
@@ -118,7 +132,9 @@ def pack_context(
             )
             by_doc[hit.document_id] = passage
             order.append(hit.document_id)
-        passage.segments.append(Segment(hit.start, hit.end, hit.text, hit.heading_path, hit.page, hit.chunk_id))
+        passage.segments.append(
+            Segment(hit.start, hit.end, hit.text, hit.heading_path, hit.page, hit.chunk_id, hit.chunk_id)
+        )
         passage.chunk_ids.append(hit.chunk_id)
         used += cost
     passages = []
@@ -139,18 +155,27 @@ _SENTENCE_END = re.compile(r"[.!?…][)\]\"'”’]*(?=\s|$)")
 #: the most characters between a chunk that ends in a colon and the next one for that one's first block to count as
 #: introduced (the blank line the chunker cut at)
 BLOCK_GAP = 2
-#: (document id, chunk id) → the chunk after it in that document, as (start, end, text), or None
+#: (document id, chunk id) → the chunk after (or before) it in that document, as (start, end, text), or None
 NextChunk = Callable[[str, int], "tuple[int, int, str] | None"]
 
 
-def complete_cut_sentences(passages: Sequence[Passage], next_chunk: NextChunk, max_chars: int = 400) -> int:
+def complete_cut_sentences(
+    passages: Sequence[Passage],
+    next_chunk: NextChunk,
+    previous_chunk: NextChunk | None = None,
+    max_chars: int = 400,
+) -> int:
     """Extend each segment that stops mid-sentence into the next chunk, to the end of that sentence (at most
-    `max_chars` more), and each that stops on a colon through the list, table or code block it introduces; return
-    how many segments grew. Text stays an exact span of the document."""
+    `max_chars` more), each that stops on a colon through the list, table or code block it introduces, and (given
+    `previous_chunk`) each that starts mid-sentence back into the chunk before, to that sentence's start; return how
+    many segments grew. Text stays an exact span of the document. A segment whose cut sentence cannot be completed
+    is marked (`cut_start`, `cut_end`), so the fragment is never quoted as a sentence."""
     grown = 0
     added: list[tuple[Passage, Segment]] = []
     for passage in passages:
         for seg in passage.segments:
+            if previous_chunk is not None and _complete_start(passage, seg, previous_chunk, max_chars):
+                grown += 1
             introduces = seg.text.rstrip().endswith(":")
             if seg.end_chunk is None or (_ENDS_THOUGHT.search(seg.text) and not introduces):
                 continue
@@ -165,7 +190,13 @@ def complete_cut_sentences(passages: Sequence[Passage], next_chunk: NextChunk, m
                 if n:
                     added.append((passage, Segment(start, start + n, text[:n], seg.heading_path, seg.page)))
                 continue
-            if not start <= seg.end < end:
+            if seg.end < start:
+                # Only space lies between the two chunks: does the sentence run on across it?
+                space = unstored_space(start - seg.end, text)
+                after = len(seg.text) + len(space)
+                seg.cut_end = not introduces and sentence_start(seg.text + space + text[:max_chars], after) < after
+                continue
+            if seg.end >= end:
                 continue
             if introduces:
                 tail = text[seg.end - start : seg.end - start + MAX_INTRODUCED_CHARS + 2]
@@ -175,6 +206,7 @@ def complete_cut_sentences(passages: Sequence[Passage], next_chunk: NextChunk, m
                 stop = _SENTENCE_END.search(tail)
                 extra = stop.end() if stop else 0
             if extra <= 0:
+                seg.cut_end = not introduces
                 continue
             seg.text += tail[:extra]
             seg.end += extra
@@ -185,6 +217,49 @@ def complete_cut_sentences(passages: Sequence[Passage], next_chunk: NextChunk, m
         passage.segments = _merge([*passage.segments, block])
         grown += 1
     return grown
+
+
+def _complete_start(passage: Passage, seg: Segment, previous_chunk: NextChunk, max_chars: int) -> bool:
+    """Extend a segment that starts mid-sentence back to that sentence's start, through the chunks before it (at
+    most `max_chars`), or mark how much of it is the cut sentence when that starts further back or behind space
+    that is not stored; return whether it grew."""
+    head, at, chunk = "", seg.start, seg.start_chunk  # head: the document's text from `at` to the segment
+    while chunk is not None:
+        if len(head) > max_chars:
+            seg.cut_start = _cut_sentence(head, seg.text)
+            return False
+        before = previous_chunk(passage.document_id, chunk)
+        if before is None:
+            break  # the document's first chunk starts a sentence
+        start, end, text = before
+        gap = end < at
+        context = text[-max_chars:] + unstored_space(at - end, head + seg.text) if gap else text[: max(at - start, 0)]
+        begin = sentence_start(context + head + seg.text, len(context) + len(head))
+        if begin >= len(context) or (begin > 0 and not gap):
+            head = (context + head)[begin:]
+            break
+        if gap or start >= at:
+            seg.cut_start = _cut_sentence(context + head, seg.text)  # it runs on behind the space between chunks
+            return False
+        # The sentence may start before this chunk does: read on back.
+        head, at, chunk = context + head, start, chunk - 1
+    if not head:
+        return False
+    if len(head) > max_chars:
+        seg.cut_start = _cut_sentence(head, seg.text)
+        return False
+    seg.text = head + seg.text
+    seg.start -= len(head)
+    return True
+
+
+def _cut_sentence(before: str, text: str) -> int:
+    """Return how much of `text` belongs to the sentence it starts inside, read with the text `before` it (a
+    sentence boundary seen in `text` alone may be none: "et al." cut after "et")."""
+    for a, _ in sentence_spans(text, prose_only=False):
+        if a and sentence_start(before + text, len(before) + a) == len(before) + a:
+            return a
+    return len(text)
 
 
 def render_passages(passages: Sequence[Passage]) -> str:

@@ -20,9 +20,13 @@ class Sentence:
 
 
 def split_sentences(passage: Passage, *, prose_only: bool = True) -> list[Sentence]:
-    """Return the passage's sentences (too short or too long ones left out), with document offsets."""
-    return [
-        Sentence(passage.n, passage.document_id, seg.start + a, seg.start + b, seg.text[a:b])
-        for seg in passage.segments
-        for a, b in sentence_spans(seg.text, prose_only=prose_only)
-    ]
+    """Return the passage's sentences (too short or too long ones left out), with document offsets; the piece of a
+    sentence a segment was cut inside (`Segment.cut_start`, `cut_end`) is none."""
+    out: list[Sentence] = []
+    for seg in passage.segments:
+        last = len(seg.text.rstrip())
+        for a, b in sentence_spans(seg.text, prose_only=prose_only):
+            if a < seg.cut_start or (seg.cut_end and b == last):
+                continue
+            out.append(Sentence(passage.n, passage.document_id, seg.start + a, seg.start + b, seg.text[a:b]))
+    return out

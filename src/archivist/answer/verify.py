@@ -16,6 +16,7 @@ from archivist.answer.context import Passage
 from archivist.answer.sentences import Sentence, split_sentences
 from archivist.embed.base import Embedder
 from archivist.text.analyzer import ANSWER_TERMS, analyzer, overlap
+from archivist.text.prose import plain_references
 
 _MARKER = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 # Claims end at sentence punctuation (after any citation markers) followed by whitespace or the end of the text,
@@ -77,7 +78,8 @@ def split_claims(answer: str) -> list[Claim]:
 
 def _claim(text: str) -> Claim:
     cited = [int(n) for group in _MARKER.findall(text) for n in group.split(",")]
-    return Claim(strip_markers(text), list(dict.fromkeys(cited)))
+    # What is left in brackets is not a citation of ours ("[12–14]" copied from a paper): shown as plain text.
+    return Claim(plain_references(strip_markers(text)), list(dict.fromkeys(cited)))
 
 
 def strip_markers(text: str) -> str:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from archivist.app import Archivist
 from archivist.cli._errors import fail
-from archivist.config import load_settings
-from archivist.store import store_exists
 from archivist.types import ArchivistError, UsageError
+
+if TYPE_CHECKING:
+    from archivist.app import Archivist
 
 
 @contextmanager
@@ -20,6 +20,11 @@ def open_app(store: str | None, *, existing: bool = False, **overrides: Any) -> 
     `existing`: the command only reads, so a store that does not exist yet is an error (a mistyped path would
     otherwise be created empty and every search would find nothing).
     """
+    # Imported here, not at the top: `archivist --help` and completion must not load numpy and the models.
+    from archivist.app import Archivist
+    from archivist.config import load_settings
+    from archivist.store import store_exists
+
     try:
         settings = load_settings(store=store, **overrides)
         if existing and not store_exists(settings.store):

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from archivist.app import Archivist
 from archivist.cli._errors import fail
-from archivist.retrieve.hybrid import Mode
-from archivist.store.filters import Filters, check_filter_keys
+
+if TYPE_CHECKING:
+    from archivist.app import Archivist
+    from archivist.retrieve.hybrid import Mode
+    from archivist.store.filters import Filters
 
 StoreOpt = Annotated[
     str | None,
-    typer.Option("--store", envvar="ARCHIVIST_STORE", help="Store URL (default sqlite:///.archivist/archivist.db)."),
+    typer.Option(
+        "--store",
+        envvar="ARCHIVIST_STORE",
+        metavar="URL",
+        help="Store URL (default sqlite:///.archivist/archivist.db).",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 FilterOpt = Annotated[
@@ -21,10 +28,21 @@ FilterOpt = Annotated[
     typer.Option(
         "--filter",
         "-f",
+        metavar="KEY=VALUE",
         help="key=value; glob values (docs/*.md) allowed; repeatable: AND across keys, OR within one key.",
     ),
 ]
-ModeOpt = Annotated[str, typer.Option("--mode", help="hybrid, dense or bm25.")]
+MODES = ("hybrid", "dense", "bm25")
+
+
+def complete_mode(incomplete: str) -> list[str]:
+    """Return the retrieval modes that start with what was typed (shell completion of `--mode`)."""
+    return [m for m in MODES if m.startswith(incomplete)]
+
+
+ModeOpt = Annotated[
+    str, typer.Option("--mode", metavar="MODE", autocompletion=complete_mode, help="hybrid, dense or bm25.")
+]
 
 
 def parse_mode(mode: str) -> Mode:
@@ -37,6 +55,8 @@ def parse_mode(mode: str) -> Mode:
 
 def store_filters(archivist: Archivist, filters: list[str] | None) -> Filters:
     """Return the `--filter` values parsed, raising UsageError on bad syntax or a key the store does not hold."""
+    from archivist.store.filters import Filters, check_filter_keys
+
     parsed = Filters.parse(filters or [])
     check_filter_keys(archivist.store, parsed)
     return parsed

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
-from archivist.answer.answerer import Answer, AnswerDone, RetrievalDone
 from archivist.cli._app import open_app
+from archivist.cli._command import App
 from archivist.cli._options import FilterOpt, JsonOpt, StoreOpt, store_filters
 from archivist.cli._output import emit_json, out, warn
 
-app = typer.Typer()
+if TYPE_CHECKING:
+    from archivist.answer.answerer import Answer
+
+app = App()
 
 StreamOpt = Annotated[
     bool, typer.Option("--stream", help="Print the answer as it is generated, then the sources (with --json: NDJSON).")
@@ -46,14 +49,16 @@ def _print_warnings(answer: Answer) -> None:
 
 @app.command()
 def ask(
-    question: Annotated[str, typer.Argument(help="The question, in plain words.")],
-    k: Annotated[int, typer.Option("--k", min=1, max=50, help="Chunks retrieved as evidence.")] = 12,
+    question: Annotated[str, typer.Argument(metavar="QUESTION", help="The question, in plain words.")],
+    k: Annotated[int, typer.Option("--k", min=1, max=50, metavar="N", help="Chunks retrieved as evidence.")] = 12,
     stream: StreamOpt = False,
     filters: FilterOpt = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Answer a question from the documents, with [n] citations checked against the quoted text."""
+    from archivist.answer.answerer import AnswerDone, RetrievalDone
+
     with open_app(store, existing=True) as archivist:
         parsed = store_filters(archivist, filters)
         answerer = archivist.answerer(k=k)

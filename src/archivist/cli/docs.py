@@ -11,13 +11,12 @@ from rich.markup import escape
 from rich.table import Table
 
 from archivist.cli._app import open_app
+from archivist.cli._command import App
 from archivist.cli._errors import fail
 from archivist.cli._options import FilterOpt, JsonOpt, StoreOpt, store_filters
 from archivist.cli._output import emit_done, emit_json, out, short
 
-app = typer.Typer(
-    name="docs", help="List, show and delete stored documents.", no_args_is_help=True, rich_markup_mode=None
-)
+app = App(name="docs", help="List, show and delete stored documents.", no_args_is_help=True)
 
 DocumentIdArg = Annotated[str, typer.Argument(metavar="ID")]
 

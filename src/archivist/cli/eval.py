@@ -3,41 +3,46 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from archivist.app import Archivist
 from archivist.cli._app import open_app
+from archivist.cli._command import App
 from archivist.cli._errors import fail, usage
 from archivist.cli._options import JsonOpt, ModeOpt, StoreOpt, parse_mode
 from archivist.cli._output import emit_json, err, out
-from archivist.evals.answers import AnswerEvalConfig, run_answer_eval
-from archivist.evals.calibrate import calibrate_refusal
-from archivist.evals.datasets import Slice, load_dataset
-from archivist.evals.gate import run_gate
-from archivist.evals.metrics import DEFAULT_METRICS, parse_metric
-from archivist.evals.report import render_report
-from archivist.evals.retrieval import ProgressFn, RetrievalEvalConfig, run_retrieval_eval
-from archivist.evals.significance import compare
+from archivist.cli._progress import stage_progress
 from archivist.types import UsageError
 
-app = typer.Typer(name="eval", help="Evaluate retrieval quality, compare runs, gate regressions.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from archivist.app import Archivist
+    from archivist.evals.answers import AnswerEvalConfig
+    from archivist.evals.datasets import Slice
+    from archivist.evals.retrieval import RetrievalEvalConfig
+
+app = App(name="eval", help="Evaluate retrieval quality, compare runs, gate regressions.", no_args_is_help=True)
 
 CacheOpt = Annotated[
     Path,
-    typer.Option("--cache-dir", envvar="ARCHIVIST_EVAL_CACHE", help="Where each dataset's own store is kept."),
+    typer.Option(
+        "--cache-dir", envvar="ARCHIVIST_EVAL_CACHE", metavar="DIR", help="Where each dataset's own store is kept."
+    ),
 ]
-MetricOpt = Annotated[list[str] | None, typer.Option("--metric", "-m", help="e.g. ndcg@10; repeatable.")]
-SplitOpt = Annotated[str, typer.Option("--split", help="test or train.")]
-TagOpt = Annotated[str | None, typer.Option("--tag", help="A label stored with the run.")]
-SaveBaselineOpt = Annotated[Path | None, typer.Option("--save-baseline", help="Also write the run here.")]
+MetricOpt = Annotated[
+    list[str] | None, typer.Option("--metric", "-m", metavar="METRIC", help="e.g. ndcg@10; repeatable.")
+]
+SplitOpt = Annotated[str, typer.Option("--split", metavar="SPLIT", help="test or train.")]
+TagOpt = Annotated[str | None, typer.Option("--tag", metavar="TAG", help="A label stored with the run.")]
+SaveBaselineOpt = Annotated[
+    Path | None, typer.Option("--save-baseline", metavar="FILE", help="Also write the run here.")
+]
+DatasetArg = typer.Argument(metavar="DATASET", help="A BEIR-layout folder: corpus.jsonl, queries.jsonl, qrels.tsv.")
+QADatasetHelp = "A QA dataset folder: corpus, queries, qrels and answers.jsonl."
+SliceHelp = "QUERIES:DISTRACTORS subset, e.g. 30:400."
 
 
 def _pair(spec: str, option: str, shape: str) -> tuple[int, int]:
@@ -50,6 +55,8 @@ def _pair(spec: str, option: str, shape: str) -> tuple[int, int]:
 
 
 def _parse_slice(spec: str | None) -> Slice | None:
+    from archivist.evals.datasets import Slice
+
     if not spec:
         return None
     q, d = _pair(spec, "--slice", "QUERIES:DISTRACTORS, e.g. 30:400")
@@ -68,6 +75,8 @@ def _parse_leave_out(spec: str | None) -> tuple[int, int] | None:
 
 
 def _metrics(names: list[str] | None, k: int | None) -> list[str]:
+    from archivist.evals.metrics import DEFAULT_METRICS, parse_metric
+
     chosen = list(names) if names else list(DEFAULT_METRICS)
     if k is not None:
         chosen = [m if "@" not in m or m.startswith("recall@100") else f"{m.split('@')[0]}@{k}" for m in chosen]
@@ -85,8 +94,16 @@ def _run_eval(
     cache_dir: Path,
 ) -> dict[str, Any]:
     """Return a retrieval or answer eval run (by the config's type), stored."""
+    from archivist.evals.answers import AnswerEvalConfig, run_answer_eval
+    from archivist.evals.datasets import load_dataset
+    from archivist.evals.retrieval import run_retrieval_eval
+
     ds = load_dataset(dataset, split, slice_, work_dir=cache_dir)
-    with stage_progress() as hook:
+    with stage_progress() as show:
+
+        def hook(stage: str, done: int, total: int) -> None:
+            show(stage, done, total, "")
+
         if isinstance(config, AnswerEvalConfig):
             record = run_answer_eval(archivist.settings, ds, config, cache_dir=cache_dir, progress=hook)
         else:
@@ -99,27 +116,6 @@ def _save_baseline(record: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     err.print(f"baseline written to {path}")
-
-
-@contextmanager
-def stage_progress() -> Iterator[ProgressFn]:
-    """Yield a progress hook that shows one transient bar per stage (ingest, queries…) on stderr."""
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as progress:
-        tasks: dict[str, Any] = {}
-
-        def hook(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = progress.add_task(stage, total=total)
-            progress.update(tasks[stage], completed=done, total=total)
-
-        yield hook
 
 
 def _print_metrics_table(title: str, metrics: dict[str, float]) -> None:
@@ -142,13 +138,15 @@ def _print_metrics(record: dict[str, Any]) -> None:
 
 @app.command("retrieval")
 def eval_retrieval(
-    dataset: Annotated[Path, typer.Argument(help="A BEIR-layout folder: corpus.jsonl, queries.jsonl, qrels.tsv.")],
+    dataset: Annotated[Path, DatasetArg],
     split: SplitOpt = "test",
-    k: Annotated[int | None, typer.Option("--k", min=1, help="Cutoff for the @k metrics (recall@100 is kept).")] = None,
+    k: Annotated[
+        int | None, typer.Option("--k", min=1, metavar="N", help="Cutoff for the @k metrics (recall@100 is kept).")
+    ] = None,
     metrics: MetricOpt = None,
     mode: ModeOpt = "hybrid",
     depth: Annotated[int, typer.Option("--depth", min=1, max=5000, help="Chunk hits fetched per query.")] = 300,
-    slice_spec: Annotated[str | None, typer.Option("--slice", help="QUERIES:DISTRACTORS subset, e.g. 30:400.")] = None,
+    slice_spec: Annotated[str | None, typer.Option("--slice", metavar="Q:D", help=SliceHelp)] = None,
     tag: TagOpt = None,
     save_baseline: SaveBaselineOpt = None,
     cache_dir: CacheOpt = Path(".archivist/evals"),
@@ -156,6 +154,8 @@ def eval_retrieval(
     as_json: JsonOpt = False,
 ) -> None:
     """Ingest the dataset's corpus into its own cached store, run its queries, store and print metrics."""
+    from archivist.evals.retrieval import RetrievalEvalConfig
+
     retrieval_mode = parse_mode(mode)
     with open_app(store) as archivist:
         config = RetrievalEvalConfig(mode=retrieval_mode, depth=depth, metrics=_metrics(metrics, k), tag=tag)
@@ -170,7 +170,9 @@ def eval_retrieval(
 
 @app.command("runs")
 def eval_runs(
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Only runs of this dataset name.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", metavar="NAME", help="Only runs of this dataset name.")
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", min=1)] = 20,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
@@ -199,20 +201,35 @@ def eval_runs(
     if as_json:
         emit_json(summaries)
         return
-    table = Table("id", "dataset", "split", "date", "fingerprint", "tag", "ndcg@10", "recall@100", box=None)
+    table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False)
+    # The id is what `eval compare` and `eval report` take, and the fingerprint tells configurations apart: neither
+    # is ever cut; the other columns wrap to make room on a narrow terminal.
+    table.add_column("id", no_wrap=True)
+    table.add_column("dataset", overflow="fold")
+    table.add_column("split", overflow="fold")
+    table.add_column("date", min_width=10)  # a day on one line; the time goes under it when space is short
+    table.add_column("fingerprint", no_wrap=True)
+    table.add_column("tag", overflow="fold")
+    table.add_column("ndcg@10", justify="right", no_wrap=True)
+    table.add_column("recall@100", justify="right", no_wrap=True)
     for r in summaries:
         m = r["metrics"] or {}
         table.add_row(
             str(r["id"]),
             str(r["dataset"]),
             str(r["split"]),
-            str(r["created_at"]),
+            _short_date(str(r["created_at"])),
             str(r["fingerprint_hash"]),
             str(r["tag"] or ""),
             _fmt(m.get("ndcg@10")),
             _fmt(m.get("recall@100")),
         )
-    out.print(table)
+    out.print(table, soft_wrap=False)  # soft wrapping lets a table run one column past the terminal
+
+
+def _short_date(created_at: str) -> str:
+    """Return an ISO timestamp as `YYYY-MM-DD HH:MM` (UTC, as stored): enough to tell one day's runs apart."""
+    return created_at[:16].replace("T", " ")
 
 
 def _fmt(v: Any) -> str:
@@ -236,14 +253,16 @@ def _load_run(archivist: Archivist, ref: str) -> dict[str, Any]:
 
 @app.command("compare")
 def eval_compare(
-    run_a: Annotated[str, typer.Argument(help="Baseline run id (or a run JSON file).")],
-    run_b: Annotated[str, typer.Argument(help="Candidate run id (or a run JSON file).")],
+    run_a: Annotated[str, typer.Argument(metavar="RUN_A", help="Baseline run id (or a run JSON file).")],
+    run_b: Annotated[str, typer.Argument(metavar="RUN_B", help="Candidate run id (or a run JSON file).")],
     metrics: MetricOpt = None,
     show: Annotated[int, typer.Option("--show", min=0, help="How many per-query wins and losses to list.")] = 5,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Per-metric deltas with a paired randomization test, and the queries that won and lost most."""
+    from archivist.evals.significance import compare
+
     with open_app(store, existing=not (_is_run_file(run_a) and _is_run_file(run_b))) as archivist:
         a, b = _load_run(archivist, run_a), _load_run(archivist, run_b)
         # By default, every metric measured per query (a run's aggregate-only metrics, e.g. refusal precision,
@@ -303,16 +322,25 @@ def eval_compare(
 
 @app.command("gate")
 def eval_gate(
-    baseline: Annotated[Path, typer.Option("--baseline", help="A run JSON written by --save-baseline.")],
+    baseline: Annotated[
+        Path, typer.Option("--baseline", metavar="FILE", help="A run JSON written by --save-baseline.")
+    ],
     max_drop: Annotated[float, typer.Option("--max-drop", min=0.0, help="Largest tolerated drop in a metric.")] = 0.01,
     metrics: MetricOpt = None,
     alpha: Annotated[float, typer.Option("--alpha", min=0.0, max=1.0, help="Significance level.")] = 0.05,
-    run_ref: Annotated[str | None, typer.Option("--run", help="Gate this stored run instead of running anew.")] = None,
+    run_ref: Annotated[
+        str | None, typer.Option("--run", metavar="RUN", help="Gate this stored run instead of running anew.")
+    ] = None,
     cache_dir: CacheOpt = Path(".archivist/evals"),
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Exit 1 when a metric dropped by more than --max-drop and significantly; print the queries that got worse."""
+    from archivist.evals.answers import AnswerEvalConfig
+    from archivist.evals.datasets import Slice
+    from archivist.evals.gate import run_gate
+    from archivist.evals.retrieval import RetrievalEvalConfig
+
     if not baseline.is_file():
         fail(f"no baseline file at {baseline}", 2)
     with open_app(store) as archivist:
@@ -382,11 +410,14 @@ def eval_gate(
 @app.command("report")
 def eval_report(
     run_ref: Annotated[str, typer.Argument(metavar="RUN", help="Run id (or prefix).")],
-    html_path: Annotated[Path, typer.Option("--html", help="Where to write the HTML report.")],
-    metric: Annotated[str, typer.Option("--metric", help="The metric charted.")] = "ndcg@10",
+    html_path: Annotated[Path, typer.Option("--html", metavar="FILE", help="Where to write the HTML report.")],
+    metric: Annotated[str, typer.Option("--metric", metavar="METRIC", help="The metric charted.")] = "ndcg@10",
     store: StoreOpt = None,
 ) -> None:
     """Write an HTML report: metrics, per-query distribution, the metric over time for this dataset."""
+    from archivist.evals.metrics import parse_metric
+    from archivist.evals.report import render_report
+
     with open_app(store, existing=True) as archivist:
         parse_metric(metric)
         run = _load_run(archivist, run_ref)
@@ -403,9 +434,12 @@ def eval_report(
 
 @app.command("calibrate-refusal")
 def eval_calibrate_refusal(
-    dataset: Annotated[Path, typer.Argument(help="A QA dataset folder whose questions its corpus answers.")],
+    dataset: Annotated[
+        Path, typer.Argument(metavar="DATASET", help="A QA dataset folder whose questions its corpus answers.")
+    ],
     unanswerable: Annotated[
-        Path, typer.Option("--unanswerable", help="A dataset whose questions this corpus cannot answer.")
+        Path,
+        typer.Option("--unanswerable", metavar="DATASET", help="A dataset whose questions this corpus cannot answer."),
     ],
     split: SplitOpt = "test",
     limit: Annotated[int | None, typer.Option("--limit", min=2, help="Ask only N questions (evenly spread).")] = None,
@@ -413,7 +447,7 @@ def eval_calibrate_refusal(
     min_precision: Annotated[
         float, typer.Option("--min-precision", min=0.0, max=1.0, help="Refusals that must be right.")
     ] = 0.9,
-    slice_spec: Annotated[str | None, typer.Option("--slice", help="QUERIES:DISTRACTORS subset, e.g. 5:3.")] = None,
+    slice_spec: Annotated[str | None, typer.Option("--slice", metavar="Q:D", help=SliceHelp)] = None,
     leave_out: Annotated[
         str | None,
         typer.Option(
@@ -429,10 +463,17 @@ def eval_calibrate_refusal(
 ) -> None:
     """Measure the refusal threshold for your documents: best refusal recall at a minimum precision, checked on a
     held-out half. Set it as ARCHIVIST_REFUSAL_THRESHOLD or `refusal_threshold` in archivist.toml."""
+    from archivist.evals.calibrate import calibrate_refusal
+    from archivist.evals.datasets import load_dataset
+
     left = usage(_parse_leave_out, leave_out)
     with open_app(store) as archivist:
         ds = load_dataset(dataset, split, _parse_slice(slice_spec), work_dir=cache_dir)
-        with stage_progress() as hook:
+        with stage_progress() as show:
+
+            def hook(stage: str, done: int, total: int) -> None:
+                show(stage, done, total, "")
+
             result = calibrate_refusal(
                 archivist.settings,
                 ds,
@@ -470,13 +511,16 @@ def eval_calibrate_refusal(
 
 @app.command("answers")
 def eval_answers(
-    dataset: Annotated[Path, typer.Argument(help="A QA dataset folder: corpus, queries, qrels and answers.jsonl.")],
+    dataset: Annotated[Path, typer.Argument(metavar="DATASET", help=QADatasetHelp)],
     split: SplitOpt = "test",
-    k: Annotated[int, typer.Option("--k", min=1, max=50, help="Chunks retrieved as evidence per question.")] = 12,
+    k: Annotated[
+        int, typer.Option("--k", min=1, max=50, metavar="N", help="Chunks retrieved as evidence per question.")
+    ] = 12,
     limit: Annotated[int | None, typer.Option("--limit", min=1, help="Ask only N questions (evenly spread).")] = None,
-    slice_spec: Annotated[str | None, typer.Option("--slice", help="QUERIES:DISTRACTORS subset, e.g. 5:3.")] = None,
+    slice_spec: Annotated[str | None, typer.Option("--slice", metavar="Q:D", help=SliceHelp)] = None,
     unanswerable: Annotated[
-        Path | None, typer.Option("--unanswerable", help="A dataset whose questions this corpus cannot answer.")
+        Path | None,
+        typer.Option("--unanswerable", metavar="DATASET", help="A dataset whose questions this corpus cannot answer."),
     ] = None,
     unanswerable_limit: Annotated[int, typer.Option("--unanswerable-limit", min=1)] = 100,
     gold_removed: Annotated[
@@ -509,6 +553,7 @@ def eval_answers(
     as_json: JsonOpt = False,
 ) -> None:
     """Answer the dataset's questions from its own cached store; score answers, citations and refusal; store the run."""
+    from archivist.evals.answers import AnswerEvalConfig
     from archivist.evals.judge import DEFAULT_SAMPLES
 
     if judge is False and judge_samples is not None:

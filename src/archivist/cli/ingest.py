@@ -4,24 +4,27 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from archivist.cli._app import open_app
+from archivist.cli._command import App
 from archivist.cli._options import JsonOpt, StoreOpt
-from archivist.cli._output import emit_json, err, out, short
-from archivist.ingest.pipeline import Progress as IngestProgress
+from archivist.cli._output import emit_json, err, out
+from archivist.cli._progress import stage_progress
 from archivist.types import DEFAULT_COLLECTION
 
-app = typer.Typer()
+if TYPE_CHECKING:
+    from archivist.ingest.pipeline import Progress
+
+app = App()
 
 
 @app.command()
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Files and folders: .md .txt .html .pdf .jsonl")],
+    paths: Annotated[list[Path], typer.Argument(metavar="PATH", help="Files and folders: .md .txt .html .pdf .jsonl")],
     sync: Annotated[
         bool, typer.Option("--sync", help="Remove stored documents whose source under PATHS is gone.")
     ] = False,
@@ -34,7 +37,7 @@ def ingest(
         ),
     ] = False,
     collection: Annotated[
-        str, typer.Option("--collection", "-c", help="The collection to ingest into (created if new).")
+        str, typer.Option("--collection", "-c", metavar="NAME", help="The collection to ingest into (created if new).")
     ] = DEFAULT_COLLECTION,
     follow_symlinks: Annotated[
         bool,
@@ -48,22 +51,11 @@ def ingest(
 ) -> None:
     """Ingest files and folders: unchanged documents are skipped, changed ones replaced atomically."""
     with open_app(store) as archivist:
-        progress = Progress(
-            TextColumn("[bold]ingest"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("docs"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[current]}", style="dim"),
-            console=err,
-            transient=True,
-        )
-        with progress:
-            task = progress.add_task("ingest", total=None, current="loading model…")
+        with stage_progress() as show:
+            show("ingest", 0, None, "loading model…")
 
-            def hook(p: IngestProgress) -> None:
-                progress.update(task, completed=p.done, total=p.total, current=short(p.current, 50))
+            def hook(p: Progress) -> None:
+                show("ingest", p.done, p.total, p.current)
 
             report = archivist.ingest(
                 paths,

@@ -9,27 +9,34 @@ from rich.markup import escape
 from rich.table import Table
 
 from archivist.cli._app import open_app
+from archivist.cli._command import App
 from archivist.cli._errors import fail
 from archivist.cli._options import JsonOpt, StoreOpt
 from archivist.cli._output import emit_done, emit_json, err, out
 
-app = typer.Typer(name="keys", help="Create, list and revoke API keys of the HTTP service.", no_args_is_help=True)
+app = App(name="keys", help="Create, list and revoke API keys of the HTTP service.", no_args_is_help=True)
 
 
 @app.command("create")
 def keys_create(
-    name: Annotated[str, typer.Option("--name", help="Who or what the key is for.")],
-    scopes: Annotated[str, typer.Option("--scopes", help="Comma-separated: read, write, admin.")] = "read",
+    name: Annotated[str, typer.Option("--name", metavar="NAME", help="Who or what the key is for.")],
+    scopes: Annotated[
+        str, typer.Option("--scopes", metavar="SCOPES", help="Comma-separated: read, write, admin.")
+    ] = "read",
     collections: Annotated[
-        str | None, typer.Option("--collections", help="Comma-separated collections the key may use (default: all).")
+        str | None,
+        typer.Option(
+            "--collections", metavar="NAMES", help="Comma-separated collections the key may use (default: all)."
+        ),
     ] = None,
     budget_tokens: Annotated[
         int | None, typer.Option("--budget-tokens", min=0, help="LLM tokens the key may spend per period.")
     ] = None,
     budget_usd: Annotated[
-        float | None, typer.Option("--budget", "--budget-usd", min=0, help="Dollars the key may spend per period.")
+        float | None,
+        typer.Option("--budget", "--budget-usd", min=0, metavar="USD", help="Dollars the key may spend per period."),
     ] = None,
-    period: Annotated[str, typer.Option("--period", help="Budget period: day or month.")] = "month",
+    period: Annotated[str, typer.Option("--period", metavar="PERIOD", help="Budget period: day or month.")] = "month",
     rate: Annotated[
         int | None, typer.Option("--rate", min=1, help="Requests per minute (default ARCHIVIST_RATE_LIMIT_PER_MINUTE).")
     ] = None,

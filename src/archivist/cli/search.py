@@ -3,39 +3,45 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from archivist.cli._app import open_app
+from archivist.cli._command import App
 from archivist.cli._options import FilterOpt, JsonOpt, ModeOpt, StoreOpt, parse_mode
 from archivist.cli._output import emit_json, out, warn
-from archivist.store.filters import Filters
-from archivist.text.analyzer import BM25_TERMS, analyzer
-from archivist.types import Hit
 
-app = typer.Typer()
+if TYPE_CHECKING:
+    from archivist.types import Hit
+
+app = App()
 
 
 @app.command()
 def search(
-    query: Annotated[str, typer.Argument(help="What to look for, in natural language.")],
+    query: Annotated[str, typer.Argument(metavar="QUERY", help="What to look for, in natural language.")],
     k: Annotated[int, typer.Option("--k", "-k", min=1, max=1000, help="How many hits.")] = 5,
     filters: FilterOpt = None,
     mode: ModeOpt = "hybrid",
     explain: Annotated[bool, typer.Option("--explain", help="Show each retriever's score and rank.")] = False,
     rerank: Annotated[
-        str | None, typer.Option("--rerank", help="none, llm or cross-encoder (default: ARCHIVIST_RERANKER).")
+        str | None,
+        typer.Option("--rerank", metavar="RERANKER", help="none, llm or cross-encoder (default: ARCHIVIST_RERANKER)."),
     ] = None,
     expand: Annotated[
         str | None,
-        typer.Option("--expand", help="none, multi-query or hyde (default: ARCHIVIST_QUERY_EXPANSION)."),
+        typer.Option(
+            "--expand", metavar="EXPANSION", help="none, multi-query or hyde (default: ARCHIVIST_QUERY_EXPANSION)."
+        ),
     ] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Search the store: dense and BM25 in parallel, fused (learned fusion by default), optionally reranked."""
+    from archivist.store.filters import Filters
+
     retrieval_mode = parse_mode(mode)
     with open_app(store, existing=True, reranker=rerank, query_expansion=expand) as archivist:
         parsed = Filters.parse(filters or [])
@@ -70,6 +76,8 @@ def _print_hit(rank: int, hit: Hit, query: str, explain: bool) -> None:
 def _terms(query: str) -> list[str]:
     """Return the query's distinct terms as BM25 reads them (stopwords dropped, stemmed), of 3 characters or more:
     a shorter one would mark every word that starts with it."""
+    from archivist.text.analyzer import BM25_TERMS, analyzer
+
     return [t for t in dict.fromkeys(analyzer(BM25_TERMS).terms(query)) if len(t) > 2]
 
 

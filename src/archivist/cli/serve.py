@@ -13,10 +13,11 @@ from typing import Annotated, Any
 import typer
 
 from archivist.cli._app import open_app
+from archivist.cli._command import App
 from archivist.cli._errors import fail
 from archivist.cli._options import StoreOpt
 
-app = typer.Typer()
+app = App()
 
 
 def _server_class() -> type[Any]:
@@ -112,10 +113,14 @@ def serve(
 
 def _serve_workers(host: str, port: int, workers: int, graceful_s: int, proxy: dict[str, Any]) -> None:
     """Run `workers` processes of the app on one listening socket."""
+    import shutil
     import socket
+    import tempfile
 
     import uvicorn
     from uvicorn.supervisors import Multiprocess
+
+    from archivist.server.metrics import MULTIPROC_ENV
 
     # Bound here rather than by uvicorn: its socket has protocol 0, so asyncio never sets TCP_NODELAY on the
     # connections, and every keep-alive request after the first waited ~40 ms for Nagle (uvicorn #3149).
@@ -128,6 +133,11 @@ def _serve_workers(host: str, port: int, workers: int, graceful_s: int, proxy: d
         fail(f"could not serve on {host}:{port}: {exc}", 1)
     sock.set_inheritable(True)
     os.environ.setdefault("ARCHIVIST_EMBED_THREADS", "1")
+    # Every worker writes its metrics to files here (prometheus_client reads the variable when a worker imports it),
+    # so a scrape answered by any one of them counts the whole server. Fresh per run: old files would add up.
+    metrics_dir = tempfile.mkdtemp(prefix="archivist-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    logging.getLogger("archivist.server").info("the workers share their metrics in %s", metrics_dir)
     config = uvicorn.Config(
         "archivist.server.app:app_from_environment",
         factory=True,
@@ -139,4 +149,8 @@ def _serve_workers(host: str, port: int, workers: int, graceful_s: int, proxy: d
         timeout_graceful_shutdown=graceful_s,
         **proxy,
     )
-    Multiprocess(config, sockets=[sock]).run()
+    try:
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        del os.environ[MULTIPROC_ENV]
+        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import typer
 from rich.markup import escape
 from rich.table import Table
 
 from archivist.cli._app import open_app
+from archivist.cli._command import App
 from archivist.cli._options import JsonOpt, StoreOpt
 from archivist.cli._output import emit_json, out
 
-app = typer.Typer()
+app = App()
 
 
 @app.command()

@@ -10,11 +10,12 @@ from typing import Annotated
 import typer
 
 from archivist.cli._app import open_app
+from archivist.cli._command import App
 from archivist.cli._errors import fail
 from archivist.cli._options import StoreOpt
 from archivist.types import ArchivistError
 
-app = typer.Typer()
+app = App()
 
 #: seconds between the status lines a running worker logs
 STATUS_EVERY_S = 30.0
@@ -26,7 +27,9 @@ def worker(
     concurrency: Annotated[
         int, typer.Option("--concurrency", min=1, max=64, help="Jobs run at once, one thread each.")
     ] = 1,
-    log_level: Annotated[str, typer.Option("--log-level", help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[
+        str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")
+    ] = "info",
 ) -> None:
     """Run ingestion jobs from the store's queue (what `serve` enqueues) until SIGTERM or Ctrl-C (JSON logs on
     stderr). Any number of workers, on any host that reaches the store, share the queue; a job cut short by a stop

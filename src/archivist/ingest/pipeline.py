@@ -297,11 +297,12 @@ class IngestPipeline:
                     if h not in vectors or (pooling is not None and h not in have_sentences):
                         missing.setdefault(h, (t, c.text))
             sentences: dict[str, SentenceVectors] = {}
-            if missing and pooling is not None:
-                embedded, sentences = _embed_with_sentences(pooling, missing)
-            elif missing:
-                embedded = self.embedder.embed([t for t, _ in missing.values()])
             if missing:
+                with span("embed", kind="documents", texts=len(missing)):
+                    if pooling is not None:
+                        embedded, sentences = _embed_with_sentences(pooling, missing)
+                    else:
+                        embedded = self.embedder.embed([t for t, _ in missing.values()])
                 vectors.update(zip(missing.keys(), embedded, strict=True))
                 report.chunks_embedded += len(missing)
             outcomes = self.store.write_documents(

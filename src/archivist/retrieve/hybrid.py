@@ -99,7 +99,8 @@ class HybridRetriever:
         exact: dict[int, tuple[float, float]] = {}
         if use_dense:
             embedder = self._embedder()
-            vector = embedder.embed_query(query)
+            with span("embed", kind="query"):
+                vector = embedder.embed_query(query)
             dense = self.store.dense_search(embedder.model_id, vector, n, filters)
         bm25 = bm25_future.result() if bm25_future is not None else []
 

@@ -21,7 +21,9 @@ from archivist.app import Archivist
 from archivist.config import Settings
 from archivist.server.errors import install_error_handlers
 from archivist.server.middleware import RequestMiddleware
+from archivist.server.openapi import DocumentedAPI
 from archivist.server.routes import router
+from archivist.server.schemas import Ready, Unready
 from archivist.server.services import Services
 
 STATIC = Path(str(resources.files("archivist.server") / "static"))
@@ -66,6 +68,7 @@ def create_app(archivist: Archivist, *, run_jobs: bool = True, close_on_shutdown
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         services.request_log.start()
+        services.metrics.start()
         for worker in services.workers:
             worker.start()
         try:
@@ -77,10 +80,11 @@ def create_app(archivist: Archivist, *, run_jobs: bool = True, close_on_shutdown
             for worker in services.workers:
                 worker.stop()
             services.request_log.stop()
+            services.metrics.stop()
             if close_on_shutdown:
                 archivist.close()
 
-    app = FastAPI(
+    app = DocumentedAPI(
         title="Archivist",
         version="0.1.0",
         summary="A RAG service over your documents: hybrid search and grounded answers with checked citations.",
@@ -119,7 +123,12 @@ def _add_service_routes(app: FastAPI, services: Services) -> None:
         """The process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["operations"], responses={503: {"description": "store unreachable or not migrated"}})
+    @app.get(
+        "/readyz",
+        tags=["operations"],
+        response_model=Ready,
+        responses={503: {"model": Unready, "description": "store unreachable or not migrated"}},
+    )
     def readyz() -> JSONResponse:
         """The store is reachable and its schema is current."""
         latest = store.expected_schema_version()

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from archivist.llm.errors import BudgetExceeded
@@ -40,6 +41,61 @@ _KNOWN: dict[type[Exception], tuple[int, str]] = {
     ConflictError: (409, "conflict"),
     BudgetExceeded: (402, "budget_exceeded"),
 }
+
+
+class Problem(BaseModel):
+    """One part of a request that failed validation."""
+
+    loc: list[str] = Field(description='where: ["body", "k"], ["query", "limit"]…')
+    msg: str
+    type: str
+
+
+class ErrorInfo(BaseModel):
+    """What went wrong: a stable `code` to branch on, a message for people, the request's id."""
+
+    # upstream_error: a streamed answer's model failed after the stream began (an `error` event)
+    code: str = Field(
+        description="stable: "
+        + ", ".join(sorted({*_STATUS_CODES.values(), *(c for _, c in _KNOWN.values()), "upstream_error"}))
+    )
+    message: str
+    request_id: str = Field(description="also in the X-Request-ID header, and on every server log line of the request")
+    details: list[Problem] | None = Field(default=None, description="validation_error only: every problem found")
+
+
+class ErrorBody(BaseModel):
+    """The body of every error response, and the data of a stream's `error` event."""
+
+    error: ErrorInfo
+
+
+#: what each error status means, as the OpenAPI document says it
+_MEANINGS = {
+    400: "Bad request: the message says what to change.",
+    401: "No API key, or not a valid one.",
+    403: "The key lacks the scope, or may not use the collection.",
+    404: "No such resource (or none this key may see).",
+    409: "Conflict: the name is taken.",
+    413: "The request body is over the server's limit.",
+    415: "Unsupported content type.",
+    422: "The request failed validation; `details` lists every problem.",
+    429: "Rate limited (per key, or failed authentications per address): retry after `Retry-After` seconds.",
+    500: "Internal error; the server log has the details.",
+    504: "No response within the server's time limit.",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
+#: what any `/v1` request may get: no valid key, past a rate limit, the server's failure or time limit
+COMMON_ERRORS = (401, 429, 500, 504)
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """Return the OpenAPI `responses` of these error statuses, each with the one error body."""
+    return {
+        status: {"model": ErrorBody, "description": _MEANINGS[status]}
+        | ({"headers": _RETRY_AFTER} if status == 429 else {})
+        for status in statuses
+    }
 
 
 class ApiError(Exception):

@@ -366,6 +366,38 @@ class SearchIndexTests(StoreFixtures):
         assert [(h.start, h.end) for h in only_y] == [(0, 28)]
         assert store.sentence_search("other-key", rows[1], 10, Filters()) == []
 
+    def test_a_list_valued_field_matches_when_any_element_does_inside_both_searches(self, store: Store) -> None:
+        # Front matter `tags: [security, ops]` is stored as a list: `tags=security` must find it, in the dense and
+        # the BM25 arm alike, and a glob must match an element, never the list's JSON text.
+        vecs: dict[str, Vectors] = {}
+        docs: dict[str, dict[str, object]] = {
+            "sec.md": {"tags": ["security", "ops"], "owner": {"team": "platform"}},
+            "ops.md": {"tags": ["ops"]},
+            "one.md": {"tags": "security"},  # a plain string still matches as before
+            "none.md": {"owner": {"team": "security"}},  # a nested mapping's members are not elements
+        }
+        for i, (source, metadata) in enumerate(docs.items()):
+            w, vecs = _write(_doc(source, [f"rotate the keys {i}"], metadata=metadata), vecs, seed=i)
+            store.write_documents(MODEL, [w], vecs)
+        q = np.ones(DIM, np.float32) / np.sqrt(DIM)
+
+        def found(*specs: str) -> tuple[set[str], set[str]]:
+            filters = Filters.parse(list(specs))
+            dense = {store.get_chunks([c])[c].source for c, _ in store.dense_search(MODEL, q, 10, filters)}
+            bm25 = {store.get_chunks([c])[c].source for c, _ in store.bm25_search("rotate keys", 10, filters)}
+            return dense, bm25
+
+        assert found("tags=security") == ({"sec.md", "one.md"},) * 2
+        assert found("tags=ops") == ({"sec.md", "ops.md"},) * 2
+        assert found("tags=sec*") == ({"sec.md", "one.md"},) * 2
+        assert found("tags=*ops*") == ({"sec.md", "ops.md"},) * 2  # not '["security", "ops"]' as text
+        assert found("tags=ops", "source=s*") == ({"sec.md"},) * 2  # AND across keys still holds
+        assert found("tags=platform") == (set(), set())
+        assert found("owner=security") == (set(), set())
+        assert store.count_documents(Filters.parse(["tags=ops"])) == 2
+        scoped = Filters.parse(["tags=security"]).within(["elsewhere"])
+        assert store.dense_search(MODEL, q, 10, scoped) == []  # the scope clause is never widened by a list match
+
 
 class EvalRunStoreTests(StoreFixtures):
     """Stored eval runs, looked up by id prefix."""

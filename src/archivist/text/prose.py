@@ -13,6 +13,10 @@ _LIST_MARK = re.compile(r"^(?:[-*+•]|\d{1,9}[.)])\s+")
 _TABLE_RULE = re.compile(r"^\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)+\|?$|^\|\s*:?-+:?\s*\|$")
 _CELL_SPLIT = re.compile(r"(?<!\\)\|")
 _BREAK = re.compile(r"^(?:-[ \t]*){3,}$|^(?:\*[ \t]*){3,}$|^(?:_[ \t]*){3,}$")  # a thematic break
+#: a document's own numeric reference mark: "[3]", "[3, 4]", "[12–14]", "[1; 5-7]"; then any space before the
+#: punctuation that follows it ("days [3] ." in text extracted from PDFs)
+_REFERENCE = re.compile(r"\[\s*(\d{1,4}(?:\s*[-–—,;]\s*\d{1,4})*)\s*\](?:\s+(?=[.,;:!?](?:\s|$)))?")
+_INLINE_CODE = re.compile(r"(`+)[^`]*?\1")
 
 
 def _cells(line: str) -> list[str]:
@@ -24,15 +28,36 @@ def _cells(line: str) -> list[str]:
 
 
 def _inline(text: str) -> str:
-    """Return Markdown inline text as read: links and bold shown as their text."""
-    return _EMPHASIS.sub(r"\2", _LINK.sub(r"\1", text))
+    """Return Markdown inline text as read: links and bold shown as their text, reference marks as plain text."""
+    return plain_references(_EMPHASIS.sub(r"\2", _LINK.sub(r"\1", text)))
+
+
+def _reference(match: re.Match[str]) -> str:
+    """Return one reference mark as plain text: "(ref. 3)", "(refs. 3, 4)", "(refs. 12–14)"."""
+    body = re.sub(r"\s*([,;])\s*", r"\1 ", match.group(1))
+    body = re.sub(r"\s*[-–—]\s*", "–", body)
+    return f"(ref. {body})" if body.isdigit() else f"(refs. {body})"
+
+
+def plain_references(text: str) -> str:
+    """Return text with a document's own numeric reference marks ("[3]", "[3, 4]", "[12–14]") written as
+    "(ref. 3)", "(refs. 3, 4)", "(refs. 12–14)": in an answer, "[n]" is only ever our citation. Inline code is
+    left as it is."""
+    out: list[str] = []
+    pos = 0
+    for m in _INLINE_CODE.finditer(text):
+        out += [_REFERENCE.sub(_reference, text[pos : m.start()]), m.group(0)]
+        pos = m.end()
+    out.append(_REFERENCE.sub(_reference, text[pos:]))
+    return "".join(out)
 
 
 def prose(text: str) -> str:
     """Return a quote as answer prose: line wraps joined, Markdown links and bold shown as their text, a table
     row's cells separated by dashes (a header row and its rule left out; rows with or without outer pipes), a
     list item's marker dropped, a code block's lines as inline code, untouched; consecutive rows, items or code
-    lines are separated by semicolons. The citation keeps the exact text.
+    lines are separated by semicolons; the document's own reference marks as "(ref. 3)" (`plain_references`).
+    The citation keeps the exact text.
     """
     lines = text.splitlines()
     flat = [" ".join(raw.split()) for raw in lines]

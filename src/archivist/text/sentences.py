@@ -83,8 +83,32 @@ def _line_pieces(text: str) -> list[tuple[int, int]]:
     return out
 
 
+def sentence_start(text: str, offset: int) -> int:
+    """Return where the sentence holding `offset` starts (`offset` itself when one starts there), cut as
+    `sentence_spans` cuts the text but keeping sentences of any length; in a code block or heading, the line's."""
+    for a, b, is_prose in _regions(text):
+        if not a <= offset < b:
+            continue
+        if not is_prose:
+            return max(text.rfind("\n", a, offset) + 1, a)
+        begin = a
+        for x, _ in _prose_pieces(text[a:b]):
+            if a + x > offset:
+                break
+            begin = a + x
+        body = text[begin:offset]
+        # Space that opens the run belongs to no sentence.
+        return begin + len(body) - len(body.lstrip()) if body.strip() else offset
+    return offset
+
+
 def _prose_spans(text: str) -> list[tuple[int, int]]:
     """Return the sentences of a run of prose (see `_BOUNDARY`, `_soft_wrap`)."""
+    return _kept(text, _prose_pieces(text))
+
+
+def _prose_pieces(text: str) -> list[tuple[int, int]]:
+    """Return a run of prose cut at its sentence boundaries, untrimmed and unfiltered."""
     pieces: list[tuple[int, int]] = []
     a = 0
     for m in _BOUNDARY.finditer(text):
@@ -98,7 +122,7 @@ def _prose_spans(text: str) -> list[tuple[int, int]]:
         pieces.append((a, cut))
         a = m.end()
     pieces.append((a, len(text)))
-    return _kept(text, pieces)
+    return pieces
 
 
 def _kept(text: str, pieces: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -186,6 +210,15 @@ def quote_end(text: str, end: int) -> int:
         return end
     block = introduced_block(text, end + len(rest))
     return block if block > end + len(rest) else end
+
+
+def unstored_space(length: int, after: str) -> str:
+    """Return what stands for `length` characters of space whose text is not known (between two chunks) when
+    sentences are split across it: two or more are taken for a blank line, which ends a sentence; one before a list
+    item, table row or heading for a line break; else one space, which ends a sentence only after . ! or ?"""
+    if length >= 2:
+        return "\n\n"
+    return "\n" if _LIST_ITEM.match(after) else " "
 
 
 def _soft_wrap(text: str, start: int, end: int) -> bool:

@@ -3,18 +3,24 @@ becomes metadata."""
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from archivist.ingest.loaders.blocks import clip_title
-from archivist.ingest.loaders.reasons import Rejected
+from archivist.ingest.loaders.reasons import Rejected, one_line
 from archivist.ingest.loaders.registry import register_loader
 from archivist.ingest.loaders.source import SourceFile
 from archivist.ingest.spans import trim_span
 from archivist.types import Block, BlockKind, Document
 
 MARKDOWN = "text/markdown"
+
+log = logging.getLogger(__name__)
 
 
 _ATX_OPEN = re.compile(r" {0,3}(#{1,6})(?=[ \t]|$)")
@@ -23,11 +29,16 @@ _THEMATIC = re.compile(r"^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*$")
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _LIST_ITEM = re.compile(r"^ {0,3}(?:[-*+]|(\d{1,9})[.)])(?:[ \t]+|$)")
 _TABLE_ROW = re.compile(r"^ {0,3}\|")
-# Values are matched greedily and right-trimmed by the caller: a lazy `(.*?)[ \t]*$` retries the tail at every
-# space of a long line.
-_FRONT_KEY = re.compile(r"^([A-Za-z_][\w.-]*)[ \t]*:(?:[ \t]+(.*))?$")
-_FRONT_ITEM = re.compile(r"^[ \t]+-[ \t]+(.*)$")
+#: a front-matter line that starts a mapping key: YAML that fails to parse is front matter gone wrong only when a line
+#: looks like one (otherwise it is a thematic break followed by prose)
+_FRONT_KEY = re.compile(r"[A-Za-z_][\w.-]*[ \t]*:(?:[ \t]|$)")
 _FRONT_END = frozenset({"---", "..."})
+#: the most values (mappings, lists and scalars, nested ones included) front matter may hold
+MAX_FRONT_MATTER_VALUES = 10_000
+#: where front matter that could not be read says why: a warning on the document, shown with its metadata
+FRONT_MATTER_ERROR = "front_matter_error"
+# libyaml's safe loader when PyYAML was built with it (about 10x faster), else the pure-Python one.
+_SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _atx_heading(line: str) -> tuple[int, str] | None:
@@ -65,46 +76,62 @@ def _split_lines(text: str) -> list[_Line]:
     return lines
 
 
-def _unquote(value: str) -> str:
-    """Return a front-matter scalar without its surrounding quotes."""
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return value[1:-1]
-    return value
-
-
-def _parse_front_matter(text: str) -> tuple[dict[str, Any], str]:
-    """Return the `key: value` front matter of a markdown file and the body after it."""
+def _parse_front_matter(text: str) -> tuple[dict[str, Any], str, str | None]:
+    """Return the YAML front matter of a markdown file as metadata, the body after it, and why the front matter was
+    left out (None when it was read, or when there is none)."""
     if not text.startswith("---\n"):
-        return {}, text
+        return {}, text, None
     lines = text.split("\n")
     end = next((i for i in range(1, len(lines)) if lines[i].strip() in _FRONT_END), None)
     if end is None:
-        return {}, text
-    metadata = _front_matter_fields(lines[1:end])
+        return {}, text, None
+    header, body = lines[1:end], "\n".join(lines[end + 1 :])
+    try:
+        loaded = yaml.load("\n".join(header), Loader=_SAFE_LOADER)  # safe loading: plain data, no Python objects
+        metadata = _json_ready(loaded, [MAX_FRONT_MATTER_VALUES]) if isinstance(loaded, dict) else None
+    except yaml.YAMLError as exc:
+        if not any(_FRONT_KEY.match(line) for line in header if line.strip()):
+            return {}, text, None  # a leading thematic break followed by prose, not front matter
+        return {}, body, f"front matter is not valid YAML, so it was left out: {_yaml_problem(exc)}"
+    except _TooBig:
+        return {}, body, f"front matter has more than {MAX_FRONT_MATTER_VALUES} values, so it was left out"
     if not metadata:
-        # A leading thematic break followed by prose, not front matter.
-        return {}, text
-    return metadata, "\n".join(lines[end + 1 :])
+        # A leading thematic break followed by prose (YAML reads it as one string), not front matter.
+        return {}, text, None
+    return metadata, body, None
 
 
-def _front_matter_fields(lines: list[str]) -> dict[str, Any]:
-    """Return the fields of front-matter lines, or {} if they are not simple key/value lines."""
-    fields: dict[str, Any] = {}
-    last_key: str | None = None
-    for line in lines:
-        if not line.strip() or line.lstrip().startswith("#"):
-            continue
-        key_match = _FRONT_KEY.match(line)
-        item_match = _FRONT_ITEM.match(line)
-        if key_match:
-            last_key = key_match.group(1)
-            value = (key_match.group(2) or "").rstrip(" \t")
-            fields[last_key] = _unquote(value) if value else []
-        elif item_match and last_key is not None and isinstance(fields[last_key], list):
-            fields[last_key].append(_unquote(item_match.group(1).rstrip(" \t")))
-        else:
-            return {}
-    return fields
+class _TooBig(Exception):
+    """Front matter expands to more values than `MAX_FRONT_MATTER_VALUES`."""
+
+
+def _json_ready(value: Any, budget: list[int]) -> Any:
+    """Return a YAML value as JSON can store it: dates as ISO text, keys as text, sets as sorted lists.
+
+    `budget` holds how many more values may be read: YAML aliases can make a few lines expand to billions of values.
+    """
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _TooBig
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v, budget) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v, budget) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((_json_ready(v, budget) for v in value), key=str)
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Return a YAML error as one line naming the file line it is on (the front matter starts on line 2)."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"{exc.problem} (line {mark.line + 2}, column {mark.column + 1})"
+    return one_line(exc)
 
 
 class _MarkdownParser:
@@ -252,7 +279,12 @@ class _MarkdownParser:
 
 def load_markdown(file: SourceFile) -> Document:
     """Return a markdown document with heading, paragraph, code, table and list blocks."""
-    metadata, text = _parse_front_matter(file.read_text())
+    metadata, text, problem = _parse_front_matter(file.read_text())
+    if problem is not None:
+        # Documents carry no warnings of their own: the warning is logged and kept in the metadata, where the
+        # document's listing shows it; the body is ingested without the front matter.
+        log.warning("%s: %s", file.source, problem)
+        metadata[FRONT_MATTER_ERROR] = problem
     parser = _MarkdownParser(text)
     blocks = parser.parse()
     if not blocks:

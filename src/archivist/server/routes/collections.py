@@ -8,10 +8,11 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from archivist.server.deps import Caller, ServicesDep
+from archivist.server.errors import COMMON_ERRORS, error_responses
 from archivist.server.models import Body
 from archivist.types import check_collection_name
 
-router = APIRouter(prefix="/v1", tags=["collections"])
+router = APIRouter(prefix="/v1", tags=["collections"], responses=error_responses(*COMMON_ERRORS))
 
 
 class CollectionIn(Body):
@@ -30,7 +31,13 @@ class CollectionList(BaseModel):
     collections: list[Collection]
 
 
-@router.post("/collections", status_code=201, response_model=Collection)
+@router.post(
+    "/collections",
+    status_code=201,
+    response_model=Collection,
+    operation_id="create_collection",
+    responses=error_responses(400, 403, 409, 413, 422),
+)
 def create_collection(body: CollectionIn, who: Caller, svc: ServicesDep) -> dict[str, Any]:
     """Create a collection (admin)."""
     who.require("admin")
@@ -39,7 +46,9 @@ def create_collection(body: CollectionIn, who: Caller, svc: ServicesDep) -> dict
     return {"name": record.name, "description": record.description, "created_at": record.created_at, "documents": 0}
 
 
-@router.get("/collections", response_model=CollectionList)
+@router.get(
+    "/collections", response_model=CollectionList, operation_id="list_collections", responses=error_responses(403)
+)
 def list_collections(who: Caller, svc: ServicesDep) -> dict[str, Any]:
     """List the collections this key may see, with their document counts."""
     who.require("read")

@@ -12,15 +12,16 @@ from starlette.datastructures import UploadFile
 from archivist.ingest.uploads import upload_name
 from archivist.server.auth import Principal
 from archivist.server.deps import Caller, ServicesDep
-from archivist.server.errors import ApiError
+from archivist.server.errors import COMMON_ERRORS, ApiError, error_responses
 from archivist.server.models import Body
+from archivist.server.schemas import Deleted, Document, DocumentList
 from archivist.server.scope import require_collection
 from archivist.server.services import Services
 from archivist.store.filters import Filters
 from archivist.store.records import DocumentOrder
 from archivist.types import DocumentRecord
 
-router = APIRouter(prefix="/v1", tags=["documents"])
+router = APIRouter(prefix="/v1", tags=["documents"], responses=error_responses(*COMMON_ERRORS))
 
 
 class TextDocumentIn(Body):
@@ -65,6 +66,8 @@ _UPLOAD_DOC = {
     status_code=202,
     response_model=JobAccepted,
     openapi_extra=_UPLOAD_DOC,
+    operation_id="upload_document",
+    responses=error_responses(400, 403, 404, 413, 415, 422),
 )
 async def upload_document(collection: str, request: Request, who: Caller, svc: ServicesDep) -> dict[str, Any]:
     """Queue a document for ingestion: a file upload (multipart) or JSON text; returns a job id at once."""
@@ -120,7 +123,12 @@ def _first_error(exc: ValueError) -> str:
     return str(exc)
 
 
-@router.get("/collections/{collection}/documents")
+@router.get(
+    "/collections/{collection}/documents",
+    response_model=DocumentList,
+    operation_id="list_documents",
+    responses=error_responses(400, 403, 404, 422),
+)
 def list_documents(
     collection: str,
     who: Caller,
@@ -162,7 +170,12 @@ def _document(svc: Services, who: Principal, collection: str, document_id: str) 
     return doc
 
 
-@router.get("/collections/{collection}/documents/{document_id}")
+@router.get(
+    "/collections/{collection}/documents/{document_id}",
+    response_model=Document,
+    operation_id="get_document",
+    responses=error_responses(400, 403, 404, 422),
+)
 def get_document(collection: str, document_id: str, who: Caller, svc: ServicesDep) -> dict[str, Any]:
     """Return a document, its text and its chunks (citation spans index into `text`)."""
     who.require("read")
@@ -198,7 +211,12 @@ def get_document(collection: str, document_id: str, who: Caller, svc: ServicesDe
     }
 
 
-@router.delete("/collections/{collection}/documents/{document_id}")
+@router.delete(
+    "/collections/{collection}/documents/{document_id}",
+    response_model=Deleted,
+    operation_id="delete_document",
+    responses=error_responses(400, 403, 404, 422),
+)
 def delete_document(collection: str, document_id: str, who: Caller, svc: ServicesDep) -> dict[str, Any]:
     """Delete a document and its chunks."""
     who.require("write")

@@ -8,12 +8,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from archivist.server.deps import Caller, ServicesDep
-from archivist.server.errors import ApiError
+from archivist.server.errors import COMMON_ERRORS, ApiError, error_responses
+from archivist.server.schemas import EvalRun, EvalRunList
 
-router = APIRouter(prefix="/v1", tags=["evals"])
+router = APIRouter(prefix="/v1", tags=["evals"], responses=error_responses(*COMMON_ERRORS))
 
 
-@router.get("/evals/runs")
+@router.get(
+    "/evals/runs", response_model=EvalRunList, operation_id="list_eval_runs", responses=error_responses(403, 422)
+)
 def list_eval_runs(
     who: Caller,
     svc: ServicesDep,
@@ -27,7 +30,12 @@ def list_eval_runs(
     return {"runs": [{k: r.get(k) for k in keys} for r in runs]}
 
 
-@router.get("/evals/runs/{run_id}")
+@router.get(
+    "/evals/runs/{run_id}",
+    response_model=EvalRun,
+    operation_id="get_eval_run",
+    responses=error_responses(403, 404, 422),
+)
 def get_eval_run(run_id: str, who: Caller, svc: ServicesDep) -> dict[str, Any]:
     """Return one stored eval run: config fingerprint, metrics, per-query results, timings."""
     who.require("read")

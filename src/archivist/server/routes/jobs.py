@@ -8,10 +8,11 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
 from archivist.server.deps import Caller, ServicesDep
-from archivist.server.errors import ApiError
+from archivist.server.errors import COMMON_ERRORS, ApiError, error_responses
 from archivist.server.scope import require_collection
+from archivist.store.records import JobStatus
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
+router = APIRouter(prefix="/v1", tags=["jobs"], responses=error_responses(*COMMON_ERRORS))
 
 
 class Progress(BaseModel):
@@ -23,7 +24,7 @@ class Job(BaseModel):
     id: str
     kind: str
     collection: str
-    status: str
+    status: JobStatus
     progress: Progress
     result: dict[str, Any] | None
     error: str | None
@@ -36,7 +37,7 @@ class JobList(BaseModel):
     jobs: list[Job]
 
 
-@router.get("/jobs/{job_id}", response_model=Job)
+@router.get("/jobs/{job_id}", response_model=Job, operation_id="get_job", responses=error_responses(403, 404, 422))
 def get_job(job_id: str, who: Caller, svc: ServicesDep) -> dict[str, Any]:
     """Return an ingestion job's status and progress."""
     who.require("read")
@@ -46,7 +47,7 @@ def get_job(job_id: str, who: Caller, svc: ServicesDep) -> dict[str, Any]:
     return job.public()
 
 
-@router.get("/jobs", response_model=JobList)
+@router.get("/jobs", response_model=JobList, operation_id="list_jobs", responses=error_responses(400, 403, 404, 422))
 def list_jobs(
     who: Caller,
     svc: ServicesDep,

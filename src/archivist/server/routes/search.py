@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from archivist.llm.accounting import Budget
 from archivist.server.deps import Caller, ServicesDep
-from archivist.server.errors import ApiError
+from archivist.server.errors import COMMON_ERRORS, ApiError, error_responses
 from archivist.server.metering import charge_usage
 from archivist.server.models import Scoped
+from archivist.server.schemas import SearchResult
 from archivist.server.scope import scope_filters
 
-router = APIRouter(prefix="/v1", tags=["search"])
+router = APIRouter(prefix="/v1", tags=["search"], responses=error_responses(*COMMON_ERRORS))
 
 
 class SearchIn(Scoped):
@@ -25,13 +26,13 @@ class SearchIn(Scoped):
     mode: Literal["hybrid", "dense", "bm25"] = "hybrid"
 
 
-class SearchOut(BaseModel):
-    hits: list[dict[str, Any]]
-    took_ms: float
-    warnings: list[str] = []
-
-
-@router.post("/search", response_model=SearchOut, response_class=JSONResponse)
+@router.post(
+    "/search",
+    response_model=SearchResult,
+    response_class=JSONResponse,
+    operation_id="search",
+    responses=error_responses(400, 403, 404, 413, 422),
+)
 def search(body: SearchIn, request: Request, who: Caller, svc: ServicesDep) -> JSONResponse:
     """Hybrid search over the collections the key may see."""
     who.require("read")

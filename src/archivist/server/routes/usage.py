@@ -7,12 +7,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from archivist.server.deps import Caller, ServicesDep
+from archivist.server.errors import COMMON_ERRORS, error_responses
+from archivist.server.schemas import UsageReport
 from archivist.server.usage import usage_report, usage_since
 
-router = APIRouter(prefix="/v1", tags=["usage"])
+router = APIRouter(prefix="/v1", tags=["usage"], responses=error_responses(*COMMON_ERRORS))
 
 
-@router.get("/usage")
+@router.get("/usage", response_model=UsageReport, operation_id="get_usage", responses=error_responses(403, 422))
 def usage(
     who: Caller,
     svc: ServicesDep,

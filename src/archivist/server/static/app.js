@@ -4,7 +4,12 @@
 
 (() => {
   const KEY_STORAGE = "archivist.apiKey";
+  const THREAD_STORAGE = "archivist.thread."; // + key id + "." + collection: one conversation per collection
+  const CHAT_COLLECTION = "archivist.chatCollection"; // the collection the chat was on, kept over a reload
   const ALL = "__all__";
+  const HISTORY_TURNS = 10; // earlier question-and-answer turns sent with a follow-up (20 messages)
+  const HISTORY_CHARS = 16000; // what the server takes in all (answer/conversation.py MAX_HISTORY_CHARS)
+  const KEPT_TURNS = 50; // turns a thread keeps in this browser
   const JOB_POLL_MS = 400;
   const HEADLINE_METRICS = ["ndcg@10", "recall@100", "recall@10", "map@100", "mrr@10", "p@10",
     "citation_precision", "answer_support", "faithfulness"];
@@ -15,8 +20,10 @@
     collections: [],
     view: null,
     ask: null, // {controller, hits, collection, citations}
+    shownTurn: null, // id of the stored turn the answer card shows (kept out of the thread above it)
     docs: {offset: 0, limit: 50, total: 0},
     evals: [],
+    usage: null, // {rows, days}: what the usage chart last drew, redrawn when the width changes
   };
 
   // ---------- small DOM helpers ----------
@@ -142,6 +149,16 @@
 
   const enc = encodeURIComponent;
 
+  /** Await `promise` with `node` marked aria-busy meanwhile: screen readers (and tests) wait for the redraw. */
+  async function busy(node, promise) {
+    node.setAttribute("aria-busy", "true");
+    try {
+      return await promise;
+    } finally {
+      node.removeAttribute("aria-busy");
+    }
+  }
+
   function renderError(node, err) {
     node.replaceChildren();
     if (!err) {
@@ -158,12 +175,14 @@
     show(node);
   }
 
-  function hasScope(scope) {
-    return !!(state.me && Array.isArray(state.me.scopes) && state.me.scopes.includes(scope));
+  /** Whether the server lets this key do `what` ("read", "write", "admin"): its answer, never a rule of ours. */
+  function can(what) {
+    return !!(state.me && state.me.can && state.me.can[what] === true);
   }
 
   // ---------- sign in ----------
   function onUnauthorized(err) {
+    forgetThreads();
     localStorage.removeItem(KEY_STORAGE);
     state.key = null;
     state.me = null;
@@ -210,6 +229,8 @@
 
   function signOut() {
     if (state.ask && state.ask.controller) state.ask.controller.abort();
+    forgetThreads(); // signing out leaves nothing of this key's conversations in the browser
+    localStorage.removeItem(CHAT_COLLECTION);
     localStorage.removeItem(KEY_STORAGE);
     state.key = null;
     state.me = null;
@@ -227,9 +248,10 @@
     show($("view-signin"), false);
     show($("nav"));
     show($("whoami"));
-    show($("collection-create"), hasScope("admin"));
-    show($("upload-card"), hasScope("write"));
+    show($("collection-create"), can("admin"));
+    show($("upload-card"), can("write"));
     await loadCollections();
+    resetAnswer(); // and draw the conversation this browser kept for the chosen collection
     const initial = (location.hash || "").replace("#", "");
     go(["chat", "library", "evals", "usage"].includes(initial) ? initial : "chat");
   }
@@ -266,7 +288,7 @@
   function fillCollectionSelects() {
     const chat = $("chat-collection");
     const lib = $("library-collection");
-    const prevChat = chat.value;
+    const prevChat = chat.value || localStorage.getItem(CHAT_COLLECTION);
     const prevLib = lib.value;
     chat.replaceChildren(el("option", {value: ALL}, "All collections"));
     lib.replaceChildren();
@@ -290,9 +312,131 @@
   // ---------- chat: streaming answers ----------
   function resetAnswer() {
     show($("answer-card"), false);
-    show($("chat-empty"));
+    state.shownTurn = null;
     $("answer-text").replaceChildren();
+    $("answer-text").classList.remove("streaming");
     $("sources-list").replaceChildren();
+    renderThread();
+  }
+
+  // ---------- chat: the conversation thread, kept in this browser per key and collection ----------
+  function threadKey(collection) {
+    return state.me ? `${THREAD_STORAGE}${state.me.id}.${collection || ALL}` : null;
+  }
+
+  function loadThread(key) {
+    if (!key) return [];
+    try {
+      const turns = JSON.parse(localStorage.getItem(key) || "[]");
+      return Array.isArray(turns) ? turns.filter((t) => t && typeof t.question === "string") : [];
+    } catch (_) {
+      return []; // a damaged entry starts a new conversation rather than breaking the chat
+    }
+  }
+
+  function saveThread(key, turns) {
+    let kept = turns.slice(-KEPT_TURNS);
+    for (;;) {
+      try {
+        if (kept.length) localStorage.setItem(key, JSON.stringify(kept));
+        else localStorage.removeItem(key);
+        return;
+      } catch (_) {
+        if (!kept.length) return;
+        kept = kept.slice(1); // storage is full: the oldest turns go first
+        if (!kept.length) toast("This browser's storage is full: the conversation is not kept.");
+      }
+    }
+  }
+
+  function forgetThreads() {
+    if (!state.me) return;
+    const prefix = `${THREAD_STORAGE}${state.me.id}.`;
+    const keys = [];
+    for (let i = 0; i < localStorage.length; i += 1) {
+      const k = localStorage.key(i);
+      if (k && k.startsWith(prefix)) keys.push(k);
+    }
+    keys.forEach((k) => localStorage.removeItem(k));
+  }
+
+  /** The earlier turns of a conversation as the API's `history`, oldest first: the latest HISTORY_TURNS whole
+   * turns that fit HISTORY_CHARS together. */
+  function historyOf(turns) {
+    const kept = [];
+    let chars = 0;
+    for (const t of turns.slice(-HISTORY_TURNS).reverse()) {
+      const turn = [{role: "user", content: t.question}];
+      if (typeof t.answer === "string" && t.answer.trim()) turn.push({role: "assistant", content: t.answer});
+      const size = turn.reduce((n, m) => n + m.content.length, 0);
+      if (!t.question.trim() || chars + size > HISTORY_CHARS) break;
+      chars += size;
+      kept.unshift(...turn);
+    }
+    return kept;
+  }
+
+  function saveTurn(run, data) {
+    const turns = loadThread(run.threadKey);
+    const turn = {
+      id: `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 8)}`,
+      question: run.question,
+      collection: run.collection,
+      answer: String(data.answer || ""),
+      segments: Array.isArray(data.segments) ? data.segments : null,
+      refused: !!data.refused,
+      citations: (run.citations || []).map((c) => ({
+        n: c.n, document: c.document, collection: c.collection, title: c.title, heading_path: c.heading_path,
+        source: c.source, page: c.page, span: c.span, quote: c.quote,
+      })),
+      at: new Date().toISOString(),
+    };
+    saveThread(run.threadKey, [...turns, turn]);
+    if (state.ask === run) {
+      state.shownTurn = turn.id;
+      const box = $("chat-question");
+      if (box.value.trim() === run.question) box.value = ""; // answered: ready for the follow-up
+    }
+    renderThread();
+  }
+
+  function chatThreadKey() {
+    return threadKey($("chat-collection").value);
+  }
+
+  function renderThread() {
+    const turns = loadThread(chatThreadKey());
+    const earlier = turns.filter((t) => t.id !== state.shownTurn);
+    $("thread").replaceChildren(...earlier.map(threadTurn));
+    $("thread-count").textContent = turns.length ? `(${turns.length} turn${turns.length === 1 ? "" : "s"})` : "";
+    show($("thread-wrap"), turns.length > 0);
+    show($("thread"), earlier.length > 0);
+    show($("chat-empty"), !turns.length && $("answer-card").hidden);
+  }
+
+  function threadTurn(t) {
+    const open = (c) => openCitation({hits: [], collection: t.collection}, c);
+    const answer = el("div", {class: `turn-answer${t.refused ? " refused" : ""}`, testid: "turn-answer"});
+    appendAnswerText(answer, t, t.citations || [], open, "thread-citation");
+    const cites = t.citations || [];
+    const sources = cites.length
+      ? el("details", {class: "turn-sources"},
+        el("summary", {}, `${cites.length} source${cites.length === 1 ? "" : "s"}`),
+        el("ol", {class: "turn-source-list"}, cites.map((c) => el("li", {},
+          el("button", {type: "button", class: "link", testid: "turn-source", onclick: () => open(c)},
+            `[${c.n}] ${citationLabel(c)}`)))))
+      : null;
+    return el("li", {class: "turn", testid: "thread-turn", "data-turn": t.id},
+      el("p", {class: "turn-question", testid: "turn-question"}, t.question), answer, sources);
+  }
+
+  function newConversation() {
+    if (state.ask && state.ask.controller) state.ask.controller.abort();
+    state.ask = null;
+    setAsking(false);
+    saveThread(chatThreadKey(), []);
+    resetAnswer();
+    $("chat-question").focus();
   }
 
   function setStatus(text, kind) {
@@ -311,8 +455,13 @@
     if (state.ask && state.ask.controller) state.ask.controller.abort();
     const collection = collectionParam($("chat-collection").value);
     const controller = new AbortController();
-    const run = {controller, hits: [], collection, citations: [], done: null, gotCitations: false, tokens: 0};
+    const key = chatThreadKey();
+    const history = historyOf(loadThread(key));
+    const run = {controller, hits: [], collection, citations: [], done: null, gotCitations: false, tokens: 0,
+      question, threadKey: key, result: null};
     state.ask = run;
+    state.shownTurn = null; // the answer shown so far joins the thread above
+    renderThread();
 
     show($("chat-empty"), false);
     show($("answer-card"));
@@ -332,6 +481,7 @@
 
     const body = {question};
     if (collection) body.collection = collection;
+    if (history.length) body.history = history;
     let resp;
     try {
       resp = await fetch("/v1/answer", {
@@ -357,6 +507,7 @@
       if (state.ask === run && !run.gotCitations && !run.failed) {
         throw new ApiError(0, "incomplete", "the answer stream ended before the checked answer arrived", "");
       }
+      if (run.result && !run.failed) saveTurn(run, run.result);
     } catch (err) {
       if (state.ask !== run) return;
       if (err.name === "AbortError") {
@@ -445,14 +596,17 @@
       case "citations":
         run.gotCitations = true;
         run.citations = (data && data.citations) || [];
+        run.result = data || {};
         renderAnswer(run, data || {});
         break;
       case "done":
         run.done = data;
-        if (!run.gotCitations) {
+        run.result = {...(run.result || {}), ...(data || {})};
+        // The done event carries the answer's segments: draw the links from them (the citations event may not).
+        if (!run.gotCitations || (Array.isArray(data && data.segments) && !run.segmented)) {
           run.gotCitations = true;
-          run.citations = (data && data.citations) || [];
-          renderAnswer(run, data || {});
+          run.citations = (data && data.citations) || run.citations;
+          renderAnswer(run, run.result);
         }
         renderMeta(run, data || {});
         if (data && data.refused) renderClosest(run, data);
@@ -467,40 +621,40 @@
     }
   }
 
-  const MARKER = /\[(\d+(?:\s*,\s*\d+)*)\]/g;
+  /** Append an answer's text to `node`, its citation links built from the answer's segments: a "[3]" inside
+   * a text segment is the document's own mark and stays text. Without segments, the text has no links at all. */
+  function appendAnswerText(node, data, citations, open, testid) {
+    const segments = Array.isArray(data.segments) ? data.segments : null;
+    if (!segments) {
+      node.append(document.createTextNode(String(data.answer || "")));
+      return;
+    }
+    const byN = new Map(citations.map((c) => [Number(c.n), c]));
+    for (const s of segments) {
+      if (!s) continue;
+      if (s.type === "citation") {
+        const c = byN.get(Number(s.n));
+        node.append(c ? citeButton(c, open, testid) : document.createTextNode(`[${s.n}]`));
+      } else if (typeof s.text === "string") {
+        node.append(document.createTextNode(s.text));
+      }
+    }
+  }
+
+  function citeButton(c, open, testid) {
+    const label = citationLabel(c);
+    return el("button", {type: "button", class: "cite", testid, "data-n": c.n, title: label,
+      "aria-label": `Open source ${c.n}: ${label}`, onclick: () => open(c)}, `[${c.n}]`);
+  }
 
   function renderAnswer(run, data) {
     const text = $("answer-text");
     text.classList.remove("streaming");
     text.replaceChildren();
-    const answer = String(data.answer || "");
     const refused = !!data.refused;
     text.classList.toggle("refused", refused);
-    const byN = new Map(run.citations.map((c) => [Number(c.n), c]));
-    let last = 0;
-    for (const m of answer.matchAll(MARKER)) {
-      text.append(document.createTextNode(answer.slice(last, m.index)));
-      const nums = m[1].split(",").map((s) => Number(s.trim()));
-      const group = el("span", {class: "cite-group"});
-      group.append("[");
-      nums.forEach((n, i) => {
-        if (i) group.append(", ");
-        const c = byN.get(n);
-        if (c) {
-          group.append(el("button", {
-            type: "button", class: "cite", testid: "citation-link", "data-n": n,
-            title: citationLabel(c), "aria-label": `Open source ${n}: ${citationLabel(c)}`,
-            onclick: () => openCitation(run, c),
-          }, String(n)));
-        } else {
-          group.append(String(n));
-        }
-      });
-      group.append("]");
-      text.append(group);
-      last = m.index + m[0].length;
-    }
-    text.append(document.createTextNode(answer.slice(last)));
+    run.segmented = Array.isArray(data.segments);
+    appendAnswerText(text, data, run.citations, (c) => openCitation(run, c), "citation-link");
 
     const list = $("sources-list");
     list.replaceChildren();
@@ -678,7 +832,7 @@
     const {offset, limit} = state.docs;
     let data;
     try {
-      data = await api("GET", `/v1/collections/${enc(c)}/documents?limit=${limit}&offset=${offset}`);
+      data = await api("GET", `/v1/collections/${enc(c)}/documents?sort=newest&limit=${limit}&offset=${offset}`);
     } catch (err) {
       if (err.status !== 401) renderError($("library-error"), err);
       return;
@@ -703,15 +857,15 @@
     const open = el("button", {type: "button", class: "link", testid: "document-open",
       onclick: () => openCitation({hits: [], collection}, {document: id, title: d.title, collection})},
     d.title || id);
-    const del = hasScope("write")
+    const del = can("write")
       ? el("button", {type: "button", class: "btn btn-danger btn-small", testid: "document-delete",
         "aria-label": `Delete ${d.title || id}`, onclick: () => deleteDocument(collection, id, d.title || id)}, "Delete")
       : null;
     return el("tr", {testid: "document-row", "data-id": id},
       el("td", {class: "title-cell"}, open),
-      el("td", {class: "mono small ellipsis", title: d.source || ""}, d.source || ""),
-      el("td", {class: "num"}, fmtNum(d.chunk_count ?? d.chunks)),
-      el("td", {class: "num"}, fmtNum(d.char_count ?? d.chars)),
+      el("td", {class: "mono small ellipsis source-cell", title: d.source || ""}, d.source || ""),
+      el("td", {class: "num", "data-label": "chunks"}, fmtNum(d.chunk_count ?? d.chunks)),
+      el("td", {class: "num", "data-label": "chars"}, fmtNum(d.char_count ?? d.chars)),
       el("td", {class: "small nowrap"}, fmtDate(d.updated_at || d.created_at)),
       el("td", {class: "actions"}, del));
   }
@@ -874,7 +1028,7 @@
     renderError($("evals-error"), null);
     let data;
     try {
-      data = await api("GET", "/v1/evals/runs?limit=200");
+      data = await busy($("view-evals"), api("GET", "/v1/evals/runs?limit=200"));
     } catch (err) {
       if (err.status !== 401) renderError($("evals-error"), err);
       return;
@@ -901,46 +1055,91 @@
   function renderEvalTable(headline) {
     const head = $("evals-head");
     head.replaceChildren(el("tr", {},
-      ["Run", "Kind", "Dataset", "Split", "Tag", "Date"].map((h) => el("th", {scope: "col"}, h)),
+      ["Run", "Kind", "Dataset", "Split", "Tag", "Config", "Date"].map((h) => el("th", {scope: "col"}, h)),
       headline.map((m) => el("th", {scope: "col", class: "num"}, m))));
     const runs = [...state.evals].sort((a, b) => String(b.created_at).localeCompare(String(a.created_at)));
     $("evals-body").replaceChildren(...runs.map((r) => el("tr", {testid: "eval-row", "data-id": r.id},
-      el("td", {class: "mono small", title: r.fingerprint_hash ? `fingerprint ${r.fingerprint_hash}` : null}, String(r.id).slice(0, 12)),
+      el("td", {class: "mono small", title: String(r.id)}, String(r.id).slice(0, 12)),
       el("td", {}, r.kind || ""),
       el("td", {}, r.dataset || ""),
       el("td", {}, r.split || ""),
       el("td", {}, r.tag || ""),
+      el("td", {class: "mono small", title: r.fingerprint_hash ? `fingerprint ${r.fingerprint_hash}` : null},
+        String(r.fingerprint_hash || "").slice(0, 8)),
       el("td", {class: "small nowrap"}, fmtDate(r.created_at)),
       headline.map((m) => el("td", {class: "num mono"}, fmtMetric((r.metrics || {})[m]))))));
     show($("evals-empty"), runs.length === 0);
   }
 
   const PALETTE = ["#2563eb", "#d97706", "#059669", "#dc2626", "#7c3aed", "#0891b2", "#db2777", "#65a30d"];
+  const pad2 = (n) => String(n).padStart(2, "0");
+
+  /** The width a chart is drawn at: its box's, so that 11 px labels stay 11 px on a phone as on a desktop. */
+  function chartWidth(box) {
+    const w = Math.floor(box.getBoundingClientRect().width);
+    return w > 0 ? Math.max(w, 240) : 760;
+  }
+
+  /** Eval runs that carry `metric`, as series: one per kind × dataset × split × configuration (the run's
+   * fingerprint, else its tag), so that runs of two configurations are never joined into one line. */
+  function evalSeries(runs, metric) {
+    const byKey = new Map();
+    for (const r of runs) {
+      const v = Number((r.metrics || {})[metric]);
+      const t = Date.parse(r.created_at);
+      if (!Number.isFinite(v) || !Number.isFinite(t)) continue;
+      const config = r.fingerprint_hash ? `fp:${r.fingerprint_hash}` : `tag:${r.tag || ""}`;
+      const key = [r.kind || "", r.dataset || "", r.split || "", config].join("|");
+      if (!byKey.has(key)) {
+        byKey.set(key, {key, kind: r.kind || "", dataset: r.dataset || "(no dataset)", split: r.split || "",
+          fingerprint: r.fingerprint_hash || "", tags: new Set(), points: []});
+      }
+      const s = byKey.get(key);
+      if (r.tag) s.tags.add(r.tag);
+      s.points.push({t, v, run: r});
+    }
+    const list = [...byKey.values()];
+    const several = (f) => new Set(list.map(f)).size > 1;
+    const showKind = several((s) => s.kind);
+    const showSplit = several((s) => s.split);
+    for (const s of list) {
+      s.points.sort((a, b) => a.t - b.t);
+      const config = s.tags.size === 1 ? [...s.tags][0] : s.fingerprint ? `config ${s.fingerprint.slice(0, 8)}` : "untagged";
+      s.label = [showKind ? s.kind : null, showSplit ? `${s.dataset}/${s.split}` : s.dataset, config]
+        .filter(Boolean).join(" · ");
+    }
+    // One tag on two configurations: their fingerprints tell the two lines apart.
+    const seen = new Map();
+    for (const s of list) seen.set(s.label, (seen.get(s.label) || 0) + 1);
+    for (const s of list) if (seen.get(s.label) > 1 && s.fingerprint) s.label += ` · ${s.fingerprint.slice(0, 8)}`;
+    return list.sort((a, b) => a.label.localeCompare(b.label));
+  }
 
   function renderEvalChart() {
     const box = $("evals-chart");
     box.replaceChildren();
     const metric = $("evals-metric").value;
-    const series = new Map();
-    for (const r of state.evals) {
-      const v = Number((r.metrics || {})[metric]);
-      const t = Date.parse(r.created_at);
-      if (!Number.isFinite(v) || !Number.isFinite(t)) continue;
-      const key = r.dataset || "(none)";
-      if (!series.has(key)) series.set(key, []);
-      series.get(key).push({t, v, run: r});
-    }
-    if (!metric || !series.size) {
+    const series = metric ? evalSeries(state.evals, metric) : [];
+    if (!series.length) {
       box.append(el("p", {class: "empty muted"}, "No runs with this metric yet."));
       return;
     }
-    for (const pts of series.values()) pts.sort((a, b) => a.t - b.t);
-    const all = [...series.values()].flat();
-    let tMin = Math.min(...all.map((p) => p.t));
-    let tMax = Math.max(...all.map((p) => p.t));
-    if (tMin === tMax) {
-      tMin -= 3600e3;
-      tMax += 3600e3;
+    // x: the runs in time order, one slot per minute in which runs finished, labelled with day and time so
+    // that runs of one day are told apart (a time scale would pile a day's runs onto one point).
+    const all = series.flatMap((s) => s.points).sort((a, b) => a.t - b.t);
+    const years = new Set(all.map((p) => new Date(p.t).getFullYear()));
+    const slots = [];
+    const slotOf = new Map();
+    for (const p of all) {
+      const d = new Date(p.t);
+      const day = `${years.size > 1 ? `${d.getFullYear()}-` : ""}${pad2(d.getMonth() + 1)}-${pad2(d.getDate())}`;
+      const label = [day, `${pad2(d.getHours())}:${pad2(d.getMinutes())}`];
+      const k = label.join(" ");
+      if (!slotOf.has(k)) {
+        slotOf.set(k, slots.length);
+        slots.push(label);
+      }
+      p.slot = slotOf.get(k);
     }
     let vMin = Math.min(...all.map((p) => p.v));
     let vMax = Math.max(...all.map((p) => p.v));
@@ -949,43 +1148,51 @@
     vMax = vMax + pad;
     if (vMax <= 1.05 && vMax > 0.9 && vMin >= 0) vMax = Math.min(vMax, 1);
 
-    const W = 760;
-    const H = 260;
-    const m = {l: 52, r: 16, t: 12, b: 30};
-    const x = (t) => m.l + ((t - tMin) / (tMax - tMin)) * (W - m.l - m.r);
+    const W = chartWidth(box);
+    const H = W < 560 ? 220 : 260;
+    const m = {l: 52, r: 16, t: 12, b: 42};
+    const plotW = W - m.l - m.r;
+    const n = slots.length;
+    const inset = n > 1 ? 14 : 0;
+    const x = (i) => (n > 1 ? m.l + inset + (i * (plotW - 2 * inset)) / (n - 1) : m.l + plotW / 2);
     const y = (v) => H - m.b - ((v - vMin) / (vMax - vMin || 1)) * (H - m.t - m.b);
-    const chart = svg("svg", {viewBox: `0 0 ${W} ${H}`, class: "svg-chart", role: "img",
-      "aria-label": `${metric} over time by dataset`, testid: "evals-svg"});
-    chart.append(svg("title", {text: `${metric} over time by dataset`}));
+    const title = `${metric} by run, one line per dataset and configuration`;
+    const chart = svg("svg", {viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: "svg-chart", role: "img",
+      "aria-label": title, testid: "evals-svg"});
+    chart.append(svg("title", {text: title}));
     for (let i = 0; i <= 4; i += 1) {
       const v = vMin + ((vMax - vMin) * i) / 4;
       chart.append(svg("line", {x1: m.l, x2: W - m.r, y1: y(v), y2: y(v), class: "grid"}),
         svg("text", {x: m.l - 6, y: y(v) + 4, class: "tick", "text-anchor": "end", text: v.toFixed(3)}));
     }
-    for (let i = 0; i <= 4; i += 1) {
-      const t = tMin + ((tMax - tMin) * i) / 4;
-      const d = new Date(t);
-      const label = `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, "0")}-${String(d.getDate()).padStart(2, "0")}`;
-      chart.append(svg("text", {x: x(t), y: H - 8, class: "tick", "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle", text: label}));
-    }
+    // As many labels as fit (about 64 px each), always the newest run's.
+    const stride = Math.ceil(n / Math.max(1, Math.floor(plotW / 64)));
+    slots.forEach(([day, time], i) => {
+      if ((n - 1 - i) % stride !== 0) return;
+      const anchor = n > 1 && i === 0 ? "start" : n > 1 && i === n - 1 ? "end" : "middle";
+      const at = anchor === "start" ? x(i) - inset : anchor === "end" ? x(i) + inset : x(i);
+      chart.append(svg("text", {x: at, y: H - m.b + 16, class: "tick", "text-anchor": anchor, testid: "evals-xlabel"},
+        svg("tspan", {x: at, text: day}), svg("tspan", {x: at, dy: 13, text: time})));
+    });
     chart.append(svg("line", {x1: m.l, x2: m.l, y1: m.t, y2: H - m.b, class: "axis"}),
       svg("line", {x1: m.l, x2: W - m.r, y1: H - m.b, y2: H - m.b, class: "axis"}));
     const legend = el("ul", {class: "legend", testid: "evals-legend"});
-    [...series.entries()].forEach(([name, pts], i) => {
+    series.forEach((s, i) => {
       const color = PALETTE[i % PALETTE.length];
-      const g = svg("g", {class: "series", "data-dataset": name});
-      if (pts.length > 1) {
-        g.append(svg("polyline", {points: pts.map((p) => `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(" "),
+      const g = svg("g", {class: "series", "data-series": s.label, "data-dataset": s.dataset, testid: "evals-series"});
+      if (s.points.length > 1) {
+        g.append(svg("polyline", {points: s.points.map((p) => `${x(p.slot).toFixed(1)},${y(p.v).toFixed(1)}`).join(" "),
           fill: "none", stroke: color, "stroke-width": 2}));
       }
-      for (const p of pts) {
-        g.append(svg("circle", {cx: x(p.t).toFixed(1), cy: y(p.v).toFixed(1), r: 4, fill: color, testid: "evals-point"},
-          svg("title", {text: `${name} · ${fmtDate(p.run.created_at)} · ${metric} ${fmtMetric(p.v)}${p.run.tag ? ` · ${p.run.tag}` : ""}`})));
+      for (const p of s.points) {
+        g.append(svg("circle", {cx: x(p.slot).toFixed(1), cy: y(p.v).toFixed(1), r: 4, fill: color, testid: "evals-point",
+          "data-run": p.run.id, "data-fingerprint": p.run.fingerprint_hash || ""},
+        svg("title", {text: `${s.label} · run ${p.run.id} · ${fmtDate(p.run.created_at)} · ${metric} ${fmtMetric(p.v)}${p.run.tag ? ` · tag ${p.run.tag}` : ""}`})));
       }
       chart.append(g);
       const swatch = el("span", {class: "swatch"});
       swatch.style.backgroundColor = color; // CSSOM, not a style attribute: fine under a strict CSP
-      legend.append(el("li", {}, swatch, name));
+      legend.append(el("li", {title: s.fingerprint ? `fingerprint ${s.fingerprint}` : null}, swatch, s.label));
     });
     box.append(chart, legend);
   }
@@ -1004,7 +1211,7 @@
     const days = $("usage-days").value || "30";
     let data;
     try {
-      data = await api("GET", `/v1/usage?days=${enc(days)}`);
+      data = await busy($("view-usage"), api("GET", `/v1/usage?days=${enc(days)}`));
     } catch (err) {
       if (err.status !== 401) renderError($("usage-error"), err);
       return;
@@ -1014,10 +1221,10 @@
     $("usage-body").replaceChildren(...rows.map((r) => {
       const lat = r.latency_ms || {};
       return el("tr", {testid: "usage-row"},
-        el("td", {class: "mono small"}, r.day || ""),
+        el("td", {class: "mono small nowrap"}, r.day || ""),
         r.key_name || r.key_id
           ? el("td", {title: r.key_id || "", testid: "usage-key"}, r.key_name || r.key_id)
-          : el("td", {class: "muted", title: "requests that carried no valid key", testid: "usage-key"}, "(no key)"),
+          : el("td", {class: "muted nowrap", title: "requests that carried no valid key", testid: "usage-key"}, "(no key)"),
         el("td", {class: "num"}, fmtNum(r.requests)),
         el("td", {class: `num${Number(r.errors) > 0 ? " bad" : ""}`}, fmtNum(r.errors)),
         el("td", {class: "num"}, fmtNum(r.tokens)),
@@ -1027,6 +1234,7 @@
         el("td", {class: "num"}, fmtNum(lat.p99, 1)));
     }));
     show($("usage-empty"), rows.length === 0);
+    state.usage = {rows, days: Number(days)};
     renderUsageChart(rows, Number(days));
   }
 
@@ -1053,11 +1261,11 @@
     for (const d of perDay.keys()) if (!dayList.includes(d)) dayList.push(d);
     dayList.sort();
     const max = niceCeil(Math.max(...perDay.values(), 1));
-    const W = 760;
-    const H = 200;
+    const W = chartWidth(box);
+    const H = W < 560 ? 180 : 200;
     const m = {l: 44, r: 8, t: 10, b: 26};
     const bw = (W - m.l - m.r) / dayList.length;
-    const chart = svg("svg", {viewBox: `0 0 ${W} ${H}`, class: "svg-chart", role: "img",
+    const chart = svg("svg", {viewBox: `0 0 ${W} ${H}`, width: W, height: H, class: "svg-chart", role: "img",
       "aria-label": "requests per day", testid: "usage-svg"});
     chart.append(svg("title", {text: "Requests per day"}));
     const y = (v) => H - m.b - (v / max) * (H - m.t - m.b);
@@ -1073,12 +1281,14 @@
         width: Math.max(bw * 0.7, 1).toFixed(1), height: Math.max(h, v ? 1 : 0).toFixed(1), class: "bar", testid: "usage-bar", "data-day": day},
       svg("title", {text: `${day}: ${v} requests`})));
     });
-    const step = Math.ceil(dayList.length / 8);
+    // As many labels as fit ("10-15" is about 32 px: one every 56 px or more), always the latest day's.
+    const step = Math.ceil(dayList.length / Math.max(1, Math.floor((W - m.l - m.r) / 56)));
     const lastI = dayList.length - 1;
     dayList.forEach((day, i) => {
-      const due = i === lastI || (i % step === 0 && lastI - i >= step * 0.75);
-      if (!due) return;
-      chart.append(svg("text", {x: (m.l + i * bw + bw / 2).toFixed(1), y: H - 8, class: "tick", "text-anchor": "middle", text: day.slice(5)}));
+      if ((lastI - i) % step !== 0) return;
+      const end = i === lastI && dayList.length > 1; // the last label ends at the chart's edge, inside it
+      chart.append(svg("text", {x: (m.l + (end ? i + 1 : i + 0.5) * bw).toFixed(1), y: H - 8, class: "tick",
+        "text-anchor": end ? "end" : "middle", testid: "usage-xlabel", text: day.slice(5)}));
     });
     chart.append(svg("line", {x1: m.l, x2: W - m.r, y1: H - m.b, y2: H - m.b, class: "axis"}));
     box.append(chart);
@@ -1118,6 +1328,15 @@
       }
     });
     $("chat-stop").addEventListener("click", () => state.ask && state.ask.controller.abort());
+    $("thread-new").addEventListener("click", newConversation);
+    $("chat-collection").addEventListener("change", () => {
+      localStorage.setItem(CHAT_COLLECTION, $("chat-collection").value);
+      // Each collection has its own conversation: an answer still streaming belongs to the one left.
+      if (state.ask && state.ask.controller) state.ask.controller.abort();
+      state.ask = null;
+      setAsking(false);
+      resetAnswer();
+    });
 
     $("doc-viewer-close").addEventListener("click", () => $("doc-viewer").close());
     $("doc-viewer").addEventListener("click", (ev) => {
@@ -1142,6 +1361,14 @@
     $("paste-form").addEventListener("submit", submitPaste);
 
     $("evals-metric").addEventListener("change", renderEvalChart);
+    let redraw = 0;
+    window.addEventListener("resize", () => {
+      cancelAnimationFrame(redraw);
+      redraw = requestAnimationFrame(() => {
+        if (state.view === "evals" && state.evals.length) renderEvalChart();
+        if (state.view === "usage" && state.usage) renderUsageChart(state.usage.rows, state.usage.days);
+      });
+    });
     $("usage-days").addEventListener("change", loadUsage);
   }
 

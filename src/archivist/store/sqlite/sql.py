@@ -22,7 +22,8 @@ DOC_COLUMNS = {
 
 
 def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
-    """Return a SQL condition over `documents d` for the filters, and its parameters."""
+    """Return a SQL condition over `documents d` for the filters, and its parameters (a list-valued metadata field
+    matches a clause when any of its elements does)."""
     if not filters:
         return "1", []
     parts: list[str] = []
@@ -32,15 +33,24 @@ def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
         parts.append(f"d.collection IN ({','.join('?' * len(filters.scope))})" if filters.scope else "0")
         params.extend(filters.scope)
     for key, clauses in filters.by_key().items():
-        column = DOC_COLUMNS.get(key, "CAST(json_extract(d.metadata, ?) AS TEXT)")
         ors = []
         for c in clauses:
-            ors.append(f"{column} {'GLOB' if c.is_glob else '='} ?")
-            if key not in DOC_COLUMNS:
+            op = "GLOB" if c.is_glob else "="
+            if key in DOC_COLUMNS:
+                ors.append(f"{DOC_COLUMNS[key]} {op} ?")
+            else:
+                ors.append(_METADATA_MATCH.format(op=op))
                 params.append('$."' + key.replace('"', "") + '"')
             params.append(c.value)
         parts.append("(" + " OR ".join(ors) + ")")
     return " AND ".join(parts), params
+
+
+# A metadata field matches when its value does or, for a list, when any element does. json_each yields one row
+# with a NULL key for a scalar and integer keys for a list's elements; a mapping's members (text keys) never match.
+_METADATA_MATCH = (
+    "EXISTS (SELECT 1 FROM json_each(d.metadata, ?) e WHERE typeof(e.key) <> 'text' AND CAST(e.value AS TEXT) {op} ?)"
+)
 
 
 DOC_SELECT = (
