@@ -172,9 +172,9 @@ def test_markdown_front_matter_is_yaml_nested_mappings_and_flow_lists_kept() -> 
     assert doc.metadata == {
         "owner": {"team": "platform", "oncall": ["ada", "bob"]},
         "tags": ["security", "ops"],
-        "reviewed": "2024-05-01",  # a YAML date, stored as JSON can hold it
-        "version": 3,
-        "draft": False,
+        "reviewed": "2024-05-01",  # scalars stay the text written: YAML 1.1 would make dates, numbers, booleans
+        "version": "3",
+        "draft": "false",
     }
     assert block_texts(doc) == ["# Runbook", "Rotate the keys."]
     assert "team" not in doc.text
@@ -208,6 +208,37 @@ def test_front_matter_whose_aliases_expand_past_the_limit_is_left_out() -> None:
     doc = load_one(write("laughs.md", "---\n" + "\n".join(lines) + "\n---\n\nBody.\n"))
     assert doc.metadata == {"front_matter_error": "front matter has more than 10000 values, so it was left out"}
     assert block_texts(doc) == ["Body."]
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("country: NO\nversion: 1.10\nzip: 012345\nat: 12:30:00\non: yes\nscore: .nan", None),
+        ("date: 2024-02-30", None),
+        ("a: &a [*a]", "front matter is not valid YAML, so it was left out: found unconstructable recursive node"),
+        ("deep: " + "[" * 5000 + "]" * 5000, "front matter nests too deeply, so it was left out"),
+        ("- a\n- b", "front matter is a list, not a mapping of keys to values, so it was left out"),
+    ],
+    ids=["yaml-1.1-scalars", "impossible-date", "self-alias", "deep-nesting", "a-list"],
+)
+def test_front_matter_values_stay_as_written_and_no_front_matter_loses_the_body(
+    header: str, expected: str | None
+) -> None:
+    doc = load_one(write("fm.md", f"---\n{header}\n---\n# Doc\n\nThe body stays.\n"))
+    assert block_texts(doc) == ["# Doc", "The body stays."]
+    if expected is not None:
+        assert set(doc.metadata) == {"front_matter_error"} and doc.metadata["front_matter_error"].startswith(expected)
+    elif header.startswith("country"):
+        assert doc.metadata == {
+            "country": "NO",
+            "version": "1.10",
+            "zip": "012345",
+            "at": "12:30:00",
+            "on": "yes",
+            "score": ".nan",
+        }
+    else:
+        assert "front_matter_error" not in doc.metadata and doc.metadata
 
 
 def test_markdown_without_h1_is_titled_by_file_stem() -> None:

@@ -105,6 +105,9 @@ def test_the_search_query_borrows_earlier_questions_only_for_a_follow_up() -> No
     assert search_query(standalone, history) == standalone
     chain = [*history, Turn("user", "and rotated?"), Turn("assistant", "With keys rotate [1].")]
     assert search_query("how often?", chain) == "How are API keys stored?\nand rotated?\nhow often?"
+    # A long earlier question is left out rather than make the follow-up's search too long to run.
+    long = [Turn("user", "Tell me about keys " + "x" * 3970 + "?"), Turn("assistant", "…"), *chain[2:]]
+    assert search_query("how often?", long) == "and rotated?\nhow often?"
 
 
 def model_from_the_top_passage(payload: dict[str, Any]) -> str:

@@ -755,3 +755,33 @@ def test_conversation_thread_sends_history_survives_reload_and_starts_anew(page:
     # Signing out leaves no conversation behind in the browser.
     page.get_by_test_id("signout").click()
     assert page.evaluate("Object.keys(localStorage).filter((k) => k.startsWith('archivist.thread.'))") == []
+
+
+def test_a_key_the_server_no_longer_accepts_leaves_no_conversation_behind(page: Any, server: Server) -> None:
+    def cli(*args: str) -> Any:
+        done = subprocess.run(
+            [*_archivist(), *args, "--json", "--store", server.store_url],
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    made = cli("keys", "create", "--name", "soon-revoked", "--scopes", "read")
+    key, key_id = made["key"], made["id"]
+    _sign_in(page, key)
+    thread = f"archivist.thread.{key_id}.notes"
+    turn = {"question": "What is kept?", "result": {"answer": "A quote of a document.", "citations": []}}
+    page.evaluate("([k, v]) => localStorage.setItem(k, v)", [thread, json.dumps([turn])])
+    cli("keys", "revoke", key_id)
+    deadline = time.monotonic() + 30
+    while True:  # a running server reads revocations within seconds
+        page.reload()
+        if page.get_by_test_id("view-signin").is_visible():
+            break
+        assert time.monotonic() < deadline, "the revoked key was still accepted"
+        time.sleep(0.5)
+    assert page.evaluate("k => localStorage.getItem(k)", thread) is None
+    assert page.evaluate("() => localStorage.getItem('archivist.apiKey')") is None

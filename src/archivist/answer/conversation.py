@@ -12,6 +12,7 @@ from archivist.answer.context import Passage
 from archivist.answer.extractive import Extraction, KnownVectors, VectorCache, extract, score_sentences, select
 from archivist.embed.base import Embedder
 from archivist.guard.quote import quote
+from archivist.retrieve.hybrid import MAX_QUERY_CHARS
 from archivist.text.analyzer import ANSWER_TERMS, analyzer
 from archivist.types import UsageError
 
@@ -76,7 +77,8 @@ def is_follow_up(question: str) -> bool:
 
 def search_query(question: str, history: Sequence[Turn]) -> str:
     """Return the text a question is retrieved with: the question itself, or for a follow-up, the earlier user
-    question(s) it leans on followed by it (as many as lean on each other, up to MAX_BORROWED)."""
+    question(s) it leans on followed by it (as many as lean on each other, up to MAX_BORROWED, the oldest left out
+    first where they would make the query longer than a search takes)."""
     borrowed: list[str] = []
     current = question
     for turn in reversed(history):
@@ -85,6 +87,8 @@ def search_query(question: str, history: Sequence[Turn]) -> str:
         if turn.role == "user":
             borrowed.append(turn.content.strip())
             current = turn.content
+    while borrowed and len("\n".join([*borrowed, question.strip()])) > MAX_QUERY_CHARS:
+        borrowed.pop()  # the oldest: the question itself, and what it leans on most directly, are kept
     return "\n".join([*reversed(borrowed), question.strip()])
 
 

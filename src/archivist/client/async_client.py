@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -93,9 +93,13 @@ class AsyncClient:
         collections: list[str] | None = None,
         filters: Mapping[str, str] | None = None,
         k: int | None = None,
+        history: Sequence[api.Turn] | None = None,
     ) -> Answer:
-        """Return a grounded answer with checked citations (or a refusal: `answer.refused`)."""
-        return await self._get(api.answer_call(question, k, api.scoped(collection, collections, filters)), Answer)
+        """Return a grounded answer with checked citations (or a refusal: `answer.refused`); `history` holds the
+        conversation's earlier turns ({"role": "user" | "assistant", "content": …}, oldest first) for a follow-up."""
+        return await self._get(
+            api.answer_call(question, k, api.scoped(collection, collections, filters), history), Answer
+        )
 
     async def stream_answer(
         self,
@@ -105,10 +109,11 @@ class AsyncClient:
         collections: list[str] | None = None,
         filters: Mapping[str, str] | None = None,
         k: int | None = None,
+        history: Sequence[api.Turn] | None = None,
     ) -> AsyncGenerator[AnswerEvent, None]:
         """Return the events of a streamed answer, as they come: retrieval, tokens, citations, done (closing the
         iterator early, `await events.aclose()`, hangs up, which cancels the answer on the server)."""
-        call = api.answer_call(question, k, api.scoped(collection, collections, filters))
+        call = api.answer_call(question, k, api.scoped(collection, collections, filters), history)
         try:
             async with aconnect_sse(self._http, call.method, call.path, **call.options()) as source:
                 if source.response.is_error:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -70,11 +70,17 @@ def search_call(query: str, k: int, mode: Mode, scope: dict[str, Any]) -> Call:
     return Call("POST", "/v1/search", json={"query": query, "k": k, "mode": mode, **scope})
 
 
-def answer_call(question: str, k: int | None, scope: dict[str, Any]) -> Call:
-    """Return the request of an answer (the same for a streamed one)."""
+#: an earlier turn of a conversation: {"role": "user" | "assistant", "content": text}
+Turn = Mapping[str, str]
+
+
+def answer_call(question: str, k: int | None, scope: dict[str, Any], history: Sequence[Turn] | None = None) -> Call:
+    """Return the request of an answer (the same for a streamed one); `history`: the earlier turns, oldest first."""
     body: dict[str, Any] = {"question": question, **scope}
     if k is not None:
         body["k"] = k
+    if history:
+        body["history"] = [{"role": t["role"], "content": t["content"]} for t in history]
     return Call("POST", "/v1/answer", json=body)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -91,9 +91,11 @@ class Client:
         collections: list[str] | None = None,
         filters: Mapping[str, str] | None = None,
         k: int | None = None,
+        history: Sequence[api.Turn] | None = None,
     ) -> Answer:
-        """Return a grounded answer with checked citations (or a refusal: `answer.refused`)."""
-        return self._get(api.answer_call(question, k, api.scoped(collection, collections, filters)), Answer)
+        """Return a grounded answer with checked citations (or a refusal: `answer.refused`); `history` holds the
+        conversation's earlier turns ({"role": "user" | "assistant", "content": …}, oldest first) for a follow-up."""
+        return self._get(api.answer_call(question, k, api.scoped(collection, collections, filters), history), Answer)
 
     def stream_answer(
         self,
@@ -103,10 +105,11 @@ class Client:
         collections: list[str] | None = None,
         filters: Mapping[str, str] | None = None,
         k: int | None = None,
+        history: Sequence[api.Turn] | None = None,
     ) -> Generator[AnswerEvent, None, None]:
         """Return the events of a streamed answer, as they come: retrieval, tokens, citations, done (closing the
         iterator early hangs up, which cancels the answer on the server)."""
-        call = api.answer_call(question, k, api.scoped(collection, collections, filters))
+        call = api.answer_call(question, k, api.scoped(collection, collections, filters), history)
         try:
             with connect_sse(self._http, call.method, call.path, **call.options()) as source:
                 if source.response.is_error:

@@ -38,7 +38,10 @@ MAX_FRONT_MATTER_VALUES = 10_000
 #: where front matter that could not be read says why: a warning on the document, shown with its metadata
 FRONT_MATTER_ERROR = "front_matter_error"
 # libyaml's safe loader when PyYAML was built with it (about 10x faster), else the pure-Python one.
-_SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Scalars stay the text the author wrote (as before YAML was parsed): YAML 1.1's typing would turn `country: NO`
+# into false, `version: 1.10` into 1.1 and `.nan` into a float JSON cannot store, and filters compare text anyway.
+# Lists and mappings are kept. The base loader builds no Python objects: it is safe loading too.
+_SAFE_LOADER: type[yaml.BaseLoader] = getattr(yaml, "CBaseLoader", yaml.BaseLoader)
 
 
 def _atx_heading(line: str) -> tuple[int, str] | None:
@@ -93,8 +96,12 @@ def _parse_front_matter(text: str) -> tuple[dict[str, Any], str, str | None]:
         if not any(_FRONT_KEY.match(line) for line in header if line.strip()):
             return {}, text, None  # a leading thematic break followed by prose, not front matter
         return {}, body, f"front matter is not valid YAML, so it was left out: {_yaml_problem(exc)}"
-    except _TooBig:
+    except _TooBig:  # aliases can make a few lines expand to billions of values
         return {}, body, f"front matter has more than {MAX_FRONT_MATTER_VALUES} values, so it was left out"
+    except RecursionError:
+        return {}, body, "front matter nests too deeply, so it was left out"
+    if isinstance(loaded, list):
+        return {}, body, "front matter is a list, not a mapping of keys to values, so it was left out"
     if not metadata:
         # A leading thematic break followed by prose (YAML reads it as one string), not front matter.
         return {}, text, None

@@ -92,7 +92,7 @@ async def upload_document(collection: str, request: Request, who: Caller, svc: S
         suffix = ".md" if body.media_type == "text/markdown" else ".txt"
         filename = upload_name((body.source or body.title) + suffix)
         source = body.source or f"text/{upload_name(body.title, 'document', is_path=False)}"
-        data, metadata, title = body.text.encode("utf-8"), body.metadata, body.title
+        data, metadata, title = body.text.encode("utf-8"), _finite(body.metadata), body.title
     else:
         raise ApiError(415, "send multipart/form-data (field 'file') or application/json {title, text}")
     if not data:
@@ -112,7 +112,17 @@ def _metadata_field(raw: Any) -> dict[str, Any]:
         raise ApiError(400, f"'metadata' is not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise ApiError(400, "'metadata' must be a JSON object")
-    return value
+    return _finite(value)
+
+
+def _finite(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Return the metadata, or raise 400 when it holds NaN or an infinity (JSON cannot store them, and one such
+    value would break every filtered search over the store)."""
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except ValueError as exc:
+        raise ApiError(400, "'metadata' numbers must be finite (no NaN or Infinity)") from exc
+    return metadata
 
 
 def _first_error(exc: ValueError) -> str:

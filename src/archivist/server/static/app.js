@@ -217,7 +217,10 @@
     } catch (err) {
       state.key = null;
       state.me = null;
-      if (fromStorage && err.status === 401) localStorage.removeItem(KEY_STORAGE);
+      if (fromStorage && err.status === 401) {
+        forgetThreads(keyIdOf(key)); // a rejected key (revoked) leaves nothing of its conversations behind
+        localStorage.removeItem(KEY_STORAGE);
+      }
       showSignin();
       if (err.status === 401) {
         renderError(box, new ApiError(401, err.code, "That API key was not accepted (401): check it, or create one with archivist keys create.", err.requestId));
@@ -349,9 +352,16 @@
     }
   }
 
-  function forgetThreads() {
-    if (!state.me) return;
-    const prefix = `${THREAD_STORAGE}${state.me.id}.`;
+  // The id part of a key (ak_<id>_<secret>): what its conversations are stored under, known even when the server
+  // no longer accepts the key.
+  function keyIdOf(key) {
+    const m = /^ak_([0-9a-f]+)_/.exec(key || "");
+    return m ? m[1] : null;
+  }
+
+  function forgetThreads(keyId = state.me ? state.me.id : null) {
+    if (!keyId) return;
+    const prefix = `${THREAD_STORAGE}${keyId}.`;
     const keys = [];
     for (let i = 0; i < localStorage.length; i += 1) {
       const k = localStorage.key(i);
