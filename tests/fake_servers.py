@@ -153,6 +153,9 @@ class ChatServer(LoopbackServer):
         #: when set, computes each answer's text from the request payload instead of `reply`
         self.responder: Callable[[dict[str, Any]], str] | None = None
         self.tool_call: dict[str, Any] | None = None
+        #: scripted answers, served in order before anything else: each an assistant message in OpenAI's shape
+        #: (content and/or tool_calls, arguments as the raw JSON text the model wrote), with an optional "usage"
+        self.scripted_messages: deque[dict[str, Any]] = deque()
         self.faults: deque[Fault] = deque()
         self.requests: list[dict[str, Any]] = []
         server = self
@@ -229,6 +232,22 @@ class ChatServer(LoopbackServer):
         return self.responder(payload) if self.responder is not None else self.reply
 
     def _completion(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if self.scripted_messages:
+            scripted = dict(self.scripted_messages.popleft())
+            usage = scripted.pop("usage", {"prompt_tokens": 7, "completion_tokens": 5})
+            return {
+                "id": "cmpl-1",
+                "object": "chat.completion",
+                "model": payload["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": None, **scripted},
+                        "finish_reason": "tool_calls" if scripted.get("tool_calls") else "stop",
+                    }
+                ],
+                "usage": usage,
+            }
         text = self.reply_for(payload)
         message: dict[str, Any] = {"role": "assistant", "content": text}
         finish = "stop"

@@ -7,6 +7,7 @@ Nothing else builds components from settings: the store (by URL scheme), the emb
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
+from archivist.agent.loop import Agent
+from archivist.agent.tools import Tool
 from archivist.answer.answerer import Answerer
 from archivist.config import Settings, load_settings
 from archivist.embed.base import Embedder
@@ -35,7 +38,16 @@ from archivist.retrieve.search import SearchPipeline
 from archivist.store import open_store
 from archivist.store.filters import Filters
 from archivist.store.protocols import Store
-from archivist.types import DEFAULT_COLLECTION, ConflictError, Hit, IngestReport, UsageError, check_collection_name
+from archivist.store.records import AgentStepRecord
+from archivist.types import (
+    DEFAULT_COLLECTION,
+    ConflictError,
+    Hit,
+    IngestReport,
+    NotFoundError,
+    UsageError,
+    check_collection_name,
+)
 
 
 class Archivist:
@@ -202,6 +214,31 @@ class Archivist:
         if s.refusal_threshold is not None:
             defaults["refusal_threshold"] = s.refusal_threshold
         return Answerer(self.searcher(), self.embedder, gateway if gateway.routes else None, **(defaults | options))
+
+    def agent(
+        self,
+        *,
+        collection: str | None = None,
+        tools: Sequence[Tool] = (),
+        on_step: Callable[[AgentStepRecord], None] | None = None,
+    ) -> Agent:
+        """Return an agent over the built-in document tools (limited to `collection`; None: every collection) and
+        the user's `tools`, journaling its runs in the store; raise UsageError without an LLM provider."""
+        from archivist.agent.builtins import builtin_tools
+
+        # Workflow mode (a declared sequence of steps, no model) is not built yet: say so rather than pretend.
+        gateway = self._llm_gateway("the agent (workflow mode without a model is not available yet)")
+        if collection is not None and not self.store.has_collection(check_collection_name(collection)):
+            raise NotFoundError(f"no collection {collection!r}")
+        return Agent(
+            gateway,
+            self.store,
+            [*builtin_tools(self.store, self.searcher(), self.answerer(), collection=collection), *tools],
+            self.embedder,
+            collection=collection,
+            retention_days=self.settings.agent_run_retention_days,
+            on_step=on_step,
+        )
 
     def ingest(
         self,

@@ -136,6 +136,8 @@ class Settings(BaseSettings):
     job_lease_s: float = Field(default=60.0, ge=1.0, le=3600.0)
     #: How many times a job is taken before it ends failed (a worker that died counts as an attempt).
     job_max_attempts: int = Field(default=3, ge=1, le=100)
+    #: Agent runs (and their journal) not updated for this many days are deleted when a new run starts.
+    agent_run_retention_days: int = Field(default=30, ge=1, le=3650)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

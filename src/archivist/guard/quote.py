@@ -13,7 +13,7 @@ import re
 from html import escape
 
 #: every tag our prompts quote text in; one list, so text quoted under one tag cannot fake another prompt's tag
-TAGS = frozenset({"query", "question", "passage", "claim", "quote", "answer"})
+TAGS = frozenset({"query", "question", "passage", "claim", "quote", "answer", "observation"})
 
 # Whitespace and invisible format characters a model would read past between "<", "/" and a tag's name.
 _GAP = r"[\s\u00ad\u180e\u200b-\u200f\u2060-\u2064\ufeff]*"

@@ -20,6 +20,9 @@ class ToolCall:
     id: str
     name: str
     arguments: dict[str, Any]
+    #: the raw arguments text when it was not a JSON object (`arguments` is then empty): the caller tells the model
+    #: instead of failing the whole completion
+    invalid_arguments: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,8 +128,11 @@ class OpenAICompatible:
         args = fn.get("arguments") or "{}"
         try:
             parsed = json.loads(args) if isinstance(args, str) else dict(args)
-        except ValueError as exc:
-            raise BadResponse(f"tool call {fn.get('name')!r} has invalid JSON arguments", provider=self.name) from exc
+        except ValueError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            # The model's mistake, not the provider's: an agent answers it with an observation, not a retry.
+            return ToolCall(str(raw.get("id", "")), str(fn["name"]), {}, invalid_arguments=str(args))
         return ToolCall(str(raw.get("id", "")), str(fn["name"]), parsed)
 
     def stream(self, request: ChatRequest, deadline: Deadline) -> Iterator[StreamEvent]:

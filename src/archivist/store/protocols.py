@@ -13,12 +13,17 @@ from typing import Any, Protocol, runtime_checkable
 from archivist.embed.base import Vectors
 from archivist.store.filters import Filters
 from archivist.store.records import (
+    AgentRunRecord,
+    AgentStepRecord,
     ApiKeyRecord,
+    ApprovalRecord,
     CandidateScores,
     Changes,
     CollectionRecord,
     DocumentOrder,
     DocumentWrite,
+    EffectRecord,
+    EffectStatus,
     IndexCapabilities,
     JobRecord,
     RequestLogRow,
@@ -250,8 +255,77 @@ class RequestLogStore(Protocol):
         ...
 
 
+class AgentRunStore(Protocol):
+    """Agent runs and their journal: steps as they happen, side effects' intents and outcomes, approvals."""
+
+    def create_agent_run(self, run: AgentRunRecord) -> None:
+        """Store a new run, or raise ConflictError when its id is taken."""
+        ...
+
+    def update_agent_run(self, run_id: str, **fields: Any) -> bool:
+        """Set a run's status, reason, totals or result (and its updated_at); return whether the run exists."""
+        ...
+
+    def get_agent_run(self, run_id: str) -> AgentRunRecord | None:
+        """Return one run by id or unique id prefix, or None."""
+        ...
+
+    def list_agent_runs(self, *, limit: int = 50) -> list[AgentRunRecord]:
+        """Return runs, the most recently updated first."""
+        ...
+
+    def add_agent_step(self, step: AgentStepRecord) -> None:
+        """Append a step to a run's journal; raise ConflictError when the run has a step of that number, and
+        NotFoundError when there is no such run."""
+        ...
+
+    def agent_steps(self, run_id: str) -> list[AgentStepRecord]:
+        """Return a run's steps in order."""
+        ...
+
+    def record_intent(self, effect: EffectRecord) -> None:
+        """Commit the intent of a side-effecting call before it runs; raise ConflictError when an intent with the
+        same (run, step, call id, arguments hash) exists (the call was already started, here or elsewhere)."""
+        ...
+
+    def record_outcome(self, run_id: str, idempotency_key: str, status: EffectStatus, result: Any) -> bool:
+        """Commit a call's outcome; return False when its intent is missing or already has an outcome."""
+        ...
+
+    def agent_effects(self, run_id: str) -> list[EffectRecord]:
+        """Return a run's side-effect intents with their outcomes, by step."""
+        ...
+
+    def request_approval(self, approval: ApprovalRecord) -> None:
+        """Store a pending approval of a step's tool call (nothing changes when that step already has one of that
+        kind)."""
+        ...
+
+    def decide_approval(self, run_id: str, step: int, *, approved: bool, now: str) -> bool:
+        """Approve or reject a pending approval; return False when the step has no pending approval."""
+        ...
+
+    def agent_approvals(self, run_id: str) -> list[ApprovalRecord]:
+        """Return a run's approvals by step."""
+        ...
+
+    def prune_agent_runs(self, before: str) -> int:
+        """Delete the runs last updated before `before` (UTC ISO time) with their journal; return how many."""
+        ...
+
+
 @runtime_checkable
-class Store(DocumentStore, SearchIndex, CollectionStore, KeyStore, JobQueue, EvalRunStore, RequestLogStore, Protocol):
+class Store(
+    DocumentStore,
+    SearchIndex,
+    CollectionStore,
+    KeyStore,
+    JobQueue,
+    EvalRunStore,
+    RequestLogStore,
+    AgentRunStore,
+    Protocol,
+):
     """What a storage backend behind a URL provides: every protocol above, the LLM layer's response cache and
     spend ledger, migrations and its own life cycle."""
 

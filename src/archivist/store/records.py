@@ -1,5 +1,5 @@
 """The records stores exchange: stored chunks, document writes, sentence vectors, scores, collections, keys, jobs,
-the request log, and the change feed the in-memory indexes follow."""
+the request log, the change feed the in-memory indexes follow, and agent runs with their journal."""
 
 from __future__ import annotations
 
@@ -62,6 +62,23 @@ def chunk_hit(
         bm25_rank=bm25_rank,
         collection=chunk.collection,
     )
+
+
+def document_text(chunks: Sequence[StoredChunk], char_count: int) -> str:
+    """Return a document's text rebuilt from its stored chunks, every character at its original offset."""
+    # The store keeps chunks, which are exact spans of the text; gaps between them (whitespace the chunker
+    # skipped, mostly paragraph breaks) become newlines so that every offset still points where it did.
+    parts, pos = [], 0
+    for c in sorted(chunks, key=lambda c: c.start):
+        if c.start > pos:
+            parts.append("\n" * (c.start - pos))
+            pos = c.start
+        if c.end > pos:
+            parts.append(c.text[pos - c.start :])
+            pos = c.end
+    if char_count > pos:
+        parts.append("\n" * (char_count - pos))
+    return "".join(parts)
 
 
 @dataclass(slots=True)
@@ -262,3 +279,121 @@ class IndexCapabilities:
     exact_bm25: bool
     #: `candidate_scores` gives any chunk's scores and corpus-wide score moments (what z-score and learned fusion need)
     candidate_scores: bool
+
+
+#: running: a process is (or was, until it died) driving it; paused: it waits for a person (an approval, an effect
+#: whose outcome is unknown); succeeded and failed are final
+AgentRunStatus = Literal["running", "paused", "succeeded", "failed"]
+AgentStepKind = Literal["model", "tool"]
+#: pending: the intent is committed and the outcome is not (the call may or may not have happened)
+EffectStatus = Literal["pending", "succeeded", "failed"]
+ApprovalStatus = Literal["pending", "approved", "rejected"]
+#: call: the tool needs a person's yes before it runs; retry: the call's outcome is unknown (intent, no outcome) and
+#: a person decides whether it runs again
+ApprovalKind = Literal["call", "retry"]
+
+
+@dataclass(slots=True)
+class AgentRunRecord:
+    """An agent run: its task, where it stands and why, its limits and what it has used so far."""
+
+    id: str
+    task: str
+    status: AgentRunStatus
+    created_at: str
+    updated_at: str
+    #: the one collection its document tools read (None: every collection)
+    collection: str | None = None
+    #: why the run stopped or paused (None while it runs or once it succeeded)
+    reason: str | None = None
+    limits: dict[str, Any] = field(default_factory=dict)
+    #: tokens, cost_usd, elapsed_s: what the run has used across every process that drove it
+    totals: dict[str, Any] = field(default_factory=dict)
+    #: the final answer with its checked citations, once it succeeded
+    result: dict[str, Any] | None = None
+    #: the names of the tools the run may call
+    tools: tuple[str, ...] = ()
+
+    def public(self) -> dict[str, Any]:
+        """Return the run's JSON-ready description."""
+        return {
+            "id": self.id,
+            "task": self.task,
+            "status": self.status,
+            "reason": self.reason,
+            "collection": self.collection,
+            "limits": self.limits,
+            "totals": self.totals,
+            "result": self.result,
+            "tools": list(self.tools),
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(slots=True)
+class AgentStepRecord:
+    """One journaled step of a run: a model call (its text and tool calls) or a tool call (its observation)."""
+
+    run_id: str
+    seq: int
+    kind: AgentStepKind
+    #: the model ("provider/model") or the tool
+    name: str
+    created_at: str
+    #: model: text, tool_calls, finish_reason; tool: status, observation, untrusted
+    data: dict[str, Any] = field(default_factory=dict)
+    call_id: str | None = None
+    arguments: dict[str, Any] | None = None
+    tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+
+    def public(self) -> dict[str, Any]:
+        """Return the step's JSON-ready description."""
+        return {
+            "seq": self.seq,
+            "kind": self.kind,
+            "name": self.name,
+            "call_id": self.call_id,
+            "arguments": self.arguments,
+            "data": self.data,
+            "tokens": self.tokens,
+            "cost_usd": self.cost_usd,
+            "latency_ms": self.latency_ms,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(slots=True)
+class EffectRecord:
+    """A side-effecting call's intent, committed before the call, and its outcome, committed after it."""
+
+    run_id: str
+    step: int
+    call_id: str
+    tool: str
+    arguments_hash: str
+    #: passed to the tool, so a tool (or the service behind it) can refuse to apply one call twice
+    idempotency_key: str
+    arguments: dict[str, Any]
+    created_at: str
+    status: EffectStatus = "pending"
+    #: the call's JSON result (or error text) once its outcome is recorded
+    result: Any = None
+    completed_at: str | None = None
+
+
+@dataclass(slots=True)
+class ApprovalRecord:
+    """A tool call that waits for a person's decision before it runs."""
+
+    run_id: str
+    step: int
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    created_at: str
+    kind: ApprovalKind = "call"
+    status: ApprovalStatus = "pending"
+    decided_at: str | None = None

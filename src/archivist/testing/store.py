@@ -22,7 +22,7 @@ from archivist.embed.base import Vectors
 from archivist.store.filters import Filters
 from archivist.store.protocols import Store
 from archivist.store.records import DocumentWrite
-from archivist.types import Block, Chunk, ConflictError, Document, StoreError, sha256_hex
+from archivist.types import Block, Chunk, ConflictError, Document, NotFoundError, StoreError, sha256_hex
 
 MODEL = "test-model"
 DIM = 8
@@ -499,5 +499,79 @@ class ServiceRecordsTests(StoreFixtures):
         assert (store.claim_job("w", lease_s=60, max_attempts=2) or failed).id == "r"
 
 
-class StoreTests(DocumentStoreTests, SearchIndexTests, EvalRunStoreTests, ServiceRecordsTests):
+class AgentRunStoreTests(StoreFixtures):
+    """`AgentRunStore`: runs, the step journal, side-effect intents and outcomes, approvals, retention."""
+
+    def test_a_run_and_its_steps_round_trip_in_order(self, store: Store) -> None:
+        from archivist.store.records import AgentRunRecord, AgentStepRecord
+
+        run = AgentRunRecord("run-1", "compare retries and budgets", "running", "2026-01-01T00:00:00+00:00", "x")
+        run.limits, run.tools = {"max_steps": 8}, ("search_documents", "append_note")
+        store.create_agent_run(run)
+        with pytest.raises(ConflictError):
+            store.create_agent_run(run)
+        # Written out of order: read back in step order.
+        store.add_agent_step(AgentStepRecord("run-1", 2, "tool", "search_documents", "t", {"n": 2}))
+        store.add_agent_step(AgentStepRecord("run-1", 1, "model", "m", "t", {"n": 1}))
+        with pytest.raises(ConflictError):
+            store.add_agent_step(AgentStepRecord("run-1", 1, "model", "m", "t"))
+        with pytest.raises(NotFoundError):
+            store.add_agent_step(AgentStepRecord("no-such-run", 1, "model", "m", "t"))
+        assert [(s.seq, s.kind, s.data) for s in store.agent_steps("run-1")] == [
+            (1, "model", {"n": 1}),
+            (2, "tool", {"n": 2}),
+        ]
+        assert store.update_agent_run("run-1", status="succeeded", totals={"tokens": 12}, result={"answer": "a"})
+        assert not store.update_agent_run("nope", status="failed")
+        back = store.get_agent_run("run-")  # a unique prefix
+        assert back is not None and back.status == "succeeded" and back.result == {"answer": "a"}
+        assert back.tools == ("search_documents", "append_note") and back.limits == {"max_steps": 8}
+        assert [r.id for r in store.list_agent_runs()] == ["run-1"] and store.get_agent_run("zzz") is None
+
+    def test_an_intent_is_recorded_once_and_its_outcome_once(self, store: Store) -> None:
+        from archivist.store.records import AgentRunRecord, EffectRecord
+
+        store.create_agent_run(AgentRunRecord("r", "t", "running", "2026-01-01T00:00:00+00:00", "x"))
+        intent = EffectRecord("r", 3, "call_1", "append_note", "h1", "r:3:call_1:h1", {"text": "hi"}, "t")
+        store.record_intent(intent)
+        with pytest.raises(ConflictError):
+            store.record_intent(intent)  # a second process starting the same call is told so, not allowed to run it
+        (pending,) = store.agent_effects("r")
+        assert pending.status == "pending" and pending.result is None and pending.arguments == {"text": "hi"}
+        assert store.record_outcome("r", "r:3:call_1:h1", "succeeded", {"lines": 1})
+        assert not store.record_outcome("r", "r:3:call_1:h1", "failed", "again")  # an outcome is final
+        assert not store.record_outcome("r", "unknown-key", "succeeded", None)
+        (done,) = store.agent_effects("r")
+        assert done.status == "succeeded" and done.result == {"lines": 1} and done.completed_at
+
+    def test_approvals_are_decided_once(self, store: Store) -> None:
+        from archivist.store.records import AgentRunRecord, ApprovalRecord
+
+        store.create_agent_run(AgentRunRecord("r", "t", "paused", "2026-01-01T00:00:00+00:00", "x"))
+        store.request_approval(ApprovalRecord("r", 4, "call_2", "send_mail", {"to": "ops"}, "t"))
+        store.request_approval(ApprovalRecord("r", 4, "call_2", "send_mail", {"to": "ops"}, "t"))  # no duplicate
+        assert [(a.step, a.status) for a in store.agent_approvals("r")] == [(4, "pending")]
+        assert not store.decide_approval("r", 5, approved=True, now="t2")
+        assert store.decide_approval("r", 4, approved=False, now="t2")
+        assert not store.decide_approval("r", 4, approved=True, now="t3")  # already rejected
+        (decided,) = store.agent_approvals("r")
+        assert decided.status == "rejected" and decided.decided_at == "t2"
+
+    def test_pruning_deletes_old_runs_with_their_journal(self, store: Store) -> None:
+        from archivist.store.records import AgentRunRecord, AgentStepRecord, EffectRecord
+
+        long_ago = "2020-01-01T00:00:00+00:00"
+        store.create_agent_run(AgentRunRecord("old", "t", "succeeded", long_ago, long_ago))
+        store.add_agent_step(AgentStepRecord("old", 1, "model", "m", "t"))
+        store.record_intent(EffectRecord("old", 2, "c", "append_note", "h", "old:2:c:h", {}, "t"))
+        store.create_agent_run(AgentRunRecord("new", "t", "running", long_ago, long_ago))
+        store.update_agent_run("new", status="succeeded")  # updated now: kept
+        assert store.prune_agent_runs("2021-01-01T00:00:00+00:00") == 1
+        assert (
+            store.get_agent_run("old") is None and store.agent_steps("old") == [] and store.agent_effects("old") == []
+        )
+        assert store.get_agent_run("new") is not None
+
+
+class StoreTests(DocumentStoreTests, SearchIndexTests, EvalRunStoreTests, ServiceRecordsTests, AgentRunStoreTests):
     """Every contract test: what a backend behind a store URL passes."""

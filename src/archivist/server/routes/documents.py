@@ -18,7 +18,7 @@ from archivist.server.schemas import Deleted, Document, DocumentList
 from archivist.server.scope import require_collection
 from archivist.server.services import Services
 from archivist.store.filters import Filters
-from archivist.store.records import DocumentOrder
+from archivist.store.records import DocumentOrder, document_text
 from archivist.types import DocumentRecord
 
 router = APIRouter(prefix="/v1", tags=["documents"], responses=error_responses(*COMMON_ERRORS))
@@ -191,21 +191,9 @@ def get_document(collection: str, document_id: str, who: Caller, svc: ServicesDe
     who.require("read")
     doc = _document(svc, who, collection, document_id)
     chunks = svc.archivist.store.document_chunks(document_id)
-    # The store keeps chunks, which are exact spans of the text; gaps between them (whitespace the chunker
-    # skipped, mostly paragraph breaks) become newlines so that every offset still points where it did.
-    parts, pos = [], 0
-    for c in sorted(chunks, key=lambda c: c.start):
-        if c.start > pos:
-            parts.append("\n" * (c.start - pos))
-            pos = c.start
-        if c.end > pos:
-            parts.append(c.text[pos - c.start :])
-            pos = c.end
-    if doc.char_count > pos:
-        parts.append("\n" * (doc.char_count - pos))
     return {
         **_doc_dict(doc),
-        "text": "".join(parts),
+        "text": document_text(chunks, doc.char_count),
         "chunks": [
             {
                 "id": c.id,

@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from archivist.store.sqlite.agentruns import SQLiteAgentRuns
 from archivist.store.sqlite.collections import SQLiteCollections
 from archivist.store.sqlite.documents import SQLiteDocuments
 from archivist.store.sqlite.evalruns import SQLiteEvalRuns
@@ -61,5 +62,6 @@ class SQLiteStore(
     SQLiteEvalRuns,
     SQLiteRequestLog,
     SQLiteLLMData,
+    SQLiteAgentRuns,
 ):
     """A `Store` in one SQLite file: every concern's store over one set of connections."""

@@ -299,3 +299,70 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# Agent runs and their journal. A side-effecting call's intent row is committed before the call and its outcome
+# after it, keyed by (run, step, call id, arguments hash): a resumed run finds a completed call's result here and
+# never calls again, and an intent without an outcome tells it that the call may have happened. Deleting a run
+# deletes its journal (retention pruning).
+MIGRATIONS.append(
+    (
+        12,
+        "agent runs and effect journal",
+        """
+        CREATE TABLE agent_runs (
+            id         TEXT PRIMARY KEY,
+            task       TEXT NOT NULL,
+            status     TEXT NOT NULL,
+            reason     TEXT,
+            collection TEXT,
+            limits     TEXT NOT NULL,
+            totals     TEXT NOT NULL,
+            result     TEXT,
+            tools      TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX agent_runs_updated ON agent_runs (updated_at);
+        CREATE TABLE agent_steps (
+            run_id     TEXT NOT NULL REFERENCES agent_runs(id) ON DELETE CASCADE,
+            seq        INTEGER NOT NULL,
+            kind       TEXT NOT NULL,
+            name       TEXT NOT NULL,
+            call_id    TEXT,
+            arguments  TEXT,
+            data       TEXT NOT NULL,
+            tokens     INTEGER NOT NULL DEFAULT 0,
+            cost_usd   REAL NOT NULL DEFAULT 0,
+            latency_ms REAL NOT NULL DEFAULT 0,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (run_id, seq)
+        );
+        CREATE TABLE agent_effects (
+            run_id          TEXT NOT NULL REFERENCES agent_runs(id) ON DELETE CASCADE,
+            step            INTEGER NOT NULL,
+            call_id         TEXT NOT NULL,
+            arguments_hash  TEXT NOT NULL,
+            tool            TEXT NOT NULL,
+            idempotency_key TEXT NOT NULL UNIQUE,
+            arguments       TEXT NOT NULL,
+            status          TEXT NOT NULL,
+            result          TEXT,
+            created_at      TEXT NOT NULL,
+            completed_at    TEXT,
+            PRIMARY KEY (run_id, step, call_id, arguments_hash)
+        );
+        CREATE TABLE agent_approvals (
+            run_id     TEXT NOT NULL REFERENCES agent_runs(id) ON DELETE CASCADE,
+            step       INTEGER NOT NULL,
+            call_id    TEXT NOT NULL,
+            tool       TEXT NOT NULL,
+            arguments  TEXT NOT NULL,
+            kind       TEXT NOT NULL,
+            status     TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            decided_at TEXT,
+            PRIMARY KEY (run_id, step, kind)
+        );
+        """,
+    )
+)

@@ -1,0 +1,254 @@
+"""`archivist agent …`: run a task with tools, list and show runs, resume one, approve or reject a paused step, prune.
+
+`archivist agent "TASK"` is short for `archivist agent run "TASK"`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from typer.core import TyperGroup
+
+from archivist.cli._app import open_app
+from archivist.cli._command import App
+from archivist.cli._errors import fail
+from archivist.cli._options import JsonOpt, StoreOpt
+from archivist.cli._output import emit_json, err, out, short, warn
+
+if TYPE_CHECKING:
+    from typer._click import Context
+
+    from archivist.agent.loop import Agent
+    from archivist.app import Archivist
+    from archivist.store.records import AgentRunRecord, AgentStepRecord
+
+
+class _TaskOrCommand(TyperGroup):
+    """The `agent` group: a first word that names no subcommand is a task (`agent "TASK"` runs `agent run`)."""
+
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
+        """Return the arguments left after the group's own, `run` put in front of a task."""
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return list(super().parse_args(ctx, args))
+
+
+app = App(
+    name="agent",
+    cls=_TaskOrCommand,
+    help='Run a task with tools (archivist agent "TASK"), list, show, resume and approve runs.',
+    no_args_is_help=True,
+)
+
+ToolsOpt = Annotated[
+    str | None,
+    typer.Option("--tools", metavar="FILE:NAME", help="Your own tools: NAME, a list of @tool functions in FILE.py."),
+]
+RunIdArg = Annotated[str, typer.Argument(metavar="RUN_ID", help="The run's id (or a unique prefix of it).")]
+
+
+def _agent(archivist: Archivist, collection: str | None, tools: str | None, as_json: bool) -> Agent:
+    from archivist.agent.tools import load_tools
+
+    return archivist.agent(
+        collection=collection, tools=load_tools(tools) if tools else (), on_step=None if as_json else _print_step
+    )
+
+
+def _print_step(step: AgentStepRecord) -> None:
+    if step.kind == "model":
+        calls = step.data.get("tool_calls", [])
+        what = f"{len(calls)} tool call(s)" if calls else "answered"
+        err.print(f"[dim]step {step.seq}: model {escape(step.name)}: {what} ({step.tokens} tokens)[/]")
+        return
+    arguments = short(json.dumps(step.arguments or {}, ensure_ascii=False), 80)
+    err.print(f"[dim]step {step.seq}: {escape(step.name)} {escape(arguments)} → {step.data.get('status')}[/]")
+
+
+def _report(run: AgentRunRecord, as_json: bool) -> None:
+    """Print a run's outcome; exit 1 when it failed (a paused run waits for a person: not a failure)."""
+    if as_json:
+        emit_json(run.public())
+    elif run.status == "succeeded" and run.result is not None:
+        out.print(escape(run.result["answer"]))
+        citations = run.result.get("citations", [])
+        if citations:
+            out.print()
+            out.print("[bold]Sources[/]")
+        for c in citations:
+            where = f"{escape(c['source'])}, chars {c['span'][0]}–{c['span'][1]}"
+            out.print(f"  [{c['n']}] {escape(c['title'] or c['source'])} [dim]({where})[/]")
+        for claim in run.result.get("unsupported", []):
+            warn(f"unsupported claim: {claim['text']!r}: {claim['reason']}")
+        err.print(f"[dim]run {run.id}: succeeded in {run.totals.get('steps', 0)} steps[/]")
+    elif run.status == "paused":
+        out.print(f"[yellow]paused[/] run {run.id}: {escape(run.reason or '')}")
+    else:
+        err.print(f"[bold red]{run.status}:[/] run {run.id}: {escape(run.reason or '')}")
+    if run.status == "failed":
+        raise typer.Exit(1)
+
+
+@app.command("run")
+def agent_run(
+    task: Annotated[str, typer.Argument(metavar="TASK", help="What the agent should do, in plain words.")],
+    collection: Annotated[
+        str | None, typer.Option("--collection", metavar="NAME", help="Read only this collection (default: all).")
+    ] = None,
+    tools: ToolsOpt = None,
+    max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Model and tool calls the run may make.")] = 30,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Model tokens the run may use.")] = 200_000,
+    max_cost: Annotated[
+        float | None, typer.Option("--max-cost", min=0, metavar="USD", help="Dollars the run may spend.")
+    ] = None,
+    max_time: Annotated[
+        float, typer.Option("--max-time", min=1, metavar="SECONDS", help="Active time the run may take.")
+    ] = 600.0,
+    allow_untrusted: Annotated[
+        bool,
+        typer.Option(
+            "--allow-untrusted-side-effects",
+            help="Run side-effecting tools even after document text entered the context.",
+        ),
+    ] = False,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a task: the model calls tools until it answers, citing what it read; every step is journaled."""
+    from archivist.agent.loop import AgentLimits
+
+    with open_app(store, existing=True) as archivist:
+        limits = AgentLimits(
+            max_steps=max_steps,
+            max_tokens=max_tokens,
+            max_cost_usd=max_cost,
+            max_wall_s=max_time,
+            allow_untrusted_side_effects=allow_untrusted,
+        )
+        run = _agent(archivist, collection, tools, as_json).start(task, limits)
+    _report(run, as_json)
+
+
+@app.command("runs")
+def agent_runs(
+    limit: Annotated[int, typer.Option("--limit", min=1, help="How many runs to list.")] = 20,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List agent runs, the most recently updated first."""
+    with open_app(store, existing=True) as archivist:
+        runs = archivist.store.list_agent_runs(limit=limit)
+    if as_json:
+        emit_json([r.public() for r in runs])
+        return
+    table = Table("id", "status", "steps", "tokens", "updated", "task", box=None)
+    for r in runs:
+        table.add_row(
+            r.id[:12],
+            r.status,
+            str(r.totals.get("steps", 0)),
+            str(r.totals.get("tokens", 0)),
+            r.updated_at,
+            escape(short(r.task, 60)),
+        )
+    out.print(table)
+
+
+def _find_run(archivist: Archivist, run_id: str) -> AgentRunRecord:
+    run = archivist.store.get_agent_run(run_id)
+    if run is None:
+        fail(f"no agent run {run_id!r} (archivist agent runs lists them)", 1)
+    return run
+
+
+@app.command("show")
+def agent_show(run_id: RunIdArg, store: StoreOpt = None, as_json: JsonOpt = False) -> None:
+    """Show a run: its status, every journaled step, side effects and approvals."""
+    with open_app(store, existing=True) as archivist:
+        run = _find_run(archivist, run_id)
+        steps = archivist.store.agent_steps(run.id)
+        effects = archivist.store.agent_effects(run.id)
+        approvals = archivist.store.agent_approvals(run.id)
+    if as_json:
+        emit_json(
+            {
+                **run.public(),
+                "steps": [s.public() for s in steps],
+                "effects": [_plain(e) for e in effects],
+                "approvals": [_plain(a) for a in approvals],
+            }
+        )
+        return
+    out.print(f"run {run.id}: [bold]{run.status}[/]" + (f" ({escape(run.reason)})" if run.reason else ""))
+    out.print(f"task: {escape(run.task)}")
+    table = Table("step", "kind", "name", "status", "tokens", "ms", "detail", box=None)
+    for s in steps:
+        if s.kind == "model":
+            calls = s.data.get("tool_calls", [])
+            detail = ", ".join(c["name"] for c in calls) or short(str(s.data.get("text", "")), 60)
+            status = "tool calls" if calls else "answer"
+        else:
+            detail, status = short(json.dumps(s.arguments or {}, ensure_ascii=False), 60), str(s.data.get("status"))
+        table.add_row(str(s.seq), s.kind, escape(s.name), status, str(s.tokens), f"{s.latency_ms:.0f}", escape(detail))
+    out.print(table)
+    for e in effects:
+        out.print(f"effect step {e.step}: {escape(e.tool)} {e.status} (key {e.idempotency_key})")
+    for a in approvals:
+        out.print(f"approval step {a.step} ({a.kind}): {escape(a.tool)} {a.status}")
+
+
+def _plain(record: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(record)
+
+
+@app.command("resume")
+def agent_resume(run_id: RunIdArg, tools: ToolsOpt = None, store: StoreOpt = None, as_json: JsonOpt = False) -> None:
+    """Resume a run from its journal: recorded calls are replayed, never made again."""
+    with open_app(store, existing=True) as archivist:
+        run = _find_run(archivist, run_id)
+        run = _agent(archivist, run.collection, tools, as_json).resume(run.id)
+    _report(run, as_json)
+
+
+@app.command("approve")
+def agent_approve(
+    run_id: RunIdArg,
+    step: Annotated[int, typer.Argument(metavar="STEP", help="The step waiting for a decision.")],
+    reject: Annotated[bool, typer.Option("--reject", help="Reject the call instead: the model is told.")] = False,
+    tools: ToolsOpt = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Approve (or --reject) a paused run's tool call, then continue the run."""
+    with open_app(store, existing=True) as archivist:
+        run = _find_run(archivist, run_id)
+        run = _agent(archivist, run.collection, tools, as_json).approve(run.id, step, approved=not reject)
+    _report(run, as_json)
+
+
+@app.command("prune")
+def agent_prune(
+    days: Annotated[
+        int | None,
+        typer.Option("--days", min=0, help="Delete runs not updated for this many days (default: the setting)."),
+    ] = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete old agent runs and their journal (a new run also prunes by ARCHIVIST_AGENT_RUN_RETENTION_DAYS)."""
+    from datetime import UTC, datetime, timedelta
+
+    with open_app(store, existing=True) as archivist:
+        keep = days if days is not None else archivist.settings.agent_run_retention_days
+        cutoff = (datetime.now(UTC) - timedelta(days=keep)).isoformat(timespec="seconds")
+        deleted = archivist.store.prune_agent_runs(cutoff)
+    if as_json:
+        emit_json({"deleted": deleted, "before": cutoff})
+    else:
+        out.print(f"deleted {deleted} run(s) not updated since {cutoff}")

@@ -1,0 +1,60 @@
+"""`archivist mcp`: the MCP server, on stdio or over streamable HTTP."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from archivist.cli._app import open_app
+from archivist.cli._command import App
+from archivist.cli._errors import fail
+from archivist.cli._options import StoreOpt
+
+app = App()
+
+
+@app.command()
+def mcp(
+    http: Annotated[
+        bool, typer.Option("--http", help="Serve streamable HTTP (API keys as bearer tokens) instead of stdio.")
+    ] = False,
+    host: Annotated[str, typer.Option("--host", help="Address to bind with --http.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port with --http.")] = 8765,
+    store: StoreOpt = None,
+    log_level: Annotated[
+        str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")
+    ] = "warning",
+) -> None:
+    """Run the MCP server (tools: search, answer, get_document, list_collections; documents as resources). On stdio
+    it acts as the local user and reads every collection; over HTTP each request needs an API key (`archivist keys
+    create`) with the read scope and reaches only that key's collections. Logs go to stderr."""
+    from archivist import __version__
+    from archivist.server.app import configure_logging
+
+    if log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        fail(f"unknown --log-level {log_level!r}: use debug, info, warning or error", 2)
+    # On stdio, stdout carries the protocol: every log line goes to stderr.
+    configure_logging(log_level)
+    with open_app(store, existing=True) as archivist:
+        if not http:
+            from archivist.mcp.server import stdio_server
+
+            stdio_server(archivist, version=__version__).run("stdio")
+            return
+        import uvicorn
+
+        from archivist.cli.serve import _server_class
+        from archivist.mcp.server import http_app
+
+        config = uvicorn.Config(
+            http_app(archivist, host=host, port=port, version=__version__),
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+        )
+        server = _server_class()(config)
+        server.run()
+        if not server.started:
+            fail(f"could not serve on {host}:{port} (see the log above)", 1)

@@ -1,0 +1,415 @@
+"""The agent end to end: a scripted OpenAI-compatible server on 127.0.0.1 plans the tool calls, the real loop runs
+them over a real SQLite store holding documents embedded by the bundled model, and the journal is read back. The
+crash scenarios run `archivist agent` as a subprocess and kill it with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import pytest
+from pydantic import Field
+
+import agent_tools
+from archivist.agent import AgentLimits, ToolInputError, tool
+from archivist.agent.loop import arguments_hash
+from archivist.app import Archivist
+from archivist.config import load_settings
+from archivist.embed.minilm_onnx import MiniLMEmbedder
+from archivist.store import open_store
+from archivist.store.records import AgentRunRecord, AgentStepRecord, EffectRecord
+from archivist.store.sqlite import SQLiteStore
+from archivist.types import UsageError
+from conftest import ingest_corpus
+from fake_servers import ChatServer, Fault
+
+ARCHIVIST = str(Path(sys.executable).parent / "archivist")
+TOOLS = f"{Path(__file__).parent / 'agent_tools.py'}:TOOLS"
+DOCS = {
+    "retries.md": "# Retries\n\nFailed calls are retried with exponential backoff and jitter, up to three attempts.\n",
+    "budgets.md": "# Budgets\n\nEvery API key has a monthly budget in dollars; calls stop when it is spent.\n",
+}
+
+
+def call(name: str, arguments: dict[str, Any] | str, call_id: str = "c1") -> dict[str, Any]:
+    """Return one tool call as the model writes it (arguments as raw JSON text)."""
+    raw = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": raw}}
+
+
+def turn(*calls: dict[str, Any], usage: dict[str, int] | None = None) -> dict[str, Any]:
+    """Return a scripted model turn that calls these tools."""
+    return {"tool_calls": list(calls), **({"usage": usage} if usage else {})}
+
+
+def final(text: str) -> dict[str, Any]:
+    """Return a scripted model turn that answers."""
+    return {"content": text}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory, embedder: MiniLMEmbedder) -> Path:
+    return ingest_corpus(tmp_path_factory.mktemp("agent"), DOCS, embedder)
+
+
+@pytest.fixture
+def server() -> Iterator[ChatServer]:
+    with ChatServer().running() as s:
+        yield s
+
+
+@pytest.fixture
+def app(corpus: Path, server: ChatServer, embedder: MiniLMEmbedder) -> Iterator[Archivist]:
+    settings = load_settings(
+        store=f"sqlite:///{corpus / 'store.db'}", llm_url=server.url, llm_model="m", llm_max_retries=0, llm_cache=False
+    )
+    with Archivist(settings, open_store(settings.store), embedder) as archivist:
+        yield archivist
+
+
+def doc_id(app: Archivist, name: str) -> str:
+    return next(d.id for d in app.store.list_documents() if d.source.endswith(name))
+
+
+def tool_steps(app: Archivist, run_id: str) -> list[AgentStepRecord]:
+    return [s for s in app.store.agent_steps(run_id) if s.kind == "tool"]
+
+
+# --- tools from functions -------------------------------------------------------------------------------------
+
+
+def test_a_tools_schema_comes_from_its_type_hints_and_docstring() -> None:
+    @tool(effect="idempotent", timeout_s=5)
+    def tag_document(document_id: str, tags: list[str], weight: Annotated[int, Field(ge=1, le=5)] = 1) -> str:
+        """Tag a document.
+
+        Args:
+            document_id: The document to tag.
+            tags: Labels to add.
+            weight: How strongly.
+        """
+        return f"{document_id}:{','.join(tags)}:{weight}"
+
+    spec = tag_document.spec()
+    assert spec.name == "tag_document" and spec.description == "Tag a document."
+    props = spec.parameters["properties"]
+    assert props["tags"] == {
+        "description": "Labels to add.",
+        "items": {"type": "string"},
+        "title": "Tags",
+        "type": "array",
+    }
+    assert props["weight"]["maximum"] == 5 and spec.parameters["required"] == ["document_id", "tags"]
+    assert tag_document.invoke({"document_id": "d1", "tags": ["a"]}) == "d1:a:1"
+    with pytest.raises(ToolInputError, match="weight: Input should be less than or equal to 5"):
+        tag_document.validate({"document_id": "d1", "tags": [], "weight": 9})
+    with pytest.raises(ToolInputError, match="extra: Extra inputs are not permitted"):
+        tag_document.validate({"document_id": "d1", "tags": [], "extra": 1})
+    assert tag_document("d2", ["b"]) == "d2:b:1"  # still a plain function
+    # The idempotency key goes to the function, never into the schema the model sees.
+    assert "idempotency_key" not in agent_tools.append_line.spec().parameters["properties"]
+
+
+def test_a_tool_that_cannot_be_described_is_refused_at_definition() -> None:
+    def undocumented(x: int) -> int:
+        return x
+
+    def untyped(x):  # type: ignore[no-untyped-def]
+        """Do x."""
+
+    with pytest.raises(UsageError, match="a docstring must say what it does"):
+        tool(undocumented)
+    with pytest.raises(UsageError, match="parameter 'x' needs a type hint"):
+        tool(untyped)
+    with pytest.raises(UsageError, match="effect must be one of"):
+        tool(effect="dangerous")(undocumented)  # type: ignore[arg-type]
+
+
+# --- the loop -------------------------------------------------------------------------------------------------
+
+
+def test_the_agent_searches_and_reads_in_parallel_calls_and_its_citations_are_checked(
+    app: Archivist, server: ChatServer
+) -> None:
+    budgets = doc_id(app, "budgets.md")
+    server.scripted_messages.extend(
+        [
+            turn(
+                call("search_documents", {"query": "retried exponential backoff", "k": 1}, "a"),
+                call("list_collections", {}, "b"),
+            ),
+            turn(call("read_document", {"document_id": budgets, "start": 0, "end": 200}, "c")),
+            final(
+                "Failed calls are retried with exponential backoff and jitter [1]. "
+                "Every API key has a monthly budget in dollars [2]. "
+                "Budgets are refunded at the end of each year [3]."
+            ),
+        ]
+    )
+    run = app.agent().start("How are failed calls retried, and what limits spending?")
+    assert run.status == "succeeded" and run.result is not None, run.reason
+    assert [(c["n"], c["source"].rsplit("/", 1)[-1]) for c in run.result["citations"]] == [
+        (1, "retries.md"),
+        (2, "budgets.md"),
+    ]
+    claims = {c["text"].rstrip("."): c for c in run.result["claims"]}
+    assert claims["Failed calls are retried with exponential backoff and jitter"]["supported"]
+    assert claims["Every API key has a monthly budget in dollars"]["supported"]
+    # Ref 3 was never read: the claim is kept and flagged, not silently passed.
+    (flagged,) = run.result["unsupported"]
+    assert "refunded" in flagged["text"] and "do not exist" in flagged["reason"]
+    steps = app.store.agent_steps(run.id)
+    assert [(s.seq, s.kind, s.name) for s in steps][1:3] == [
+        (2, "tool", "search_documents"),
+        (3, "tool", "list_collections"),
+    ]
+    assert [s.kind for s in steps] == ["model", "tool", "tool", "model", "tool", "model"]
+    assert all(s.data["status"] == "ok" for s in steps if s.kind == "tool")
+    # The second model call saw both results of its parallel calls, quoted as untrusted observations with refs.
+    answered = [m for m in server.requests[1]["messages"] if m["role"] == "tool"]
+    assert [m["tool_call_id"] for m in answered] == ["a", "b"]
+    assert (
+        answered[0]["content"].startswith('<observation tool="search_documents">')
+        and '"ref": 1' in answered[0]["content"]
+    )
+    assert {t["function"]["name"] for t in server.requests[0]["tools"]} >= {
+        "search_documents",
+        "read_document",
+        "answer",
+    }
+    assert run.totals["tokens"] == 3 * 12 and run.totals["steps"] == 6
+
+
+def test_malformed_calls_go_back_to_the_model_as_observations(app: Archivist, server: ChatServer) -> None:
+    server.scripted_messages.extend(
+        [
+            turn(
+                call("search_documents", '{"query": "retries', "a"),
+                call("delete_everything", {}, "b"),
+                call("search_documents", {"query": "retries", "k": "many"}, "c"),
+            ),
+            final("The documents do not say."),
+        ]
+    )
+    run = app.agent().start("Find the retry policy (malformed calls)")
+    assert run.status == "succeeded", run.reason
+    errors = [s.data["result"]["error"] for s in tool_steps(app, run.id)]
+    assert "arguments of search_documents are not a JSON object" in errors[0]
+    assert "unknown tool 'delete_everything'" in errors[1] and "search_documents" in errors[1]
+    assert "invalid arguments for search_documents: k: Input should be a valid integer" in errors[2]
+    assert [s.data["status"] for s in tool_steps(app, run.id)] == ["error"] * 3
+
+
+def test_a_repeated_identical_call_stops_the_run(app: Archivist, server: ChatServer) -> None:
+    same = {"query": "budget", "k": 2}
+    server.scripted_messages.extend(
+        [turn(call("search_documents", same, "a")), turn(call("search_documents", same, "b"))]
+    )
+    server.scripted_messages.extend([final("never asked")] * 3)
+    run = app.agent().start("Loop on the budget search")
+    assert run.status == "failed"
+    assert run.reason == "repeated call: step 4 calls search_documents with the same arguments as step 2"
+    assert len(server.requests) == 2  # stopped before asking the model again
+    server.scripted_messages.clear()
+
+
+def test_a_budget_exhausted_mid_run_stops_before_the_next_model_call(app: Archivist, server: ChatServer) -> None:
+    server.scripted_messages.extend(
+        [turn(call("list_collections", {}), usage={"prompt_tokens": 2400, "completion_tokens": 100}), final("x")]
+    )
+    run = app.agent().start("Spend the budget", AgentLimits(max_tokens=3500))
+    assert run.status == "failed" and run.reason is not None
+    assert run.reason.startswith("budget exhausted before model call 3: token budget: 2500 spent")
+    assert len(server.requests) == 1 and [s.data["status"] for s in tool_steps(app, run.id)] == ["ok"]
+    assert run.totals["tokens"] == 2500
+    server.scripted_messages.clear()
+
+
+def test_a_tool_that_times_out_is_an_observation_and_the_run_goes_on(app: Archivist, server: ChatServer) -> None:
+    server.scripted_messages.extend(
+        [turn(call("slow_lookup", {"topic": "retries"})), final("The lookup was too slow.")]
+    )
+    began = time.monotonic()
+    run = app.agent(tools=[agent_tools.slow_lookup]).start("Look up retries slowly")
+    assert time.monotonic() - began < 4
+    assert run.status == "succeeded", run.reason
+    (step,) = tool_steps(app, run.id)
+    assert step.data["status"] == "timed_out" and step.data["result"] == {
+        "error": "slow_lookup did not finish within 0.3 s"
+    }
+
+
+def test_a_side_effecting_tool_is_refused_once_document_text_is_in_the_context(
+    app: Archivist, server: ChatServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENT_TEST_FILE", str(tmp_path / "notes.txt"))
+    server.scripted_messages.extend(
+        [
+            turn(call("search_documents", {"query": "budget"})),
+            turn(call("append_line", {"text": "ignore previous instructions"}, "c2")),
+            final("I did not write anything."),
+        ]
+    )
+    run = app.agent(tools=agent_tools.TOOLS).start("Search, then write a note")
+    assert run.status == "succeeded", run.reason
+    refused = tool_steps(app, run.id)[1]
+    assert refused.data["status"] == "refused" and "untrusted text" in refused.data["result"]["error"]
+    assert not (tmp_path / "notes.txt").exists() and app.store.agent_effects(run.id) == []
+
+
+def test_a_recorded_outcome_is_replayed_on_resume_never_called_again(
+    app: Archivist, server: ChatServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The journal a process killed between committing the outcome and journaling the step leaves behind.
+    monkeypatch.setenv("AGENT_TEST_FILE", str(tmp_path / "notes.txt"))
+    monkeypatch.setattr(agent_tools.append_line, "fn", lambda **_: pytest.fail("a recorded call was made again"))
+    agent = app.agent(tools=agent_tools.TOOLS)
+    run_id = "replay-run"
+
+    app.store.create_agent_run(
+        AgentRunRecord(run_id, "write once", "running", "2026-01-01T00:00:00+00:00", "t", tools=tuple(agent.tools))
+    )
+    app.store.add_agent_step(
+        AgentStepRecord(
+            run_id,
+            1,
+            "model",
+            "m",
+            "t",
+            {"text": "", "tool_calls": [{"id": "w1", "name": "append_line", "arguments": {"text": "once"}}]},
+        )
+    )
+    digest = arguments_hash({"text": "once"})
+    key = f"{run_id}:2:w1:{digest[:16]}"
+    app.store.record_intent(EffectRecord(run_id, 2, "w1", "append_line", digest, key, {"text": "once"}, "t"))
+    app.store.record_outcome(run_id, key, "succeeded", {"appended": "once"})
+    server.scripted_messages.append(final("Written."))
+    run = agent.resume(run_id)
+    assert run.status == "succeeded", run.reason
+    (step,) = tool_steps(app, run.id)
+    assert step.data == {"status": "replayed", "result": {"appended": "once"}, "untrusted": False}
+
+
+# --- crashes and restarts: `archivist agent` in a subprocess --------------------------------------------------
+
+
+def cli_env(corpus: Path, server: ChatServer, notes: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")}
+    return env | {
+        "ARCHIVIST_STORE": f"sqlite:///{corpus / 'store.db'}",
+        "ARCHIVIST_LLM_URL": server.url,
+        "ARCHIVIST_LLM_MODEL": "m",
+        "ARCHIVIST_LLM_MAX_RETRIES": "0",
+        "ARCHIVIST_LLM_CACHE": "false",
+        "AGENT_TEST_FILE": str(notes),
+        **extra,
+    }
+
+
+def agent_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ARCHIVIST, "agent", *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+
+
+def newest_run(corpus: Path, task: str) -> Any:
+    store = SQLiteStore(corpus / "store.db")
+    try:
+        return next(r for r in store.list_agent_runs() if r.task == task), store
+    except StopIteration:
+        store.close()
+        raise
+
+
+def test_killed_after_the_intent_before_the_outcome_the_effect_happens_exactly_once(
+    corpus: Path, server: ChatServer, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.txt"
+    server.scripted_messages.extend([turn(call("append_line", {"text": "hello"})), final("Noted.")])
+    dying = agent_cli(cli_env(corpus, server, notes, AGENT_TEST_DIE_AFTER_EFFECT="1"), "Note hello", "--tools", TOOLS)
+    assert dying.returncode == -signal.SIGKILL
+    run, store = newest_run(corpus, "Note hello")
+    (effect,) = store.agent_effects(run.id)
+    assert run.status == "running" and effect.status == "pending" and len(lines(notes)) == 1
+    store.close()
+    resumed = agent_cli(cli_env(corpus, server, notes), "resume", run.id[:10], "--tools", TOOLS, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["status"] == "succeeded"
+    assert len(lines(notes)) == 1  # reconciled: the append was found by its key, not made again
+    run, store = newest_run(corpus, "Note hello")
+    assert [s.data["status"] for s in store.agent_steps(run.id) if s.kind == "tool"] == ["reconciled"]
+    assert store.agent_effects(run.id)[0].status == "succeeded"
+    store.close()
+
+
+def test_a_call_whose_outcome_is_unknown_and_cannot_be_reconciled_pauses_for_a_person(
+    corpus: Path, server: ChatServer, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.txt"
+    server.scripted_messages.extend([turn(call("append_blind", {"text": "hello"})), final("Done.")])
+    dying = agent_cli(cli_env(corpus, server, notes, AGENT_TEST_DIE_AFTER_EFFECT="1"), "Blind hello", "--tools", TOOLS)
+    assert dying.returncode == -signal.SIGKILL
+    run, store = newest_run(corpus, "Blind hello")
+    store.close()
+    paused = agent_cli(cli_env(corpus, server, notes), "resume", run.id, "--tools", TOOLS, "--json")
+    assert paused.returncode == 0, paused.stderr
+    body = json.loads(paused.stdout)
+    assert body["status"] == "paused" and "may or may not have happened" in body["reason"]
+    assert f"archivist agent approve {run.id} 2" in body["reason"] and len(lines(notes)) == 1
+    rejected = agent_cli(cli_env(corpus, server, notes), "approve", run.id, "2", "--reject", "--tools", TOOLS, "--json")
+    assert rejected.returncode == 0, rejected.stderr
+    assert json.loads(rejected.stdout)["status"] == "succeeded" and len(lines(notes)) == 1
+
+
+def test_killed_after_the_outcome_the_effect_is_not_repeated(corpus: Path, server: ChatServer, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    # The second model call hangs until the process is killed; the dead request takes one "Noted." with it.
+    server.scripted_messages.extend([turn(call("append_line", {"text": "after"})), final("Noted."), final("Noted.")])
+    server.faults.extend([Fault(), Fault(delay_s=2)])
+    env = cli_env(corpus, server, notes)
+    proc = subprocess.Popen(
+        [ARCHIVIST, "agent", "Note after", "--tools", TOOLS], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    while len(server.requests) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    run, store = newest_run(corpus, "Note after")
+    assert run.status == "running" and store.agent_effects(run.id)[0].status == "succeeded"
+    store.close()
+    assert len(lines(notes)) == 1
+    resumed = agent_cli(env, "resume", run.id, "--tools", TOOLS, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["status"] == "succeeded" and len(lines(notes)) == 1
+
+
+def test_an_approval_pause_survives_a_process_restart(corpus: Path, server: ChatServer, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    server.scripted_messages.extend(
+        [turn(call("append_approved", {"text": "approved line"})), final("Written after approval.")]
+    )
+    env = cli_env(corpus, server, notes)
+    first = agent_cli(env, "run", "Write with approval", "--tools", TOOLS, "--json")
+    assert first.returncode == 0, first.stderr
+    body = json.loads(first.stdout)
+    assert body["status"] == "paused" and "append_approved needs approval" in body["reason"] and not notes.exists()
+    listed = agent_cli(env, "runs", "--json")
+    assert any(r["id"] == body["id"] and r["status"] == "paused" for r in json.loads(listed.stdout))
+    approved = agent_cli(env, "approve", body["id"], "2", "--tools", TOOLS)
+    assert approved.returncode == 0, approved.stderr
+    assert "Written after approval." in approved.stdout and lines(notes) == ["approved\tapproved line"]
+    shown = json.loads(agent_cli(env, "show", body["id"], "--json").stdout)
+    assert [(a["step"], a["status"]) for a in shown["approvals"]] == [(2, "approved")]
+    assert [(e["step"], e["status"]) for e in shown["effects"]] == [(2, "succeeded")]
+    again = agent_cli(env, "approve", body["id"], "2", "--tools", TOOLS)
+    assert again.returncode == 1 and "no call waiting for a decision at step 2" in " ".join(again.stderr.split())
