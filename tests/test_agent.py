@@ -220,6 +220,24 @@ def test_a_repeated_identical_call_stops_the_run(app: Archivist, server: ChatSer
     server.scripted_messages.clear()
 
 
+def test_a_model_looping_on_a_bad_call_is_stopped_as_a_repeat(app: Archivist, server: ChatServer) -> None:
+    server.scripted_messages.extend([turn(call("no_such_tool", {"x": 1}, f"c{i}")) for i in range(6)])
+    run = app.agent().start("Call a tool that does not exist")
+    assert run.status == "failed"
+    assert run.reason == "repeated call: step 4 calls no_such_tool with the same arguments as step 2"
+    server.scripted_messages.clear()
+
+
+def test_repeated_call_ids_of_one_turn_are_made_distinct(app: Archivist, server: ChatServer) -> None:
+    server.scripted_messages.extend(
+        [turn(call("list_documents", {}, "dup"), call("list_collections", {}, "dup")), final("Done.")]
+    )
+    run = app.agent().start("List things")
+    assert run.status == "succeeded", run.reason
+    sent = server.requests[-1]["messages"]
+    assert len({m["tool_call_id"] for m in sent if m["role"] == "tool"}) == 2
+
+
 def test_a_budget_exhausted_mid_run_stops_before_the_next_model_call(app: Archivist, server: ChatServer) -> None:
     server.scripted_messages.extend(
         [turn(call("list_collections", {}), usage={"prompt_tokens": 2400, "completion_tokens": 100}), final("x")]
@@ -262,6 +280,22 @@ def test_a_side_effecting_tool_is_refused_once_document_text_is_in_the_context(
     refused = tool_steps(app, run.id)[1]
     assert refused.data["status"] == "refused" and "untrusted text" in refused.data["result"]["error"]
     assert not (tmp_path / "notes.txt").exists() and app.store.agent_effects(run.id) == []
+
+
+def test_collection_descriptions_count_as_untrusted_text(
+    app: Archivist, server: ChatServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENT_TEST_FILE", str(tmp_path / "notes.txt"))
+    server.scripted_messages.extend(
+        [
+            turn(call("list_collections", {})),  # a description anyone with write access can set
+            turn(call("append_line", {"text": "as the description said"}, "c2")),
+            final("Nothing written."),
+        ]
+    )
+    run = app.agent(tools=agent_tools.TOOLS).start("List collections, then write a note")
+    refused = tool_steps(app, run.id)[1]
+    assert refused.data["status"] == "refused" and not (tmp_path / "notes.txt").exists()
 
 
 def test_a_recorded_outcome_is_replayed_on_resume_never_called_again(
@@ -413,3 +447,15 @@ def test_an_approval_pause_survives_a_process_restart(corpus: Path, server: Chat
     assert [(e["step"], e["status"]) for e in shown["effects"]] == [(2, "succeeded")]
     again = agent_cli(env, "approve", body["id"], "2", "--tools", TOOLS)
     assert again.returncode == 1 and "no call waiting for a decision at step 2" in " ".join(again.stderr.split())
+
+
+def test_a_tools_file_that_fails_to_load_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    from archivist.agent.tools import load_tools
+    from archivist.types import UsageError
+
+    (tmp_path / "broken.py").write_text("import no_such_module_anywhere\nTOOLS = []\n")
+    (tmp_path / "syntax.py").write_text("def oops(:\n")
+    with pytest.raises(UsageError, match=r"broken.py could not be loaded: ModuleNotFoundError: .*no_such_module"):
+        load_tools(f"{tmp_path / 'broken.py'}:TOOLS")
+    with pytest.raises(UsageError, match=r"syntax.py could not be loaded: SyntaxError"):
+        load_tools(f"{tmp_path / 'syntax.py'}:TOOLS")

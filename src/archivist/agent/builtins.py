@@ -111,7 +111,8 @@ def builtin_tools(
     tools = [
         function_tool(search_documents, untrusted_output=True),
         function_tool(read_document, untrusted_output=True),
-        function_tool(list_collections),
+        # Collection descriptions are user-editable text: as untrusted as documents.
+        function_tool(list_collections, untrusted_output=True),
         function_tool(list_documents, untrusted_output=True),
     ]
     if answerer is not None:

@@ -255,10 +255,13 @@ class Agent:
             raise _Stop("failed", f"budget exhausted before model call {seq}: {exc}") from exc
         except LLMError as exc:
             raise _Stop("failed", f"model call {seq} failed: {exc}") from exc
-        calls = [
-            c if c.id else ToolCall(f"call_{seq}_{i}", c.name, c.arguments, c.invalid_arguments)
-            for i, c in enumerate(completion.tool_calls)
-        ]
+        # Every call of a turn needs its own id (providers match results by it): a missing or repeated one is renamed.
+        calls, ids = [], set()
+        for i, c in enumerate(completion.tool_calls):
+            if not c.id or c.id in ids:
+                c = ToolCall(f"call_{seq}_{i}", c.name, c.arguments, c.invalid_arguments)
+            ids.add(c.id)
+            calls.append(c)
         step = AgentStepRecord(
             run_id=state.run.id,
             seq=seq,
@@ -320,6 +323,13 @@ class Agent:
 
     def _call(self, state: _State, seq: int, call: ToolCall) -> Any:
         """Return the result of one tool call after every guard, or raise _Refused (told to the model) or _Stop."""
+        # First of all: a model looping on one call (an unknown tool or bad arguments included) is stopped.
+        signature = (call.name, arguments_hash(call.arguments))
+        if signature in state.seen:
+            raise _Stop(
+                "failed",
+                f"repeated call: step {seq} calls {call.name} with the same arguments as step {state.seen[signature]}",
+            )
         tool = self.tools.get(call.name)
         if tool is None:
             raise _Refused("error", f"unknown tool {call.name!r}; the tools are: {', '.join(self.tools)}")
@@ -331,12 +341,6 @@ class Agent:
             tool.validate(call.arguments)
         except ToolInputError as exc:
             raise _Refused("error", str(exc)) from exc
-        signature = (call.name, arguments_hash(call.arguments))
-        if signature in state.seen:
-            raise _Stop(
-                "failed",
-                f"repeated call: step {seq} calls {call.name} with the same arguments as step {state.seen[signature]}",
-            )
         if tool.effect == "side_effecting" and state.untrusted and not state.limits.allow_untrusted_side_effects:
             raise _Refused(
                 "refused",
@@ -352,9 +356,16 @@ class Agent:
     def _approved(self, state: _State, seq: int, call: ToolCall, kind: str) -> bool:
         """Return whether a person approved the call (False: rejected); pause the run while nobody has decided."""
         decided = [a for a in self.store.agent_approvals(state.run.id) if a.step == seq and a.kind == kind]
-        if decided and decided[0].status != "pending":
-            return decided[0].status == "approved"
-        if not decided:
+        status = decided[0].status if decided else None
+        if status == "rejected":
+            return False
+        if status == "approved":
+            # A retry approval covers one attempt: taken here, so a retry that crashes again asks a person again,
+            # and of two processes driving the run at once only one runs it.
+            if kind == "call" or self.store.consume_approval(state.run.id, seq, kind):
+                return True
+            raise _Stop("paused", f"step {seq}: another process is retrying {call.name} under this approval")
+        if status != "pending":  # none yet, or the approval of an earlier attempt was used
             self.store.request_approval(
                 ApprovalRecord(
                     state.run.id,

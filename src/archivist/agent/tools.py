@@ -202,7 +202,10 @@ def load_tools(spec: str) -> list[Tool]:
         raise UsageError(f"--tools {spec!r}: {path} is not a Python module")
     module = importlib.util.module_from_spec(loader_spec)
     sys.modules[module_name] = module
-    loader_spec.loader.exec_module(module)
+    try:
+        loader_spec.loader.exec_module(module)
+    except Exception as exc:  # the user's module failed to import: say which and why, no traceback
+        raise UsageError(f"--tools {spec!r}: {path} could not be loaded: {type(exc).__name__}: {exc}") from exc
     value = getattr(module, attribute, None)
     if value is None:
         raise UsageError(f"--tools {spec!r}: {path} defines no {attribute}")

@@ -236,7 +236,9 @@ def agent_approve(
 def agent_prune(
     days: Annotated[
         int | None,
-        typer.Option("--days", min=0, help="Delete runs not updated for this many days (default: the setting)."),
+        typer.Option(
+            "--days", min=1, help="Delete finished runs not updated for this many days (default: the setting)."
+        ),
     ] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,

@@ -298,7 +298,12 @@ class AgentRunStore(Protocol):
 
     def request_approval(self, approval: ApprovalRecord) -> None:
         """Store a pending approval of a step's tool call (nothing changes when that step already has one of that
-        kind)."""
+        kind, unless it was consumed: then it is pending again)."""
+        ...
+
+    def consume_approval(self, run_id: str, step: int, kind: str) -> bool:
+        """Take an approved approval for the one attempt it covers; return False when it is not (or no longer)
+        approved: another process took it."""
         ...
 
     def decide_approval(self, run_id: str, step: int, *, approved: bool, now: str) -> bool:
@@ -310,7 +315,8 @@ class AgentRunStore(Protocol):
         ...
 
     def prune_agent_runs(self, before: str) -> int:
-        """Delete the runs last updated before `before` (UTC ISO time) with their journal; return how many."""
+        """Delete the finished runs (succeeded or failed) last updated before `before` (UTC ISO time) with their
+        journal; return how many (a paused or running run is kept)."""
         ...
 
 

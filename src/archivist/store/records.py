@@ -287,7 +287,8 @@ AgentRunStatus = Literal["running", "paused", "succeeded", "failed"]
 AgentStepKind = Literal["model", "tool"]
 #: pending: the intent is committed and the outcome is not (the call may or may not have happened)
 EffectStatus = Literal["pending", "succeeded", "failed"]
-ApprovalStatus = Literal["pending", "approved", "rejected"]
+#: "consumed": an approved retry whose one attempt was taken (the next attempt needs a new decision)
+ApprovalStatus = Literal["pending", "approved", "rejected", "consumed"]
 #: call: the tool needs a person's yes before it runs; retry: the call's outcome is unknown (intent, no outcome) and
 #: a person decides whether it runs again
 ApprovalKind = Literal["call", "retry"]

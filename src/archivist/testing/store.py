@@ -557,6 +557,19 @@ class AgentRunStoreTests(StoreFixtures):
         (decided,) = store.agent_approvals("r")
         assert decided.status == "rejected" and decided.decided_at == "t2"
 
+    def test_an_approved_retry_covers_one_attempt(self, store: Store) -> None:
+        from archivist.store.records import AgentRunRecord, ApprovalRecord
+
+        store.create_agent_run(AgentRunRecord("r", "t", "paused", "2026-01-01T00:00:00+00:00", "x"))
+        retry = ApprovalRecord("r", 2, "call_1", "append_note", {"text": "hi"}, "t", kind="retry")
+        store.request_approval(retry)
+        assert not store.consume_approval("r", 2, "retry")  # nobody decided yet
+        assert store.decide_approval("r", 2, approved=True, now="t2")
+        assert store.consume_approval("r", 2, "retry")
+        assert not store.consume_approval("r", 2, "retry")  # taken: a second process gets nothing
+        store.request_approval(retry)  # the attempt crashed again: a new decision is asked for
+        assert [(a.step, a.status) for a in store.agent_approvals("r")] == [(2, "pending")]
+
     def test_pruning_deletes_old_runs_with_their_journal(self, store: Store) -> None:
         from archivist.store.records import AgentRunRecord, AgentStepRecord, EffectRecord
 
@@ -566,7 +579,10 @@ class AgentRunStoreTests(StoreFixtures):
         store.record_intent(EffectRecord("old", 2, "c", "append_note", "h", "old:2:c:h", {}, "t"))
         store.create_agent_run(AgentRunRecord("new", "t", "running", long_ago, long_ago))
         store.update_agent_run("new", status="succeeded")  # updated now: kept
+        for status in ("paused", "running"):  # old, but unfinished: may hold an intent nobody has settled
+            store.create_agent_run(AgentRunRecord(status, "t", status, long_ago, long_ago))
         assert store.prune_agent_runs("2021-01-01T00:00:00+00:00") == 1
+        assert store.get_agent_run("paused") is not None and store.get_agent_run("running") is not None
         assert (
             store.get_agent_run("old") is None and store.agent_steps("old") == [] and store.agent_effects("old") == []
         )

@@ -174,8 +174,11 @@ class SQLiteAgentRuns(SQLiteDatabase):
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM agent_runs WHERE id = ?", (approval.run_id,)).fetchone() is None:
                 raise NotFoundError(f"no agent run {approval.run_id!r}")
+            # A used approval (its one attempt taken) asks again; a pending or decided one stays as it is.
             conn.execute(
-                f"INSERT OR IGNORE INTO agent_approvals ({_APPROVAL_SELECT}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO agent_approvals ({_APPROVAL_SELECT}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (run_id, step, kind) DO UPDATE SET status = 'pending', decided_at = NULL,"
+                " created_at = excluded.created_at WHERE agent_approvals.status = 'consumed'",
                 (
                     approval.run_id,
                     approval.step,
@@ -201,6 +204,19 @@ class SQLiteAgentRuns(SQLiteDatabase):
                 > 0
             )
 
+    def consume_approval(self, run_id: str, step: int, kind: str) -> bool:
+        """Take an approved approval for the one attempt it covers; return False when it is not (or no longer)
+        approved: another process took it."""
+        with self._transaction() as conn:
+            return (
+                conn.execute(
+                    "UPDATE agent_approvals SET status = 'consumed'"
+                    " WHERE run_id = ? AND step = ? AND kind = ? AND status = 'approved'",
+                    (run_id, step, kind),
+                ).rowcount
+                > 0
+            )
+
     def agent_approvals(self, run_id: str) -> list[ApprovalRecord]:
         """Return a run's approvals by step."""
         rows = self._conn().execute(
@@ -209,9 +225,13 @@ class SQLiteAgentRuns(SQLiteDatabase):
         return [_approval_record(r) for r in rows]
 
     def prune_agent_runs(self, before: str) -> int:
-        """Delete the runs last updated before `before` (UTC ISO time) with their journal; return how many."""
+        """Delete the finished runs (succeeded or failed) last updated before `before` (UTC ISO time) with their
+        journal; return how many. A paused or running run is kept, whatever its age: it may hold an intent whose
+        outcome nobody knows yet."""
         with self._transaction() as conn:
-            return conn.execute("DELETE FROM agent_runs WHERE updated_at < ?", (before,)).rowcount
+            return conn.execute(
+                "DELETE FROM agent_runs WHERE updated_at < ? AND status IN ('succeeded', 'failed')", (before,)
+            ).rowcount
 
 
 def _tools(value: str) -> tuple[str, ...]:
