@@ -459,3 +459,41 @@ def test_a_tools_file_that_fails_to_load_is_a_usage_error_naming_it(tmp_path: Pa
         load_tools(f"{tmp_path / 'broken.py'}:TOOLS")
     with pytest.raises(UsageError, match=r"syntax.py could not be loaded: SyntaxError"):
         load_tools(f"{tmp_path / 'syntax.py'}:TOOLS")
+
+
+def test_the_answer_tools_model_calls_are_charged_to_the_run(
+    corpus: Path, server: ChatServer, embedder: MiniLMEmbedder
+) -> None:
+    settings = load_settings(
+        store=f"sqlite:///{corpus / 'store.db'}",
+        llm_url=server.url,
+        llm_model="m",
+        llm_max_retries=0,
+        llm_cache=False,
+        verify_with_model=False,
+        refusal_threshold=0.0,
+    )
+    server.scripted_messages.extend(
+        [
+            turn(call("answer", {"question": "How are budgets enforced?"})),
+            # what the answer tool's own model call gets: an expensive answer
+            {"content": "Each key has a budget [1].", "usage": {"prompt_tokens": 3000, "completion_tokens": 100}},
+            final("never asked"),
+        ]
+    )
+    with Archivist(settings, open_store(settings.store), embedder) as app:
+        run = app.agent().start("Ask the answer tool about budgets", AgentLimits(max_tokens=3500))
+        steps = tool_steps(app, run.id)
+    server.scripted_messages.clear()
+    assert steps[0].data["status"] == "ok"  # the tool answered
+    assert run.status == "failed" and (run.reason or "").startswith("budget exhausted before model call 3")
+    assert len(server.requests) == 2  # the run's first model turn and the tool's answer; never a third
+
+
+def test_a_tool_gets_no_more_time_than_the_run_has_left(app: Archivist, server: ChatServer) -> None:
+    server.scripted_messages.extend([turn(call("slow_lookup", {"topic": "retries"})), final("Too slow.")])
+    run = app.agent(tools=[agent_tools.slow_lookup]).start("Look up slowly", AgentLimits(max_wall_s=0.1))
+    server.scripted_messages.clear()
+    steps = tool_steps(app, run.id)
+    assert steps and steps[0].data["status"] == "timed_out"
+    assert float(steps[0].data["result"]["error"].split("within ")[1].split(" s")[0]) < 0.3  # cut from its own 0.3 s

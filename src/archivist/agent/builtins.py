@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from archivist.agent.tools import Tool, function_tool
+from archivist.agent.tools import RUN_BUDGET, Tool, function_tool
 from archivist.answer.answerer import Answerer
 from archivist.retrieve.search import SearchPipeline
 from archivist.store.filters import Filters
@@ -123,7 +123,7 @@ def builtin_tools(
             Args:
                 question: The question, in plain words.
             """
-            found = answerer.answer(question, filters=scope)
+            found = answerer.answer(question, filters=scope, budget=RUN_BUDGET.get())
             return {
                 "answer": found.answer,
                 "refused": found.refused,

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from archivist.agent.evidence import Evidence, check_answer
-from archivist.agent.tools import Tool, ToolInputError, ToolTimeout
+from archivist.agent.tools import RUN_BUDGET, Tool, ToolInputError, ToolTimeout
 from archivist.embed.base import Embedder
 from archivist.guard.quote import quote
 from archivist.llm.accounting import Budget
@@ -289,7 +289,11 @@ class Agent:
         self._check_limits(state, seq, budget)
         status, result, started = "ok", None, time.monotonic()
         try:
-            result = self._call(state, seq, call)
+            charged = RUN_BUDGET.set(budget)  # a tool that calls a model charges this run
+            try:
+                result = self._call(state, seq, call)
+            finally:
+                RUN_BUDGET.reset(charged)
             if isinstance(result, _Recorded):
                 status, result = result.how, result.value
         except _Refused as refused:
@@ -350,7 +354,7 @@ class Agent:
         if tool.requires_approval and not self._approved(state, seq, call, "call"):
             raise _Refused("rejected", f"a person rejected this call of {call.name}")
         if tool.effect != "side_effecting":
-            return self._invoke(tool, call, None)
+            return self._invoke(tool, call, None, state.limits.max_wall_s - state.elapsed_s())
         return self._effect(state, seq, call, tool)
 
     def _approved(self, state: _State, seq: int, call: ToolCall, kind: str) -> bool:
@@ -383,9 +387,9 @@ class Agent:
             f"step {seq}: {call.name} {why}: archivist agent approve {state.run.id} {seq} [--reject]",
         )
 
-    def _invoke(self, tool: Tool, call: ToolCall, key: str | None) -> Any:
+    def _invoke(self, tool: Tool, call: ToolCall, key: str | None, left_s: float) -> Any:
         try:
-            return tool.invoke(call.arguments, key)
+            return tool.invoke(call.arguments, key, timeout_s=left_s)
         except ToolTimeout as exc:
             raise _Refused("timed_out", str(exc)) from exc
         except ToolInputError as exc:
@@ -414,7 +418,7 @@ class Agent:
 
     def _run_effect(self, state: _State, call: ToolCall, tool: Tool, key: str) -> Any:
         try:
-            result = tool.invoke(call.arguments, key)
+            result = tool.invoke(call.arguments, key, timeout_s=state.limits.max_wall_s - state.elapsed_s())
         except ToolTimeout as exc:
             # It may still be running, or have done its work: the outcome is unknown, as after a crash.
             raise _Stop("paused", f"{exc}; its outcome is unknown: resume the run to reconcile it") from exc

@@ -8,6 +8,7 @@ receives the idempotency key in a parameter named `idempotency_key` when it decl
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import threading
 from collections.abc import Callable
@@ -18,8 +19,12 @@ import docstring_parser
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import to_jsonable_python
 
+from archivist.llm.accounting import Budget
 from archivist.llm.base import ToolSpec
 from archivist.types import ArchivistError, UsageError
+
+#: the budget of the run whose tool is being called: a built-in tool that calls a model (`answer`) charges it there
+RUN_BUDGET: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("archivist_run_budget", default=None)
 
 Effect = Literal["read_only", "idempotent", "side_effecting"]
 EFFECTS: tuple[Effect, ...] = ("read_only", "idempotent", "side_effecting")
@@ -80,8 +85,12 @@ class Tool:
             raise ToolInputError(f"invalid arguments for {self.name}: {problems}") from exc
         return {name: getattr(checked, name) for name in type(checked).model_fields}
 
-    def invoke(self, arguments: dict[str, Any], idempotency_key: str | None = None) -> Any:
-        """Return the call's result as JSON-ready data; raise ToolInputError, ToolTimeout, or what the tool raised."""
+    def invoke(
+        self, arguments: dict[str, Any], idempotency_key: str | None = None, *, timeout_s: float | None = None
+    ) -> Any:
+        """Return the call's result as JSON-ready data; raise ToolInputError, ToolTimeout, or what the tool raised.
+        `timeout_s` cuts the tool's own time limit (to what is left of the run's wall time)."""
+        limit = self.timeout_s if timeout_s is None else max(0.0, min(self.timeout_s, timeout_s))
         kwargs = self.validate(arguments)
         if self.takes_idempotency_key:
             kwargs[IDEMPOTENCY_KEY] = idempotency_key
@@ -93,12 +102,14 @@ class Tool:
             except BaseException as exc:  # handed to the calling thread, which decides
                 box["error"] = exc
 
-        # A daemon thread, not a pool: a call that never returns must not keep the process alive at exit.
-        worker = threading.Thread(target=target, name=f"tool-{self.name}", daemon=True)
+        # A daemon thread, not a pool: a call that never returns must not keep the process alive at exit. It runs in
+        # a copy of the caller's context, so a built-in tool sees the run's budget (RUN_BUDGET).
+        context = contextvars.copy_context()
+        worker = threading.Thread(target=context.run, args=(target,), name=f"tool-{self.name}", daemon=True)
         worker.start()
-        worker.join(self.timeout_s)
+        worker.join(limit)
         if worker.is_alive():
-            raise ToolTimeout(f"{self.name} did not finish within {self.timeout_s:g} s")
+            raise ToolTimeout(f"{self.name} did not finish within {limit:g} s")
         if "error" in box:
             raise box["error"]
         return to_jsonable_python(box.get("value"), fallback=str)
