@@ -333,8 +333,13 @@ def test_http_key_scoped_to_one_collection_never_reaches_another(corpus: Corpus,
                     # Its own collection's name does not unlock another collection's document.
                     ("get_document", {"collection": "alpha", "document_id": beta_id}),
                     ("search", {"query": "launch", "filters": {"document_id": beta_id, "collection ": "beta"}}),
+                    ("search", {"query": "launch", "filters": {"Collections": "beta"}}),
                 )
             ],
+            # Another collection's document named by id: filters only narrow the key's own collection.
+            "by_id": _structured(
+                await client.call_tool("search", {"query": "launch password", "filters": {"document_id": beta_id}})
+            ),
         }
         try:
             await client.read_resource(f"archivist://documents/beta/{beta_id}")
@@ -351,7 +356,8 @@ def test_http_key_scoped_to_one_collection_never_reaches_another(corpus: Corpus,
     forbidden = "forbidden: this key may not use collection 'beta'"
     assert forbidden in got["errors"][0] and forbidden in got["errors"][1] and forbidden in got["errors"][2]
     assert "not_found" in got["errors"][3]
-    assert "reserved" in got["errors"][4]
+    assert "reserved" in got["errors"][4] and "reserved" in got["errors"][5]
+    assert got["by_id"]["hits"] == []
     assert "may not use collection 'beta'" in got["resource_error"]
     for word in BETA_WORDS:
         assert word not in repr(got), f"{word!r} reached an alpha key"

@@ -277,10 +277,30 @@ def test_a_refusal_is_a_plain_assistant_message(base: str, corpus: Corpus) -> No
 def test_a_scoped_key_cannot_reach_another_collection_by_model_name(base: str, corpus: Corpus) -> None:
     chat = sdk(base, corpus.handbook)
     tea = [{"role": "user", "content": "How long is green tea brewed?"}]
-    for model in ("archivist/kitchen", "archivist/nope", "gpt-4o", "archivist/../kitchen"):
+    slipping = (
+        "archivist/kitchen",
+        "archivist/nope",
+        "gpt-4o",
+        "archivist/../kitchen",
+        "ARCHIVIST/kitchen",
+        "archivist/Kitchen",
+        "archivist/kitchen ",
+        " archivist/kitchen",
+        "archivist//kitchen",
+        "archivist:kitchen",
+        "archivist/handbook,kitchen",
+        "archivist/*",
+        "archivist/kitch*",
+    )
+    for model in slipping:
         with pytest.raises(openai.NotFoundError) as denied:
             chat.chat.completions.create(model=model, messages=tea)
         assert denied.value.code == "model_not_found" and "kitchen" not in str(denied.value.body).replace(model, "")
+    # A second field that could name a collection is never read as one.
+    for extra in ({"collection": "kitchen"}, {"collections": ["kitchen"]}, {"filters": {"collection": "kitchen"}}):
+        smuggled = chat.chat.completions.create(model="archivist/handbook", messages=tea, extra_body=extra)
+        assert "80 degrees" not in (smuggled.choices[0].message.content or "")
+    assert [m.id for m in chat.models.list()] == ["archivist", "archivist/handbook"]
     # "archivist" is every collection the key may see: not the kitchen's.
     answered = chat.chat.completions.create(model="archivist", messages=tea)
     assert "80 degrees" not in (answered.choices[0].message.content or "")

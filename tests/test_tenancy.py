@@ -19,9 +19,11 @@ from archivist.store import open_store
 from live_server import serving, wait_for_job
 from test_server import assert_error, client, sse_events
 
-ALPHA = "# Cats\n\n## Sleep\n\nCats sleep about sixteen hours a day, mostly in short naps.\n"
+ALPHA = (
+    "---\ntags: [pets, sleep]\n---\n# Cats\n\n## Sleep\n\nCats sleep about sixteen hours a day, mostly in short naps.\n"
+)
 BETA = (
-    "---\nproject_codename: zephyr\ncost_center: CC-7731\n---\n# Launch\n\n## Password\n\n"
+    "---\nproject_codename: zephyr\ncost_center: CC-7731\ntags: [secret, launch]\n---\n# Launch\n\n## Password\n\n"
     "The launch password for project Zephyr is kept in the vault beneath Oslo.\n"
 )
 SECRET = "launch password"
@@ -113,7 +115,19 @@ def test_a_filter_key_that_reads_as_collection_is_refused(
 @pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize(
     "filters",
-    [{}, {"source": "*"}, {"title": "*"}, {"document_id": "*"}, {"media_type": "*"}, {"source": "*beta*"}],
+    [
+        {},
+        {"source": "*"},
+        {"title": "*"},
+        {"document_id": "*"},
+        {"media_type": "*"},
+        {"source": "*beta*"},
+        # list-valued metadata (matched element by element, in SQL): any element of any document, beta's included
+        {"tags": "*"},
+        {"tags": "secret"},
+        {"tags": "sec*"},
+        {"tags": " secret"},
+    ],
     ids=repr,
 )
 def test_filters_narrow_a_keys_collections_and_never_widen_them(
