@@ -497,3 +497,39 @@ def test_a_tool_gets_no_more_time_than_the_run_has_left(app: Archivist, server: 
     steps = tool_steps(app, run.id)
     assert steps and steps[0].data["status"] == "timed_out"
     assert float(steps[0].data["result"]["error"].split("within ")[1].split(" s")[0]) < 0.3  # cut from its own 0.3 s
+
+
+def test_one_process_drives_a_run_at_a_time(app: Archivist, server: ChatServer) -> None:
+    import threading
+
+    from archivist.types import ConflictError
+
+    entered, release = threading.Event(), threading.Event()
+
+    @tool(timeout_s=10)
+    def wait_here(topic: str) -> str:
+        """Wait until the test lets go.
+
+        Args:
+            topic: Anything.
+        """
+        entered.set()
+        release.wait(10)
+        return topic
+
+    server.scripted_messages.extend([turn(call("wait_here", {"topic": "x"})), final("Done waiting.")])
+    first = app.agent(tools=[wait_here])
+    run = first.create("Wait while another process tries to take over")
+    done: list[AgentRunRecord] = []
+    driver = threading.Thread(target=lambda: done.append(first.resume(run.id)))
+    driver.start()
+    assert entered.wait(10)
+    # A second driver (another agent, as another process would be) is refused while the first holds the lease.
+    with pytest.raises(ConflictError, match="being driven by another process"):
+        app.agent(tools=[wait_here]).resume(run.id)
+    release.set()
+    driver.join(10)
+    assert done and done[0].status == "succeeded", done
+    # Once the first let go, anyone may resume (a finished run is returned as it is).
+    assert app.agent(tools=[wait_here]).resume(run.id).status == "succeeded"
+    assert [s.kind for s in app.store.agent_steps(run.id)] == ["model", "tool", "model"]

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -41,6 +44,8 @@ that states a fact with the [n] reference numbers ("ref") of the passages you re
 [1, 3]. Cite only passages you read; if the documents do not answer the task, say so."""
 #: the longest task accepted
 MAX_TASK_CHARS = 8000
+#: how long a run's lease lasts without renewal; the process driving a run renews it a few times within this
+LEASE_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +98,7 @@ class _State:
     untrusted: bool = False
     final: str | None = None
     started: float = field(default_factory=time.monotonic)
+    lease: _Lease | None = None
 
     def elapsed_s(self) -> float:
         return float(self.run.totals.get("elapsed_s", 0.0)) + time.monotonic() - self.started
@@ -136,11 +142,18 @@ class Agent:
         self.retention_days = retention_days
         #: called with every step as it is journaled (progress output)
         self.on_step = on_step
+        #: who this process is when it holds a run's lease: host, pid, and a nonce (two agents in one process differ)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # --- entry points ------------------------------------------------------------------------------------
 
-    def start(self, task: str, limits: AgentLimits = AgentLimits()) -> AgentRunRecord:
+    def start(self, task: str, limits: AgentLimits = AgentLimits(), *, owner: str | None = None) -> AgentRunRecord:
         """Return the run of a new task, driven until it succeeds, fails or pauses."""
+        return self._drive(self.create(task, limits, owner=owner))
+
+    def create(self, task: str, limits: AgentLimits = AgentLimits(), *, owner: str | None = None) -> AgentRunRecord:
+        """Return a new run of a task, journaled and not yet driven (`resume` drives it); `owner` is the API key
+        that started it."""
         task = task.strip()
         if not task:
             raise UsageError("the task is empty: say what the agent should do")
@@ -160,9 +173,10 @@ class Agent:
             limits=asdict(limits),
             totals={"tokens": 0, "cost_usd": 0.0, "elapsed_s": 0.0, "steps": 0},
             tools=tuple(self.tools),
+            owner=owner,
         )
         self.store.create_agent_run(run)
-        return self._drive(run)
+        return run
 
     def resume(self, run_id: str) -> AgentRunRecord:
         """Return the run driven on from where its journal ends (a finished run is returned as it is)."""
@@ -192,21 +206,29 @@ class Agent:
     # --- driving a run -----------------------------------------------------------------------------------
 
     def _drive(self, run: AgentRunRecord) -> AgentRunRecord:
-        state = self._replay(run)
-        self.store.update_agent_run(run.id, status="running", reason=None)
-        budget = Budget(state.limits.max_tokens, state.limits.max_cost_usd)
-        budget.spent_tokens = int(run.totals.get("tokens", 0))
-        budget.spent_cost_usd = float(run.totals.get("cost_usd", 0.0))
-        try:
-            while True:
-                for seq, call in state.pending:
-                    self._tool_step(state, seq, call, budget)
-                state.pending = []
-                if state.final is not None:
-                    return self._succeed(state)
-                self._model_step(state, budget)
-        except _Stop as stop:
-            return self._end(state, stop.status, stop.reason)
+        with _Lease(self.store, run.id, self.holder) as lease:
+            # Read again under the lease: the journal may have grown while another process held it.
+            run = self._reload_id(run.id)
+            if run.status in ("succeeded", "failed"):
+                return run
+            state = self._replay(run)
+            state.lease = lease
+            self.store.update_agent_run(run.id, status="running", reason=None)
+            budget = Budget(state.limits.max_tokens, state.limits.max_cost_usd)
+            budget.spent_tokens = int(run.totals.get("tokens", 0))
+            budget.spent_cost_usd = float(run.totals.get("cost_usd", 0.0))
+            try:
+                while True:
+                    for seq, call in state.pending:
+                        self._tool_step(state, seq, call, budget)
+                    state.pending = []
+                    if state.final is not None:
+                        return self._succeed(state)
+                    self._model_step(state, budget)
+            except _Stop as stop:
+                return self._end(state, stop.status, stop.reason)
+            except _LeaseLost:  # another process drives the run now: leave it to that one, write nothing more
+                return self._reload(state)
 
     def _replay(self, run: AgentRunRecord) -> _State:
         """Return the run's state rebuilt from its journal."""
@@ -449,6 +471,8 @@ class Agent:
     # --- journal and endings -----------------------------------------------------------------------------
 
     def _journal(self, state: _State, step: AgentStepRecord) -> None:
+        if state.lease is not None and state.lease.lost.is_set():
+            raise _LeaseLost(state.run.id)
         self.store.add_agent_step(step)
         totals = state.run.totals
         totals["tokens"] = int(totals.get("tokens", 0)) + step.tokens
@@ -477,10 +501,81 @@ class Agent:
         return self._reload(state)
 
     def _reload(self, state: _State) -> AgentRunRecord:
-        run = self.store.get_agent_run(state.run.id)
+        return self._reload_id(state.run.id)
+
+    def _reload_id(self, run_id: str) -> AgentRunRecord:
+        run = self.store.get_agent_run(run_id)
         if run is None:
-            raise NotFoundError(f"agent run {state.run.id} was deleted while it ran")
+            raise NotFoundError(f"agent run {run_id} was deleted while it ran")
         return run
+
+
+class _LeaseLost(Exception):
+    """The run's lease passed to another process (this one stalled past it): stop driving, write nothing."""
+
+
+class _Lease:
+    """The lease of the one process driving a run: taken on entry (from a holder that died on this host too),
+    renewed by a heartbeat thread, given back on exit. `lost` is set when another process took it over."""
+
+    def __init__(self, store: AgentRunStore, run_id: str, holder: str) -> None:
+        self.store, self.run_id, self.holder = store, run_id, holder
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def _take(self, take_from: str | None = None) -> str:
+        now = datetime.now(UTC)
+        until = (now + timedelta(seconds=LEASE_S)).isoformat(timespec="seconds")
+        return self.store.lease_agent_run(
+            self.run_id, self.holder, until=until, now=now.isoformat(timespec="seconds"), take_from=take_from
+        )
+
+    def __enter__(self) -> _Lease:
+        held = self._take()
+        if held != self.holder and _dead_here(held):
+            held = self._take(take_from=held)
+        if held != self.holder:
+            raise ConflictError(
+                f"agent run {self.run_id} is being driven by another process ({held}); it can be resumed once that "
+                f"process stops, or {LEASE_S:g} s after it stopped renewing its lease"
+            )
+        self._beat = threading.Thread(target=self._heartbeat, name=f"lease-{self.run_id[:8]}", daemon=True)
+        self._beat.start()
+        return self
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(LEASE_S / 4):
+            try:
+                if self._take() != self.holder:
+                    self.lost.set()
+                    return
+            except Exception:  # a store hiccup: try again at the next beat; the lease has time left
+                continue
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+        if not self.lost.is_set():
+            self.store.release_agent_run(self.run_id, self.holder)
+
+
+def _dead_here(holder: str) -> bool:
+    """Return whether a lease holder ("host:pid:nonce") is a process of this host that no longer exists."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return False  # this process: another agent object in it, alive
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
 
 
 @dataclass(frozen=True, slots=True)

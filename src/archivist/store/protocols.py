@@ -270,8 +270,18 @@ class AgentRunStore(Protocol):
         """Return one run by id or unique id prefix, or None."""
         ...
 
-    def list_agent_runs(self, *, limit: int = 50) -> list[AgentRunRecord]:
-        """Return runs, the most recently updated first."""
+    def list_agent_runs(self, *, limit: int = 50, owner: str | None = None) -> list[AgentRunRecord]:
+        """Return runs, the most recently updated first (only those `owner` started, when given)."""
+        ...
+
+    def lease_agent_run(self, run_id: str, holder: str, *, until: str, now: str, take_from: str | None = None) -> str:
+        """Take or renew a run's lease for `holder` until `until` — when it is free, expired at `now`, already
+        `holder`'s, or held by `take_from` (a holder known dead) — and return who holds it after the call; raise
+        NotFoundError when there is no such run."""
+        ...
+
+    def release_agent_run(self, run_id: str, holder: str) -> None:
+        """Give up a run's lease, if `holder` still holds it."""
         ...
 
     def add_agent_step(self, step: AgentStepRecord) -> None:

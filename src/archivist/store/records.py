@@ -314,6 +314,8 @@ class AgentRunRecord:
     result: dict[str, Any] | None = None
     #: the names of the tools the run may call
     tools: tuple[str, ...] = ()
+    #: the id of the API key that started it (None: started locally, from the CLI or the library)
+    owner: str | None = None
 
     def public(self) -> dict[str, Any]:
         """Return the run's JSON-ready description."""
@@ -327,6 +329,7 @@ class AgentRunRecord:
             "totals": self.totals,
             "result": self.result,
             "tools": list(self.tools),
+            "owner": self.owner,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }

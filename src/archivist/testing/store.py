@@ -588,6 +588,39 @@ class AgentRunStoreTests(StoreFixtures):
         )
         assert store.get_agent_run("new") is not None
 
+    def test_runs_are_listed_by_owner(self, store: Store) -> None:
+        from archivist.store.records import AgentRunRecord
+
+        for run_id, owner in (("a1", "key-a"), ("b1", "key-b"), ("local", None)):
+            store.create_agent_run(
+                AgentRunRecord(run_id, "t", "running", "2026-01-01T00:00:00+00:00", "x", owner=owner)
+            )
+        assert [r.id for r in store.list_agent_runs(owner="key-a")] == ["a1"]
+        assert store.list_agent_runs(owner="key-") == []  # an owner is matched whole, never as a prefix
+        assert {r.id for r in store.list_agent_runs()} == {"a1", "b1", "local"}
+        found = store.get_agent_run("b1")
+        assert found is not None and found.owner == "key-b"
+
+    def test_one_holder_at_a_time_drives_a_run(self, store: Store) -> None:
+        from archivist.store.records import AgentRunRecord
+
+        store.create_agent_run(AgentRunRecord("r", "t", "running", "2026-01-01T00:00:00+00:00", "x"))
+        t0, t1, t2 = "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:30+00:00", "2026-01-01T00:01:00+00:00"
+        assert store.lease_agent_run("r", "p1", until=t1, now=t0) == "p1"
+        assert store.lease_agent_run("r", "p2", until=t1, now=t0) == "p1"  # held, not expired
+        assert store.lease_agent_run("r", "p1", until=t2, now=t0) == "p1"  # renewed by its holder
+        assert store.lease_agent_run("r", "p2", until=t2, now=t1) == "p1"  # renewed: not expired at t1
+        assert store.lease_agent_run("r", "p2", until=t2, now=t0, take_from="p1") == "p2"  # its holder is known dead
+        store.release_agent_run("r", "p1")  # no longer p1's: nothing changes
+        assert store.lease_agent_run("r", "p3", until=t2, now=t0) == "p2"
+        store.release_agent_run("r", "p2")
+        assert store.lease_agent_run("r", "p3", until=t2, now=t0) == "p3"
+        assert (
+            store.lease_agent_run("r", "p4", until="2026-01-01T00:09:00+00:00", now="2026-01-01T00:02:00+00:00") == "p4"
+        )
+        with pytest.raises(NotFoundError):
+            store.lease_agent_run("nope", "p1", until=t1, now=t0)
+
 
 class StoreTests(DocumentStoreTests, SearchIndexTests, EvalRunStoreTests, ServiceRecordsTests, AgentRunStoreTests):
     """Every contract test: what a backend behind a store URL passes."""

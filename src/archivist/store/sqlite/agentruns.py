@@ -12,7 +12,7 @@ from archivist.store.sqlite.database import SQLiteDatabase, utc_now
 from archivist.store.sqlite.sql import json_or_none, reader
 from archivist.types import ConflictError, NotFoundError
 
-_RUN_SELECT = "id, task, status, created_at, updated_at, collection, reason, limits, totals, result, tools"
+_RUN_SELECT = "id, task, status, created_at, updated_at, collection, reason, limits, totals, result, tools, owner"
 _STEP_SELECT = "run_id, seq, kind, name, created_at, data, call_id, arguments, tokens, cost_usd, latency_ms"
 _EFFECT_SELECT = (
     "run_id, step, call_id, tool, arguments_hash, idempotency_key, arguments, created_at, status, result, completed_at"
@@ -33,7 +33,7 @@ class SQLiteAgentRuns(SQLiteDatabase):
         try:
             with self._transaction() as conn:
                 conn.execute(
-                    f"INSERT INTO agent_runs ({_RUN_SELECT}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO agent_runs ({_RUN_SELECT}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         run.id,
                         run.task,
@@ -46,6 +46,7 @@ class SQLiteAgentRuns(SQLiteDatabase):
                         _dumps(run.totals),
                         _dumps(run.result) if run.result is not None else None,
                         _dumps(list(run.tools)),
+                        run.owner,
                     ),
                 )
         except sqlite3.IntegrityError as exc:
@@ -80,12 +81,36 @@ class SQLiteAgentRuns(SQLiteDatabase):
             return _run_record(exact[0])
         return _run_record(rows[0]) if len(rows) == 1 else None
 
-    def list_agent_runs(self, *, limit: int = 50) -> list[AgentRunRecord]:
-        """Return runs, the most recently updated first."""
+    def list_agent_runs(self, *, limit: int = 50, owner: str | None = None) -> list[AgentRunRecord]:
+        """Return runs, the most recently updated first (only those `owner` started, when given)."""
+        where, args = ("WHERE owner = ?", [owner]) if owner is not None else ("", [])
         rows = self._conn().execute(
-            f"SELECT {_RUN_SELECT} FROM agent_runs ORDER BY updated_at DESC, rowid DESC LIMIT ?", (limit,)
+            f"SELECT {_RUN_SELECT} FROM agent_runs {where} ORDER BY updated_at DESC, rowid DESC LIMIT ?",
+            (*args, limit),
         )
         return [_run_record(r) for r in rows]
+
+    def lease_agent_run(self, run_id: str, holder: str, *, until: str, now: str, take_from: str | None = None) -> str:
+        """Take or renew a run's lease for `holder` until `until` — when it is free, expired at `now`, already
+        `holder`'s, or held by `take_from` (a holder known dead) — and return who holds it after the call."""
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE agent_runs SET lease_holder = ?, lease_until = ? WHERE id = ? AND (lease_holder IS NULL"
+                " OR lease_until IS NULL OR lease_until < ? OR lease_holder = ? OR lease_holder = ?)",
+                (holder, until, run_id, now, holder, take_from),
+            )
+            row = conn.execute("SELECT lease_holder FROM agent_runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise NotFoundError(f"no agent run {run_id!r}")
+        return str(row[0])
+
+    def release_agent_run(self, run_id: str, holder: str) -> None:
+        """Give up a run's lease, if `holder` still holds it."""
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE agent_runs SET lease_holder = NULL, lease_until = NULL WHERE id = ? AND lease_holder = ?",
+                (run_id, holder),
+            )
 
     def add_agent_step(self, step: AgentStepRecord) -> None:
         """Append a step to a run's journal; raise ConflictError when the run has a step of that number, and

@@ -366,3 +366,19 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# Who started a run (the API key id; None from the CLI) so that a key sees only its own runs, and the lease that
+# lets one process at a time drive a run: a holder renews it while it drives, and a run whose lease has expired (or
+# whose holder died on this host) may be taken by another process.
+MIGRATIONS.append(
+    (
+        13,
+        "agent run owner and lease",
+        """
+        ALTER TABLE agent_runs ADD COLUMN owner TEXT;
+        ALTER TABLE agent_runs ADD COLUMN lease_holder TEXT;
+        ALTER TABLE agent_runs ADD COLUMN lease_until TEXT;
+        CREATE INDEX agent_runs_owner ON agent_runs (owner, updated_at);
+        """,
+    )
+)
