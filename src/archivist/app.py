@@ -63,6 +63,7 @@ class Archivist:
         self._reranker: Reranker | None = None
         self._expander: Expander | None = None
         self._searcher: SearchPipeline | None = None
+        self._user_tools: list[Tool] | None = None
         #: run on every loaded document before chunking, in order (PII redaction and injection scanning plug in here)
         self.document_filters: list[DocumentFilter] = []
         self._lock = threading.RLock()
@@ -215,16 +216,33 @@ class Archivist:
             defaults["refusal_threshold"] = s.refusal_threshold
         return Answerer(self.searcher(), self.embedder, gateway if gateway.routes else None, **(defaults | options))
 
+    def user_tools(self) -> list[Tool]:
+        """Return the user's own tools named by the `agent_tools` setting (none when unset), loaded once."""
+        from archivist.agent.tools import load_tools
+
+        spec = self.settings.agent_tools
+        if spec is None:
+            return []
+        if self._user_tools is None:
+            loaded = load_tools(spec)
+            with self._lock:
+                self._user_tools = self._user_tools or loaded
+        return list(self._user_tools)
+
     def agent(
         self,
         *,
         collection: str | None = None,
-        tools: Sequence[Tool] = (),
+        tools: Sequence[Tool] | None = None,
         on_step: Callable[[AgentStepRecord], None] | None = None,
     ) -> Agent:
         """Return an agent over the built-in document tools (limited to `collection`; None: every collection) and
-        the user's `tools`, journaling its runs in the store; raise UsageError without an LLM provider."""
+        the user's `tools` (None: those the `agent_tools` setting names), journaling its runs in the store; raise
+        UsageError without an LLM provider."""
         from archivist.agent.builtins import builtin_tools
+
+        if tools is None:
+            tools = self.user_tools()
 
         # Workflow mode (a declared sequence of steps, no model) is not built yet: say so rather than pretend.
         gateway = self._llm_gateway("the agent (workflow mode without a model is not available yet)")

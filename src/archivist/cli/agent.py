@@ -55,7 +55,7 @@ def _agent(archivist: Archivist, collection: str | None, tools: str | None, as_j
     from archivist.agent.tools import load_tools
 
     return archivist.agent(
-        collection=collection, tools=load_tools(tools) if tools else (), on_step=None if as_json else _print_step
+        collection=collection, tools=load_tools(tools) if tools else None, on_step=None if as_json else _print_step
     )
 
 
