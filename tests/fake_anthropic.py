@@ -59,6 +59,9 @@ class AnthropicServer(LoopbackServer):
         #: {"name": ..., "input": {...}}: answered as a tool_use block whenever the request offers tools
         self.tool_use: dict[str, Any] | None = None
         self.stop_reason = "end_turn"
+        #: scripted replies, served in order before anything else (plain requests): each a list of content blocks
+        #: ({"type": "text", …} and {"type": "tool_use", "id", "name", "input"})
+        self.scripted_messages: deque[list[dict[str, Any]]] = deque()
         #: streams only: at a Fault's cut_after, send an `event: error` of this type instead of just hanging up
         self.error_event: str | None = None
         self.faults: deque[Fault] = deque()
@@ -159,7 +162,10 @@ class AnthropicServer(LoopbackServer):
     def _message(self, payload: dict[str, Any]) -> dict[str, Any]:
         content: list[dict[str, Any]] = [{"type": "text", "text": self.reply}]
         stop_reason = self.stop_reason
-        if payload.get("tools") and self.tool_use is not None:
+        if self.scripted_messages:
+            content = self.scripted_messages.popleft()
+            stop_reason = "tool_use" if any(b["type"] == "tool_use" for b in content) else "end_turn"
+        elif payload.get("tools") and self.tool_use is not None:
             content.append(
                 {"type": "tool_use", "id": "toolu_1", "name": self.tool_use["name"], "input": self.tool_use["input"]}
             )
@@ -172,5 +178,5 @@ class AnthropicServer(LoopbackServer):
             "content": content,
             "stop_reason": stop_reason,
             "stop_sequence": None,
-            "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": len(self.reply.split())},
+            "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": sum(len(str(b).split()) for b in content)},
         }

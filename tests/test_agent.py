@@ -533,3 +533,203 @@ def test_one_process_drives_a_run_at_a_time(app: Archivist, server: ChatServer) 
     # Once the first let go, anyone may resume (a finished run is returned as it is).
     assert app.agent(tools=[wait_here]).resume(run.id).status == "succeeded"
     assert [s.kind for s in app.store.agent_steps(run.id)] == ["model", "tool", "model"]
+
+
+# --- workflows: a declared sequence of steps, no model ----------------------------------------------------------
+
+
+@pytest.fixture
+def modelless(corpus: Path, embedder: MiniLMEmbedder) -> Iterator[Archivist]:
+    settings = load_settings(store=f"sqlite:///{corpus / 'store.db'}")
+    with Archivist(settings, open_store(settings.store), embedder) as archivist:
+        yield archivist
+
+
+def test_without_a_model_the_research_workflow_answers_with_checked_citations(modelless: Archivist) -> None:
+    agent = modelless.agent()
+    assert agent.workflow is not None and agent.workflow.name == "research"
+    run = agent.start("How are failed calls retried?")
+    assert run.status == "succeeded" and run.result is not None, run.reason
+    assert "exponential backoff" in run.result["answer"] and not run.result["refused"]
+    # Citations point at what the run read, renumbered to the run's refs, and each claim is checked.
+    assert run.result["citations"] and all(c["source"].endswith("retries.md") for c in run.result["citations"])
+    assert run.result["unsupported"] == [] and all(c["supported"] for c in run.result["claims"])
+    marks = {int(n) for n in __import__("re").findall(r"\[(\d+)\]", run.result["answer"])}
+    assert marks == {c["n"] for c in run.result["citations"]}
+    steps = modelless.store.agent_steps(run.id)
+    assert [(s.kind, s.name) for s in steps] == [
+        ("workflow", "research"),
+        ("tool", "search_documents"),
+        ("tool", "read_document"),
+        ("tool", "read_document"),
+        ("tool", "answer"),
+    ]
+    # The reads are of the two best hits, rendered from the search's result.
+    hits = steps[1].data["result"]
+    assert [s.arguments for s in steps[2:4]] == [
+        {"document_id": h["document_id"], "start": h["start"]} for h in hits[:2]
+    ]
+    assert run.totals["tokens"] == 0 and run.totals["steps"] == 5
+
+
+def test_a_workflow_file_with_a_side_effect_survives_a_kill_and_resumes_once(
+    corpus: Path, server: ChatServer, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.txt"
+    flow = tmp_path / "flow.yaml"
+    flow.write_text(
+        "name: note-then-answer\n"
+        "steps:\n"
+        "  - {name: note, tool: append_line, arguments: {text: 'asked: {task}'}}\n"
+        "  - {name: answer, tool: answer, arguments: {question: '{task}'}}\n",
+        encoding="utf-8",
+    )
+    # No model at all: the workflow needs none (the answer step answers extractively).
+    env = {k: v for k, v in cli_env(corpus, server, notes, AGENT_TEST_DIE_AFTER_EFFECT="1").items() if "_LLM_" not in k}
+    task = "What does every API key have?"
+    killed = agent_cli(env, "--tools", TOOLS, "--workflow", str(flow), task)
+    assert killed.returncode == -signal.SIGKILL
+    assert [line.split("\t")[1] for line in lines(notes)] == [f"asked: {task}"]
+    run, store = newest_run(corpus, task)
+    store.close()
+    env["AGENT_TEST_DIE_AFTER_EFFECT"] = "0"
+    # Resumed without --workflow: the run follows the plan it journaled; the append is reconciled, not repeated.
+    resumed = agent_cli(env, "resume", run.id, "--tools", TOOLS, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    body = json.loads(resumed.stdout)
+    assert body["status"] == "succeeded" and "monthly budget" in body["result"]["answer"]
+    assert len(lines(notes)) == 1
+
+
+def test_a_workflow_that_is_wrong_is_a_usage_error_naming_the_step(corpus: Path, tmp_path: Path) -> None:
+    env = cli_env(corpus, ChatServer(), tmp_path / "n.txt")
+    for text, why in (
+        ("steps:\n  - {tool: answer, arguments: {question: '{earlier.0}'}}\n", "{earlier.0} names no earlier step"),
+        ("steps:\n  - {tool: read_document, for_each: search}\n", "not an earlier step"),
+        ("steps: [{tool: answer, colour: red}]\n", "unknown keys colour"),
+        ("steps:\n  - {tool: shred_files}\n", "calls tools this agent lacks: shred_files"),
+        ("steps: [\n", "not valid YAML"),
+    ):
+        flow = tmp_path / "bad.yaml"
+        flow.write_text(text, encoding="utf-8")
+        done = agent_cli(env, "--workflow", str(flow), "Anything")
+        assert done.returncode == 2 and why in " ".join(done.stderr.split()), (text, done.stderr)
+    done = agent_cli(env, "--workflow", "no-such-flow", "Anything")
+    assert done.returncode == 2 and "neither a built-in workflow (research) nor a file" in " ".join(done.stderr.split())
+
+
+def test_agent_without_a_model_says_it_follows_the_workflow_and_streams_json_lines(
+    corpus: Path, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in cli_env(corpus, ChatServer(), tmp_path / "n.txt").items() if "_LLM_" not in k}
+    done = agent_cli(env, "How are failed calls retried?")
+    assert done.returncode == 0, done.stderr
+    said = " ".join(done.stderr.split())
+    assert "no model configured: new runs follow the research workflow (search → read → answer)" in said
+    assert "exponential backoff" in done.stdout and "Sources" in done.stdout
+    streamed = agent_cli(env, "--stream", "--json", "How are failed calls retried?")
+    assert streamed.returncode == 0, streamed.stderr
+    events = [json.loads(line) for line in streamed.stdout.splitlines()]
+    assert [e["event"] for e in events] == ["step"] * 5 + ["run"]
+    assert [e["step"]["seq"] for e in events[:-1]] == [1, 2, 3, 4, 5]
+    assert events[-1]["run"]["status"] == "succeeded" and events[-1]["run"]["result"]["citations"]
+
+
+# --- the text tool protocol, and Anthropic's native format --------------------------------------------------------
+
+
+def test_parse_calls_reads_what_small_models_write() -> None:
+    from archivist.agent.textcalls import parse_calls
+
+    known = ["search_documents", "read_document"]
+    tagged = 'I will search.\n<tool_call>{"name": "search_documents", "arguments": {"query": "x"}}</tool_call>'
+    assert [(c.name, c.arguments) for c in parse_calls(tagged, known)] == [("search_documents", {"query": "x"})]
+    fenced = 'Sure:\n```json\n{"tool": "read_document", "parameters": "{\\"document_id\\": \\"d1\\"}"}\n```'
+    assert [(c.name, c.arguments) for c in parse_calls(fenced, known)] == [("read_document", {"document_id": "d1"})]
+    bare = (
+        '[{"name": "search_documents", "args": {"query": "a"}}, {"name": "search_documents", "input": {"query": "b"}}]'
+    )
+    assert [c.arguments["query"] for c in parse_calls(bare, known)] == ["a", "b"]
+    openai_shaped = '```\n{"function": {"name": "search_documents", "arguments": "{\\"query\\": \\"q\\"}"}}\n```'
+    assert parse_calls(openai_shaped, known)[0].arguments == {"query": "q"}
+    # Unclosed tag, broken JSON: a call with invalid arguments (the model is told), not an answer.
+    (broken,) = parse_calls('<tool_call>{"name": "search_documents", "arguments": {"query": ', known)
+    assert broken.name == "search_documents" and broken.invalid_arguments is not None
+    # An answer that quotes JSON naming no tool, or plain prose, is an answer.
+    assert parse_calls('The config is:\n```json\n{"name": "retries", "arguments": 3}\n```', known) == []
+    assert parse_calls("Retries use backoff [1].", known) == []
+
+
+def test_a_model_without_native_tools_drives_the_loop_in_text(
+    corpus: Path, server: ChatServer, embedder: MiniLMEmbedder
+) -> None:
+    settings = load_settings(
+        store=f"sqlite:///{corpus / 'store.db'}",
+        llm_url=server.url,
+        llm_model="m",
+        llm_max_retries=0,
+        llm_cache=False,
+        agent_tool_protocol="text",
+    )
+    server.scripted_messages.extend(
+        [
+            final(
+                'Let me search.\n```json\n{"name": "search_documents", "arguments": {"query": "retried", "k": 1}}\n```'
+            ),
+            final('<tool_call>{"name": "search_documents", "arguments": {"query": </tool_call>'),
+            final("Failed calls are retried with exponential backoff and jitter [1]."),
+        ]
+    )
+    with Archivist(settings, open_store(settings.store), embedder) as archivist:
+        run = archivist.agent().start("How are failed calls retried?")
+        steps = archivist.store.agent_steps(run.id)
+    assert run.status == "succeeded" and run.result is not None, run.reason
+    assert run.result["unsupported"] == [] and run.result["citations"][0]["source"].endswith("retries.md")
+    assert [(s.kind, s.data.get("status")) for s in steps] == [
+        ("model", None),
+        ("tool", "ok"),
+        ("model", None),
+        ("tool", "error"),
+        ("model", None),
+    ]
+    assert "not a JSON object" in steps[3].data["result"]["error"]
+    # No native tools were sent; the system prompt described them; results came back as user messages.
+    assert all("tools" not in r for r in server.requests)
+    system = server.requests[0]["messages"][0]["content"]
+    assert "<tool_call>" in system and "search_documents" in system
+    second = server.requests[1]["messages"]
+    assert [m["role"] for m in second] == ["system", "user", "assistant", "user"]
+    assert second[-1]["content"].startswith("Result of search_documents") and '"ref": 1' in second[-1]["content"]
+
+
+def test_an_anthropic_model_drives_the_loop_with_parallel_tool_use(app: Archivist) -> None:
+    from archivist.agent import Agent
+    from archivist.agent.builtins import builtin_tools
+    from archivist.llm.anthropic import AnthropicMessages
+    from archivist.llm.gateway import Gateway, Route
+    from fake_anthropic import AnthropicServer
+
+    budgets = doc_id(app, "budgets.md")
+    with AnthropicServer().running() as claude:
+        claude.scripted_messages.extend(
+            [
+                [
+                    {"type": "text", "text": "Searching and reading."},
+                    {"type": "tool_use", "id": "toolu_a", "name": "search_documents", "input": {"query": "retried"}},
+                    {"type": "tool_use", "id": "toolu_b", "name": "read_document", "input": {"document_id": budgets}},
+                ],
+                [{"type": "text", "text": "Every API key has a monthly budget in dollars [2]."}],
+            ]
+        )
+        gateway = Gateway([Route(AnthropicMessages("claude", "claude-test", base_url=claude.url, api_key="k"), 0)])
+        agent = Agent(gateway, app.store, builtin_tools(app.store, app.searcher()), app.embedder)
+        run = agent.start("What limits spending?")
+        requests = claude.requests
+    assert run.status == "succeeded" and run.result is not None, run.reason
+    assert [c["source"].rsplit("/", 1)[-1] for c in run.result["citations"]] == ["budgets.md"]
+    assert run.result["unsupported"] == []
+    # The second request carried both results as tool_result blocks answering the tool_use ids (the fake server
+    # refuses, as the real API does, a result for an unknown id).
+    results = [b for m in requests[1]["messages"] for b in (m["content"] if isinstance(m["content"], list) else [])]
+    assert [b["tool_use_id"] for b in results if b["type"] == "tool_result"] == ["toolu_a", "toolu_b"]
+    assert {t["name"] for t in requests[0]["tools"]} >= {"search_documents", "read_document"}

@@ -18,6 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from archivist.agent.loop import Agent
 from archivist.agent.tools import Tool
+from archivist.agent.workflow import Workflow
 from archivist.answer.answerer import Answerer
 from archivist.config import Settings, load_settings
 from archivist.embed.base import Embedder
@@ -235,27 +236,32 @@ class Archivist:
         collection: str | None = None,
         tools: Sequence[Tool] | None = None,
         on_step: Callable[[AgentStepRecord], None] | None = None,
+        workflow: Workflow | None = None,
     ) -> Agent:
         """Return an agent over the built-in document tools (limited to `collection`; None: every collection) and
-        the user's `tools` (None: those the `agent_tools` setting names), journaling its runs in the store; raise
-        UsageError without an LLM provider."""
+        the user's `tools` (None: those the `agent_tools` setting names), journaling its runs in the store. Its runs
+        follow `workflow` when given, and the built-in research workflow when no model is configured."""
         from archivist.agent.builtins import builtin_tools
+        from archivist.agent.workflow import RESEARCH
 
         if tools is None:
             tools = self.user_tools()
-
-        # Workflow mode (a declared sequence of steps, no model) is not built yet: say so rather than pretend.
-        gateway = self._llm_gateway("the agent (workflow mode without a model is not available yet)")
         if collection is not None and not self.store.has_collection(check_collection_name(collection)):
             raise NotFoundError(f"no collection {collection!r}")
+        gateway = self.gateway()
+        protocol = self.settings.agent_tool_protocol
+        if protocol == "auto":
+            protocol = "native" if gateway.supports_tools() else "text"
         return Agent(
-            gateway,
+            gateway if gateway.routes else None,
             self.store,
             [*builtin_tools(self.store, self.searcher(), self.answerer(), collection=collection), *tools],
             self.embedder,
             collection=collection,
             retention_days=self.settings.agent_run_retention_days,
             on_step=on_step,
+            tool_protocol=protocol,
+            workflow=workflow if workflow is not None or gateway.routes else RESEARCH,
         )
 
     def ingest(

@@ -127,8 +127,12 @@ def builtin_tools(
             return {
                 "answer": found.answer,
                 "refused": found.refused,
+                # The answer as text and citation marks ({"type": "citation", "n": …}), so the marks are never
+                # looked for in prose.
+                "segments": [s.to_dict() for s in found.segments],
                 "citations": [
                     {
+                        "n": c.n,
                         "document_id": c.document,
                         "source": c.source,
                         "title": c.title,

@@ -21,10 +21,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from archivist.agent.evidence import Evidence, check_answer
+from archivist.agent.textcalls import parse_calls, tools_prompt
 from archivist.agent.tools import RUN_BUDGET, Tool, ToolInputError, ToolTimeout
+from archivist.agent.workflow import Workflow
 from archivist.embed.base import Embedder
 from archivist.guard.quote import quote
 from archivist.llm.accounting import Budget
@@ -92,6 +94,12 @@ class _State:
     evidence: Evidence = field(default_factory=Evidence)
     #: tool calls of the last model turn with no recorded result: (step number, call)
     pending: list[tuple[int, ToolCall]] = field(default_factory=list)
+    #: the results of the tool steps so far: step number → (status, result)
+    results: dict[int, tuple[str, Any]] = field(default_factory=dict)
+    #: the run's workflow, when it follows one instead of a model
+    workflow: Workflow | None = None
+    #: the last model turn called its tools in text (its results go back as user messages)
+    text_turn: bool = False
     #: (tool, arguments hash) → the step that made that call
     seen: dict[tuple[str, str], int] = field(default_factory=dict)
     next_seq: int = 1
@@ -118,7 +126,7 @@ class Agent:
 
     def __init__(
         self,
-        gateway: Gateway,
+        gateway: Gateway | None,
         store: AgentRunStore,
         tools: Sequence[Tool],
         embedder: Embedder,
@@ -127,6 +135,8 @@ class Agent:
         max_tokens_per_turn: int = 1024,
         retention_days: int | None = None,
         on_step: Callable[[AgentStepRecord], None] | None = None,
+        tool_protocol: Literal["native", "text"] = "native",
+        workflow: Workflow | None = None,
     ) -> None:
         names = [t.name for t in tools]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -142,6 +152,16 @@ class Agent:
         self.retention_days = retention_days
         #: called with every step as it is journaled (progress output)
         self.on_step = on_step
+        #: how the model calls tools: natively (the provider's tool calling) or in text (see `textcalls`)
+        self.tool_protocol = tool_protocol
+        #: new runs follow this declared sequence of steps instead of asking a model (None: a model drives them)
+        self.workflow = workflow
+        if workflow is not None:
+            missing = sorted({s.tool for s in workflow.steps} - set(self.tools))
+            if missing:
+                raise UsageError(f"workflow {workflow.name!r} calls tools this agent lacks: {', '.join(missing)}")
+        elif gateway is None:
+            raise UsageError("an agent without a model must follow a workflow")
         #: who this process is when it holds a run's lease: host, pid, and a nonce (two agents in one process differ)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -176,6 +196,16 @@ class Agent:
             owner=owner,
         )
         self.store.create_agent_run(run)
+        if self.workflow is not None:
+            # The plan is the journal's first step: whoever resumes the run follows the workflow it started with.
+            plan = AgentStepRecord(
+                run.id, 1, "workflow", self.workflow.name, now, {"workflow": self.workflow.to_dict()}
+            )
+            self.store.add_agent_step(plan)
+            run.totals["steps"] = 1
+            self.store.update_agent_run(run.id, totals=run.totals)
+            if self.on_step is not None:
+                self.on_step(plan)
         return run
 
     def resume(self, run_id: str) -> AgentRunRecord:
@@ -218,6 +248,8 @@ class Agent:
             budget.spent_tokens = int(run.totals.get("tokens", 0))
             budget.spent_cost_usd = float(run.totals.get("cost_usd", 0.0))
             try:
+                if state.workflow is not None:
+                    return self._follow(state, state.workflow, budget)
                 while True:
                     for seq, call in state.pending:
                         self._tool_step(state, seq, call, budget)
@@ -238,14 +270,20 @@ class Agent:
             messages=[Message("system", SYSTEM_PROMPT), Message("user", quote("question", run.task))],
         )
         for step in self.store.agent_steps(run.id):
-            if step.kind == "model":
+            if step.kind == "workflow":
+                state.workflow = Workflow.from_dict(step.data["workflow"])
+                state.next_seq = step.seq + 1
+            elif step.kind == "model":
                 calls = [ToolCall(**c) for c in step.data.get("tool_calls", [])]
-                state.messages.append(Message("assistant", step.data.get("text", ""), tool_calls=tuple(calls)))
+                state.text_turn = step.data.get("protocol") == "text"
+                native = () if state.text_turn else tuple(calls)
+                state.messages.append(Message("assistant", step.data.get("text", ""), tool_calls=native))
                 state.pending = [(step.seq + 1 + i, c) for i, c in enumerate(calls)]
                 state.final = None if calls else step.data.get("text", "")
                 state.next_seq = step.seq + 1 + len(calls)
             else:
                 state.pending = [(s, c) for s, c in state.pending if s != step.seq]
+                state.next_seq = max(state.next_seq, step.seq + 1)
                 self._observe(state, step, replayed=True)
         return state
 
@@ -264,11 +302,15 @@ class Agent:
     def _model_step(self, state: _State, budget: Budget) -> None:
         seq = state.next_seq
         self._check_limits(state, seq, budget)
-        request = ChatRequest(
-            tuple(state.messages),
-            tools=tuple(t.spec() for t in self.tools.values()),
-            max_tokens=self.max_tokens_per_turn,
-        )
+        if self.gateway is None:
+            raise _Stop("failed", "this run needs a model and none is configured (ARCHIVIST_LLM_URL)")
+        specs = tuple(t.spec() for t in self.tools.values())
+        text = self.tool_protocol == "text"
+        if text:  # the tools are described in the system prompt instead of sent as the provider's tools
+            system = Message("system", f"{SYSTEM_PROMPT}\n\n{tools_prompt(specs)}")
+            request = ChatRequest((system, *state.messages[1:]), max_tokens=self.max_tokens_per_turn)
+        else:
+            request = ChatRequest(tuple(state.messages), tools=specs, max_tokens=self.max_tokens_per_turn)
         remaining = state.limits.max_wall_s - state.elapsed_s()
         deadline = Deadline.after(max(0.1, min(remaining, self.gateway.default_timeout_s)))
         try:
@@ -279,7 +321,8 @@ class Agent:
             raise _Stop("failed", f"model call {seq} failed: {exc}") from exc
         # Every call of a turn needs its own id (providers match results by it): a missing or repeated one is renamed.
         calls, ids = [], set()
-        for i, c in enumerate(completion.tool_calls):
+        made = parse_calls(completion.text, list(self.tools)) if text else completion.tool_calls
+        for i, c in enumerate(made):
             if not c.id or c.id in ids:
                 c = ToolCall(f"call_{seq}_{i}", c.name, c.arguments, c.invalid_arguments)
             ids.add(c.id)
@@ -294,13 +337,15 @@ class Agent:
                 "text": completion.text,
                 "tool_calls": [_call_json(c) for c in calls],
                 "finish": completion.finish_reason,
+                **({"protocol": "text"} if text else {}),
             },
             tokens=completion.usage.prompt_tokens + completion.usage.completion_tokens,
             cost_usd=completion.cost_usd,
             latency_ms=round(completion.latency_s * 1000, 2),
         )
         self._journal(state, step)
-        state.messages.append(Message("assistant", completion.text, tool_calls=tuple(calls)))
+        state.text_turn = text
+        state.messages.append(Message("assistant", completion.text, tool_calls=() if text else tuple(calls)))
         state.pending = [(seq + 1 + i, c) for i, c in enumerate(calls)]
         state.final = None if calls else completion.text
         state.next_seq = seq + 1 + len(calls)
@@ -342,10 +387,14 @@ class Agent:
     def _observe(self, state: _State, step: AgentStepRecord, *, replayed: bool = False) -> None:
         """Add a recorded tool step to the conversation: its result (with evidence refs) as an observation."""
         result = state.evidence.collect(step.data.get("result"))
+        state.results[step.seq] = (str(step.data.get("status")), step.data.get("result"))
         state.untrusted = state.untrusted or bool(step.data.get("untrusted"))
         state.seen.setdefault((step.name, arguments_hash(step.arguments or {})), step.seq)
-        body = json.dumps(result, ensure_ascii=False)
-        state.messages.append(Message("tool", quote("observation", body, tool=step.name), tool_call_id=step.call_id))
+        body = quote("observation", json.dumps(result, ensure_ascii=False), tool=step.name)
+        if state.text_turn:  # a model without native tools reads results as the user's message
+            state.messages.append(Message("user", f"Result of {step.name} (call {step.call_id}):\n{body}"))
+        else:
+            state.messages.append(Message("tool", body, tool_call_id=step.call_id))
 
     def _call(self, state: _State, seq: int, call: ToolCall) -> Any:
         """Return the result of one tool call after every guard, or raise _Refused (told to the model) or _Stop."""
@@ -488,12 +537,51 @@ class Agent:
         state.started = time.monotonic()
         self.store.update_agent_run(state.run.id, totals=totals)
 
-    def _succeed(self, state: _State) -> AgentRunRecord:
-        assert state.final is not None
-        result = check_answer(state.final, state.evidence, self.embedder)
+    def _follow(self, state: _State, workflow: Workflow, budget: Budget) -> AgentRunRecord:
+        """Run a workflow's steps in order (a resumed run takes recorded results from its journal); return the run
+        with the last step's result as its answer."""
+        seq, results, last = 2, dict[str, Any](), None
+        for index, step in enumerate(workflow.steps):
+            outputs = []
+            for n, arguments in enumerate(workflow.calls(index, state.run.task, results), start=1):
+                if seq not in state.results:
+                    call = ToolCall(f"wf_{step.name}_{n}", step.tool, arguments)
+                    self._tool_step(state, seq, call, budget)
+                status, output = state.results[seq]
+                if status not in ("ok", "replayed", "reconciled"):
+                    error = output.get("error") if isinstance(output, dict) else output
+                    raise _Stop("failed", f"workflow step {step.name!r} (step {seq}): {step.tool} {status}: {error}")
+                outputs.append(output)
+                seq += 1
+            results[step.name] = outputs if step.for_each is not None else (outputs[0] if outputs else None)
+            last = results[step.name]
+        return self._succeed(state, workflow_result=last)
+
+    def _succeed(self, state: _State, *, workflow_result: Any = None) -> AgentRunRecord:
+        if state.workflow is not None:
+            result = self._workflow_answer(state, workflow_result)
+        else:
+            assert state.final is not None
+            result = check_answer(state.final, state.evidence, self.embedder)
         self._save_totals(state)
         self.store.update_agent_run(state.run.id, status="succeeded", reason=None, result=result)
         return self._reload(state)
+
+    def _workflow_answer(self, state: _State, output: Any) -> dict[str, Any]:
+        """Return a workflow run's result: an answer tool's answer with its citations renumbered to what the run
+        read and checked like an agent's answer; any other last result as `output`."""
+        if not (isinstance(output, dict) and isinstance(output.get("answer"), str)):
+            return {"answer": "", "output": output, "citations": [], "claims": [], "unsupported": []}
+        if output.get("refused"):
+            return {"answer": output["answer"], "refused": True, "citations": [], "claims": [], "unsupported": []}
+        cited = state.evidence.collect(output).get("citations") or []
+        refs = {c.get("n"): c.get("ref") for c in cited if isinstance(c, dict)}
+        segments = output.get("segments") or [{"type": "text", "text": output["answer"]}]
+        text = "".join(
+            f"[{refs.get(s.get('n'), s.get('n'))}]" if s.get("type") == "citation" else str(s.get("text", ""))
+            for s in segments
+        )
+        return {**check_answer(text, state.evidence, self.embedder), "refused": False}
 
     def _end(self, state: _State, status: str, reason: str) -> AgentRunRecord:
         self._save_totals(state)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -49,17 +50,70 @@ ToolsOpt = Annotated[
     typer.Option("--tools", metavar="FILE:NAME", help="Your own tools: NAME, a list of @tool functions in FILE.py."),
 ]
 RunIdArg = Annotated[str, typer.Argument(metavar="RUN_ID", help="The run's id (or a unique prefix of it).")]
+StreamOpt = Annotated[
+    bool,
+    typer.Option("--stream", help="Print every step on stdout as it happens (with --json: one JSON object per line)."),
+]
 
 
-def _agent(archivist: Archivist, collection: str | None, tools: str | None, as_json: bool) -> Agent:
+def _agent(
+    archivist: Archivist,
+    collection: str | None,
+    tools: str | None,
+    as_json: bool,
+    stream: bool = False,
+    workflow: str | None = None,
+) -> Agent:
     from archivist.agent.tools import load_tools
+    from archivist.agent.workflow import load_workflow
 
-    return archivist.agent(
-        collection=collection, tools=load_tools(tools) if tools else None, on_step=None if as_json else _print_step
+    on_step = _stream_step(as_json) if stream else None if as_json else _print_step
+    agent = archivist.agent(
+        collection=collection,
+        tools=load_tools(tools) if tools else None,
+        on_step=on_step,
+        workflow=load_workflow(workflow) if workflow else None,
     )
+    if agent.workflow is not None and workflow is None:
+        steps = " → ".join(s.name for s in agent.workflow.steps)
+        err.print(f"[dim]no model configured: new runs follow the {agent.workflow.name} workflow ({steps})[/]")
+    return agent
+
+
+def _stream_step(as_json: bool) -> Callable[[AgentStepRecord], None]:
+    """Return the step printer of --stream: a JSON line per step, or a readable line with what the step did."""
+
+    def show(step: AgentStepRecord) -> None:
+        if as_json:
+            print(json.dumps({"event": "step", "step": step.public()}, ensure_ascii=False), flush=True)
+            return
+        if step.kind == "workflow":
+            steps = " → ".join(s["name"] for s in step.data["workflow"]["steps"])
+            out.print(f"[bold]{step.seq}[/] workflow {escape(step.name)}: {escape(steps)}")
+        elif step.kind == "model":
+            calls = step.data.get("tool_calls", [])
+            said = short(str(step.data.get("text") or ""), 200)
+            what = ", ".join(c["name"] for c in calls) if calls else "answers"
+            out.print(f"[bold]{step.seq}[/] model {escape(step.name)} → {escape(what)} [dim]({step.tokens} tokens)[/]")
+            if said and calls:
+                out.print(f"   [dim]{escape(said)}[/]")
+        else:
+            arguments = short(json.dumps(step.arguments or {}, ensure_ascii=False), 100)
+            result = short(json.dumps(step.data.get("result"), ensure_ascii=False), 160)
+            status = step.data.get("status")
+            took = f"[dim]{step.latency_ms:.0f} ms[/]"
+            out.print(f"[bold]{step.seq}[/] {escape(step.name)} {escape(arguments)} → {status} {took}")
+            out.print(f"   [dim]{escape(result)}[/]")
+        out.file.flush()
+
+    return show
 
 
 def _print_step(step: AgentStepRecord) -> None:
+    if step.kind == "workflow":
+        steps = " → ".join(s["name"] for s in step.data["workflow"]["steps"])
+        err.print(f"[dim]step {step.seq}: workflow {escape(step.name)} ({escape(steps)})[/]")
+        return
     if step.kind == "model":
         calls = step.data.get("tool_calls", [])
         what = f"{len(calls)} tool call(s)" if calls else "answered"
@@ -69,12 +123,17 @@ def _print_step(step: AgentStepRecord) -> None:
     err.print(f"[dim]step {step.seq}: {escape(step.name)} {escape(arguments)} → {step.data.get('status')}[/]")
 
 
-def _report(run: AgentRunRecord, as_json: bool) -> None:
+def _report(run: AgentRunRecord, as_json: bool, stream: bool = False) -> None:
     """Print a run's outcome; exit 1 when it failed (a paused run waits for a person: not a failure)."""
-    if as_json:
+    if as_json and stream:
+        print(json.dumps({"event": "run", "run": run.public()}, ensure_ascii=False), flush=True)
+    elif as_json:
         emit_json(run.public())
     elif run.status == "succeeded" and run.result is not None:
-        out.print(escape(run.result["answer"]))
+        if run.result.get("answer") or "output" not in run.result:
+            out.print(escape(run.result["answer"]))
+        else:  # a workflow whose last step is not an answer: its result as JSON
+            out.print(escape(json.dumps(run.result["output"], ensure_ascii=False, indent=2)))
         citations = run.result.get("citations", [])
         if citations:
             out.print()
@@ -115,6 +174,15 @@ def agent_run(
             help="Run side-effecting tools even after document text entered the context.",
         ),
     ] = False,
+    workflow: Annotated[
+        str | None,
+        typer.Option(
+            "--workflow",
+            metavar="NAME|FILE",
+            help="Follow a declared sequence of steps instead of a model: research, or a YAML file.",
+        ),
+    ] = None,
+    stream: StreamOpt = False,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -129,8 +197,8 @@ def agent_run(
             max_wall_s=max_time,
             allow_untrusted_side_effects=allow_untrusted,
         )
-        run = _agent(archivist, collection, tools, as_json).start(task, limits)
-    _report(run, as_json)
+        run = _agent(archivist, collection, tools, as_json, stream, workflow).start(task, limits)
+    _report(run, as_json, stream)
 
 
 @app.command("runs")
@@ -187,7 +255,9 @@ def agent_show(run_id: RunIdArg, store: StoreOpt = None, as_json: JsonOpt = Fals
     out.print(f"task: {escape(run.task)}")
     table = Table("step", "kind", "name", "status", "tokens", "ms", "detail", box=None)
     for s in steps:
-        if s.kind == "model":
+        if s.kind == "workflow":
+            detail, status = " → ".join(f"{x['name']}:{x['tool']}" for x in s.data["workflow"]["steps"]), "plan"
+        elif s.kind == "model":
             calls = s.data.get("tool_calls", [])
             detail = ", ".join(c["name"] for c in calls) or short(str(s.data.get("text", "")), 60)
             status = "tool calls" if calls else "answer"
@@ -208,12 +278,18 @@ def _plain(record: Any) -> dict[str, Any]:
 
 
 @app.command("resume")
-def agent_resume(run_id: RunIdArg, tools: ToolsOpt = None, store: StoreOpt = None, as_json: JsonOpt = False) -> None:
+def agent_resume(
+    run_id: RunIdArg,
+    tools: ToolsOpt = None,
+    stream: StreamOpt = False,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Resume a run from its journal: recorded calls are replayed, never made again."""
     with open_app(store, existing=True) as archivist:
         run = _find_run(archivist, run_id)
-        run = _agent(archivist, run.collection, tools, as_json).resume(run.id)
-    _report(run, as_json)
+        run = _agent(archivist, run.collection, tools, as_json, stream).resume(run.id)
+    _report(run, as_json, stream)
 
 
 @app.command("approve")
@@ -222,14 +298,15 @@ def agent_approve(
     step: Annotated[int, typer.Argument(metavar="STEP", help="The step waiting for a decision.")],
     reject: Annotated[bool, typer.Option("--reject", help="Reject the call instead: the model is told.")] = False,
     tools: ToolsOpt = None,
+    stream: StreamOpt = False,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Approve (or --reject) a paused run's tool call, then continue the run."""
     with open_app(store, existing=True) as archivist:
         run = _find_run(archivist, run_id)
-        run = _agent(archivist, run.collection, tools, as_json).approve(run.id, step, approved=not reject)
-    _report(run, as_json)
+        run = _agent(archivist, run.collection, tools, as_json, stream).approve(run.id, step, approved=not reject)
+    _report(run, as_json, stream)
 
 
 @app.command("prune")

@@ -122,6 +122,11 @@ class Gateway:
         self._sleep = sleep
         self._rng = rng or random.Random()
 
+    def supports_tools(self) -> bool:
+        """Return whether the first provider calls tools natively (a provider says it cannot with a class
+        attribute `supports_tools = False`)."""
+        return bool(self.routes) and bool(getattr(self.routes[0].llm, "supports_tools", True))
+
     def _delay(self, attempt: int, error: LLMError) -> float:
         """Return how long to wait before retry `attempt`: Retry-After if given, else full jitter."""
         if error.retry_after is not None:

@@ -78,6 +78,9 @@ class _Run:
 class LlamaCpp:
     """A GGUF model run in this process by llama.cpp, plain or streamed; one call at a time."""
 
+    #: tool calls are refused (see the module's docstring): an agent over this model writes them in text
+    supports_tools = False
+
     def __init__(
         self,
         name: str,

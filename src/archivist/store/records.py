@@ -284,7 +284,7 @@ class IndexCapabilities:
 #: running: a process is (or was, until it died) driving it; paused: it waits for a person (an approval, an effect
 #: whose outcome is unknown); succeeded and failed are final
 AgentRunStatus = Literal["running", "paused", "succeeded", "failed"]
-AgentStepKind = Literal["model", "tool"]
+AgentStepKind = Literal["model", "tool", "workflow"]
 #: pending: the intent is committed and the outcome is not (the call may or may not have happened)
 EffectStatus = Literal["pending", "succeeded", "failed"]
 #: "consumed": an approved retry whose one attempt was taken (the next attempt needs a new decision)
