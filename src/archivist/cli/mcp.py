@@ -10,6 +10,7 @@ from archivist.cli._app import open_app
 from archivist.cli._command import App
 from archivist.cli._errors import fail
 from archivist.cli._options import StoreOpt
+from archivist.cli.agent import ToolsOpt
 
 app = App()
 
@@ -21,14 +22,16 @@ def mcp(
     ] = False,
     host: Annotated[str, typer.Option("--host", help="Address to bind with --http.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535, help="Port with --http.")] = 8765,
+    tools: ToolsOpt = None,
     store: StoreOpt = None,
     log_level: Annotated[
         str, typer.Option("--log-level", metavar="LEVEL", help="debug, info, warning or error.")
     ] = "warning",
 ) -> None:
-    """Run the MCP server (tools: search, answer, get_document, list_collections; documents as resources). On stdio
-    it acts as the local user and reads every collection; over HTTP each request needs an API key (`archivist keys
-    create`) with the read scope and reaches only that key's collections. Logs go to stderr."""
+    """Run the MCP server (tools: search, answer, get_document, list_collections, and your own tools: --tools, else
+    ARCHIVIST_AGENT_TOOLS; documents as resources). On stdio it acts as the local user and reads every collection;
+    over HTTP each request needs an API key (`archivist keys create`) with the read scope and reaches only that key's
+    collections. Every tool call goes into the request log (`/v1/usage`). Logs go to stderr."""
     from archivist import __version__
     from archivist.server.app import configure_logging
 
@@ -37,24 +40,43 @@ def mcp(
     # On stdio, stdout carries the protocol: every log line goes to stderr.
     configure_logging(log_level)
     with open_app(store, existing=True) as archivist:
+        from archivist.agent.tools import load_tools
+        from archivist.mcp.calls import CallLog
+
+        # --tools overrides the agent_tools setting, as for `archivist agent`.
+        user_tools = load_tools(tools) if tools else None
         if not http:
             from archivist.mcp.server import stdio_server
 
-            stdio_server(archivist, version=__version__).run("stdio")
+            calls = CallLog(archivist.store)
+            server = stdio_server(archivist, calls, user_tools, version=__version__)
+            calls.start()
+            try:
+                server.run("stdio")
+            finally:
+                calls.stop()
             return
         import uvicorn
 
         from archivist.cli.serve import _server_class
         from archivist.mcp.server import http_app
+        from archivist.server.app import proxy_options
+        from archivist.server.metrics import Metrics
 
+        calls = CallLog(archivist.store, Metrics(archivist.store))
         config = uvicorn.Config(
-            http_app(archivist, host=host, port=port, version=__version__),
+            http_app(archivist, calls, user_tools, host=host, port=port, version=__version__),
             host=host,
             port=port,
             log_config=None,
             access_log=False,
+            **proxy_options(archivist.settings),
         )
         server = _server_class()(config)
-        server.run()
+        calls.start()
+        try:
+            server.run()
+        finally:
+            calls.stop()
         if not server.started:
             fail(f"could not serve on {host}:{port} (see the log above)", 1)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from dataclasses import dataclass
 
 import anyio.to_thread
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from pydantic import ConfigDict
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from archivist.llm.accounting import Budget
 from archivist.server.auth import SCOPES, Authenticator, Principal
-from archivist.server.errors import ApiError
+from archivist.server.deps import client_address
+from archivist.server.errors import ApiError, error_body
 from archivist.server.ratelimit import RateLimiter
 from archivist.store.filters import Filters, check_filter_keys
 from archivist.store.protocols import Store
@@ -113,3 +118,43 @@ class Gate:
         if wait:
             raise Refused("rate_limited", f"rate limit of key {who.id} reached: retry in {wait:.1f}s")
         return Access(self.store, who)
+
+
+class ThrottleFailedKeys:
+    """ASGI middleware: failed authentications (401) are counted per client address, as the HTTP API counts them,
+    and past the limit answered 429 with Retry-After. A valid key is never slowed: only 401s count or change."""
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the request, turning a 401 past the address's failure limit into a 429."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        address = client_address(Request(scope))
+        replaced = False
+
+        async def guarded(message: Message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] == 401:
+                wait = self.limiter.acquire(address)
+                if wait:
+                    replaced = True
+                    why = f"too many failed authentications from {address}: retry in {wait:.1f}s"
+                    body = json.dumps(error_body("rate_limited", why, uuid.uuid4().hex)).encode()
+                    headers = [
+                        (b"content-type", b"application/json"),
+                        (b"retry-after", self.limiter.retry_after(wait).encode()),
+                        (b"www-authenticate", b"Bearer"),
+                        (b"content-length", str(len(body)).encode()),
+                    ]
+                    await send({"type": "http.response.start", "status": 429, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
+                    return
+            if replaced:  # the 401's own body: already answered
+                return
+            await send(message)
+
+        await self.app(scope, receive, guarded)

@@ -15,10 +15,12 @@ from typing import Annotated
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError, ToolError
 from pydantic import Field
 
+from archivist.agent.tools import ToolInputError, ToolTimeout
 from archivist.answer.answerer import Answerer
 from archivist.app import Archivist
 from archivist.llm.errors import BudgetExceeded
 from archivist.mcp.access import Access, Gate, Refused
+from archivist.mcp.calls import note_budget, note_failure
 from archivist.mcp.models import AnswerResult, CollectionInfo, Collections, DocumentText, SearchHit, SearchResult
 from archivist.store.records import document_text
 from archivist.types import ArchivistError, DocumentRecord, NotFoundError, StoreError, UsageError
@@ -83,7 +85,7 @@ class Tools:
             if not query.strip():
                 raise UsageError("the query is empty")
             scoped = access.filters(collection, filters)
-            outcome = self.archivist.searcher().search(query, k=k, filters=scoped, budget=access.budget())
+            outcome = self.archivist.searcher().search(query, k=k, filters=scoped, budget=note_budget(access.budget()))
             return SearchResult(hits=[SearchHit.of(h) for h in outcome.hits], warnings=outcome.warnings)
 
     def answer(self, question: Question, collection: CollectionArg = None) -> AnswerResult:
@@ -93,7 +95,7 @@ class Tools:
             if not question.strip():
                 raise UsageError("the question is empty")
             scoped = access.filters(collection, None)
-            result = self.answerer().answer(question, filters=scoped, budget=access.budget())
+            result = self.answerer().answer(question, filters=scoped, budget=note_budget(access.budget()))
             return AnswerResult.of(result)
 
     def get_document(
@@ -150,20 +152,31 @@ class ToolFailure(ToolError):
 
 @contextmanager
 def tool_errors() -> Iterator[None]:
-    """Turn our errors into ToolFailure ("code: message", never empty); the SDK reports it as a tool error."""
+    """Turn our errors into ToolFailure ("code: message", never empty); the SDK reports it as a tool error. The code
+    goes into the request log as the call's status."""
     try:
-        yield
-    except Refused as exc:
-        raise ToolFailure(exc.code, str(exc)) from exc
-    except UsageError as exc:
-        raise ToolFailure("bad_request", str(exc)) from exc
-    except NotFoundError as exc:
-        raise ToolFailure("not_found", str(exc)) from exc
-    except BudgetExceeded as exc:
-        raise ToolFailure("budget_exceeded", str(exc) or "the key's token or cost budget is spent") from exc
-    except StoreError as exc:
-        # The driver's message may name tables and paths: logged here, never sent.
-        log.exception("store failure in an MCP tool")
-        raise ToolFailure("internal", "the store failed; the server log has the details") from exc
-    except ArchivistError as exc:
-        raise ToolFailure("failed", str(exc) or type(exc).__name__) from exc
+        try:
+            yield
+        except Refused as exc:
+            raise ToolFailure(exc.code, str(exc)) from exc
+        except (UsageError, ToolInputError) as exc:
+            raise ToolFailure("bad_request", str(exc)) from exc
+        except NotFoundError as exc:
+            raise ToolFailure("not_found", str(exc)) from exc
+        except BudgetExceeded as exc:
+            raise ToolFailure("budget_exceeded", str(exc) or "the key's token or cost budget is spent") from exc
+        except ToolTimeout as exc:
+            raise ToolFailure("timeout", str(exc)) from exc
+        except StoreError as exc:
+            # The driver's message may name tables and paths: logged here, never sent.
+            log.exception("store failure in an MCP tool")
+            raise ToolFailure("internal", "the store failed; the server log has the details") from exc
+        except ArchivistError as exc:
+            raise ToolFailure("failed", str(exc) or type(exc).__name__) from exc
+    except ToolFailure as exc:
+        note_failure(exc.code)
+        raise
+    except Exception:
+        # The SDK answers a crash with a bare "Error executing tool NAME" (the details stay in the server log).
+        note_failure("internal")
+        raise

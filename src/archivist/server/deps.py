@@ -36,7 +36,7 @@ async def principal(
     except ApiError as exc:
         # Failures are throttled per client address; a valid key is authenticated first, so it is never slowed by
         # someone else's failures, even behind the same address.
-        address = _client_address(request)
+        address = client_address(request)
         wait = svc.auth_failures.acquire(address) if exc.status == 401 else 0.0
         if wait:
             svc.metrics.rate_limited.inc()
@@ -61,7 +61,7 @@ async def principal(
 Caller = Annotated[Principal, Depends(principal)]
 
 
-def _client_address(request: Request) -> str:
+def client_address(request: Request) -> str:
     """Return who a request comes from, for throttling: its address, or the /64 network of an IPv6 one (a host
     owns a whole /64, so single addresses would give it unlimited buckets)."""
     host = request.client.host if request.client else "unknown"
