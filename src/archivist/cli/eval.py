@@ -1,4 +1,4 @@
-"""`archivist eval …`: run retrieval evals, list and compare runs, gate regressions, write reports."""
+"""`archivist eval …`: run retrieval, answer and agent evals, list and compare runs, gate regressions, write reports."""
 
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ if TYPE_CHECKING:
     from archivist.evals.datasets import Slice
     from archivist.evals.retrieval import RetrievalEvalConfig
 
-app = App(name="eval", help="Evaluate retrieval quality, compare runs, gate regressions.", no_args_is_help=True)
+app = App(
+    name="eval", help="Evaluate retrieval, answers and the agent; compare runs, gate regressions.", no_args_is_help=True
+)
 
 CacheOpt = Annotated[
     Path,
@@ -348,6 +350,10 @@ def eval_gate(
         answers = base.get("kind") == "answers"
         if run_ref:
             current = _load_run(archivist, run_ref)
+        elif base.get("kind") == "agent":
+            current = _run_agent_eval(
+                archivist, Path(base["dataset_path"]), base["config"]["max_steps"], "gate", cache_dir
+            )
         else:
             sl = base.get("slice")
             where = (Path(base["dataset_path"]), base["split"], Slice(**sl) if sl else None)
@@ -377,7 +383,7 @@ def eval_gate(
                 current = _run_eval(archivist, *where, config, cache_dir)
         if current.get("kind", "retrieval") != base.get("kind", "retrieval"):
             raise UsageError(f"cannot gate a {current.get('kind')} run against a {base.get('kind')} baseline")
-        names = metrics or (["gold_doc_cited", "span_in_cited"] if answers else ["ndcg@10", "recall@100"])
+        names = metrics or _gated_metrics(base.get("kind", "retrieval"))
         names = [m for m in names if m in base["metrics"]]
         if not names:
             # A gate that checks nothing must not pass.
@@ -405,6 +411,14 @@ def eval_gate(
                 out.print(f"  {w['before']:.3f} → {w['after']:.3f}  {escape(w['query_id'])}  {escape(w['query'][:80])}")
     if not result.passed:
         raise typer.Exit(1)
+
+
+def _gated_metrics(kind: str) -> list[str]:
+    """Return the metrics `eval gate` checks by default on a baseline of this kind."""
+    from archivist.evals.agent import GATED_METRICS
+
+    defaults = {"answers": ["gold_doc_cited", "span_in_cited"], "agent": list(GATED_METRICS)}
+    return defaults.get(kind, ["ndcg@10", "recall@100"])
 
 
 @app.command("report")
@@ -591,3 +605,70 @@ def eval_answers(
         )
     else:
         out.print(f"[dim]judge_faithfulness not measured: {escape(str(j['reason']))}[/]")
+
+
+def _run_agent_eval(
+    archivist: Archivist, tasks: Path, max_steps: int, tag: str | None, cache_dir: Path
+) -> dict[str, Any]:
+    """Return an agent eval run over a task file, stored."""
+    from archivist.evals.agent import AgentEvalConfig, run_agent_eval
+
+    with stage_progress() as show:
+
+        def hook(stage: str, done: int, total: int) -> None:
+            show(stage, done, total, "")
+
+        config = AgentEvalConfig(max_steps=max_steps, tag=tag)
+        record = run_agent_eval(archivist, tasks, config, cache_dir=cache_dir, progress=hook)
+    archivist.store.save_eval_run(record)
+    return record
+
+
+@app.command("agent")
+def eval_agent(
+    tasks: Annotated[
+        Path,
+        typer.Argument(
+            metavar="TASKS", help="A JSON Lines task file: id, task, facts (and must_call, max_steps…) a line."
+        ),
+    ],
+    max_steps: Annotated[
+        int, typer.Option("--max-steps", min=1, metavar="N", help="Step limit of a task that sets none.")
+    ] = 30,
+    tag: TagOpt = None,
+    save_baseline: SaveBaselineOpt = None,
+    cache_dir: CacheOpt = Path(".archivist/evals"),
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Give the agent each task of the file; score facts, tool calls, citations, steps, tokens, cost and latency;
+    store the run."""
+    with open_app(store) as archivist:
+        record = _run_agent_eval(archivist, tasks, max_steps, tag, cache_dir)
+    if save_baseline:
+        _save_baseline(record, save_baseline)
+    if as_json:
+        emit_json({k: v for k, v in record.items() if k != "queries"})
+        return
+    table = Table(title=f"{record['dataset']} agent tasks · run {record['id']}", box=None)
+    for column in ("task", "status", "success", "facts", "citations", "steps", "tokens", "ms"):
+        table.add_column(column, justify="left" if column in ("task", "status") else "right", overflow="fold")
+    for task_id, row in record["per_query"].items():
+        table.add_row(
+            escape(task_id),
+            escape(record["runs"][task_id]["status"]),
+            "yes" if row["success"] else "no",
+            f"{row['fact_recall']:.2f}",
+            f"{row['citation_correctness']:.2f}",
+            f"{row['steps']:.0f}",
+            f"{row['tokens']:.0f}",
+            f"{row['latency_ms']:.0f}",
+        )
+    out.print(table)
+    _print_metrics_table("aggregate", record["metrics"])
+    fp = record["fingerprint"]["agent"]
+    models = f" ({escape(', '.join(fp['models']))})" if fp["models"] else ""
+    out.print(
+        f"[dim]{record['n_queries']} tasks · {fp['mode']} mode{models} · ingest {record['timings']['ingest_s']}s · "
+        f"fingerprint {record['fingerprint_hash']}[/]"
+    )
