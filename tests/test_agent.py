@@ -488,6 +488,9 @@ def test_the_answer_tools_model_calls_are_charged_to_the_run(
     assert steps[0].data["status"] == "ok"  # the tool answered
     assert run.status == "failed" and (run.reason or "").startswith("budget exhausted before model call 3")
     assert len(server.requests) == 2  # the run's first model turn and the tool's answer; never a third
+    # The tool's model tokens are journaled with its step, so the run's totals (what a resumed run's budget starts
+    # from, and what a key is charged per step) count them.
+    assert steps[0].tokens == 3100 and run.totals["tokens"] == 12 + 3100
 
 
 def test_a_tool_gets_no_more_time_than_the_run_has_left(app: Archivist, server: ChatServer) -> None:

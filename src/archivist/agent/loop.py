@@ -355,6 +355,7 @@ class Agent:
     def _tool_step(self, state: _State, seq: int, call: ToolCall, budget: Budget) -> None:
         self._check_limits(state, seq, budget)
         status, result, started = "ok", None, time.monotonic()
+        spent = (budget.spent_tokens, budget.spent_cost_usd)
         try:
             charged = RUN_BUDGET.set(budget)  # a tool that calls a model charges this run
             try:
@@ -374,6 +375,10 @@ class Agent:
             call_id=call.id,
             arguments=call.arguments,
             latency_ms=round((time.monotonic() - started) * 1000, 2),
+            # What the tool's own model calls (the answer tool's) took from the run's budget: journaled with the step,
+            # so the run's totals, a resumed run's budget and whoever is charged per step count them.
+            tokens=budget.spent_tokens - spent[0],
+            cost_usd=round(budget.spent_cost_usd - spent[1], 8),
         )
         tool = self.tools.get(call.name)
         step.data = {

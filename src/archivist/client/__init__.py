@@ -5,6 +5,7 @@ It imports nothing of the server: its models are its own (tests/test_client.py r
 
 from archivist.client.async_client import AsyncClient
 from archivist.client.errors import (
+    AgentRunTimeoutError,
     APIConnectionError,
     APIError,
     APIStatusError,
@@ -24,6 +25,13 @@ from archivist.client.errors import (
     UnsupportedMediaTypeError,
 )
 from archivist.client.models import (
+    AgentDoneEvent,
+    AgentEvent,
+    AgentRun,
+    AgentRunDetail,
+    AgentRunEvent,
+    AgentStep,
+    AgentStepEvent,
     Answer,
     AnswerEvent,
     Citation,
@@ -48,6 +56,14 @@ __all__ = [
     "APIError",
     "APIStatusError",
     "APITimeoutError",
+    "AgentDoneEvent",
+    "AgentEvent",
+    "AgentRun",
+    "AgentRunDetail",
+    "AgentRunEvent",
+    "AgentRunTimeoutError",
+    "AgentStep",
+    "AgentStepEvent",
     "Answer",
     "AnswerEvent",
     "AsyncClient",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -14,9 +14,21 @@ from httpx_sse import ServerSentEvent
 from pydantic import BaseModel
 
 from archivist.client.errors import APIConnectionError, APIError, APITimeoutError, StreamError, status_error
-from archivist.client.models import AnswerEvent, CitationsEvent, DoneEvent, RetrievalEvent, TokenEvent
+from archivist.client.models import (
+    AgentDoneEvent,
+    AgentEvent,
+    AgentRunEvent,
+    AgentStepEvent,
+    AnswerEvent,
+    CitationsEvent,
+    DoneEvent,
+    RetrievalEvent,
+    TokenEvent,
+)
 
 M = TypeVar("M", bound=BaseModel)
+#: a typed event of a stream
+E = TypeVar("E", bound=BaseModel)
 #: the environment variables a client reads when it is given no URL or key
 URL_VARIABLE, KEY_VARIABLE = "ARCHIVIST_URL", "ARCHIVIST_API_KEY"
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -159,21 +171,48 @@ def answer_event(sse: ServerSentEvent) -> AnswerEvent | None:
     if sse.event == "done":
         return DoneEvent.model_validate({"answer": data})
     if sse.event == "error":
-        error = data.get("error", {})
-        raise StreamError(
-            str(error.get("message", "the stream failed")),
-            code=str(error.get("code", "error")),
-            request_id=error.get("request_id"),
-        )
+        raise stream_error(data)
     return None
 
 
-def answer_events(events: Iterator[ServerSentEvent]) -> Iterator[AnswerEvent]:
-    """Yield a stream's known events, typed."""
-    for sse in events:
-        event = answer_event(sse)
-        if event is not None:
-            yield event
+def stream_error(data: dict[str, Any]) -> StreamError:
+    """Return the client's error for a stream's `error` event."""
+    error = data.get("error", {})
+    return StreamError(
+        str(error.get("message", "the stream failed")),
+        code=str(error.get("code", "error")),
+        request_id=error.get("request_id"),
+    )
+
+
+def agent_run_call(task: str, collection: str | None, limits: Mapping[str, Any] | None) -> Call:
+    """Return the request that starts an agent run (the same for a streamed one)."""
+    body: dict[str, Any] = {"task": task}
+    if collection is not None:
+        body["collection"] = collection
+    if limits:
+        body["limits"] = dict(limits)
+    return Call("POST", "/v1/agent/runs", json=body)
+
+
+def agent_run_path(run_id: str, action: Literal["", "approve", "resume"] = "") -> str:
+    """Return the path of a run (or of an action on it)."""
+    return f"/v1/agent/runs/{path_segment(run_id)}" + (f"/{action}" if action else "")
+
+
+def agent_event(sse: ServerSentEvent) -> AgentEvent | None:
+    """Return a streamed run's event as a typed one (None for an event this client does not know); raise
+    `StreamError` for an `error` event."""
+    data = json.loads(sse.data) if sse.data else {}
+    if sse.event == "run":
+        return AgentRunEvent.model_validate({"run": data})
+    if sse.event == "step":
+        return AgentStepEvent.model_validate({"step": data})
+    if sse.event == "done":
+        return AgentDoneEvent.model_validate({"run": data})
+    if sse.event == "error":
+        raise stream_error(data)
+    return None
 
 
 def transport_error(exc: httpx.TransportError) -> APIError:

@@ -113,6 +113,10 @@ class JobTimeoutError(APIError, TimeoutError):
     """A job was still queued or running when `wait_for_job` stopped waiting."""
 
 
+class AgentRunTimeoutError(APIError, TimeoutError):
+    """An agent run was still running when `wait_for_agent_run` stopped waiting (it goes on on the server)."""
+
+
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     400: BadRequestError,
     401: AuthenticationError,

@@ -257,3 +257,78 @@ class Deleted(Model):
     """What a delete removed."""
 
     deleted: str
+
+
+class AgentStep(Model):
+    """One journaled step of an agent run: a model call (`data`: text, tool_calls) or a tool call (`arguments`;
+    `data`: status, result)."""
+
+    seq: int
+    kind: str
+    name: str
+    call_id: str | None = None
+    arguments: dict[str, Any] | None = None
+    data: dict[str, Any]
+    tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0
+    created_at: str
+
+
+class AgentRun(Model):
+    """An agent run: its task, where it stands (`status`, and why: `reason`), its limits and totals, and its
+    `result` (answer, citations, unsupported claims) once it succeeded."""
+
+    id: str
+    task: str
+    status: Literal["running", "paused", "succeeded", "failed"]
+    reason: str | None
+    collection: str | None
+    limits: dict[str, Any]
+    totals: dict[str, Any]
+    result: dict[str, Any] | None
+    tools: list[str]
+    owner: str | None
+    created_at: str
+    updated_at: str
+
+    @property
+    def ended(self) -> bool:
+        """Return whether the run has stopped: succeeded, failed, or paused for a person."""
+        return self.status != "running"
+
+
+class AgentRunDetail(AgentRun):
+    """An agent run with its journal: steps, side effects (intent and outcome) and approvals."""
+
+    steps: list[AgentStep]
+    effects: list[dict[str, Any]]
+    approvals: list[dict[str, Any]]
+
+
+class AgentRunList(Model):
+    runs: list[AgentRun]
+
+
+class AgentRunEvent(Model):
+    """The first event of a streamed run: the run as it starts (its `id`, to read it later if the stream is cut)."""
+
+    type: Literal["run"] = "run"
+    run: AgentRun
+
+
+class AgentStepEvent(Model):
+    """A step of the run, as it is journaled."""
+
+    type: Literal["step"] = "step"
+    step: AgentStep
+
+
+class AgentDoneEvent(Model):
+    """The last event: the run as it ended (succeeded, failed, or paused for a person)."""
+
+    type: Literal["done"] = "done"
+    run: AgentRun
+
+
+AgentEvent = AgentRunEvent | AgentStepEvent | AgentDoneEvent

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
 import httpx
-from httpx_sse import connect_sse
+from httpx_sse import ServerSentEvent, connect_sse
 
 import archivist.client.calls as api
-from archivist.client.calls import M
-from archivist.client.errors import JobTimeoutError, status_error
+from archivist.client.calls import E, M
+from archivist.client.errors import AgentRunTimeoutError, JobTimeoutError, status_error
 from archivist.client.models import (
+    AgentEvent,
+    AgentRun,
+    AgentRunDetail,
+    AgentRunList,
     Answer,
     AnswerEvent,
     Collection,
@@ -110,14 +114,66 @@ class Client:
         """Return the events of a streamed answer, as they come: retrieval, tokens, citations, done (closing the
         iterator early hangs up, which cancels the answer on the server)."""
         call = api.answer_call(question, k, api.scoped(collection, collections, filters), history)
+        return self._events(call, api.answer_event)
+
+    def _events(self, call: api.Call, parse: Callable[[ServerSentEvent], E | None]) -> Generator[E, None, None]:
+        """Yield a stream's events that `parse` knows, typed, as they come (closing it early hangs up)."""
         try:
             with connect_sse(self._http, call.method, call.path, **call.options()) as source:
                 if source.response.is_error:
                     source.response.read()
                     raise status_error(source.response)
-                yield from api.answer_events(source.iter_sse())
+                for sse in source.iter_sse():
+                    if (event := parse(sse)) is not None:
+                        yield event
         except httpx.TransportError as exc:
             raise api.transport_error(exc) from exc
+
+    # -- agent runs --------------------------------------------------------------------------------------------
+
+    def start_agent_run(
+        self, task: str, *, collection: str | None = None, limits: Mapping[str, Any] | None = None
+    ) -> AgentRun:
+        """Start an agent run, driven on the server in the background; return it as it starts (`limits`:
+        max_steps, max_tokens, max_cost_usd, max_wall_s)."""
+        return self._get(api.agent_run_call(task, collection, limits), AgentRun)
+
+    def stream_agent_run(
+        self, task: str, *, collection: str | None = None, limits: Mapping[str, Any] | None = None
+    ) -> Generator[AgentEvent, None, None]:
+        """Return the events of a new run, as they come: the run, each step as it is journaled, then the run as it
+        ended (closing the iterator early leaves the run going on the server: `get_agent_run` reads it)."""
+        return self._events(api.agent_run_call(task, collection, limits), api.agent_event)
+
+    def get_agent_run(self, run_id: str) -> AgentRunDetail:
+        """Return an agent run with its journal (steps, side effects, approvals), by its whole id."""
+        return self._get(api.Call("GET", api.agent_run_path(run_id)), AgentRunDetail)
+
+    def list_agent_runs(self, *, limit: int = 50) -> list[AgentRun]:
+        """Return the key's agent runs (everyone's for an admin key), the most recently updated first."""
+        return (self._get(api.Call("GET", "/v1/agent/runs", params={"limit": limit}), AgentRunList)).runs
+
+    def approve_agent_run(self, run_id: str, step: int, *, approved: bool = True) -> AgentRun:
+        """Decide a paused step (`approved=False` rejects its call) and have the server drive the run on; return
+        the run as it stands."""
+        call = api.Call("POST", api.agent_run_path(run_id, "approve"), json={"step": step, "approved": approved})
+        return self._get(call, AgentRun)
+
+    def resume_agent_run(self, run_id: str) -> AgentRun:
+        """Have the server drive on a paused run, or one whose process died; return the run as it stands."""
+        return self._get(api.Call("POST", api.agent_run_path(run_id, "resume")), AgentRun)
+
+    def wait_for_agent_run(self, run_id: str, *, timeout: float = 600.0, poll_interval: float = 0.25) -> AgentRunDetail:
+        """Return a run once it has succeeded, failed or paused (check `run.status`); raise `AgentRunTimeoutError`
+        past `timeout` seconds (the run goes on)."""
+        deadline = time.monotonic() + timeout
+        while not (run := self.get_agent_run(run_id)).ended:
+            if time.monotonic() >= deadline:
+                raise AgentRunTimeoutError(
+                    f"agent run {run_id} still running after {timeout:g}s", code="agent_run_timeout"
+                )
+            time.sleep(poll_interval)
+        return run
 
     # -- documents ---------------------------------------------------------------------------------------------
 

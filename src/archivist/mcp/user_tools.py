@@ -24,6 +24,7 @@ from archivist.agent.tools import Effect, Tool, ToolTimeout
 from archivist.mcp.access import Gate, KeyToken, Refused
 from archivist.mcp.tools import ToolFailure, tool_errors
 from archivist.server.auth import Principal
+from archivist.server.scope import user_tool_refusal
 from archivist.types import ArchivistError, UsageError
 
 #: what each effect class tells a client (a hint left out keeps the protocol's cautious default)
@@ -94,18 +95,7 @@ def expose(tools: Sequence[Tool], gate: Gate, taken: Collection[str]) -> Exposed
 
 def refusal(who: Principal | None, tool: Tool) -> str | None:
     """Return why the caller may not call one of the user's tools, or None when it may (always, on stdio)."""
-    if who is None:
-        return None
-    # Archivist cannot see what the user's code reaches: a key limited to collections calls none of it, and only an
-    # admin key calls one that changes anything.
-    if who.key.collections is not None:
-        return (
-            f"this key is limited to collections ({', '.join(who.key.collections)}); your own tools such as "
-            f"{tool.name} may reach anything, so only a key without collection limits may call them"
-        )
-    if tool.effect != "read_only" and not who.has("admin"):
-        return f"{tool.name} is {tool.effect.replace('_', '-')}: only an admin key may call it"
-    return None
+    return None if who is None else user_tool_refusal(who, tool)
 
 
 @dataclass(frozen=True, slots=True)

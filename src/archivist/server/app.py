@@ -79,6 +79,7 @@ def create_app(archivist: Archivist, *, run_jobs: bool = True, close_on_shutdown
                 worker.request_stop()
             for worker in services.workers:
                 worker.stop()
+            services.agent_drivers.close()
             services.request_log.stop()
             services.metrics.stop()
             if close_on_shutdown:

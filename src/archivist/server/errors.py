@@ -74,6 +74,7 @@ class ErrorBody(BaseModel):
 _MEANINGS = {
     400: "Bad request: the message says what to change.",
     401: "No API key, or not a valid one.",
+    402: "The key's token or cost budget for this period is spent.",
     403: "The key lacks the scope, or may not use the collection.",
     404: "No such resource (or none this key may see).",
     409: "Conflict: the name is taken.",
@@ -82,6 +83,7 @@ _MEANINGS = {
     422: "The request failed validation; `details` lists every problem.",
     429: "Rate limited (per key, or failed authentications per address): retry after `Retry-After` seconds.",
     500: "Internal error; the server log has the details.",
+    503: "The server cannot take this now (it is shutting down).",
     504: "No response within the server's time limit.",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}

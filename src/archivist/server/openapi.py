@@ -8,7 +8,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
-from archivist.server.schemas import AnswerEvent
+from archivist.server.schemas import AgentEvent, AnswerEvent
 
 REF = "#/components/schemas/{model}"
 #: what `text/event-stream` content refers to: one event of a streamed answer
@@ -17,6 +17,14 @@ SSE_WIRE_FORMAT = (
     "Server-Sent Events: each event is an `event: <name>` line and a `data: <JSON>` line, then a blank line. "
     "The schema describes one event as {event, data}: retrieval, then any number of token events, then citations "
     "and done; or an error event, after which the stream stops."
+)
+#: what an agent run's `text/event-stream` content refers to: one event of the run's progress
+AGENT_EVENT_REF = {"$ref": REF.format(model="AgentEvent")}
+AGENT_SSE_WIRE_FORMAT = (
+    "Server-Sent Events, framed as for answers. The schema describes one event as {event, data}: run (the run as "
+    "it starts), then a step event per journaled step as it is committed, then done (the run as it ended: "
+    "succeeded, failed or paused); or an error event, after which the stream stops. A client that hangs up does "
+    "not stop the run: GET /v1/agent/runs/{run_id} reads it."
 )
 
 
@@ -28,9 +36,16 @@ def operation_id(route: APIRoute) -> str:
 
 def _extra_schemas() -> dict[str, Any]:
     """Return the component schemas of the SSE events, by name."""
-    schema = TypeAdapter(AnswerEvent).json_schema(ref_template=REF, mode="serialization")
-    defs: dict[str, Any] = schema.pop("$defs", {})
-    return {**defs, "AnswerEvent": schema}
+    schemas: dict[str, Any] = {}
+    adapters: dict[str, TypeAdapter[Any]] = {
+        "AnswerEvent": TypeAdapter(AnswerEvent),
+        "AgentEvent": TypeAdapter(AgentEvent),
+    }
+    for name, adapter in adapters.items():
+        schema = adapter.json_schema(ref_template=REF, mode="serialization")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[name] = schema
+    return schemas
 
 
 class DocumentedAPI(FastAPI):

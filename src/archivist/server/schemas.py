@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from archivist.server.errors import ErrorBody
+from archivist.store.records import AgentRunStatus, AgentStepKind, ApprovalKind, ApprovalStatus, EffectStatus
 
 
 class Open(BaseModel):
@@ -359,3 +360,121 @@ class Unready(BaseModel):
 
     status: Literal["unavailable"]
     reason: str
+
+
+# -- agent runs ------------------------------------------------------------------------------------------------
+
+
+class AgentTotals(Open):
+    """What a run has used so far, over every process that drove it."""
+
+    tokens: int
+    cost_usd: float
+    elapsed_s: float = Field(description="active wall time, in seconds")
+    steps: int
+
+
+class AgentResult(Open):
+    """A run's final answer: its `[n]` references checked against the passages the agent read."""
+
+    answer: str
+    citations: list[dict[str, Any]] = Field(description="n, document_id, source, title, span [start, end), quote")
+    unsupported: list[dict[str, Any]] = Field(description="claims the cited passages do not support, with a reason")
+
+
+class AgentRun(BaseModel):
+    """An agent run: its task, where it stands (and why), its limits, what it used, and its answer once it ended."""
+
+    id: str = Field(description="the full id: the only form the HTTP API accepts in a path")
+    task: str
+    status: AgentRunStatus
+    reason: str | None = Field(description="why it failed or paused (a paused run names the step to approve)")
+    collection: str | None = Field(description="the one collection its document tools read (null: every one)")
+    limits: dict[str, Any] = Field(description="max_steps, max_tokens, max_cost_usd, max_wall_s…")
+    totals: AgentTotals
+    result: AgentResult | None
+    tools: list[str]
+    owner: str | None = Field(description="the id of the API key that started it (null: the CLI or the library)")
+    created_at: str
+    updated_at: str
+
+
+class AgentRunList(BaseModel):
+    """Agent runs, the most recently updated first."""
+
+    runs: list[AgentRun]
+
+
+class AgentStep(BaseModel):
+    """One journaled step: a model call (text and tool calls) or a tool call (arguments, status, result)."""
+
+    seq: int
+    kind: AgentStepKind
+    name: str = Field(description='the model ("provider/model") or the tool')
+    call_id: str | None
+    arguments: dict[str, Any] | None
+    data: dict[str, Any] = Field(description="model: text, tool_calls, finish; tool: status, result, untrusted")
+    tokens: int
+    cost_usd: float
+    latency_ms: float
+    created_at: str
+
+
+class AgentEffect(BaseModel):
+    """A side-effecting call: its intent (committed before the call) and its outcome (after it)."""
+
+    step: int
+    call_id: str
+    tool: str
+    arguments_hash: str
+    idempotency_key: str
+    arguments: dict[str, Any]
+    created_at: str
+    status: EffectStatus
+    result: Any = Field(description="the call's result, or its error text, once the outcome is recorded")
+    completed_at: str | None
+
+
+class AgentApproval(BaseModel):
+    """A call that waits for (or got) a person's decision."""
+
+    step: int
+    call_id: str
+    tool: str
+    arguments: dict[str, Any]
+    created_at: str
+    kind: ApprovalKind = Field(description="call: it needs approval; retry: its outcome is unknown, run it again?")
+    status: ApprovalStatus
+    decided_at: str | None
+
+
+class AgentRunDetail(AgentRun):
+    """A run with its journal: every step, every side effect, every approval."""
+
+    steps: list[AgentStep]
+    effects: list[AgentEffect]
+    approvals: list[AgentApproval]
+
+
+class AgentStepEvent(BaseModel):
+    """`event: step`, one per journaled step, as it is committed."""
+
+    event: Literal["step"]
+    data: AgentStep
+
+
+class AgentRunEvent(BaseModel):
+    """`event: run`, first: the run as it starts (its id, to read it later with GET if the stream is cut)."""
+
+    event: Literal["run"]
+    data: AgentRun
+
+
+class AgentDoneEvent(BaseModel):
+    """`event: done`, last: the run as it ended (succeeded, failed or paused)."""
+
+    event: Literal["done"]
+    data: AgentRun
+
+
+AgentEvent = Annotated[AgentRunEvent | AgentStepEvent | AgentDoneEvent | ErrorEvent, Field(discriminator="event")]

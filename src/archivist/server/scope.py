@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from archivist.agent.tools import Tool
 from archivist.server.auth import Principal
 from archivist.server.errors import ApiError
 from archivist.server.models import Scoped
@@ -32,3 +33,22 @@ def scope_filters(svc: Services, who: Principal, body: Scoped) -> Filters:
         scoped = parsed
     check_filter_keys(svc.archivist.store, scoped)
     return scoped
+
+
+def user_tool_refusal(who: Principal, tool: Tool) -> str | None:
+    """Return why a key may not call one of the user's own tools (HTTP agent runs, MCP), or None when it may."""
+    # Archivist cannot see what the user's code reaches: a key limited to collections calls none of it, and only a
+    # key that may change things (the write scope; admin holds every scope) calls one that changes anything.
+    if who.key.collections is not None:
+        return (
+            f"this key is limited to collections ({', '.join(who.key.collections)}); your own tools such as "
+            f"{tool.name} may reach anything, so only a key without collection limits may call them"
+        )
+    if tool.effect != "read_only" and not who.has("write"):
+        return f"{tool.name} is {tool.effect.replace('_', '-')}: only a key with the write scope may call it"
+    return None
+
+
+def user_tools_for(svc: Services, who: Principal) -> list[Tool]:
+    """Return the user's own tools this key may call (what an agent run it starts or drives is given)."""
+    return [t for t in svc.archivist.user_tools() if user_tool_refusal(who, t) is None]

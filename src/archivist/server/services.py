@@ -11,6 +11,7 @@ from archivist.app import Archivist
 from archivist.ingest.uploads import enqueue_upload
 from archivist.ingest.worker import JobRunner
 from archivist.retrieve.search import SearchPipeline
+from archivist.server.agent_runs import AgentDrivers
 from archivist.server.auth import Authenticator
 from archivist.server.metrics import Metrics
 from archivist.server.ratelimit import RateLimiter
@@ -31,6 +32,8 @@ class Services:
     workers: list[JobRunner]
     request_log: RequestLog
     metrics: Metrics
+    #: the threads that drive agent runs for the HTTP API (bounded: a full pool refuses a run)
+    agent_drivers: AgentDrivers
     _searcher: SearchPipeline | None = None
     _answerer: Answerer | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -47,6 +50,7 @@ class Services:
             workers=[archivist.job_runner() for _ in range(workers)],
             request_log=RequestLog(store),
             metrics=Metrics(store),
+            agent_drivers=AgentDrivers(archivist.settings.agent_concurrency),
         )
 
     def enqueue(

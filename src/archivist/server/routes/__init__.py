@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from archivist.server.routes import answers, collections, documents, evals, jobs, me, openai, search, usage
+from archivist.server.routes import agent, answers, collections, documents, evals, jobs, me, openai, search, usage
 
 # Each module's router carries the `/v1` prefix itself: FastAPI hands a handler its module's route, whose path is
 # the template that metrics and the request log are labelled with.
@@ -15,6 +15,7 @@ router.include_router(documents.router)
 router.include_router(jobs.router)
 router.include_router(search.router)
 router.include_router(answers.router)
+router.include_router(agent.router)
 router.include_router(evals.router)
 router.include_router(usage.router)
 router.include_router(me.router)

@@ -133,13 +133,13 @@ async def answer(body: AnswerIn, request: Request, who: Caller, svc: ServicesDep
         try:
             for event in stream:
                 if isinstance(event, RetrievalDone):
-                    yield _sse("retrieval", {"hits": [h.to_dict() for h in event.hits]})
+                    yield sse_event("retrieval", {"hits": [h.to_dict() for h in event.hits]})
                 elif isinstance(event, TokenEvent):
-                    yield _sse("token", {"text": event.text})
+                    yield sse_event("token", {"text": event.text})
                 elif isinstance(event, AnswerDone):
                     final = event.answer
                     charge(final.usage)
-                    yield _sse(
+                    yield sse_event(
                         "citations",
                         {
                             "answer": final.answer,
@@ -149,15 +149,17 @@ async def answer(body: AnswerIn, request: Request, who: Caller, svc: ServicesDep
                             "unsupported": final.unsupported,
                         },
                     )
-                    yield _sse("done", final.to_dict())
+                    yield sse_event("done", final.to_dict())
         except Cancelled:
             return  # the client is gone: nobody to tell
         except ArchivistError as exc:
             code = "bad_request" if isinstance(exc, UsageError) else "upstream_error"
-            yield _sse("error", error_body(code, str(exc), request_id))
+            yield sse_event("error", error_body(code, str(exc), request_id))
         except Exception:
             log.exception("answer stream failed")
-            yield _sse("error", error_body("internal", "internal error; the server log has the details", request_id))
+            yield sse_event(
+                "error", error_body("internal", "internal error; the server log has the details", request_id)
+            )
         finally:
             # Now and in this thread, not whenever the collector gets to it: closing the answer's stream closes the
             # model's (and its connection) and charges what it generated.
@@ -254,5 +256,6 @@ def hung_up(request: Request) -> JSONResponse:
     return JSONResponse(error_body(CLIENT_DISCONNECTED, message, request_id_of(request)), status_code=499)
 
 
-def _sse(event: str, data: Any) -> bytes:
+def sse_event(event: str, data: Any) -> bytes:
+    """Return one Server-Sent Event: its name and its data as JSON."""
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n".encode()
