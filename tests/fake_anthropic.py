@@ -178,5 +178,8 @@ class AnthropicServer(LoopbackServer):
             "content": content,
             "stop_reason": stop_reason,
             "stop_sequence": None,
-            "usage": {"input_tokens": INPUT_TOKENS, "output_tokens": sum(len(str(b).split()) for b in content)},
+            "usage": {
+                "input_tokens": INPUT_TOKENS,
+                "output_tokens": sum(len(str(b.get("text", b.get("input", ""))).split()) for b in content),
+            },
         }

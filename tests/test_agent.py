@@ -575,6 +575,24 @@ def test_without_a_model_the_research_workflow_answers_with_checked_citations(mo
     assert run.totals["tokens"] == 0 and run.totals["steps"] == 5
 
 
+def test_a_model_run_is_left_untouched_by_a_process_without_a_model(
+    app: Archivist, server: ChatServer, modelless: Archivist
+) -> None:
+    server.scripted_messages.extend([turn(call("append_approved", {"text": "later"}))])
+    run = app.agent(tools=agent_tools.TOOLS).start("Write a line once approved")
+    assert run.status == "paused"
+    for act in (
+        lambda a: a.approve(run.id, 2),
+        lambda a: a.resume(run.id),
+    ):
+        with pytest.raises(UsageError, match="driven by a model and none is configured"):
+            act(modelless.agent(tools=agent_tools.TOOLS))
+    # Nothing was decided, run or failed: a process with a model can still take it on.
+    after = modelless.store.get_agent_run(run.id)
+    assert after is not None and after.status == "paused"
+    assert [a.status for a in modelless.store.agent_approvals(run.id)] == ["pending"]
+
+
 def test_a_workflow_file_with_a_side_effect_survives_a_kill_and_resumes_once(
     corpus: Path, server: ChatServer, tmp_path: Path
 ) -> None:

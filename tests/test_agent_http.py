@@ -297,6 +297,10 @@ def test_a_run_another_process_drives_is_a_409_and_resumes_once_it_lets_go(live:
         assert store.lease_agent_run(run["id"], holder, until=until, now=now.isoformat(timespec="seconds")) == holder
         refused = assert_error(c.post(f"/v1/agent/runs/{run['id']}/resume"), 409, "conflict")
         assert "being driven by another process (elsewhere:1:cafe0001)" in refused["message"]
+        # An approval refused with 409 records nothing: the decision is still the person's to make.
+        approve = c.post(f"/v1/agent/runs/{run['id']}/approve", json={"step": 2, "approved": True})
+        assert_error(approve, 409, "conflict")
+        assert [a.status for a in store.agent_approvals(run["id"])] == ["pending"]
         store.release_agent_run(run["id"], holder)
         resumed = c.post(f"/v1/agent/runs/{run['id']}/resume")
         assert resumed.status_code == 202 and resumed.json()["status"] == "paused"  # still waits for its person
@@ -386,6 +390,34 @@ def test_another_keys_run_reads_as_one_that_does_not_exist(live: Live, writers_r
     # Nothing the probes sent decided or drove the run.
     assert live.app.store.get_agent_run(run_id).status == "paused"  # type: ignore[union-attr]
     assert [a.status for a in live.app.store.agent_approvals(run_id)] == ["pending"]
+
+
+def test_an_admin_key_limited_to_collections_reaches_only_runs_over_them(
+    live: Live, writers_run: dict[str, Any]
+) -> None:
+    live.model.scripted_messages.extend(
+        [turn(call("search_documents", {"query": "launch password"})), final("The password is kept in Oslo [1].")]
+    )
+    live.model.scripted_messages.append(final("Nothing to say."))
+    with client(live.base, live.beta) as c:
+        betas = ended(c, start(c, "Where is the launch password kept?")["id"])
+    with client(live.base, live.alpha) as c:
+        alphas = ended(c, start(c, "Anything about alpha?")["id"])
+    assert betas["collection"] == "beta" and betas["status"] == "succeeded" and alphas["collection"] == "alpha"
+    limited, _ = mint_api_key(live.app.store, "alpha-admin", ["admin"], ["alpha"])
+    with client(live.base, limited) as c:
+        # Another tenant's run over beta, and a run over every collection: neither exists for this key.
+        for run_id in (betas["id"], writers_run["id"]):
+            for response in (
+                c.get(f"/v1/agent/runs/{run_id}"),
+                c.post(f"/v1/agent/runs/{run_id}/resume"),
+                c.post(f"/v1/agent/runs/{run_id}/approve", json={"step": 2, "approved": True}),
+            ):
+                assert_error(response, 404, "not_found")
+                assert "Oslo" not in response.text
+        listed = c.get("/v1/agent/runs", params={"limit": 500}).json()["runs"]
+    assert alphas["id"] in [r["id"] for r in listed] and all(r["collection"] == "alpha" for r in listed)
+    assert [a.status for a in live.app.store.agent_approvals(writers_run["id"])] == ["pending"]
 
 
 def test_only_the_exact_id_reaches_even_ones_own_run(live: Live, writers_run: dict[str, Any]) -> None:

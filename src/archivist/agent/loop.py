@@ -216,11 +216,16 @@ class Agent:
         return self._drive(run)
 
     def approve(self, run_id: str, step: int, *, approved: bool = True) -> AgentRunRecord:
-        """Record a person's decision on a paused step, then return the run driven on."""
+        """Record a person's decision on a paused step, then return the run driven on. The decision is recorded
+        under the run's lease, so one refused because another process drives the run (ConflictError) records
+        nothing."""
         run = self._run(run_id)
-        if not self.store.decide_approval(run.id, step, approved=approved, now=_now()):
-            raise NotFoundError(f"run {run.id} has no call waiting for a decision at step {step}")
-        return self._drive(run)
+
+        def decide() -> None:
+            if not self.store.decide_approval(run.id, step, approved=approved, now=_now()):
+                raise NotFoundError(f"run {run.id} has no call waiting for a decision at step {step}")
+
+        return self._drive(run, first=decide)
 
     def _run(self, run_id: str) -> AgentRunRecord:
         run = self.store.get_agent_run(run_id)
@@ -235,13 +240,21 @@ class Agent:
 
     # --- driving a run -----------------------------------------------------------------------------------
 
-    def _drive(self, run: AgentRunRecord) -> AgentRunRecord:
+    def _drive(self, run: AgentRunRecord, first: Callable[[], None] | None = None) -> AgentRunRecord:
         with _Lease(self.store, run.id, self.holder) as lease:
             # Read again under the lease: the journal may have grown while another process held it.
             run = self._reload_id(run.id)
-            if run.status in ("succeeded", "failed"):
+            if first is None and run.status in ("succeeded", "failed"):
                 return run
             state = self._replay(run)
+            if state.workflow is None and self.gateway is None:
+                # Said before anything is written: the run stays as it is for a process that has a model.
+                raise UsageError(
+                    f"run {run.id} is driven by a model and none is configured: set ARCHIVIST_LLM_URL (or "
+                    "[[llm.providers]]) and resume it"
+                )
+            if first is not None:
+                first()
             state.lease = lease
             self.store.update_agent_run(run.id, status="running", reason=None)
             budget = Budget(state.limits.max_tokens, state.limits.max_cost_usd)

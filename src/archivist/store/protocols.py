@@ -270,8 +270,11 @@ class AgentRunStore(Protocol):
         """Return one run by id or unique id prefix, or None."""
         ...
 
-    def list_agent_runs(self, *, limit: int = 50, owner: str | None = None) -> list[AgentRunRecord]:
-        """Return runs, the most recently updated first (only those `owner` started, when given)."""
+    def list_agent_runs(
+        self, *, limit: int = 50, owner: str | None = None, collections: Sequence[str] | None = None
+    ) -> list[AgentRunRecord]:
+        """Return runs, the most recently updated first: only those `owner` started, when given, and only runs over
+        one of `collections`, when given (a run over every collection is then left out)."""
         ...
 
     def lease_agent_run(self, run_id: str, holder: str, *, until: str, now: str, take_from: str | None = None) -> str:

@@ -598,6 +598,13 @@ class AgentRunStoreTests(StoreFixtures):
         assert [r.id for r in store.list_agent_runs(owner="key-a")] == ["a1"]
         assert store.list_agent_runs(owner="key-") == []  # an owner is matched whole, never as a prefix
         assert {r.id for r in store.list_agent_runs()} == {"a1", "b1", "local"}
+        store.update_agent_run("b1", status="running")  # the newest
+        scoped = AgentRunRecord("c1", "t", "running", "2026-01-01T00:00:00+00:00", "x", collection="alpha")
+        store.create_agent_run(scoped)
+        # Scoped in the query: LIMIT applies to the runs the collections allow, never before the filter.
+        assert [r.id for r in store.list_agent_runs(limit=1, collections=["alpha"])] == ["c1"]
+        assert store.list_agent_runs(collections=["Alpha", "alpha%", "*"]) == []
+        assert store.list_agent_runs(collections=[]) == []
         found = store.get_agent_run("b1")
         assert found is not None and found.owner == "key-b"
 

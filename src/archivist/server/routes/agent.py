@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncGenerator
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import anyio
@@ -120,11 +119,12 @@ async def create_agent_run(body: AgentRunIn, request: Request, who: Caller, svc:
     "/agent/runs", response_model=AgentRunList, operation_id="list_agent_runs", responses=error_responses(403, 422)
 )
 def list_agent_runs(who: Caller, svc: ServicesDep, limit: Annotated[int, Query(ge=1, le=500)] = 50) -> dict[str, Any]:
-    """List the key's own agent runs (an admin key: everyone's), the most recently updated first."""
+    """List the key's own agent runs (an admin key: everyone's), over collections it may read, the most recently
+    updated first."""
     who.require("read")
     # Scoped in the query, not after it: a key sees up to `limit` of its own runs, however many others there are.
     owner = None if who.has("admin") else who.id
-    runs = svc.archivist.store.list_agent_runs(limit=limit, owner=owner)
+    runs = svc.archivist.store.list_agent_runs(limit=limit, owner=owner, collections=who.key.collections)
     return {"runs": [r.public() for r in runs if _reaches(who, r)]}
 
 
@@ -197,18 +197,19 @@ async def _drive(request: Request, svc: Services, run: AgentRunRecord, approval:
         # Driven with the tools of the key that started it, whoever drives it on (an admin key included).
         tools = user_tools_for(svc, Principal(owner)) if owner is not None else svc.archivist.user_tools()
         agent = svc.archivist.agent(collection=run.collection, tools=tools, on_step=on_step(charge, feed))
-        if approval is not None:
-            # Recorded with a driver reserved and the run claimed: a decision is never left without one to act on
-            # it, and never made while this server drives the run.
-            now = datetime.now(UTC).isoformat(timespec="seconds")
-            if not store.decide_approval(run.id, approval.step, approved=approval.approved, now=now):
-                raise NotFoundError(f"agent run {run.id} has no call waiting for a decision at step {approval.step}")
         return feed, charge, agent
 
     with svc.agent_drivers.slot() as slot:
         slot.claim(run.id)
         feed, charge, agent = await run_in_threadpool(setup)
-        future = slot.start(lambda: agent.resume(run.id), feed)
+        # A decision is recorded by the drive itself, under the run's lease: with a driver reserved and the run
+        # claimed, never left without one to act on it, and never recorded when another process drives the run.
+        drive = (
+            (lambda: agent.approve(run.id, approval.step, approved=approval.approved))
+            if approval is not None
+            else (lambda: agent.resume(run.id))
+        )
+        future = slot.start(drive, feed)
     # A run another process drives, or one this agent cannot drive (its tools changed), fails at once: said now,
     # as an error status, rather than in a run nobody is watching.
     await anyio.to_thread.run_sync(feed.settled.wait, SETTLE_S)
@@ -285,10 +286,9 @@ def _collection(svc: Services, who: Principal, name: str | None) -> str | None:
 
 
 def _reaches(who: Principal, run: AgentRunRecord) -> bool:
-    """Return whether a key may see a run: its own (over a collection it may still read), or any, for admin."""
-    if who.has("admin"):
-        return True
-    if run.owner is None or run.owner != who.id:
+    """Return whether a key may see a run: its own, or anyone's for an admin key — in both cases only over a
+    collection the key may read (a run over every collection: only a key without collection limits)."""
+    if not who.has("admin") and (run.owner is None or run.owner != who.id):
         return False
     return who.key.collections is None if run.collection is None else who.may_see(run.collection)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from archivist.store.records import AgentRunRecord, AgentStepRecord, ApprovalRecord, EffectRecord, EffectStatus
@@ -81,9 +82,19 @@ class SQLiteAgentRuns(SQLiteDatabase):
             return _run_record(exact[0])
         return _run_record(rows[0]) if len(rows) == 1 else None
 
-    def list_agent_runs(self, *, limit: int = 50, owner: str | None = None) -> list[AgentRunRecord]:
-        """Return runs, the most recently updated first (only those `owner` started, when given)."""
-        where, args = ("WHERE owner = ?", [owner]) if owner is not None else ("", [])
+    def list_agent_runs(
+        self, *, limit: int = 50, owner: str | None = None, collections: Sequence[str] | None = None
+    ) -> list[AgentRunRecord]:
+        """Return runs, the most recently updated first: only those `owner` started, when given, and only runs over
+        one of `collections`, when given (a run over every collection is then left out)."""
+        clauses, args = [], []
+        if owner is not None:
+            clauses.append("owner = ?")
+            args.append(owner)
+        if collections is not None:
+            clauses.append(f"collection IN ({', '.join('?' * len(collections)) or 'NULL'})")
+            args.extend(collections)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._conn().execute(
             f"SELECT {_RUN_SELECT} FROM agent_runs {where} ORDER BY updated_at DESC, rowid DESC LIMIT ?",
             (*args, limit),
