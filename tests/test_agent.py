@@ -622,6 +622,22 @@ def test_a_workflow_file_with_a_side_effect_survives_a_kill_and_resumes_once(
     assert len(lines(notes)) == 1
 
 
+def test_a_workflow_may_make_the_same_call_twice(modelless: Archivist) -> None:
+    from archivist.agent.workflow import Workflow, WorkflowStep
+
+    twice = Workflow(
+        "twice",
+        (
+            WorkflowStep("before", "list_documents", {}),
+            WorkflowStep("answer", "answer", {"question": "{task}"}),
+            WorkflowStep("after", "list_documents", {}),
+        ),
+    )
+    run = modelless.agent(workflow=twice).start("How are failed calls retried?")
+    assert run.status == "succeeded", run.reason
+    assert [s.name for s in modelless.store.agent_steps(run.id)][1:] == ["list_documents", "answer", "list_documents"]
+
+
 def test_a_workflow_that_is_wrong_is_a_usage_error_naming_the_step(corpus: Path, tmp_path: Path) -> None:
     env = cli_env(corpus, ChatServer(), tmp_path / "n.txt")
     for text, why in (
@@ -630,6 +646,8 @@ def test_a_workflow_that_is_wrong_is_a_usage_error_naming_the_step(corpus: Path,
         ("steps: [{tool: answer, colour: red}]\n", "unknown keys colour"),
         ("steps:\n  - {tool: shred_files}\n", "calls tools this agent lacks: shred_files"),
         ("steps: [\n", "not valid YAML"),
+        ("steps:\n  - {tool: search_documents, arguments: {query: 2024-01-01}}\n", "plain JSON values (quote dates)"),
+        ("steps:\n  - {tool: search_documents}\n  - {tool: answer, for_each: [a]}\n", "must be step names"),
     ):
         flow = tmp_path / "bad.yaml"
         flow.write_text(text, encoding="utf-8")
@@ -679,6 +697,16 @@ def test_parse_calls_reads_what_small_models_write() -> None:
     # An answer that quotes JSON naming no tool, or plain prose, is an answer.
     assert parse_calls('The config is:\n```json\n{"name": "retries", "arguments": 3}\n```', known) == []
     assert parse_calls("Retries use backoff [1].", known) == []
+    # Prose that mentions the tag, or quotes a call as an example inside a longer answer, is an answer.
+    assert parse_calls("Calls are written in a <tool_call> tag, then the result comes back [1].", known) == []
+    example = '```json\n{"name": "search_documents", "arguments": {"query": "retries"}}\n```'
+    essay = "A model without native tools writes each call as JSON in its reply, for example:\n" + example
+    essay += "\nThe result comes back as an observation block, and the model answers once it has read enough. " * 3
+    assert parse_calls(essay, known) == []
+    assert parse_calls("Searching now.\n" + example, known)[0].name == "search_documents"
+    # A tagged block that names no tool is told to the model, never taken as the answer.
+    (nameless,) = parse_calls('<tool_call>{"name": 5, "arguments": {}}</tool_call>', known)
+    assert nameless.name == "?" and nameless.invalid_arguments is not None
 
 
 def test_a_model_without_native_tools_drives_the_loop_in_text(

@@ -416,9 +416,10 @@ class Agent:
 
     def _call(self, state: _State, seq: int, call: ToolCall) -> Any:
         """Return the result of one tool call after every guard, or raise _Refused (told to the model) or _Stop."""
-        # First of all: a model looping on one call (an unknown tool or bad arguments included) is stopped.
+        # First of all: a model looping on one call (an unknown tool or bad arguments included) is stopped. A
+        # workflow cannot loop (its plan is fixed), so it may make the same call twice.
         signature = (call.name, arguments_hash(call.arguments))
-        if signature in state.seen:
+        if signature in state.seen and state.workflow is None:
             raise _Stop(
                 "failed",
                 f"repeated call: step {seq} calls {call.name} with the same arguments as step {state.seen[signature]}",

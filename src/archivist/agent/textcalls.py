@@ -21,8 +21,13 @@ from typing import Any
 
 from archivist.llm.base import ToolCall, ToolSpec
 
-_TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL | re.IGNORECASE)
+# A tag opens a call only when JSON follows it, so prose that mentions the tag is not a call; an unclosed one (a
+# reply cut at max_tokens) runs to the end.
+_TAGGED = re.compile(r"<tool_call>\s*([\[{].*?)\s*(?:</tool_call>|$)", re.DOTALL | re.IGNORECASE)
 _FENCED = re.compile(r"```[ \t]*([\w-]*)[ \t]*\n(.*?)```", re.DOTALL)
+#: how much prose may stand beside a fenced JSON block for it to count as a call ("Let me search." does; an answer
+#: that quotes a call's JSON as an example does not)
+MAX_PREAMBLE_CHARS = 240
 _NAME_KEYS = ("name", "tool", "function", "tool_name")
 _ARGUMENT_KEYS = ("arguments", "parameters", "args", "input")
 
@@ -44,14 +49,21 @@ def tools_prompt(tools: Sequence[ToolSpec]) -> str:
 
 def parse_calls(text: str, known: Sequence[str]) -> list[ToolCall]:
     """Return the tool calls a model's text makes (none: the text is its answer). `known` are the tool names: a
-    fenced or bare JSON object counts as a call only when it names one of them, so an answer quoting JSON stays an
-    answer."""
+    fenced or bare JSON object counts as a call only when it names one of them and little prose stands beside it,
+    so an answer quoting JSON stays an answer."""
     blocks = [m.group(1) for m in _TAGGED.finditer(text)]
     tagged = bool(blocks)
     if not tagged:
-        blocks = [body for lang, body in _FENCED.findall(text) if lang.lower() in ("", "json", "tool_call", "tool")]
+        fenced = _FENCED.findall(text)
+        prose = _FENCED.sub("", text).strip()
+        blocks = [
+            body
+            for lang, body in fenced
+            if lang.lower() in ("tool_call", "tool")
+            or (lang.lower() in ("", "json") and len(prose) <= MAX_PREAMBLE_CHARS)
+        ]
         stripped = text.strip()
-        if not blocks and stripped.startswith(("{", "[")):
+        if not fenced and stripped.startswith(("{", "[")):
             blocks = [stripped]
     calls: list[ToolCall] = []
     for raw in blocks:
@@ -63,6 +75,8 @@ def parse_calls(text: str, known: Sequence[str]) -> list[ToolCall]:
             continue
         for item in value if isinstance(value, list) else [value]:
             call = _call(item, len(calls) + 1, known, strict=not tagged)
+            if call is None and tagged:  # a tagged block that names no tool: the model is told, not answered
+                call = ToolCall(f"text_{len(calls) + 1}", "?", {}, json.dumps(item, ensure_ascii=False)[:500])
             if call is not None:
                 calls.append(call)
     return calls

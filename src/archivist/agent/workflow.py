@@ -97,12 +97,19 @@ class Workflow:
             arguments = raw.get("arguments") or {}
             if not isinstance(arguments, dict):
                 raise UsageError(f"workflow step {i}: arguments must be a mapping")
+            try:  # what YAML reads as a date or a set is no JSON a tool can be called with
+                arguments = json.loads(json.dumps(arguments, allow_nan=False))
+            except (TypeError, ValueError) as exc:
+                raise UsageError(
+                    f"workflow step {i}: arguments must be plain JSON values (quote dates): {exc}"
+                ) from exc
             limit = raw.get("limit", 5)
             if not isinstance(limit, int) or isinstance(limit, bool):
                 raise UsageError(f"workflow step {i}: limit must be a whole number")
-            steps.append(
-                WorkflowStep(str(raw.get("name") or raw["tool"]), raw["tool"], arguments, raw.get("for_each"), limit)
-            )
+            name, for_each = raw.get("name", raw["tool"]), raw.get("for_each")
+            if not isinstance(name, str) or not (for_each is None or isinstance(for_each, str)):
+                raise UsageError(f"workflow step {i}: name and for_each must be step names (text)")
+            steps.append(WorkflowStep(name, raw["tool"], arguments, for_each, limit))
         return cls(str(data.get("name") or "workflow"), tuple(steps))
 
     def calls(self, index: int, task: str, results: dict[str, Any]) -> list[dict[str, Any]]:
