@@ -388,7 +388,17 @@ def eval_gate(
         if not names:
             # A gate that checks nothing must not pass.
             raise UsageError(f"none of the metrics to gate is in the baseline ({', '.join(sorted(base['metrics']))})")
-        result = run_gate(base, current, names, max_drop=max_drop, alpha=alpha)
+        exact = False
+        if base.get("kind") == "agent":
+            modes = [r.get("fingerprint", {}).get("agent", {}).get("mode") for r in (base, current)]
+            if modes[0] != modes[1]:
+                raise UsageError(
+                    f"the baseline was measured in {modes[0]} mode and this run in {modes[1]} mode: gate like against "
+                    "like (unset ARCHIVIST_LLM_URL for a workflow baseline, or save a baseline with the model)"
+                )
+            # A workflow has no model in it: the same task file gives the same scores, so any drop is a regression.
+            exact = modes[0] == "workflow"
+        result = run_gate(base, current, names, max_drop=max_drop, alpha=alpha, exact=exact)
     if as_json:
         emit_json(
             {

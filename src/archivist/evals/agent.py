@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from archivist.agent.loop import AgentLimits
+from archivist.agent.loop import MAX_TASK_CHARS, Agent, AgentLimits
 from archivist.answer.verify import strip_markers
 from archivist.app import Archivist
 from archivist.config import Settings
@@ -52,7 +52,7 @@ class AgentTask(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(min_length=1)
-    task: str = Field(min_length=1)
+    task: str = Field(min_length=1, max_length=MAX_TASK_CHARS)
     #: each fact a string, or a list of alternatives of which one must be present
     facts: list[str | list[str]] = Field(min_length=1)
     collection: str | None = None
@@ -60,6 +60,13 @@ class AgentTask(BaseModel):
     must_not_call: list[str] = []
     max_steps: int | None = Field(default=None, ge=1)
     gold_sources: list[str] = []
+
+    @field_validator("task")
+    @classmethod
+    def _task_has_text(cls, task: str) -> str:
+        if not task.strip():
+            raise ValueError("the task is empty: say what the agent should do")
+        return task
 
     @field_validator("facts")
     @classmethod
@@ -293,18 +300,22 @@ def _evaluate(
     runs: dict[str, dict[str, Any]] = {}
     latencies: list[float] = []
     tool_names: set[str] = set()
-    for i, task in enumerate(tasks.tasks):
+    # Every task is checked before the first one runs: a bad one found halfway would waste what was spent so far.
+    agents: dict[str | None, Agent] = {}
+    for task in tasks.tasks:
         try:
-            agent = app.agent(collection=task.collection)
+            agent = agents[task.collection] = agents.get(task.collection) or app.agent(collection=task.collection)
         except NotFoundError as exc:
             raise UsageError(f"task {task.id!r}: {exc}") from None
-        tool_names |= set(agent.tools)
         unknown = sorted((set(task.must_call) | set(task.must_not_call)) - set(agent.tools))
         if unknown:
             raise UsageError(
                 f"task {task.id!r} names tools the agent does not have: {', '.join(unknown)} "
                 f"(it has {', '.join(sorted(agent.tools))})"
             )
+    for i, task in enumerate(tasks.tasks):
+        agent = agents[task.collection]
+        tool_names |= set(agent.tools)
         max_steps = task.max_steps or config.max_steps
         q0 = time.perf_counter()
         run = agent.start(task.task, AgentLimits(max_steps=max_steps))

@@ -38,13 +38,18 @@ def run_gate(
     max_drop: float,
     alpha: float = 0.05,
     show_worse: int = 10,
+    exact: bool = False,
 ) -> GateResult:
-    """Return the gate's verdict on `current` against `baseline` for each metric."""
+    """Return the gate's verdict on `current` against `baseline` for each metric. `exact`: the runs are
+    deterministic (the same inputs give the same scores), so any drop beyond `max_drop` fails, significant or not."""
     checks = []
     for metric in metrics:
         c = compare(baseline["per_query"], current["per_query"], metric)
         drop = -c.delta
-        if drop > max_drop and c.p_value < alpha:
+        if drop > max_drop and exact:
+            reason = f"dropped {drop:.4f} > {max_drop} (a deterministic run: every drop is real)"
+            failed = True
+        elif drop > max_drop and c.p_value < alpha:
             reason = f"dropped {drop:.4f} > {max_drop} (p={c.p_value:.4f} < {alpha})"
             failed = True
         elif drop > max_drop:
