@@ -782,3 +782,26 @@ def test_an_anthropic_model_drives_the_loop_with_parallel_tool_use(app: Archivis
     results = [b for m in requests[1]["messages"] for b in (m["content"] if isinstance(m["content"], list) else [])]
     assert [b["tool_use_id"] for b in results if b["type"] == "tool_result"] == ["toolu_a", "toolu_b"]
     assert {t["name"] for t in requests[0]["tools"]} >= {"search_documents", "read_document"}
+
+
+def test_runs_charged_to_one_parent_budget_share_its_limit(app: Archivist, server: ChatServer) -> None:
+    from archivist.llm.accounting import Budget
+
+    key = Budget(max_tokens=5000)  # what an API key has left: each run alone may use 5000
+    usage = {"prompt_tokens": 1490, "completion_tokens": 10}
+    server.scripted_messages.extend(
+        [
+            turn(call("list_collections", {}), usage=usage),
+            {**final("First."), "usage": usage},
+            turn(call("list_collections", {}), usage=usage),
+            final("never asked"),
+        ]
+    )
+    agent = app.agent(budget_parent=key)
+    first = agent.start("Use the key's budget", AgentLimits(max_tokens=5000))
+    second = agent.start("Use what is left of it", AgentLimits(max_tokens=5000))
+    server.scripted_messages.clear()
+    assert first.status == "succeeded" and first.totals["tokens"] == 3000
+    # The second run's own limit had room for its next call (~1,700 tokens estimated); the key's did not.
+    assert second.status == "failed" and "budget exhausted before model call 3" in (second.reason or "")
+    assert key.spent_tokens == 4500 and second.totals["tokens"] == 1500

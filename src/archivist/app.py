@@ -28,7 +28,7 @@ from archivist.ingest.chunker import Chunker, ChunkerSettings
 from archivist.ingest.document_filter import DocumentFilter
 from archivist.ingest.pipeline import IngestPipeline, ProgressHook
 from archivist.ingest.worker import JobRunner
-from archivist.llm.accounting import Price, PriceTable
+from archivist.llm.accounting import Budget, Price, PriceTable
 from archivist.llm.cache import ResponseCache
 from archivist.llm.gateway import Gateway, Route
 from archivist.llm.providers import build_provider
@@ -237,10 +237,12 @@ class Archivist:
         tools: Sequence[Tool] | None = None,
         on_step: Callable[[AgentStepRecord], None] | None = None,
         workflow: Workflow | None = None,
+        budget_parent: Budget | None = None,
     ) -> Agent:
         """Return an agent over the built-in document tools (limited to `collection`; None: every collection) and
         the user's `tools` (None: those the `agent_tools` setting names), journaling its runs in the store. Its runs
-        follow `workflow` when given, and the built-in research workflow when no model is configured."""
+        follow `workflow` when given, and the built-in research workflow when no model is configured; their model
+        calls are also charged to `budget_parent` (an API key's budget) when given."""
         from archivist.agent.builtins import builtin_tools
         from archivist.agent.workflow import RESEARCH
 
@@ -262,6 +264,7 @@ class Archivist:
             on_step=on_step,
             tool_protocol=protocol,
             workflow=workflow if workflow is not None or gateway.routes else RESEARCH,
+            budget_parent=budget_parent,
         )
 
     def ingest(

@@ -137,6 +137,7 @@ class Agent:
         on_step: Callable[[AgentStepRecord], None] | None = None,
         tool_protocol: Literal["native", "text"] = "native",
         workflow: Workflow | None = None,
+        budget_parent: Budget | None = None,
     ) -> None:
         names = [t.name for t in tools]
         duplicates = sorted({n for n in names if names.count(n) > 1})
@@ -156,6 +157,9 @@ class Agent:
         self.tool_protocol = tool_protocol
         #: new runs follow this declared sequence of steps instead of asking a model (None: a model drives them)
         self.workflow = workflow
+        #: a wider budget every model call of a run is also reserved from and charged to (an API key's), so runs
+        #: started side by side share one limit instead of each spending what the key had left when it started
+        self.budget_parent = budget_parent
         if workflow is not None:
             missing = sorted({s.tool for s in workflow.steps} - set(self.tools))
             if missing:
@@ -257,7 +261,7 @@ class Agent:
                 first()
             state.lease = lease
             self.store.update_agent_run(run.id, status="running", reason=None)
-            budget = Budget(state.limits.max_tokens, state.limits.max_cost_usd)
+            budget = Budget(state.limits.max_tokens, state.limits.max_cost_usd, parent=self.budget_parent)
             budget.spent_tokens = int(run.totals.get("tokens", 0))
             budget.spent_cost_usd = float(run.totals.get("cost_usd", 0.0))
             try:

@@ -12,7 +12,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any
 
-from archivist.llm.accounting import KeyBudget, Reservation
+from archivist.llm.accounting import KeyBudget
 from archivist.llm.errors import BudgetExceeded
 from archivist.server.errors import ApiError
 from archivist.server.metrics import Metrics
@@ -60,27 +60,23 @@ class StepFeed:
 
 
 class KeyCharge:
-    """Charges each step of a run that used a model (its turns, and a tool's own model calls) to the budget of the
-    API key that owns it (persisted, so a run cut short by a crash has paid for what it used) and counts it in the
-    metrics."""
+    """Counts what each step of a drive used (its model turns, and a tool's own model calls) for the request log and
+    the metrics. The key's budget is charged by the run itself: its budget's parent is the key's, so every model call
+    is reserved against what the key has left, however many of its runs go on at once."""
 
-    def __init__(self, budget: KeyBudget | None, metrics: Metrics) -> None:
-        self.budget = budget
+    def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self.tokens = 0
         self.cost_usd = 0.0
         self._lock = threading.Lock()
 
     def __call__(self, step: AgentStepRecord) -> None:
-        """Charge one journaled step's tokens and cost."""
+        """Count one journaled step's tokens and cost."""
         if not step.tokens and not step.cost_usd:
             return
         with self._lock:
             self.tokens += step.tokens
             self.cost_usd += step.cost_usd
-        if self.budget is not None:
-            # Settled as a call that reserved nothing: the run's own budget already held it back before the call.
-            self.budget.settle(Reservation(0, 0.0), step.tokens, step.cost_usd)
         if step.tokens:
             self.metrics.llm_tokens.inc(step.tokens)
         if step.cost_usd:

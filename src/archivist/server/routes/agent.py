@@ -99,10 +99,12 @@ async def create_agent_run(body: AgentRunIn, request: Request, who: Caller, svc:
             max_cost_usd=within(body.limits.max_cost_usd, cost_left),
             max_wall_s=body.limits.max_wall_s,
         )
-        feed, charge = StepFeed(), KeyCharge(budget, svc.metrics)
+        feed, charge = StepFeed(), KeyCharge(svc.metrics)
         # The key's own permissions decide which of the user's tools the run gets, as over MCP.
         tools = user_tools_for(svc, who)
-        agent = svc.archivist.agent(collection=collection, tools=tools, on_step=on_step(charge, feed))
+        agent = svc.archivist.agent(
+            collection=collection, tools=tools, on_step=on_step(charge, feed), budget_parent=budget
+        )
         run = agent.create(body.task, limits, owner=who.id)
         return run, feed, charge, agent
 
@@ -193,10 +195,12 @@ async def _drive(request: Request, svc: Services, run: AgentRunRecord, approval:
         # The key that started the run pays for it, whoever drives it on.
         budget = Principal(owner).budget(store) if owner is not None else None
         allowance(budget)
-        feed, charge = StepFeed(), KeyCharge(budget, svc.metrics)
+        feed, charge = StepFeed(), KeyCharge(svc.metrics)
         # Driven with the tools of the key that started it, whoever drives it on (an admin key included).
         tools = user_tools_for(svc, Principal(owner)) if owner is not None else svc.archivist.user_tools()
-        agent = svc.archivist.agent(collection=run.collection, tools=tools, on_step=on_step(charge, feed))
+        agent = svc.archivist.agent(
+            collection=run.collection, tools=tools, on_step=on_step(charge, feed), budget_parent=budget
+        )
         return feed, charge, agent
 
     with svc.agent_drivers.slot() as slot:
