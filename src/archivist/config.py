@@ -142,8 +142,9 @@ class Settings(BaseSettings):
     #: HTTP API) and exposed by the MCP server; `archivist agent --tools` overrides it for one command.
     agent_tools: str | None = None
     #: Agent runs one `archivist serve` process drives at once for the HTTP API (streamed or in the background);
-    #: a run asked of a process whose drivers are all busy is refused with 429, never queued.
-    agent_concurrency: int = Field(default=4, ge=1, le=64)
+    #: a run asked of a process whose drivers are all busy is refused with 429, never queued. At most 32: a streamed
+    #: run's watcher holds one of the server's 40 worker threads, and the other routes need some.
+    agent_concurrency: int = Field(default=4, ge=1, le=32)
     #: How the agent's model calls tools: "native" (the provider's tool calling), "text" (tool calls written in the
     #: reply, for models without native tools), or "auto" (native unless the first provider cannot do tools).
     agent_tool_protocol: Literal["auto", "native", "text"] = "auto"

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 from archivist.agent.evidence import Evidence, check_answer
@@ -167,7 +168,7 @@ class Agent:
         elif gateway is None:
             raise UsageError("an agent without a model must follow a workflow")
         #: who this process is when it holds a run's lease: host, pid, and a nonce (two agents in one process differ)
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.holder = f"{_host()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     # --- entry points ------------------------------------------------------------------------------------
 
@@ -672,11 +673,24 @@ class _Lease:
             self.store.release_agent_run(self.run_id, self.holder)
 
 
+def _host() -> str:
+    """Return this machine's name as lease holders give it: the host name, and where Linux tells them, a digest of
+    the boot id and the pid namespace (two containers that share a host name and a store file, but not pids, are
+    two hosts: neither may take the other's lease for dead by its pid)."""
+    name = socket.gethostname().replace(":", "_")
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:  # not Linux: the host name alone
+        return name
+    return f"{name}~{hashlib.sha256(f'{boot}/{namespace}'.encode()).hexdigest()[:8]}"
+
+
 def _dead_here(holder: str) -> bool:
     """Return whether a lease holder ("host:pid:nonce") is a process of this host that no longer exists."""
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
+    if host != _host() or not pid.isdigit():
         return False
     if int(pid) == os.getpid():
         return False  # this process: another agent object in it, alive
