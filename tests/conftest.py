@@ -8,6 +8,9 @@ import pytest
 
 from archivist.embed.minilm_onnx import MiniLMEmbedder
 
+#: The PostgreSQL test server (`postgres_server`, `postgres_url`): one per session, whichever modules use it.
+pytest_plugins = ["pg_server"]
+
 #: The shared datasets (BEIR layout) live beside the repository, never inside it.
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 

@@ -77,10 +77,16 @@ def _open_sqlite(url: str) -> Store:
     return SQLiteStore(_sqlite_path(url), url=url)
 
 
-def _not_built(url: str) -> Store:
-    raise UsageError("the PostgreSQL store is not built yet: use sqlite:///path.db for now")
+def _open_postgres(url: str) -> Store:
+    try:
+        from archivist.store.postgres import PostgresStore
+    except ImportError as exc:  # the driver is an extra: say which
+        raise UsageError(
+            f"a postgresql:// store needs the PostgreSQL driver: pip install 'archivist[postgres]' ({exc})"
+        ) from exc
+    return PostgresStore(url)
 
 
 register_store("sqlite", _open_sqlite, exists=lambda url: _sqlite_path(url).exists())
-register_store("postgresql", _not_built)
-register_store("postgres", _not_built)
+register_store("postgresql", _open_postgres)
+register_store("postgres", _open_postgres)

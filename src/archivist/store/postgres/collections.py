@@ -1,0 +1,38 @@
+"""Collections in PostgreSQL."""
+
+from __future__ import annotations
+
+import psycopg
+
+from archivist.store.postgres.database import PostgresDatabase
+from archivist.store.records import CollectionRecord
+from archivist.store.sqlite.database import utc_now
+from archivist.types import ConflictError
+
+
+class PostgresCollections(PostgresDatabase):
+    """The `CollectionStore` of a PostgreSQL database."""
+
+    def create_collection(self, name: str, description: str = "") -> CollectionRecord:
+        """Create a collection and return it, or raise ConflictError when the name is taken."""
+        created = utc_now()
+        try:
+            with self._transaction() as conn:
+                conn.execute(
+                    "INSERT INTO collections (name, description, created_at) VALUES (%s, %s, %s)",
+                    (name, description, created),
+                )
+        except psycopg.errors.UniqueViolation as exc:
+            raise ConflictError(f"collection {name!r} exists already") from exc
+        return CollectionRecord(name, description, created, 0)
+
+    def list_collections(self) -> list[CollectionRecord]:
+        """Return every collection with its document count, by name."""
+        # No document is stored on PostgreSQL yet (the document store is not built): every count is 0 until the
+        # documents table exists and this joins it, as the SQLite store does.
+        rows = self._fetchall("SELECT name, description, created_at, 0 FROM collections ORDER BY name")
+        return [CollectionRecord(*r) for r in rows]
+
+    def has_collection(self, name: str) -> bool:
+        """Return whether a collection exists (cheap: checked on every scoped request)."""
+        return self._fetchone("SELECT 1 FROM collections WHERE name = %s", (name,)) is not None

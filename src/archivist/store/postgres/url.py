@@ -1,0 +1,89 @@
+"""PostgreSQL store URLs: libpq's own syntax plus the pool size and statement timeout, checked before connecting."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from archivist.types import UsageError
+
+SCHEMES = ("postgresql", "postgres")
+#: connections one store object keeps at most (a `serve` process, or a worker with its job threads)
+DEFAULT_POOL_SIZE = 10
+#: a statement running longer is cancelled by the server (a stuck lock or a runaway query fails, never hangs)
+DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
+#: URL parameters Archivist reads itself; every other one goes to libpq (sslmode, host=/socket/dir, ...)
+OUR_PARAMETERS = ("pool_size", "statement_timeout_ms")
+EXAMPLE = "postgresql://user:password@host:5432/dbname"
+
+
+@dataclass(frozen=True, slots=True)
+class PostgresURL:
+    """A checked store URL: what libpq connects with, how it is shown, and the pool's settings."""
+
+    #: the URL without Archivist's own parameters, as libpq reads it
+    conninfo: str
+    #: the URL with its password masked, for logs and messages
+    shown: str
+    pool_size: int
+    statement_timeout_ms: int
+
+
+def parse_postgres_url(url: str) -> PostgresURL:
+    """Return the checked form of a `postgresql://` store URL, or raise UsageError saying what is wrong with it."""
+    parts = urlsplit(url)
+    if parts.scheme not in SCHEMES:
+        raise UsageError(f"bad store URL {_masked(url)!r}: a PostgreSQL store URL starts with postgresql://")
+    try:
+        if "," not in parts.netloc:  # a multi-host URL (h1:5432,h2:5432) is libpq's to check
+            _ = parts.port  # raises for a port that is not a number in range
+    except ValueError as exc:
+        raise UsageError(f"bad store URL {_masked(url)!r}: {exc}; use {EXAMPLE}") from exc
+    ours: dict[str, str] = {}
+    rest: list[tuple[str, str]] = []
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if name in OUR_PARAMETERS:
+            ours[name] = value
+        else:
+            rest.append((name, value))
+    conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest, safe="/"), parts.fragment))
+    try:
+        conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        raise UsageError(f"bad store URL {_masked(url)!r}: {str(exc).strip()}; use {EXAMPLE}") from exc
+    return PostgresURL(
+        conninfo=conninfo,
+        shown=_masked(conninfo),
+        pool_size=_whole(ours, "pool_size", DEFAULT_POOL_SIZE, minimum=1, url=url),
+        statement_timeout_ms=_whole(ours, "statement_timeout_ms", DEFAULT_STATEMENT_TIMEOUT_MS, minimum=0, url=url),
+    )
+
+
+def _whole(params: dict[str, str], name: str, default: int, *, minimum: int, url: str) -> int:
+    """Return a whole-number URL parameter (its default when absent), or raise UsageError."""
+    raw = params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise UsageError(f"bad store URL {_masked(url)!r}: {name} must be a whole number ≥ {minimum}, not {raw!r}")
+    return value
+
+
+def _masked(url: str) -> str:
+    """Return the URL with any password (in the user part or a `password=` parameter) replaced by ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(name == "password" for name, _ in query):
+        parts = parts._replace(query=urlencode([(n, "***" if n == "password" else v) for n, v in query], safe="*/"))
+    return urlunsplit(parts._replace(netloc=netloc))
