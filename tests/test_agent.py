@@ -530,6 +530,8 @@ def test_one_process_drives_a_run_at_a_time(app: Archivist, server: ChatServer) 
     # A second driver (another agent, as another process would be) is refused while the first holds the lease.
     with pytest.raises(ConflictError, match="being driven by another process"):
         app.agent(tools=[wait_here]).resume(run.id)
+    driven = app.store.get_agent_run(run.id)
+    assert driven is not None and driven.lease_holder == first.holder and driven.public()["driven_by"] == first.holder
     release.set()
     driver.join(10)
     assert done and done[0].status == "succeeded", done
@@ -805,3 +807,23 @@ def test_runs_charged_to_one_parent_budget_share_its_limit(app: Archivist, serve
     # The second run's own limit had room for its next call (~1,700 tokens estimated); the key's did not.
     assert second.status == "failed" and "budget exhausted before model call 3" in (second.reason or "")
     assert key.spent_tokens == 4500 and second.totals["tokens"] == 1500
+
+
+def test_a_running_run_nobody_drives_is_shown_as_stale(corpus: Path, server: ChatServer, tmp_path: Path) -> None:
+    store = SQLiteStore(corpus / "store.db")
+    try:
+        run = AgentRunRecord(
+            "stale0000001", "Left behind by a dead process", "running", "2026-01-01T00:00:00+00:00", "x"
+        )
+        store.create_agent_run(run)
+        store.lease_agent_run(run.id, "gone:1:dead", until="2026-01-01T00:01:00+00:00", now="2026-01-01T00:00:00+00:00")
+    finally:
+        store.close()
+    env = cli_env(corpus, server, tmp_path / "n.txt", COLUMNS="200")
+    listed = agent_cli(env, "runs")
+    row = next(line for line in listed.stdout.splitlines() if line.strip().startswith("stale0000001"))
+    assert "running (stale: resume it)" in row
+    shown = agent_cli(env, "show", "stale0000001")
+    assert "driven by gone:1:dead (lease until 2026-01-01T00:01:00+00:00)" in shown.stdout
+    as_json = json.loads(agent_cli(env, "show", "stale0000001", "--json").stdout)
+    assert as_json["driven_by"] == "gone:1:dead" and as_json["lease_until"] == "2026-01-01T00:01:00+00:00"

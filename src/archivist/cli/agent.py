@@ -217,13 +217,23 @@ def agent_runs(
     for r in runs:
         table.add_row(
             r.id[:12],
-            r.status,
+            _status(r),
             str(r.totals.get("steps", 0)),
             str(r.totals.get("tokens", 0)),
             r.updated_at,
             escape(short(r.task, 60)),
         )
     out.print(table)
+
+
+def _status(run: AgentRunRecord) -> str:
+    """Return a run's status as a person reads it: a running run that no live process drives is "stale"."""
+    if run.status != "running":
+        return run.status
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    return "running" if run.lease_until is not None and run.lease_until >= now else "running (stale: resume it)"
 
 
 def _find_run(archivist: Archivist, run_id: str) -> AgentRunRecord:
@@ -251,7 +261,9 @@ def agent_show(run_id: RunIdArg, store: StoreOpt = None, as_json: JsonOpt = Fals
             }
         )
         return
-    out.print(f"run {run.id}: [bold]{run.status}[/]" + (f" ({escape(run.reason)})" if run.reason else ""))
+    out.print(f"run {run.id}: [bold]{_status(run)}[/]" + (f" ({escape(run.reason)})" if run.reason else ""))
+    if run.lease_holder is not None:
+        out.print(f"driven by {escape(run.lease_holder)} (lease until {run.lease_until})")
     out.print(f"task: {escape(run.task)}")
     table = Table("step", "kind", "name", "status", "tokens", "ms", "detail", box=None)
     for s in steps:

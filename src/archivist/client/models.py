@@ -289,6 +289,8 @@ class AgentRun(Model):
     result: dict[str, Any] | None
     tools: list[str]
     owner: str | None
+    driven_by: str | None = None
+    lease_until: str | None = None
     created_at: str
     updated_at: str
 

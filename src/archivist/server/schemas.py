@@ -395,6 +395,12 @@ class AgentRun(BaseModel):
     result: AgentResult | None
     tools: list[str]
     owner: str | None = Field(description="the id of the API key that started it (null: the CLI or the library)")
+    driven_by: str | None = Field(
+        default=None,
+        description='the process driving it now ("host:pid:nonce"; null: none). A "running" run whose lease_until '
+        "has passed was left by a process that stopped: resume it",
+    )
+    lease_until: str | None = Field(default=None, description="until when that process holds it unless it renews")
     created_at: str
     updated_at: str
 

@@ -316,6 +316,9 @@ class AgentRunRecord:
     tools: tuple[str, ...] = ()
     #: the id of the API key that started it (None: started locally, from the CLI or the library)
     owner: str | None = None
+    #: the process driving it now ("host:pid:nonce") and until when its lease runs unless renewed (None: nobody)
+    lease_holder: str | None = None
+    lease_until: str | None = None
 
     def public(self) -> dict[str, Any]:
         """Return the run's JSON-ready description."""
@@ -330,6 +333,8 @@ class AgentRunRecord:
             "result": self.result,
             "tools": list(self.tools),
             "owner": self.owner,
+            "driven_by": self.lease_holder,
+            "lease_until": self.lease_until,
             "created_at": self.created_at,
             "updated_at": self.updated_at,
         }

@@ -614,6 +614,8 @@ class AgentRunStoreTests(StoreFixtures):
         store.create_agent_run(AgentRunRecord("r", "t", "running", "2026-01-01T00:00:00+00:00", "x"))
         t0, t1, t2 = "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:30+00:00", "2026-01-01T00:01:00+00:00"
         assert store.lease_agent_run("r", "p1", until=t1, now=t0) == "p1"
+        held = store.get_agent_run("r")
+        assert held is not None and (held.lease_holder, held.lease_until) == ("p1", t1)  # who drives it, shown
         assert store.lease_agent_run("r", "p2", until=t1, now=t0) == "p1"  # held, not expired
         assert store.lease_agent_run("r", "p1", until=t2, now=t0) == "p1"  # renewed by its holder
         assert store.lease_agent_run("r", "p2", until=t2, now=t1) == "p1"  # renewed: not expired at t1
@@ -621,6 +623,8 @@ class AgentRunStoreTests(StoreFixtures):
         store.release_agent_run("r", "p1")  # no longer p1's: nothing changes
         assert store.lease_agent_run("r", "p3", until=t2, now=t0) == "p2"
         store.release_agent_run("r", "p2")
+        released = store.get_agent_run("r")
+        assert released is not None and released.lease_holder is None and released.lease_until is None
         assert store.lease_agent_run("r", "p3", until=t2, now=t0) == "p3"
         assert (
             store.lease_agent_run("r", "p4", until="2026-01-01T00:09:00+00:00", now="2026-01-01T00:02:00+00:00") == "p4"

@@ -16,6 +16,8 @@ from archivist.store.sqlite.sql import json_or_none, reader
 from archivist.types import ConflictError, NotFoundError
 
 _RUN_SELECT = "id, task, status, created_at, updated_at, collection, reason, limits, totals, result, tools, owner"
+#: what a run is read back with: its columns and its lease (who drives it now, until when)
+_RUN_READ = f"{_RUN_SELECT}, lease_holder, lease_until"
 _STEP_SELECT = "run_id, seq, kind, name, created_at, data, call_id, arguments, tokens, cost_usd, latency_ms"
 _EFFECT_SELECT = (
     "run_id, step, call_id, tool, arguments_hash, idempotency_key, arguments, created_at, status, result, completed_at"
@@ -82,7 +84,7 @@ class PostgresAgentRuns(PostgresDatabase):
         """Return one run by id or unique id prefix, or None."""
         # starts_with compares text, unlike LIKE: '_' and '%' in an id match only themselves.
         rows = self._fetchall(
-            f"SELECT {_RUN_SELECT} FROM agent_runs WHERE id = %s OR starts_with(id, %s) ORDER BY id = %s DESC LIMIT 2",
+            f"SELECT {_RUN_READ} FROM agent_runs WHERE id = %s OR starts_with(id, %s) ORDER BY id = %s DESC LIMIT 2",
             (run_id, run_id, run_id),
         )
         exact = [r for r in rows if r[0] == run_id]
@@ -105,7 +107,7 @@ class PostgresAgentRuns(PostgresDatabase):
             args.append(list(collections))
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._fetchall(
-            f"SELECT {_RUN_SELECT} FROM agent_runs {where} ORDER BY updated_at DESC, seq DESC LIMIT %s", [*args, limit]
+            f"SELECT {_RUN_READ} FROM agent_runs {where} ORDER BY updated_at DESC, seq DESC LIMIT %s", [*args, limit]
         )
         return [_run_record(r) for r in rows]
 
@@ -279,7 +281,7 @@ def _tools(value: str) -> tuple[str, ...]:
 
 
 _run_record = reader(
-    AgentRunRecord, _RUN_SELECT, limits=json.loads, totals=json.loads, result=json_or_none, tools=_tools
+    AgentRunRecord, _RUN_READ, limits=json.loads, totals=json.loads, result=json_or_none, tools=_tools
 )
 _step_record = reader(AgentStepRecord, _STEP_SELECT, data=json.loads, arguments=json_or_none)
 _effect_record = reader(EffectRecord, _EFFECT_SELECT, arguments=json.loads, result=json_or_none)

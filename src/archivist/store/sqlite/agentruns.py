@@ -14,6 +14,8 @@ from archivist.store.sqlite.sql import json_or_none, reader
 from archivist.types import ConflictError, NotFoundError
 
 _RUN_SELECT = "id, task, status, created_at, updated_at, collection, reason, limits, totals, result, tools, owner"
+#: what a run is read back with: its columns and its lease (who drives it now, until when)
+_RUN_READ = f"{_RUN_SELECT}, lease_holder, lease_until"
 _STEP_SELECT = "run_id, seq, kind, name, created_at, data, call_id, arguments, tokens, cost_usd, latency_ms"
 _EFFECT_SELECT = (
     "run_id, step, call_id, tool, arguments_hash, idempotency_key, arguments, created_at, status, result, completed_at"
@@ -72,7 +74,7 @@ class SQLiteAgentRuns(SQLiteDatabase):
             self._conn()
             .execute(
                 # A prefix compared as text, not a LIKE pattern: '_' and '%' in an id match only themselves.
-                f"SELECT {_RUN_SELECT} FROM agent_runs WHERE id = ? OR substr(id, 1, ?) = ? LIMIT 2",
+                f"SELECT {_RUN_READ} FROM agent_runs WHERE id = ? OR substr(id, 1, ?) = ? LIMIT 2",
                 (run_id, len(run_id), run_id),
             )
             .fetchall()
@@ -96,7 +98,7 @@ class SQLiteAgentRuns(SQLiteDatabase):
             args.extend(collections)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         rows = self._conn().execute(
-            f"SELECT {_RUN_SELECT} FROM agent_runs {where} ORDER BY updated_at DESC, rowid DESC LIMIT ?",
+            f"SELECT {_RUN_READ} FROM agent_runs {where} ORDER BY updated_at DESC, rowid DESC LIMIT ?",
             (*args, limit),
         )
         return [_run_record(r) for r in rows]
@@ -275,7 +277,7 @@ def _tools(value: str) -> tuple[str, ...]:
 
 
 _run_record = reader(
-    AgentRunRecord, _RUN_SELECT, limits=json.loads, totals=json.loads, result=json_or_none, tools=_tools
+    AgentRunRecord, _RUN_READ, limits=json.loads, totals=json.loads, result=json_or_none, tools=_tools
 )
 _step_record = reader(AgentStepRecord, _STEP_SELECT, data=json.loads, arguments=json_or_none)
 _effect_record = reader(EffectRecord, _EFFECT_SELECT, arguments=json.loads, result=json_or_none)
