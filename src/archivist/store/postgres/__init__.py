@@ -9,10 +9,6 @@ reports the driver's errors as our own `StoreError`.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import Any, TypeVar
-
 import psycopg
 
 from archivist.store.postgres.agentruns import PostgresAgentRuns
@@ -23,36 +19,12 @@ from archivist.store.postgres.keys import PostgresKeys
 from archivist.store.postgres.llmdata import PostgresLLMData
 from archivist.store.postgres.requestlog import PostgresRequestLog
 from archivist.store.postgres.unbuilt import PostgresUnbuilt
-from archivist.types import StoreError
+from archivist.store.rows import reporting_our_errors
 
 __all__ = ["PostgresStore"]
 
-C = TypeVar("C", bound=type)
 
-
-def _in_our_errors(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except psycopg.Error as exc:
-            # A conflict a caller can act on is raised as ConflictError by the method that expects it.
-            raise StoreError(f"store error: {driver_message(exc)}") from exc
-
-    return wrapper
-
-
-def _reporting_our_errors(cls: C) -> C:
-    """Return the class with every public method raising our errors instead of psycopg's (callers, and the
-    contract suites, never see a driver's exception)."""
-    for name in dir(cls):
-        member = getattr(cls, name)
-        if not name.startswith("_") and callable(member) and not isinstance(member, type):
-            setattr(cls, name, _in_our_errors(member))
-    return cls
-
-
-@_reporting_our_errors
+@reporting_our_errors(psycopg.Error, driver_message)
 class PostgresStore(
     PostgresCollections,
     PostgresKeys,

@@ -6,7 +6,7 @@ import psycopg
 
 from archivist.store.postgres.database import PostgresDatabase
 from archivist.store.records import CollectionRecord
-from archivist.store.sqlite.database import utc_now
+from archivist.store.rows import utc_now
 from archivist.types import ConflictError
 
 

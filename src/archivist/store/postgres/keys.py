@@ -6,7 +6,7 @@ import json
 
 from archivist.store.postgres.database import PostgresDatabase
 from archivist.store.records import ApiKeyRecord
-from archivist.store.sqlite.sql import json_tuple, reader
+from archivist.store.rows import json_tuple, reader
 
 _KEY_SELECT = (
     "id, name, secret_hash, scopes, collections, created_at, budget_tokens, budget_usd, budget_period,"

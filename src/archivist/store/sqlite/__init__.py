@@ -9,11 +9,9 @@ all of them over one file, and reports the driver's errors as our own `StoreErro
 
 from __future__ import annotations
 
-import functools
 import sqlite3
-from collections.abc import Callable
-from typing import Any, TypeVar
 
+from archivist.store.rows import reporting_our_errors
 from archivist.store.sqlite.agentruns import SQLiteAgentRuns
 from archivist.store.sqlite.collections import SQLiteCollections
 from archivist.store.sqlite.documents import SQLiteDocuments
@@ -23,36 +21,11 @@ from archivist.store.sqlite.keys import SQLiteKeys
 from archivist.store.sqlite.llmdata import SQLiteLLMData
 from archivist.store.sqlite.requestlog import SQLiteRequestLog
 from archivist.store.sqlite.search import SQLiteSearch
-from archivist.types import StoreError
 
 __all__ = ["SQLiteStore"]
 
-C = TypeVar("C", bound=type)
 
-
-def _in_our_errors(method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except sqlite3.Error as exc:
-            # A conflict a caller can act on is raised as ConflictError by the method that expects it.
-            raise StoreError(f"store error: {exc}") from exc
-
-    return wrapper
-
-
-def _reporting_our_errors(cls: C) -> C:
-    """Return the class with every public method raising our errors instead of sqlite3's (callers, and the
-    contract suites a server backend also passes, never see a driver's exception)."""
-    for name in dir(cls):
-        member = getattr(cls, name)
-        if not name.startswith("_") and callable(member) and not isinstance(member, type):
-            setattr(cls, name, _in_our_errors(member))
-    return cls
-
-
-@_reporting_our_errors
+@reporting_our_errors(sqlite3.Error)
 class SQLiteStore(
     SQLiteDocuments,
     SQLiteSearch,

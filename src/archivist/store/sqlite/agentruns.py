@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from archivist.store.records import AgentRunRecord, AgentStepRecord, ApprovalRecord, EffectRecord, EffectStatus
-from archivist.store.sqlite.database import SQLiteDatabase, utc_now
-from archivist.store.sqlite.sql import json_or_none, reader
+from archivist.store.rows import json_or_none, reader, utc_now
+from archivist.store.sqlite.database import SQLiteDatabase
 from archivist.types import ConflictError, NotFoundError
 
 _RUN_SELECT = "id, task, status, created_at, updated_at, collection, reason, limits, totals, result, tools, owner"
@@ -276,9 +276,7 @@ def _tools(value: str) -> tuple[str, ...]:
     return tuple(json.loads(value))
 
 
-_run_record = reader(
-    AgentRunRecord, _RUN_READ, limits=json.loads, totals=json.loads, result=json_or_none, tools=_tools
-)
+_run_record = reader(AgentRunRecord, _RUN_READ, limits=json.loads, totals=json.loads, result=json_or_none, tools=_tools)
 _step_record = reader(AgentStepRecord, _STEP_SELECT, data=json.loads, arguments=json_or_none)
 _effect_record = reader(EffectRecord, _EFFECT_SELECT, arguments=json.loads, result=json_or_none)
 _approval_record = reader(ApprovalRecord, _APPROVAL_SELECT, arguments=json.loads)

@@ -7,7 +7,8 @@ import sqlite3
 from archivist.store.records import (
     CollectionRecord,
 )
-from archivist.store.sqlite.database import SQLiteDatabase, utc_now
+from archivist.store.rows import utc_now
+from archivist.store.sqlite.database import SQLiteDatabase
 from archivist.types import ConflictError
 
 

@@ -9,16 +9,12 @@ import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
 from pathlib import Path
 
+from archivist.store.rows import utc_now
 from archivist.store.sqlite.migrations import MIGRATIONS
 from archivist.text.analyzer import Analyzer
 from archivist.types import ArchivistError
-
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class SQLiteDatabase:

@@ -22,7 +22,8 @@ from archivist.store.records import (
     StoredChunk,
     WriteOutcome,
 )
-from archivist.store.sqlite.database import SQLiteDatabase, utc_now
+from archivist.store.rows import utc_now
+from archivist.store.sqlite.database import SQLiteDatabase
 from archivist.store.sqlite.index import DELETION_LOG_GENERATIONS, changes
 from archivist.store.sqlite.sql import CHUNK_SELECT, DOC_SELECT, doc_record, filter_sql, stored_chunk
 from archivist.types import DEFAULT_COLLECTION, ArchivistError, DocumentRecord

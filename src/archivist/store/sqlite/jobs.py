@@ -10,8 +10,8 @@ from typing import Any
 from archivist.store.records import (
     JobRecord,
 )
-from archivist.store.sqlite.database import SQLiteDatabase, utc_now
-from archivist.store.sqlite.sql import json_or_none, reader
+from archivist.store.rows import json_or_none, reader, utc_now
+from archivist.store.sqlite.database import SQLiteDatabase
 
 _JOB_SELECT = (
     "id, kind, collection, status, payload, created_at, updated_at, done, total, result, error, key_id, attempts,"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from archivist.store.filters import Filters
 from archivist.store.records import (
     StoredChunk,
 )
+from archivist.store.rows import json_tuple, reader
 from archivist.types import DocumentRecord
 
 DOC_COLUMNS = {
@@ -63,30 +63,6 @@ CHUNK_SELECT = (
     'c.id, c.document_id, c.ordinal, c.text, c.heading_path, c.start, c."end", c.page, c.page_end,'
     " c.token_count, d.source, d.title, d.metadata, d.collection"
 )
-
-
-R = TypeVar("R")
-
-
-def reader(cls: Callable[..., R], columns: str, **decode: Callable[[Any], Any]) -> Callable[[Sequence[Any]], R]:
-    """Return a function building a `cls` record from a row of `columns` (a SELECT list; each column's last name,
-    unquoted, is the field), passing the columns named in `decode` through their decoder first."""
-    fields = [c.strip().rsplit(".", 1)[-1].strip('"') for c in columns.split(",")]
-
-    def read(row: Sequence[Any]) -> R:
-        return cls(**{f: decode[f](v) if f in decode else v for f, v in zip(fields, row, strict=True)})
-
-    return read
-
-
-def json_or_none(value: str | None) -> Any:
-    """Return a JSON column's value (None stays None)."""
-    return json.loads(value) if value is not None else None
-
-
-def json_tuple(value: str | None) -> tuple[Any, ...] | None:
-    """Return a JSON array column as a tuple (None stays None)."""
-    return tuple(json.loads(value)) if value is not None else None
 
 
 doc_record = reader(DocumentRecord, DOC_SELECT, metadata=json.loads)
