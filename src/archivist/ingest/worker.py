@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from archivist.ingest.pipeline import IngestPipeline, Progress
-from archivist.store.protocols import JobQueue
+from archivist.store.protocols import JobNotifier, JobQueue
 from archivist.store.records import JobRecord
 from archivist.types import IngestReport, Skipped, document_id_for
 
@@ -59,6 +59,7 @@ class JobRunner:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._held: JobRecord | None = None
+        self._unsubscribe: Callable[[], None] | None = None
 
     def wake(self) -> None:
         """Look at the queue now instead of at the next poll (a job was just queued in this process)."""
@@ -68,6 +69,12 @@ class JobRunner:
 
     def start(self) -> None:
         """Start the worker thread (it takes queued jobs and jobs whose worker's lease ran out)."""
+        if isinstance(self.store, JobNotifier):
+            # A queue that announces new jobs wakes this worker at once; polling still finds the rest.
+            try:
+                self._unsubscribe = self.store.on_job_queued(self.wake)
+            except Exception:
+                log.exception("could not listen for queued jobs; polling every %.1fs", self.poll_s)
         self._thread = threading.Thread(target=self._loop, name="archivist-jobs", daemon=True)
         self._thread.start()
 
@@ -75,6 +82,9 @@ class JobRunner:
         """Take no further job and leave the current one after its document batch (`stop` waits for that)."""
         self._stop.set()
         self._wake.set()
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop after the current document batch; an unfinished job goes back to the queue."""

@@ -7,7 +7,7 @@ response cache, the spend ledger): `Store` also offers those methods, so one sto
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from archivist.embed.base import Vectors
@@ -224,6 +224,16 @@ class JobQueue(Protocol):
 
     def job_counts(self) -> dict[str, int]:
         """Return how many jobs are in each status."""
+        ...
+
+
+@runtime_checkable
+class JobNotifier(Protocol):
+    """A queue that tells idle workers at once when a job is queued (optional: without it, workers poll)."""
+
+    def on_job_queued(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` (from another thread) when a job may have become ready, until the returned function is
+        called; return that function."""
         ...
 
 

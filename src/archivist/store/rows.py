@@ -41,6 +41,26 @@ def json_tuple(value: str | None) -> tuple[Any, ...] | None:
     return tuple(json.loads(value)) if value is not None else None
 
 
+#: what `update_job` may set on a job (besides its updated_at, always set)
+JOB_FIELDS = frozenset(
+    {"status", "done", "total", "result", "error", "payload", "attempts", "locked_until", "locked_by"}
+)
+
+
+def job_update_values(fields: dict[str, Any]) -> dict[str, Any]:
+    """Return the column values an `update_job(**fields)` writes (JSON as text, updated_at now), or raise
+    ValueError naming the fields a job does not have."""
+    unknown = set(fields) - JOB_FIELDS
+    if unknown:
+        raise ValueError(f"update_job: unknown fields {sorted(unknown)}")
+    values = {
+        k: json.dumps(v, ensure_ascii=False) if k in ("result", "payload") and v is not None else v
+        for k, v in fields.items()
+    }
+    values["updated_at"] = utc_now()
+    return values
+
+
 def reporting_our_errors(driver_error: type[Exception], describe: Callable[[Any], str] = str) -> Callable[[C], C]:
     """Return a class decorator making every public method raise our StoreError instead of the driver's errors
     (callers, and the contract suites every backend passes, never see a driver's exception); `describe` words one."""

@@ -28,9 +28,10 @@ class PostgresCollections(PostgresDatabase):
 
     def list_collections(self) -> list[CollectionRecord]:
         """Return every collection with its document count, by name."""
-        # No document is stored on PostgreSQL yet (the document store is not built): every count is 0 until the
-        # documents table exists and this joins it, as the SQLite store does.
-        rows = self._fetchall("SELECT name, description, created_at, 0 FROM collections ORDER BY name")
+        rows = self._fetchall(
+            "SELECT c.name, c.description, c.created_at, (SELECT count(*) FROM documents d WHERE d.collection = c.name)"
+            " FROM collections c ORDER BY c.name"
+        )
         return [CollectionRecord(*r) for r in rows]
 
     def has_collection(self, name: str) -> bool:

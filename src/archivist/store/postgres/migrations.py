@@ -164,4 +164,166 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    # Documents, chunks and what searches them. Vectors are keyed by (model, embedded text's hash) as on SQLite, in
+    # a `vector` column without a fixed size: each model gets its own partial HNSW index over `vector::vector(n)`
+    # when its first vectors are written (`vector_models` names it). BM25 runs in SQL over term statistics kept
+    # here: each chunk's and document's term counts, each term's document frequency (chunk and document level) and
+    # the corpus totals in `meta`, all written in the same transaction as the chunks. `dense_moments` keeps, per
+    # model, the sum of the chunks' vectors and of their outer products (float64): the corpus mean and spread of
+    # a query's cosine that z-score and learned fusion read. `meta`'s generation row is locked first by every
+    # write, so writers take turns (as on SQLite) and the change feed's logs follow commit order.
+    (
+        6,
+        "documents, chunks, vectors, BM25 statistics, change feed",
+        """
+        CREATE TABLE meta (
+            key   text COLLATE "C" PRIMARY KEY,
+            value bigint NOT NULL
+        );
+        INSERT INTO meta (key, value) VALUES ('generation', 0), ('deletions_since', 0), ('bm25_chunks', 0),
+            ('bm25_chunk_length', 0), ('bm25_documents', 0), ('bm25_document_length', 0);
+        CREATE TABLE documents (
+            seq          bigint GENERATED ALWAYS AS IDENTITY UNIQUE,  -- write order: ties of updated_at
+            id           text COLLATE "C" PRIMARY KEY,
+            collection   text COLLATE "C" NOT NULL DEFAULT 'default' REFERENCES collections (name),
+            source       text COLLATE "C" NOT NULL,
+            title        text NOT NULL,
+            media_type   text NOT NULL,
+            content_hash text NOT NULL,
+            chunker      text NOT NULL,
+            metadata     text NOT NULL DEFAULT '{}',  -- the JSON text SQLite stores
+            fields       jsonb NOT NULL DEFAULT '{}',  -- the same, for filters (NaN and infinities as strings)
+            chunk_count  integer NOT NULL,
+            char_count   integer NOT NULL,
+            version      integer NOT NULL DEFAULT 1,
+            term_length  bigint NOT NULL DEFAULT 0,  -- document BM25 length: its chunks' term counts summed
+            created_at   text COLLATE "C" NOT NULL,
+            updated_at   text COLLATE "C" NOT NULL,
+            UNIQUE (collection, source)
+        );
+        CREATE INDEX documents_updated ON documents (updated_at, seq);
+        CREATE INDEX documents_fields ON documents USING gin (fields);
+        CREATE TABLE chunks (
+            id           bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            document_id  text COLLATE "C" NOT NULL REFERENCES documents (id) ON DELETE CASCADE,
+            ordinal      integer NOT NULL,
+            text         text NOT NULL,
+            heading_path text NOT NULL DEFAULT '[]',
+            start        integer NOT NULL,
+            "end"        integer NOT NULL,
+            page         integer,
+            page_end     integer,
+            token_count  integer NOT NULL,
+            embed_hash   text COLLATE "C" NOT NULL,
+            term_length  integer NOT NULL,  -- BM25 length: the sum of its term counts
+            UNIQUE (document_id, ordinal)
+        );
+        CREATE INDEX chunks_embed_hash ON chunks (embed_hash);
+        CREATE TABLE terms (
+            id       integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            term     text COLLATE "C" NOT NULL UNIQUE,
+            chunk_df integer NOT NULL DEFAULT 0,  -- chunks holding the term
+            doc_df   integer NOT NULL DEFAULT 0   -- documents holding it
+        );
+        CREATE TABLE chunk_terms (
+            term_id  integer NOT NULL,
+            chunk_id bigint NOT NULL REFERENCES chunks (id) ON DELETE CASCADE,
+            tf       integer NOT NULL,
+            PRIMARY KEY (term_id, chunk_id)
+        );
+        CREATE INDEX chunk_terms_chunk ON chunk_terms (chunk_id);
+        CREATE TABLE document_terms (
+            term_id     integer NOT NULL,
+            document_id text COLLATE "C" NOT NULL REFERENCES documents (id) ON DELETE CASCADE,
+            tf          integer NOT NULL,
+            PRIMARY KEY (term_id, document_id)
+        );
+        CREATE INDEX document_terms_document ON document_terms (document_id);
+        -- Kept when their documents go: a cache of what was embedded (as on SQLite).
+        CREATE TABLE embeddings (
+            model     text COLLATE "C" NOT NULL,
+            text_hash text COLLATE "C" NOT NULL,
+            vector    vector NOT NULL,
+            PRIMARY KEY (model, text_hash)
+        );
+        CREATE TABLE vector_models (
+            model      text COLLATE "C" PRIMARY KEY,
+            dimensions integer NOT NULL,
+            index_name text NOT NULL
+        );
+        CREATE TABLE dense_moments (
+            model  text COLLATE "C" PRIMARY KEY,
+            rows   bigint NOT NULL,
+            sum    bytea NOT NULL,  -- float64[n]
+            second bytea NOT NULL   -- float64[n, n]: the sum of x xᵀ
+        );
+        CREATE TABLE sentence_sets (
+            model     text COLLATE "C" NOT NULL,  -- the sentence model key (model|sentences-<splitter version>)
+            text_hash text COLLATE "C" NOT NULL,
+            sentences integer NOT NULL,  -- 0: the chunk has no usable sentence (and is not embedded again)
+            PRIMARY KEY (model, text_hash)
+        );
+        CREATE TABLE sentences (
+            model     text COLLATE "C" NOT NULL,
+            text_hash text COLLATE "C" NOT NULL,
+            ordinal   integer NOT NULL,
+            start     integer NOT NULL,  -- offsets in the chunk's text
+            "end"     integer NOT NULL,
+            vector    halfvec NOT NULL,
+            PRIMARY KEY (model, text_hash, ordinal)
+        );
+        CREATE TABLE chunk_deletions (chunk_id bigint NOT NULL, generation bigint NOT NULL);
+        CREATE INDEX chunk_deletions_generation ON chunk_deletions (generation);
+        CREATE TABLE chunk_inserts (chunk_id bigint NOT NULL, generation bigint NOT NULL);
+        CREATE INDEX chunk_inserts_generation ON chunk_inserts (generation);
+        CREATE TABLE vector_inserts (text_hash text COLLATE "C" NOT NULL, generation bigint NOT NULL);
+        CREATE INDEX vector_inserts_generation ON vector_inserts (generation);
+        """,
+    ),
+    # The job queue: a job is leased to one worker (`locked_by` until `locked_until`, epoch seconds on the server's
+    # clock) and claimed with FOR UPDATE SKIP LOCKED, so workers never wait on each other's rows. `upload_key`
+    # names an upload's content (unique among jobs not ended), so the same upload queued twice is one job. A job's
+    # input goes when the job ends (the trigger), and ended jobs are deleted after the store's retention.
+    (
+        7,
+        "job queue",
+        """
+        CREATE TABLE jobs (
+            seq          bigint GENERATED ALWAYS AS IDENTITY,  -- insertion order: ties of created_at
+            id           text COLLATE "C" PRIMARY KEY,
+            kind         text NOT NULL,
+            collection   text COLLATE "C" NOT NULL,
+            source       text COLLATE "C",  -- the payload's source, for the upload key's order
+            status       text NOT NULL CHECK (status IN ('queued', 'running', 'succeeded', 'failed')),
+            payload      text NOT NULL,
+            done         integer NOT NULL DEFAULT 0,
+            total        integer NOT NULL DEFAULT 0,
+            result       text,
+            error        text,
+            key_id       text COLLATE "C",
+            attempts     integer NOT NULL DEFAULT 0,
+            locked_until double precision,
+            locked_by    text COLLATE "C",
+            upload_key   text COLLATE "C",
+            created_at   text COLLATE "C" NOT NULL,
+            updated_at   text COLLATE "C" NOT NULL
+        );
+        CREATE INDEX jobs_open ON jobs (created_at, seq) WHERE status IN ('queued', 'running');
+        CREATE INDEX jobs_open_source ON jobs (collection, source, seq) WHERE status IN ('queued', 'running');
+        CREATE UNIQUE INDEX jobs_upload_key ON jobs (upload_key) WHERE status IN ('queued', 'running');
+        CREATE INDEX jobs_ended ON jobs (updated_at) WHERE status IN ('succeeded', 'failed');
+        CREATE INDEX jobs_listed ON jobs (collection, created_at, seq);
+        CREATE TABLE job_inputs (
+            job_id text COLLATE "C" PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+            data   bytea NOT NULL
+        );
+        CREATE FUNCTION job_inputs_dropped() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            DELETE FROM job_inputs WHERE job_id = NEW.id;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER job_inputs_dropped AFTER UPDATE OF status ON jobs
+            FOR EACH ROW WHEN (NEW.status IN ('succeeded', 'failed')) EXECUTE FUNCTION job_inputs_dropped();
+        """,
+    ),
 ]

@@ -10,7 +10,7 @@ from typing import Any
 from archivist.store.records import (
     JobRecord,
 )
-from archivist.store.rows import json_or_none, reader, utc_now
+from archivist.store.rows import job_update_values, json_or_none, reader, utc_now
 from archivist.store.sqlite.database import SQLiteDatabase
 
 _JOB_SELECT = (
@@ -54,15 +54,7 @@ class SQLiteJobs(SQLiteDatabase):
     def update_job(self, job_id: str, *, worker: str | None = None, **fields: Any) -> bool:
         """Set a job's status, done, total, result, error, payload, attempts or lease (and its updated_at); with
         `worker`, only while that worker holds the job. Return whether the job was updated."""
-        allowed = {"status", "done", "total", "result", "error", "payload", "attempts", "locked_until", "locked_by"}
-        unknown = set(fields) - allowed
-        if unknown:
-            raise ValueError(f"update_job: unknown fields {sorted(unknown)}")
-        values = {
-            k: json.dumps(v, ensure_ascii=False) if k in ("result", "payload") and v is not None else v
-            for k, v in fields.items()
-        }
-        values["updated_at"] = utc_now()
+        values = job_update_values(fields)
         sets = ", ".join(f"{k} = ?" for k in values)
         where, params = "id = ?", [job_id]
         if worker is not None:

@@ -1,0 +1,116 @@
+"""SQL pieces the PostgreSQL document store and search share: filter conditions, select lists, row readers."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from archivist.store.filters import Filters
+from archivist.store.records import StoredChunk
+from archivist.store.rows import json_tuple, reader
+from archivist.types import DocumentRecord
+
+DOC_COLUMNS = {
+    "source": "d.source",
+    "title": "d.title",
+    "document_id": "d.id",
+    "media_type": "d.media_type",
+    "collection": "d.collection",
+}
+
+DOC_SELECT = (
+    "d.id, d.source, d.title, d.media_type, d.content_hash, d.metadata, d.chunk_count, d.char_count,"
+    " d.created_at, d.updated_at, d.version, d.collection"
+)
+
+CHUNK_SELECT = (
+    'c.id, c.document_id, c.ordinal, c.text, c.heading_path, c.start, c."end", c.page, c.page_end,'
+    " c.token_count, d.source, d.title, d.metadata, d.collection"
+)
+
+doc_record = reader(DocumentRecord, DOC_SELECT, metadata=json.loads)
+stored_chunk = reader(StoredChunk, CHUNK_SELECT, heading_path=json_tuple, metadata=json.loads)
+
+# A metadata field matches when its value does or, for a list, when any element does; a mapping never matches (as
+# on SQLite, whose json_each gives a mapping's members text keys). A missing field is SQL NULL: no element matches.
+_METADATA_MATCH = (
+    "EXISTS (SELECT 1 FROM jsonb_array_elements(CASE jsonb_typeof(d.fields -> %s) WHEN 'array' THEN d.fields -> %s"
+    " WHEN 'object' THEN '[]'::jsonb ELSE jsonb_build_array(d.fields -> %s) END) e(v) WHERE e.v #>> '{{}}' {op} %s)"
+)
+
+
+def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
+    """Return a SQL condition over `documents d` for the filters, and its parameters (a list-valued metadata field
+    matches a clause when any of its elements does; a glob matches as SQLite's GLOB does: case-sensitive, whole)."""
+    if not filters:
+        return "TRUE", []
+    parts: list[str] = []
+    params: list[Any] = []
+    if filters.scope is not None:
+        # The request's collections: a clause of its own, ANDed with the user's clauses (never ORed into them).
+        parts.append("d.collection = ANY(%s)" if filters.scope else "FALSE")
+        if filters.scope:
+            params.append(list(filters.scope))
+    for key, clauses in filters.by_key().items():
+        ors = []
+        for c in clauses:
+            op, value = ("~", glob_regex(c.value)) if c.is_glob else ("=", c.value)
+            if key in DOC_COLUMNS:
+                ors.append(f"{DOC_COLUMNS[key]} {op} %s")
+            else:
+                ors.append(_METADATA_MATCH.format(op=op))
+                params.extend([key, key, key])
+            params.append(value)
+        parts.append("(" + " OR ".join(ors) + ")")
+    return " AND ".join(parts), params
+
+
+def glob_regex(pattern: str) -> str:
+    """Return a POSIX regular expression matching what SQLite's GLOB `pattern` matches: `*` any run, `?` one
+    character, `[...]` a set (`[^...]` its complement, a leading `]` literal), everything else literally."""
+    out = ["^"]
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        if ch == "*":
+            out.append(".*")
+        elif ch == "?":
+            out.append(".")
+        elif ch == "[":
+            end = i + 1
+            if end < n and pattern[end] == "^":
+                end += 1
+            if end < n and pattern[end] == "]":
+                end += 1
+            end = pattern.find("]", end)
+            if end < 0:  # no closing bracket: GLOB matches nothing, and neither does an impossible class
+                return "[^\\s\\S]"
+            body = pattern[i + 1 : end]
+            negated = body.startswith("^")
+            body = body[1:] if negated else body
+            # Inside a bracket expression only ], \\ and a leading ^ are special in a POSIX ARE.
+            body = body.replace("\\", "\\\\").replace("]", "\\]")
+            out.append("[" + ("^" if negated else "") + body + "]")
+            i = end
+        else:
+            out.append("\\" + ch if not ch.isalnum() and ch != "_" and ord(ch) < 128 else ch)
+        i += 1
+    out.append("$")
+    return "".join(out)
+
+
+def json_fields(metadata: dict[str, Any]) -> str:
+    """Return document metadata as JSON that jsonb accepts: NaN and the infinities (which it has no form for) as
+    the strings Python writes for them."""
+    return json.dumps(_finite(metadata), ensure_ascii=False, sort_keys=True)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

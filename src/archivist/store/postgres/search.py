@@ -1,0 +1,268 @@
+"""Dense, BM25 and sentence search in PostgreSQL: pgvector's HNSW index with filters inside the SQL, and our BM25 over
+the term statistics the document store keeps, computed in SQL.
+
+Dense search walks each model's HNSW index (`vector_cosine_ops`) with `hnsw.iterative_scan = relaxed_order`: the
+collection and metadata filters are joined into the same statement, and the scan goes on past `ef_search` until k
+rows pass them (up to pgvector's `hnsw.max_scan_tuples`), so a selective filter still returns k rows. Its ranking is
+approximate, so the index declares `exact_dense=False`; the scores it reports, and `candidate_scores`, are exact
+inner products. BM25 is the in-memory index's formula (k1 1.2, b 0.75, the same IDF) over the same analyzer's
+terms, so its scores equal SQLite's; `candidate_scores` adds the corpus moments z-score and learned fusion read:
+BM25's from one aggregate over the query terms' postings, the dense cosine's from the per-model vector sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from pgvector import Vector
+from psycopg import sql
+
+from archivist.embed.base import Vectors
+from archivist.store.filters import Filters
+from archivist.store.memindex import BM25_B, BM25_K1
+from archivist.store.postgres.database import Connection
+from archivist.store.postgres.docsql import filter_sql
+from archivist.store.postgres.documents import PostgresDocuments
+from archivist.store.records import CandidateScores, IndexCapabilities, SentenceHit
+from archivist.types import ArchivistError
+
+#: the HNSW candidate list a dense search starts from when the connection sets none (pgvector's default); a
+#: search for more than this many rows widens it to k (pgvector's ceiling: 1000)
+DEFAULT_EF_SEARCH = 40
+MAX_EF_SEARCH = 1000
+
+_CHUNK_BM25 = """
+SELECT p.chunk_id, sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * x.term_length)) AS score
+FROM unnest(%s::int[], %s::float8[]) q(term_id, idf)
+JOIN chunk_terms p ON p.term_id = q.term_id
+JOIN chunks x ON x.id = p.chunk_id
+{join}
+WHERE {where}
+GROUP BY p.chunk_id
+"""
+
+_DOCUMENT_BM25 = """
+SELECT p.document_id, sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * x.term_length)) AS score
+FROM unnest(%s::int[], %s::float8[]) q(term_id, idf)
+JOIN document_terms p ON p.term_id = q.term_id
+JOIN documents x ON x.id = p.document_id
+WHERE {where}
+GROUP BY p.document_id
+"""
+
+
+class PostgresSearch(PostgresDocuments):
+    """The `SearchIndex` of a PostgreSQL database: HNSW dense search, exact BM25 and exact candidate scores."""
+
+    capabilities = IndexCapabilities(exact_dense=False, exact_bm25=True, candidate_scores=True)
+
+    def __init__(self, url: str) -> None:
+        #: each model's vector size, once its first vectors exist (it never changes after)
+        self._dimensions: dict[str, int] = {}
+        super().__init__(url)
+
+    def _model_dimensions(self, model: str, query: Vectors) -> int | None:
+        """Return the size of `model`'s stored vectors (None: none stored), or raise when the query's differs."""
+        dim = self._dimensions.get(model)
+        if dim is None:
+            row = self._fetchone("SELECT dimensions FROM vector_models WHERE model = %s", (model,))
+            if row is None:
+                return None
+            dim = self._dimensions[model] = int(row[0])
+        if query.shape[0] != dim:
+            raise ArchivistError(f"query vector has {query.shape[0]} dimensions, stored {model} vectors have {dim}")
+        return dim
+
+    def dense_search(self, model: str, query: Vectors, k: int, filters: Filters) -> list[tuple[int, float]]:
+        """Return up to k (chunk id, cosine similarity) pairs, best first, among chunks passing filters."""
+        dim = self._model_dimensions(model, query)
+        if dim is None or k <= 0:
+            return []
+        where, params = filter_sql(filters)
+        q = Vector(np.asarray(query, dtype=np.float32))
+        statement = sql.SQL(
+            "SELECT c.id, -(e.vector <#> %s) FROM embeddings e JOIN chunks c ON c.embed_hash = e.text_hash {join}"
+            " WHERE e.model = {model} AND {where} ORDER BY e.vector::vector({dim}) <=> %s::vector({dim}) LIMIT %s"
+        ).format(
+            join=sql.SQL("JOIN documents d ON d.id = c.document_id" if filters else ""),
+            # Literals, so that the planner matches the model's partial index whatever its parameter handling.
+            model=sql.Literal(model),
+            where=sql.SQL(where),  # built from fixed pieces; values are parameters
+            dim=sql.Literal(dim),
+        )
+        with self._transaction() as conn:
+            _scan_settings(conn, k)
+            rows = conn.execute(statement, [q, *params, q, k]).fetchall()
+        # relaxed_order may return the rows slightly out of order: sort them (ties by chunk id, as on SQLite).
+        return sorted(((int(cid), float(s)) for cid, s in rows), key=lambda r: (-r[1], r[0]))
+
+    def bm25_search(self, query: str, k: int, filters: Filters) -> list[tuple[int, float]]:
+        """Return up to k (chunk id, BM25 score; higher is better) pairs, best first, among chunks passing filters."""
+        if k <= 0:
+            return []
+        with self._snapshot() as conn:
+            terms = _query_terms(conn, self._analyzer.terms(query), "chunk_df")
+            stats = _totals(conn, "bm25_chunks", "bm25_chunk_length")
+            if not terms or stats is None:
+                return []
+            where, params = filter_sql(filters)
+            statement = _bm25_sql(_CHUNK_BM25, stats, where, documents=bool(filters)) + sql.SQL(
+                " ORDER BY score DESC, p.chunk_id LIMIT %s"
+            )
+            rows = conn.execute(statement, [*_idf(terms, stats[0]), *params, k]).fetchall()
+        return [(int(cid), float(s)) for cid, s in rows]
+
+    def sentence_search(self, model: str, query: Vectors, k: int, filters: Filters) -> list[SentenceHit]:
+        """Return up to k stored sentences most similar to the query, best first, among documents passing
+        filters (an empty list when the store holds no sentence vectors under `model`)."""
+        if k <= 0:
+            return []
+        where, params = filter_sql(filters)
+        # An exact scan (sentences have no ANN index); a sentence that overlapping chunks repeat (the same start in
+        # the same document) is kept once, with the first chunk's id, as on SQLite.
+        rows = self._fetchall(
+            "SELECT chunk_id, start, stop, score FROM ("
+            " SELECT DISTINCT ON (c.document_id, c.start + s.start) c.id AS chunk_id, c.start + s.start AS start,"
+            ' c.start + s."end" AS stop, -(s.vector::vector <#> %s) AS score'
+            " FROM sentences s JOIN chunks c ON c.embed_hash = s.text_hash JOIN documents d ON d.id = c.document_id"
+            f" WHERE s.model = %s AND {where}"
+            " ORDER BY c.document_id, c.start + s.start, c.id"
+            ") t ORDER BY score DESC, chunk_id, start LIMIT %s",
+            [Vector(np.asarray(query, dtype=np.float32)), model, *params, k],
+        )
+        return [SentenceHit(int(c), int(a), int(b), float(s)) for c, a, b, s in rows]
+
+    def candidate_scores(self, model: str, query_vector: Vectors, query: str, ids: Sequence[int]) -> CandidateScores:
+        """Return dense, chunk BM25 and document BM25 scores of the given chunks, with each one's corpus spread."""
+        wanted = [int(i) for i in ids]
+        q = np.asarray(query_vector, dtype=np.float32)
+        with self._snapshot() as conn:
+            dense = dict(
+                conn.execute(
+                    "SELECT c.id, -(e.vector <#> %s) FROM chunks c"
+                    " JOIN embeddings e ON e.model = %s AND e.text_hash = c.embed_hash WHERE c.id = ANY(%s)",
+                    (Vector(q), model, wanted),
+                )
+            )
+            d_mean, d_std = _dense_stats(conn, model, q)
+            owner = dict(conn.execute("SELECT id, document_id FROM chunks WHERE id = ANY(%s)", (wanted,)))
+            analyzed = self._analyzer.terms(query)
+            chunk_scores, b_mean, b_std = _scores_and_stats(
+                conn, _CHUNK_BM25, "chunk_df", ("bm25_chunks", "bm25_chunk_length"), analyzed, "p.chunk_id", wanted
+            )
+            doc_scores, doc_mean, doc_std = _scores_and_stats(
+                conn,
+                _DOCUMENT_BM25,
+                "doc_df",
+                ("bm25_documents", "bm25_document_length"),
+                analyzed,
+                "p.document_id",
+                list(set(owner.values())),
+            )
+        return CandidateScores(
+            dense=[float(dense.get(i, 0.0)) for i in wanted],
+            bm25=[chunk_scores.get(i, 0.0) for i in wanted],
+            dense_mean=d_mean,
+            dense_std=d_std,
+            bm25_mean=b_mean,
+            bm25_std=b_std,
+            doc_bm25=[doc_scores.get(owner[i], 0.0) if i in owner else 0.0 for i in wanted],
+            doc_bm25_mean=doc_mean,
+            doc_bm25_std=doc_std,
+        )
+
+
+def _scan_settings(conn: Connection, k: int) -> None:
+    """Set this transaction's HNSW scan: iterative (filters inside the scan still yield k rows), and a candidate
+    list of at least k (the connection's `hnsw.ef_search`, e.g. from the URL's `options`, when larger)."""
+    conn.execute(
+        "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),"
+        " set_config('hnsw.ef_search', least(greatest(COALESCE(current_setting('hnsw.ef_search', true), %s)::int,"
+        " %s), %s)::text, true)",
+        (str(DEFAULT_EF_SEARCH), k, MAX_EF_SEARCH),
+    )
+
+
+def _query_terms(conn: Connection, terms: list[str], df_column: str) -> list[tuple[int, int]]:
+    """Return (term id, document frequency) of the query's distinct terms that some chunk or document holds."""
+    rows = conn.execute(
+        sql.SQL("SELECT id, {df} FROM terms WHERE term = ANY(%s) AND {df} > 0 ORDER BY id").format(
+            df=sql.Identifier(df_column)
+        ),
+        (list(dict.fromkeys(terms)),),
+    )
+    return [(int(i), int(df)) for i, df in rows]
+
+
+def _totals(conn: Connection, count_key: str, length_key: str) -> tuple[int, float] | None:
+    """Return how many rows the BM25 index has and their mean length (None when it has none)."""
+    rows = conn.execute("SELECT key, value FROM meta WHERE key = ANY(%s)", ([count_key, length_key],))
+    stats: dict[str, int] = {str(k): int(v) for k, v in rows}
+    n = int(stats.get(count_key, 0))
+    return (n, int(stats.get(length_key, 0)) / n) if n > 0 else None
+
+
+def _idf(terms: list[tuple[int, int]], n: int) -> tuple[list[int], list[float]]:
+    """Return the term ids and their IDF (the in-memory index's: ln(1 + (n - df + 0.5) / (df + 0.5)))."""
+    return [t for t, _ in terms], [float(np.log1p((n - df + 0.5) / (df + 0.5))) for _, df in terms]
+
+
+def _bm25_sql(template: str, stats: tuple[int, float], where: str, *, documents: bool) -> sql.Composed:
+    """Return a BM25 statement over a corpus of these totals: length normalisation k1 (1 - b + b len / avgdl)."""
+    avgdl = max(stats[1], 1e-9)
+    return sql.SQL(template).format(
+        k1_plus_1=sql.Literal(BM25_K1 + 1),
+        a=sql.Literal(BM25_K1 * (1 - BM25_B)),
+        c=sql.Literal(BM25_K1 * BM25_B / avgdl),
+        join=sql.SQL("JOIN documents d ON d.id = x.document_id" if documents else ""),
+        where=sql.SQL(where),  # fixed pieces; values are parameters
+    )
+
+
+def _scores_and_stats(
+    conn: Connection,
+    template: str,
+    df_column: str,
+    totals: tuple[str, str],
+    terms: list[str],
+    key: str,
+    wanted: list[Any],
+) -> tuple[dict[Any, float], float, float]:
+    """Return the BM25 scores of the wanted rows (chunks or documents) and the mean and standard deviation of the
+    query's score over every row of the index (rows without a query term score 0)."""
+    found = _query_terms(conn, terms, df_column)
+    stats = _totals(conn, *totals)
+    if stats is None:
+        return {}, 0.0, 1.0
+    if not found:
+        return {}, 0.0, 1e-12
+    scores = _bm25_sql(template, stats, "TRUE", documents=False)
+    params = _idf(found, stats[0])
+    moments = conn.execute(
+        sql.SQL("SELECT COALESCE(sum(score), 0), COALESCE(sum(score * score), 0) FROM ({}) s").format(scores), params
+    ).fetchone()
+    assert moments is not None
+    n = stats[0]
+    mean = float(moments[0]) / n
+    std = max(float(moments[1]) / n - mean * mean, 0.0) ** 0.5
+    rows = conn.execute(_bm25_sql(template, stats, f"{key} = ANY(%s)", documents=False), [*params, wanted]).fetchall()
+    return {r[0]: float(r[1]) for r in rows}, mean, max(std, 1e-12)
+
+
+def _dense_stats(conn: Connection, model: str, query: Vectors) -> tuple[float, float]:
+    """Return the mean and standard deviation of the query's cosine over every chunk with a vector of `model`,
+    from the kept sums (E[q·x] = q·E[x], E[(q·x)²] = qᵀ E[x xᵀ] q), without scanning."""
+    row = conn.execute("SELECT rows, sum, second FROM dense_moments WHERE model = %s", (model,)).fetchone()
+    if row is None or int(row[0]) <= 0:
+        return 0.0, 1.0
+    n = int(row[0])
+    q = np.asarray(query, dtype=np.float64)
+    mean = np.frombuffer(row[1], dtype=np.float64) / n
+    if mean.shape[0] != q.shape[0]:
+        raise ArchivistError(f"query vector has {q.shape[0]} dimensions, stored {model} vectors have {mean.shape[0]}")
+    second = np.frombuffer(row[2], dtype=np.float64).reshape(q.shape[0], q.shape[0]) / n
+    mu = float(q @ mean)
+    var = float(q @ second @ q) - mu * mu
+    return mu, max(var, 1e-12) ** 0.5
