@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from archivist.embed.base import Embedder
@@ -33,6 +33,14 @@ class RetrievalSettings:
     doc_bm25_weight: float = 0.10
     # learned fusion only: the model file (None: the bundled one, trained on SciFact's train queries).
     fusion_model: str | None = None
+
+
+@dataclass(slots=True)
+class Retrieval:
+    """The hits of one retrieval, and what it could not do as asked (sentences for the response's warnings)."""
+
+    hits: list[Hit]
+    warnings: list[str] = field(default_factory=list)
 
 
 class HybridRetriever:
@@ -64,12 +72,16 @@ class HybridRetriever:
 
     def search(self, query: str, k: int = 10, filters: Filters = Filters(), mode: Mode = "hybrid") -> list[Hit]:
         """Return the top-k hits for a query, each with its per-retriever scores and ranks."""
-        with span("retrieve.hybrid", mode=mode, k=k, fusion=self.settings.fusion) as current:
-            hits = self._search(query, k, filters, mode)
-            current.set(hits=len(hits))
-            return hits
+        return self.retrieve(query, k, filters, mode).hits
 
-    def _search(self, query: str, k: int, filters: Filters, mode: Mode) -> list[Hit]:
+    def retrieve(self, query: str, k: int = 10, filters: Filters = Filters(), mode: Mode = "hybrid") -> Retrieval:
+        """Return the top-k hits for a query with the warnings of a search that found fewer rows than it could."""
+        with span("retrieve.hybrid", mode=mode, k=k, fusion=self.settings.fusion) as current:
+            retrieval = self._search(query, k, filters, mode)
+            current.set(hits=len(retrieval.hits))
+            return retrieval
+
+    def _search(self, query: str, k: int, filters: Filters, mode: Mode) -> Retrieval:
         query = query.strip()
         if not query:
             raise UsageError("empty query")
@@ -102,6 +114,12 @@ class HybridRetriever:
             with span("embed", kind="query"):
                 vector = embedder.embed_query(query)
             dense = self.store.dense_search(embedder.model_id, vector, n, filters)
+        warnings: list[str] = []
+        if use_dense and len(dense) < n:
+            # Asked only when short, so a full search pays nothing; the index says whether rows were missed.
+            shortfall = self.store.dense_shortfall(embedder.model_id, n, filters, len(dense))
+            if shortfall is not None:
+                warnings.append(shortfall)
         bm25 = bm25_future.result() if bm25_future is not None else []
 
         prefetched: dict[int, StoredChunk] = {}
@@ -145,7 +163,7 @@ class HybridRetriever:
                     bm25_rank=b[1] if b else None,
                 )
             )
-        return hits
+        return Retrieval(hits, warnings)
 
     def _learned(
         self, query: str, ids: list[int], scores: CandidateScores

@@ -73,15 +73,20 @@ class SearchPipeline:
         outcome = SearchOutcome(hits=[], queries=[query.strip()])
         if self.expander is not None:
             # An empty or oversized query fails here, in the retriever's own checks, before any model call.
-            first = self.retriever.search(query, k=n, filters=filters, mode=mode)
+            first = self.retriever.retrieve(query, k=n, filters=filters, mode=mode)
             expansion = self.expander.expand_with_report(query.strip(), deadline=deadline, budget=budget)
             if expansion.error:
                 outcome.warnings.append(f"query expansion fell back to the original query: {expansion.error}")
             variants = outcome.queries = expansion.queries
-            lists = [first] + [self.retriever.search(v, k=n, filters=filters, mode=mode) for v in variants[1:]]
-            hits = fuse_expanded(lists, n) if len(lists) > 1 else first
+            retrievals = [first] + [self.retriever.retrieve(v, k=n, filters=filters, mode=mode) for v in variants[1:]]
+            lists = [r.hits for r in retrievals]
+            hits = fuse_expanded(lists, n) if len(lists) > 1 else first.hits
+            # Each variant's search may stop short alike: say each different sentence once.
+            outcome.warnings.extend(dict.fromkeys(w for r in retrievals for w in r.warnings))
         else:
-            hits = self.retriever.search(query, k=n, filters=filters, mode=mode)
+            retrieval = self.retriever.retrieve(query, k=n, filters=filters, mode=mode)
+            hits = retrieval.hits
+            outcome.warnings.extend(retrieval.warnings)
         if self.reranker is not None and hits:
             outcome.reranker = self.reranker.name
             if isinstance(self.reranker, ReportingReranker):  # it calls a model: our deadline and budget apply

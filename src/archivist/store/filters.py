@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from archivist.types import UsageError
 BUILTIN_FILTER_KEYS = ("source", "title", "document_id", "media_type", "collection")
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
 _GLOB_CHARS = frozenset("*?[")
+_NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +28,15 @@ class FilterClause:
     def is_glob(self) -> bool:
         """Return whether the value is a glob pattern."""
         return any(c in _GLOB_CHARS for c in self.value)
+
+    @property
+    def number(self) -> float | None:
+        """Return the value as a number when it is written as a finite JSON number (`2`, `-0.5`, `1e+20`), else
+        None: such a value equals a numeric metadata value by number, whatever its spelling (`2` = `2.0`)."""
+        if not _NUMBER_RE.fullmatch(self.value):
+            return None
+        number = float(self.value)
+        return number if math.isfinite(number) else None
 
 
 @dataclass(frozen=True, slots=True)

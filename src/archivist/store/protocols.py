@@ -134,6 +134,11 @@ class SearchIndex(Protocol):
         """Return up to k (chunk id, cosine similarity) pairs, best first, among chunks passing filters."""
         ...
 
+    def dense_shortfall(self, model: str, k: int, filters: Filters, returned: int) -> str | None:
+        """Return a warning naming what to change when a dense search for k rows returned only `returned` although
+        more chunks with a `model` vector pass the filters (an approximate scan that stopped early), else None."""
+        ...
+
     def bm25_search(self, query: str, k: int, filters: Filters) -> list[tuple[int, float]]:
         """Return up to k (chunk id, BM25 score; higher is better) pairs, best first, among chunks passing filters."""
         ...

@@ -11,7 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from archivist.embed.base import Vectors
-from archivist.types import DEFAULT_COLLECTION, Chunk, Document, Hit
+from archivist.types import DEFAULT_COLLECTION, Chunk, Document, DocumentRecord, Hit
 
 
 @dataclass(slots=True)
@@ -89,6 +89,17 @@ class DocumentWrite:
     chunks: list[Chunk]
     embed_hashes: list[str]
     chunker: str
+    #: the document as another store holds it (`archivist store copy`): its content hash, version and times are
+    #: kept, since the text rebuilt from its chunks may differ from the loaded one between chunks
+    copied_from: DocumentRecord | None = None
+
+    def kept_fields(self, version: int, created_at: str, updated_at: str) -> tuple[str, int, str, str]:
+        """Return the content hash, version, created and updated times to store: a new write's (these), or a
+        copied document's own."""
+        if self.copied_from is not None:
+            c = self.copied_from
+            return c.content_hash, c.version, c.created_at, c.updated_at
+        return self.document.content_hash, version, created_at, updated_at
 
 
 #: What a document write did: stored a new source, replaced a stored one, or left an identical one as it was.

@@ -398,6 +398,43 @@ class SearchIndexTests(StoreFixtures):
         scoped = Filters.parse(["tags=security"]).within(["elsewhere"])
         assert store.dense_search(MODEL, q, 10, scoped) == []  # the scope clause is never widened by a list match
 
+    def test_boolean_and_number_metadata_match_alike_on_every_backend(self, store: Store) -> None:
+        # JSONL fields and front matter carry booleans and numbers: `draft=true` finds a JSON true (not `1`), and
+        # a number written as one equals a numeric value by value, whatever spelling the backend gives it.
+        vecs: dict[str, Vectors] = {}
+        docs: dict[str, dict[str, object]] = {
+            "yes.md": {"draft": True, "n": 2, "score": 0.30000000000000004},
+            "no.md": {"draft": False, "n": 2.0, "big": 1e20},
+            "list.md": {"flags": [True, 3, "x", None, [1], {"a": 1}], "n": -1},
+            "text.md": {"draft": "true", "n": "2"},
+            "null.md": {"draft": None},
+        }
+        for i, (source, metadata) in enumerate(docs.items()):
+            w, vecs = _write(_doc(source, [f"rotate the keys {i}"], metadata=metadata), vecs, seed=i)
+            store.write_documents(MODEL, [w], vecs)
+        q = np.ones(DIM, np.float32) / np.sqrt(DIM)
+
+        def found(spec: str) -> set[str]:
+            filters = Filters.parse([spec])
+            dense = {store.get_chunks([c])[c].source for c, _ in store.dense_search(MODEL, q, 10, filters)}
+            bm25 = {store.get_chunks([c])[c].source for c, _ in store.bm25_search("rotate keys", 10, filters)}
+            assert dense == bm25 and store.count_documents(filters) == len(dense), spec
+            return dense
+
+        assert found("draft=true") == {"yes.md", "text.md"}
+        assert found("draft=false") == {"no.md"}
+        assert found("draft=1") == found("draft=0") == set()  # a boolean is not a number
+        assert found("draft=t*") == {"yes.md", "text.md"}
+        assert found("draft=null") == set()  # null has no text
+        assert found("n=2") == {"yes.md", "no.md", "text.md"}  # 2, 2.0 and the string "2"
+        assert found("n=2.0") == {"yes.md", "no.md"}  # by number; the string "2" is not the text "2.0"
+        assert found("n=-1") == {"list.md"}
+        assert found("big=1e+20") == found("big=100000000000000000000") == {"no.md"}
+        assert found("score=0.30000000000000004") == {"yes.md"}
+        assert found("score=0.3") == set()
+        assert found("flags=true") == found("flags=3") == found("flags=x") == {"list.md"}
+        assert found("flags=1") == found("flags=*a*") == set()  # a list or mapping inside a list is no element
+
 
 class EvalRunStoreTests(StoreFixtures):
     """Stored eval runs, looked up by id prefix."""

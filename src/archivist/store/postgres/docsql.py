@@ -32,12 +32,17 @@ CHUNK_SELECT = (
 doc_record = reader(DocumentRecord, DOC_SELECT, metadata=json.loads)
 stored_chunk = reader(StoredChunk, CHUNK_SELECT, heading_path=json_tuple, metadata=json.loads)
 
-# A metadata field matches when its value does or, for a list, when any element does; a mapping never matches (as
-# on SQLite, whose json_each gives a mapping's members text keys). A missing field is SQL NULL: no element matches.
-_METADATA_MATCH = (
+# A metadata field matches when its value does or, for a list, when any element does; a mapping never matches, nor
+# does a list or mapping inside a list (as on SQLite). A missing field is SQL NULL: no element matches.
+_METADATA_ELEMENTS = (
     "EXISTS (SELECT 1 FROM jsonb_array_elements(CASE jsonb_typeof(d.fields -> %s) WHEN 'array' THEN d.fields -> %s"
-    " WHEN 'object' THEN '[]'::jsonb ELSE jsonb_build_array(d.fields -> %s) END) e(v) WHERE e.v #>> '{{}}' {op} %s)"
+    " WHEN 'object' THEN '[]'::jsonb ELSE jsonb_build_array(d.fields -> %s) END) e(v) WHERE {match})"
 )
+# An element's text: a string's own, a boolean's JSON spelling (true, false), a number's digits; null has none.
+_ELEMENT_TEXT = "CASE jsonb_typeof(e.v) WHEN 'array' THEN NULL WHEN 'object' THEN NULL ELSE e.v #>> '{}' END"
+# A filter value written as a number equals a numeric element by value (both backends compare as doubles), so that
+# `2` finds 2.0 and `1e-05` finds 1e-05 whatever spelling the stored JSON and the database give the number.
+_ELEMENT_NUMBER = f"CASE jsonb_typeof(e.v) WHEN 'number' THEN (e.v)::float8 = %s ELSE {_ELEMENT_TEXT} = %s END"
 
 
 def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
@@ -58,10 +63,16 @@ def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
             op, value = ("~", glob_regex(c.value)) if c.is_glob else ("=", c.value)
             if key in DOC_COLUMNS:
                 ors.append(f"{DOC_COLUMNS[key]} {op} %s")
+                params.append(value)
+                continue
+            params.extend([key, key, key])
+            number = None if c.is_glob else c.number
+            if number is None:
+                ors.append(_METADATA_ELEMENTS.format(match=f"{_ELEMENT_TEXT} {op} %s"))
+                params.append(value)
             else:
-                ors.append(_METADATA_MATCH.format(op=op))
-                params.extend([key, key, key])
-            params.append(value)
+                ors.append(_METADATA_ELEMENTS.format(match=_ELEMENT_NUMBER))
+                params.extend([number, value])
         parts.append("(" + " OR ".join(ors) + ")")
     return " AND ".join(parts), params
 

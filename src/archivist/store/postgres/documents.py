@@ -205,6 +205,9 @@ class PostgresDocuments(PostgresDatabase):
         """Insert one document, its chunks and their BM25 term counts, and count them into the statistics."""
         doc = w.document
         lengths = [sum(c.values()) for c in doc_counts]
+        content_hash, version, created, updated = w.kept_fields(
+            prev[1] + 1 if prev else 1, prev[2] if prev else now, now
+        )
         conn.execute(
             "INSERT INTO documents (id, collection, source, title, media_type, content_hash, chunker, metadata,"
             " fields, chunk_count, char_count, version, term_length, created_at, updated_at)"
@@ -215,16 +218,16 @@ class PostgresDocuments(PostgresDatabase):
                 doc.source,
                 doc.title,
                 doc.media_type,
-                doc.content_hash,
+                content_hash,
                 w.chunker,
                 json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True),
                 json_fields(doc.metadata),
                 len(w.chunks),
                 len(doc.text),
-                prev[1] + 1 if prev else 1,
+                version,
                 sum(lengths),
-                prev[2] if prev else now,
-                now,
+                created,
+                updated,
             ),
         )
         if not w.chunks:

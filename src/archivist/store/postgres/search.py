@@ -38,9 +38,25 @@ SELECT p.chunk_id, sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * x.term_l
 FROM unnest(%s::int[], %s::float8[]) q(term_id, idf)
 JOIN chunk_terms p ON p.term_id = q.term_id
 JOIN chunks x ON x.id = p.chunk_id
-{join}
 WHERE {where}
 GROUP BY p.chunk_id
+"""
+
+# A BM25 search as one statement: the query terms' IDF (the in-memory index's: ln(1 + (n - df + 0.5) / (df + 0.5)))
+# and the length normalisation from the corpus totals in `meta`, then the top k chunks passing the filters.
+_CHUNK_BM25_TOP = """
+WITH totals AS (
+  SELECT (sum(value) FILTER (WHERE key = 'bm25_chunks'))::float8 AS n,
+         (sum(value) FILTER (WHERE key = 'bm25_chunk_length'))::float8 AS length
+  FROM meta WHERE key IN ('bm25_chunks', 'bm25_chunk_length')
+), q AS (
+  SELECT t.id AS term_id, ln(1 + (s.n - t.chunk_df + 0.5) / (t.chunk_df + 0.5)) AS idf,
+         {k1_b} / greatest(s.length / s.n, 1e-9) AS c
+  FROM terms t CROSS JOIN totals s WHERE t.term = ANY(%s) AND t.chunk_df > 0 AND s.n > 0
+)
+SELECT p.chunk_id, sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + q.c * x.term_length)) AS score
+FROM q JOIN chunk_terms p ON p.term_id = q.term_id JOIN chunks x ON x.id = p.chunk_id {join}
+WHERE {where} GROUP BY p.chunk_id ORDER BY score DESC, p.chunk_id LIMIT %s
 """
 
 _DOCUMENT_BM25 = """
@@ -80,39 +96,63 @@ class PostgresSearch(PostgresDocuments):
         dim = self._model_dimensions(model, query)
         if dim is None or k <= 0:
             return []
-        where, params = filter_sql(filters)
-        q = Vector(np.asarray(query, dtype=np.float32))
-        statement = sql.SQL(
-            "SELECT c.id, -(e.vector <#> %s) FROM embeddings e JOIN chunks c ON c.embed_hash = e.text_hash {join}"
-            " WHERE e.model = {model} AND {where} ORDER BY e.vector::vector({dim}) <=> %s::vector({dim}) LIMIT %s"
-        ).format(
-            join=sql.SQL("JOIN documents d ON d.id = c.document_id" if filters else ""),
-            # Literals, so that the planner matches the model's partial index whatever its parameter handling.
-            model=sql.Literal(model),
-            where=sql.SQL(where),  # built from fixed pieces; values are parameters
-            dim=sql.Literal(dim),
-        )
+        statement, params = _dense_sql(model, dim, query, k, filters)
         with self._transaction() as conn:
             _scan_settings(conn, k)
-            rows = conn.execute(statement, [q, *params, q, k]).fetchall()
-        # relaxed_order may return the rows slightly out of order: sort them (ties by chunk id, as on SQLite).
-        return sorted(((int(cid), float(s)) for cid, s in rows), key=lambda r: (-r[1], r[0]))
+            return _ranked(conn.execute(statement, params).fetchall())
+
+    def dense_shortfall(self, model: str, k: int, filters: Filters, returned: int) -> str | None:
+        """Return a warning when the HNSW scan stopped before k rows passed the filters although more chunks than it
+        returned pass them (counted up to k, so the count costs at most what an exact search would), else None."""
+        # A model dense_search found no vectors of (so never recorded the size of) has nothing to miss.
+        if returned >= k or model not in self._dimensions:
+            return None
+        where, params = filter_sql(filters)
+        statement = sql.SQL(
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM embeddings e JOIN chunks c ON c.embed_hash = e.text_hash"
+            " {join} WHERE e.model = %s AND {where} LIMIT %s) s), current_setting('hnsw.max_scan_tuples', true)"
+        ).format(
+            join=sql.SQL("JOIN documents d ON d.id = c.document_id" if filters else ""),
+            where=sql.SQL(where),  # fixed pieces; values are parameters
+        )
+        with self._pool.connection() as conn:
+            row = conn.execute(statement, [model, *params, k]).fetchone()
+        assert row is not None
+        passing, max_scan = int(row[0]), row[1] or "20000"
+        if passing <= returned:
+            return None  # the filters pass no more chunks than came back: nothing was missed
+        return (
+            f"dense search returned {returned} of {k} rows although at least {passing} chunks pass the filters:"
+            f" pgvector's iterative index scan stopped after hnsw.max_scan_tuples ({max_scan}) index tuples;"
+            " raise hnsw.max_scan_tuples (or hnsw.ef_search) for this store, e.g. add"
+            f" options=-c%20hnsw.max_scan_tuples%3D{int(max_scan) * 5} to its URL"
+        )
 
     def bm25_search(self, query: str, k: int, filters: Filters) -> list[tuple[int, float]]:
         """Return up to k (chunk id, BM25 score; higher is better) pairs, best first, among chunks passing filters."""
         if k <= 0:
             return []
-        with self._snapshot() as conn:
-            terms = _query_terms(conn, self._analyzer.terms(query), "chunk_df")
-            stats = _totals(conn, "bm25_chunks", "bm25_chunk_length")
-            if not terms or stats is None:
-                return []
-            where, params = filter_sql(filters)
-            statement = _bm25_sql(_CHUNK_BM25, stats, where, documents=bool(filters)) + sql.SQL(
-                " ORDER BY score DESC, p.chunk_id LIMIT %s"
-            )
-            rows = conn.execute(statement, [*_idf(terms, stats[0]), *params, k]).fetchall()
-        return [(int(cid), float(s)) for cid, s in rows]
+        statement, params = _bm25_top_sql(self._analyzer.terms(query), k, filters)
+        with self._pool.connection() as conn:
+            return [(int(cid), float(s)) for cid, s in conn.execute(statement, params)]
+
+    def hybrid_candidates(
+        self, model: str, query_vector: Vectors, query: str, k: int, filters: Filters
+    ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+        """Return what `dense_search` and `bm25_search` return for one query, from one statement (their two
+        statements as CTEs of it): one round trip to one server process instead of two in parallel."""
+        dim = self._model_dimensions(model, query_vector)
+        if dim is None or k <= 0:
+            return [], self.bm25_search(query, k, filters)
+        dense, dense_params = _dense_sql(model, dim, query_vector, k, filters)
+        bm25, bm25_params = _bm25_top_sql(self._analyzer.terms(query), k, filters)
+        statement = sql.SQL(
+            "WITH dense AS ({}), bm25 AS ({}) SELECT 0, * FROM dense UNION ALL SELECT 1, * FROM bm25"
+        ).format(dense, bm25)
+        with self._transaction() as conn:
+            _scan_settings(conn, k)
+            rows = conn.execute(statement, [*dense_params, *bm25_params]).fetchall()
+        return _ranked([r[1:] for r in rows if r[0] == 0]), [(int(c), float(v)) for arm, c, v in rows if arm == 1]
 
     def sentence_search(self, model: str, query: Vectors, k: int, filters: Filters) -> list[SentenceHit]:
         """Return up to k stored sentences most similar to the query, best first, among documents passing
@@ -174,6 +214,42 @@ class PostgresSearch(PostgresDocuments):
         )
 
 
+def _dense_sql(model: str, dim: int, query: Vectors, k: int, filters: Filters) -> tuple[sql.Composed, list[Any]]:
+    """Return the dense search statement (the model's HNSW index, the filters inside it) and its parameters."""
+    where, params = filter_sql(filters)
+    q = Vector(np.asarray(query, dtype=np.float32))
+    statement = sql.SQL(
+        "SELECT c.id, -(e.vector <#> %s) FROM embeddings e JOIN chunks c ON c.embed_hash = e.text_hash {join}"
+        " WHERE e.model = {model} AND {where} ORDER BY e.vector::vector({dim}) <=> %s::vector({dim}) LIMIT %s"
+    ).format(
+        join=sql.SQL("JOIN documents d ON d.id = c.document_id" if filters else ""),
+        # Literals, so that the planner matches the model's partial index whatever its parameter handling.
+        model=sql.Literal(model),
+        where=sql.SQL(where),  # built from fixed pieces; values are parameters
+        dim=sql.Literal(dim),
+    )
+    return statement, [q, *params, q, k]
+
+
+def _ranked(rows: Sequence[Sequence[Any]]) -> list[tuple[int, float]]:
+    """Return dense rows best first: relaxed_order may return them slightly out of order (ties by chunk id, as on
+    SQLite)."""
+    return sorted(((int(cid), float(s)) for cid, s in rows), key=lambda r: (-r[1], r[0]))
+
+
+def _bm25_top_sql(terms: list[str], k: int, filters: Filters) -> tuple[sql.Composed, list[Any]]:
+    """Return the BM25 search statement over the query's analyzed terms and its parameters."""
+    where, params = filter_sql(filters)
+    statement = sql.SQL(_CHUNK_BM25_TOP).format(
+        k1_plus_1=sql.Literal(BM25_K1 + 1),
+        a=sql.Literal(BM25_K1 * (1 - BM25_B)),
+        k1_b=sql.Literal(BM25_K1 * BM25_B),
+        join=sql.SQL("JOIN documents d ON d.id = x.document_id" if filters else ""),
+        where=sql.SQL(where),  # fixed pieces; values are parameters
+    )
+    return statement, [list(dict.fromkeys(terms)), *params, k]
+
+
 def _scan_settings(conn: Connection, k: int) -> None:
     """Set this transaction's HNSW scan: iterative (filters inside the scan still yield k rows), and a candidate
     list of at least k (the connection's `hnsw.ef_search`, e.g. from the URL's `options`, when larger)."""
@@ -209,14 +285,13 @@ def _idf(terms: list[tuple[int, int]], n: int) -> tuple[list[int], list[float]]:
     return [t for t, _ in terms], [float(np.log1p((n - df + 0.5) / (df + 0.5))) for _, df in terms]
 
 
-def _bm25_sql(template: str, stats: tuple[int, float], where: str, *, documents: bool) -> sql.Composed:
+def _bm25_sql(template: str, stats: tuple[int, float], where: str) -> sql.Composed:
     """Return a BM25 statement over a corpus of these totals: length normalisation k1 (1 - b + b len / avgdl)."""
     avgdl = max(stats[1], 1e-9)
     return sql.SQL(template).format(
         k1_plus_1=sql.Literal(BM25_K1 + 1),
         a=sql.Literal(BM25_K1 * (1 - BM25_B)),
         c=sql.Literal(BM25_K1 * BM25_B / avgdl),
-        join=sql.SQL("JOIN documents d ON d.id = x.document_id" if documents else ""),
         where=sql.SQL(where),  # fixed pieces; values are parameters
     )
 
@@ -238,7 +313,7 @@ def _scores_and_stats(
         return {}, 0.0, 1.0
     if not found:
         return {}, 0.0, 1e-12
-    scores = _bm25_sql(template, stats, "TRUE", documents=False)
+    scores = _bm25_sql(template, stats, "TRUE")
     params = _idf(found, stats[0])
     moments = conn.execute(
         sql.SQL("SELECT COALESCE(sum(score), 0), COALESCE(sum(score * score), 0) FROM ({}) s").format(scores), params
@@ -247,7 +322,7 @@ def _scores_and_stats(
     n = stats[0]
     mean = float(moments[0]) / n
     std = max(float(moments[1]) / n - mean * mean, 0.0) ** 0.5
-    rows = conn.execute(_bm25_sql(template, stats, f"{key} = ANY(%s)", documents=False), [*params, wanted]).fetchall()
+    rows = conn.execute(_bm25_sql(template, stats, f"{key} = ANY(%s)"), [*params, wanted]).fetchall()
     return {r[0]: float(r[1]) for r in rows}, mean, max(std, 1e-12)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -49,7 +49,9 @@ def parse_postgres_url(url: str) -> PostgresURL:
             ours[name] = value
         else:
             rest.append((name, value))
-    conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(rest, safe="/"), parts.fragment))
+    # quote, not urlencode's default quote_plus: libpq reads `+` as itself, so `options=-c%20x%3D1` must stay %20.
+    query = urlencode(rest, safe="/", quote_via=quote)
+    conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
     try:
         conninfo_to_dict(conninfo)
     except psycopg.ProgrammingError as exc:

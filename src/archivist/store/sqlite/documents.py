@@ -105,8 +105,9 @@ class SQLiteDocuments(SQLiteDatabase):
                 outcomes.append("updated" if prev is not None else "added")
                 if prev is not None:
                     self._delete_in(conn, prev[0])
-                version = prev[1] + 1 if prev else 1
-                created = prev[2] if prev else now
+                content_hash, version, created, updated = w.kept_fields(
+                    prev[1] + 1 if prev else 1, prev[2] if prev else now, now
+                )
                 conn.execute(
                     "INSERT INTO documents (id, collection, source, title, media_type, content_hash, chunker,"
                     " metadata, chunk_count, char_count, version, created_at, updated_at)"
@@ -117,14 +118,14 @@ class SQLiteDocuments(SQLiteDatabase):
                         doc.source,
                         doc.title,
                         doc.media_type,
-                        doc.content_hash,
+                        content_hash,
                         w.chunker,
                         json.dumps(doc.metadata, ensure_ascii=False, sort_keys=True),
                         len(w.chunks),
                         len(doc.text),
                         version,
                         created,
-                        now,
+                        updated,
                     ),
                 )
                 for chunk, h, tc in zip(w.chunks, w.embed_hashes, doc_counts, strict=True):

@@ -141,6 +141,10 @@ class SQLiteSearch(SQLiteDatabase):
             )
         return index.search(query, k, self._allowed_documents(filters))
 
+    def dense_shortfall(self, model: str, k: int, filters: Filters, returned: int) -> str | None:
+        """Return None: the dense search scores every vector passing the filters, so it never stops short."""
+        return None
+
     def bm25_search(self, query: str, k: int, filters: Filters) -> list[tuple[int, float]]:
         """Return up to k (chunk id, BM25 score; higher is better) pairs, best first, among chunks passing filters."""
         index, vocab = self._lexical_index()

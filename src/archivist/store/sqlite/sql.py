@@ -38,19 +38,32 @@ def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
             op = "GLOB" if c.is_glob else "="
             if key in DOC_COLUMNS:
                 ors.append(f"{DOC_COLUMNS[key]} {op} ?")
+                params.append(c.value)
+                continue
+            params.append('$."' + key.replace('"', "") + '"')
+            number = None if c.is_glob else c.number
+            if number is None:
+                ors.append(_METADATA_ELEMENTS.format(match=f"{_ELEMENT_TEXT} {op} ?"))
+                params.append(c.value)
             else:
-                ors.append(_METADATA_MATCH.format(op=op))
-                params.append('$."' + key.replace('"', "") + '"')
-            params.append(c.value)
+                ors.append(_METADATA_ELEMENTS.format(match=_ELEMENT_NUMBER))
+                params.extend([number, c.value])
         parts.append("(" + " OR ".join(ors) + ")")
     return " AND ".join(parts), params
 
 
 # A metadata field matches when its value does or, for a list, when any element does. json_each yields one row
 # with a NULL key for a scalar and integer keys for a list's elements; a mapping's members (text keys) never match.
-_METADATA_MATCH = (
-    "EXISTS (SELECT 1 FROM json_each(d.metadata, ?) e WHERE typeof(e.key) <> 'text' AND CAST(e.value AS TEXT) {op} ?)"
+_METADATA_ELEMENTS = "EXISTS (SELECT 1 FROM json_each(d.metadata, ?) e WHERE typeof(e.key) <> 'text' AND {match})"
+# An element's text as PostgreSQL's store gives it: a boolean's JSON spelling (json_each's value is 1 or 0), no text
+# for null or for a list or mapping inside a list.
+_ELEMENT_TEXT = (
+    "CASE e.type WHEN 'true' THEN 'true' WHEN 'false' THEN 'false' WHEN 'null' THEN NULL WHEN 'array' THEN NULL"
+    " WHEN 'object' THEN NULL ELSE CAST(e.value AS TEXT) END"
 )
+# A filter value written as a number equals a numeric element by value: SQLite's text of a real (1.0e+20) is not
+# the stored JSON's (1e+20), nor PostgreSQL's.
+_ELEMENT_NUMBER = f"CASE WHEN e.type IN ('integer', 'real') THEN e.value = ? ELSE {_ELEMENT_TEXT} = ? END"
 
 
 DOC_SELECT = (
