@@ -265,9 +265,10 @@ class PostgresDocuments(PostgresDatabase):
                     copy.write_row((term_ids[term], doc.id, n))
         chunk_df = Counter(term_ids[t] for tc in doc_counts for t in tc)
         conn.execute(
+            # `t.id = ANY(…)` as well as the join: the planner then reads those rows by key instead of the table.
             "UPDATE terms t SET chunk_df = t.chunk_df + x.n, doc_df = t.doc_df + 1"
-            " FROM unnest(%s::int[], %s::int[]) x(id, n) WHERE t.id = x.id",
-            (list(chunk_df), list(chunk_df.values())),
+            " FROM unnest(%s::int[], %s::int[]) x(id, n) WHERE t.id = x.id AND t.id = ANY(%s)",
+            (list(chunk_df), list(chunk_df.values()), list(chunk_df)),
         )
         conn.execute(
             "INSERT INTO chunk_inserts (chunk_id, generation) SELECT unnest(%s::bigint[]), %s",
@@ -337,10 +338,14 @@ class PostgresDocuments(PostgresDatabase):
         # The vectors this document's chunks join (of every model), and the older chunks that join this model's
         # index through a vector first stored now (the same text, in another document).
         with conn.cursor(binary=True) as cur:
+            # Two index lookups, not one OR: an OR across the join's two tables is planned as a scan of both.
             cur.execute(
                 "SELECT e.model, e.vector FROM chunks c JOIN embeddings e ON e.text_hash = c.embed_hash"
-                " WHERE c.document_id = %s OR (e.model = %s AND e.text_hash = ANY(%s) AND c.document_id <> %s)",
-                (w.document.id, model, new, w.document.id),
+                " WHERE c.document_id = %s"
+                " UNION ALL"
+                " SELECT e.model, e.vector FROM chunks c JOIN embeddings e ON e.text_hash = c.embed_hash"
+                " WHERE e.model = %s AND c.embed_hash = ANY(%s) AND e.text_hash = ANY(%s) AND c.document_id <> %s",
+                (w.document.id, model, new, new, w.document.id),
             )
             state.vectors(cur.fetchall(), 1)
 

@@ -326,4 +326,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             FOR EACH ROW WHEN (NEW.status IN ('succeeded', 'failed')) EXECUTE FUNCTION job_inputs_dropped();
         """,
     ),
+    (
+        8,
+        "embeddings by text hash",
+        # A document's write reads the vectors its chunks join, of every model, by text hash: without this index
+        # that read scanned every stored vector, so each write grew slower with the store.
+        "CREATE INDEX embeddings_text_hash ON embeddings (text_hash);",
+    ),
 ]
