@@ -535,6 +535,31 @@ class ServiceRecordsTests(StoreFixtures):
         store.update_job("r", locked_until=time.time() - 1)
         assert (store.claim_job("w", lease_s=60, max_attempts=2) or failed).id == "r"
 
+    def test_uploads_of_one_source_are_taken_in_the_order_they_came(self, store: Store) -> None:
+        from archivist.store.records import JobRecord
+
+        store.create_collection("docs")
+        for job_id, version, at in (("v1", "one", "2026-01-01T00:00:01"), ("v2", "two", "2026-01-01T00:00:02")):
+            payload = {"file": "a.md", "source": "a.md", "title": version}
+            store.create_job(JobRecord(job_id, "ingest", "docs", "queued", payload, at, at), version.encode())
+        other = {"file": "b.md", "source": "b.md", "title": "b"}
+        store.create_job(JobRecord("b", "ingest", "docs", "queued", other, "2026-01-01T00:00:03", "x"), b"b")
+        first = store.claim_job("w1", lease_s=60, max_attempts=3)
+        assert first is not None and first.id == "v1"
+        # While the older upload of a.md is open, the newer one waits; another source does not.
+        second = store.claim_job("w2", lease_s=60, max_attempts=3)
+        assert second is not None and second.id == "b"
+        assert store.claim_job("w3", lease_s=60, max_attempts=3) is None
+        # The older one failed and waits out its retry delay: still open, so the newer still waits.
+        store.update_job("v1", worker="w1", status="queued", locked_until=time.time() + 60, error="503")
+        assert store.claim_job("w3", lease_s=60, max_attempts=3) is None
+        store.update_job("v1", locked_until=time.time() - 1)
+        retried = store.claim_job("w1", lease_s=60, max_attempts=3)
+        assert retried is not None and retried.id == "v1"
+        store.update_job("v1", worker="w1", status="succeeded")
+        last = store.claim_job("w3", lease_s=60, max_attempts=3)
+        assert last is not None and last.id == "v2"
+
 
 class AgentRunStoreTests(StoreFixtures):
     """`AgentRunStore`: runs, the step journal, side-effect intents and outcomes, approvals, retention."""

@@ -155,10 +155,15 @@ class PostgresJobs(PostgresDatabase):
                 " AND attempts >= %s FOR UPDATE SKIP LOCKED)",
                 (utc_now(), max_attempts),
             )
+            # Uploads of one source run in the order they came: a job waits while an older one of its source is
+            # open (queued, in its retry delay, or running), so an older upload never lands after a newer one.
             row = conn.execute(
                 f"WITH next AS (SELECT id FROM jobs WHERE {_OPEN} AND ("
                 f"(status = 'queued' AND COALESCE(locked_until, 0) <= {_NOW})"
                 f" OR (status = 'running' AND COALESCE(locked_until, 0) < {_NOW} AND attempts < %s))"
+                " AND (source IS NULL OR NOT EXISTS (SELECT 1 FROM jobs o WHERE o.collection = jobs.collection"
+                " AND o.source = jobs.source AND o.status IN ('queued', 'running')"
+                " AND (o.created_at, o.seq) < (jobs.created_at, jobs.seq)))"
                 " ORDER BY created_at, seq LIMIT 1 FOR UPDATE SKIP LOCKED)"
                 f" UPDATE jobs SET status = 'running', attempts = jobs.attempts + 1, locked_until = {_NOW} + %s,"
                 f" locked_by = %s, updated_at = %s FROM next WHERE jobs.id = next.id RETURNING {_JOB_SELECT}",

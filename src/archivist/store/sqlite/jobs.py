@@ -90,9 +90,16 @@ class SQLiteJobs(SQLiteDatabase):
                 " WHERE status = 'running' AND locked_until < ? AND attempts >= ?",
                 (utc_now(), now, max_attempts),
             )
+            # Uploads of one source run in the order they came: a job waits while an older one of its source is
+            # open (queued, in its retry delay, or running), so an older upload never lands after a newer one.
             row = conn.execute(
-                f"SELECT {_JOB_SELECT} FROM jobs WHERE (status = 'queued' AND COALESCE(locked_until, 0) <= ?)"
-                " OR (status = 'running' AND COALESCE(locked_until, 0) < ?) ORDER BY created_at, rowid LIMIT 1",
+                f"SELECT {_JOB_SELECT} FROM jobs WHERE ((status = 'queued' AND COALESCE(locked_until, 0) <= ?)"
+                " OR (status = 'running' AND COALESCE(locked_until, 0) < ?))"
+                " AND (json_extract(payload, '$.source') IS NULL OR NOT EXISTS (SELECT 1 FROM jobs o"
+                " WHERE o.collection = jobs.collection AND o.status IN ('queued', 'running')"
+                " AND json_extract(o.payload, '$.source') = json_extract(jobs.payload, '$.source')"
+                " AND (o.created_at, o.rowid) < (jobs.created_at, jobs.rowid)))"
+                " ORDER BY created_at, rowid LIMIT 1",
                 (now, now),
             ).fetchone()
             if row is None:
