@@ -7,7 +7,7 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +185,7 @@ class IngestPipeline:
 
     def _filter(self, doc: Document, report: IngestReport) -> Document | None:
         """Return the document after every filter, or None when one skipped it or failed (the report says why)."""
+        doc = without_nul(doc)
         for keep in self.filters:
             try:
                 result = keep(doc)
@@ -497,3 +498,23 @@ def _embed_with_sentences(
         keep = [j for j in range(len(spans)) if rows[j].any()]  # a span past the model's truncation has none
         sentences[h] = SentenceVectors([spans[j] for j in keep], rows[keep])
     return vectors, sentences
+
+
+def without_nul(doc: Document) -> Document:
+    """Return the document with every NUL character in its title, text and metadata replaced by U+FFFD: a NUL
+    past the loader's binary check is damage, not text, and PostgreSQL refuses to store it (one such file must not
+    stop an ingest). One character for one, so the blocks' offsets still hold."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace("\x00", "\ufffd")
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    title, text, metadata = clean(doc.title), clean(doc.text), clean(doc.metadata)
+    if (title, text, metadata) == (doc.title, doc.text, doc.metadata):
+        return doc
+    return replace(doc, title=title, text=text, metadata=metadata)

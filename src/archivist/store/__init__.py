@@ -38,7 +38,10 @@ def register_store(
 
 def _backend(url: str) -> StoreBackend:
     """Return the backend of a URL's scheme, or raise UsageError naming the schemes there are."""
-    scheme = urlparse(url).scheme
+    try:
+        scheme = urlparse(url).scheme
+    except ValueError as exc:  # e.g. an unclosed [ of an IPv6 host: not shown, it may hold a password
+        raise UsageError(f"bad store URL: {exc} (e.g. sqlite:///path.db or postgresql://user@host/db)") from exc
     backend = _BACKENDS.get(scheme)
     if backend is None:
         known = ", ".join(f"{s}:" for s in sorted(_BACKENDS))

@@ -34,7 +34,10 @@ class PostgresURL:
 
 def parse_postgres_url(url: str) -> PostgresURL:
     """Return the checked form of a `postgresql://` store URL, or raise UsageError saying what is wrong with it."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed [ of an IPv6 host: the URL cannot be shown masked, so not at all
+        raise UsageError(f"bad store URL: {exc}; use {EXAMPLE}") from exc
     if parts.scheme not in SCHEMES:
         raise UsageError(f"bad store URL {_masked(url)!r}: a PostgreSQL store URL starts with postgresql://")
     try:
@@ -60,11 +63,15 @@ def parse_postgres_url(url: str) -> PostgresURL:
         conninfo=conninfo,
         shown=_masked(conninfo),
         pool_size=_whole(ours, "pool_size", DEFAULT_POOL_SIZE, minimum=1, url=url),
-        statement_timeout_ms=_whole(ours, "statement_timeout_ms", DEFAULT_STATEMENT_TIMEOUT_MS, minimum=0, url=url),
+        statement_timeout_ms=_whole(
+            ours, "statement_timeout_ms", DEFAULT_STATEMENT_TIMEOUT_MS, minimum=0, maximum=2**31 - 1, url=url
+        ),
     )
 
 
-def _whole(params: dict[str, str], name: str, default: int, *, minimum: int, url: str) -> int:
+def _whole(
+    params: dict[str, str], name: str, default: int, *, minimum: int, url: str, maximum: int | None = None
+) -> int:
     """Return a whole-number URL parameter (its default when absent), or raise UsageError."""
     raw = params.get(name)
     if raw is None:
@@ -73,8 +80,9 @@ def _whole(params: dict[str, str], name: str, default: int, *, minimum: int, url
         value = int(raw)
     except ValueError:
         value = minimum - 1
-    if value < minimum:
-        raise UsageError(f"bad store URL {_masked(url)!r}: {name} must be a whole number ≥ {minimum}, not {raw!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f"≥ {minimum}"
+        raise UsageError(f"bad store URL {_masked(url)!r}: {name} must be a whole number {bounds}, not {raw!r}")
     return value
 
 
