@@ -15,6 +15,7 @@ BUILTIN_FILTER_KEYS = ("source", "title", "document_id", "media_type", "collecti
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,63}$")
 _GLOB_CHARS = frozenset("*?[")
 _NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_INTEGER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,11 +31,14 @@ class FilterClause:
         return any(c in _GLOB_CHARS for c in self.value)
 
     @property
-    def number(self) -> float | None:
+    def number(self) -> int | float | None:
         """Return the value as a number when it is written as a finite JSON number (`2`, `-0.5`, `1e+20`), else
-        None: such a value equals a numeric metadata value by number, whatever its spelling (`2` = `2.0`)."""
+        None: such a value equals a numeric metadata value by number, whatever its spelling (`2` = `2.0`). An
+        integer within 64 bits stays an exact int (ids of 19 digits must not compare as nearby doubles)."""
         if not _NUMBER_RE.fullmatch(self.value):
             return None
+        if _INTEGER_RE.fullmatch(self.value) and -(2**63) <= int(self.value) < 2**63:
+            return int(self.value)
         number = float(self.value)
         return number if math.isfinite(number) else None
 

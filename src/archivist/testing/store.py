@@ -403,8 +403,8 @@ class SearchIndexTests(StoreFixtures):
         # a number written as one equals a numeric value by value, whatever spelling the backend gives it.
         vecs: dict[str, Vectors] = {}
         docs: dict[str, dict[str, object]] = {
-            "yes.md": {"draft": True, "n": 2, "score": 0.30000000000000004},
-            "no.md": {"draft": False, "n": 2.0, "big": 1e20},
+            "yes.md": {"draft": True, "n": 2, "score": 0.30000000000000004, "tweet": 1234567890123456789},
+            "no.md": {"draft": False, "n": 2.0, "big": 1e20, "tweet": 1234567890123456800},
             "list.md": {"flags": [True, 3, "x", None, [1], {"a": 1}], "n": -1},
             "text.md": {"draft": "true", "n": "2"},
             "null.md": {"draft": None},
@@ -432,6 +432,8 @@ class SearchIndexTests(StoreFixtures):
         assert found("big=1e+20") == found("big=100000000000000000000") == {"no.md"}
         assert found("score=0.30000000000000004") == {"yes.md"}
         assert found("score=0.3") == set()
+        # 19-digit ids that one double cannot tell apart are compared exactly.
+        assert found("tweet=1234567890123456789") == {"yes.md"} and found("tweet=1234567890123456800") == {"no.md"}
         assert found("flags=true") == found("flags=3") == found("flags=x") == {"list.md"}
         assert found("flags=1") == found("flags=*a*") == set()  # a list or mapping inside a list is no element
 

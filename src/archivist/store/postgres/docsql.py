@@ -40,9 +40,12 @@ _METADATA_ELEMENTS = (
 )
 # An element's text: a string's own, a boolean's JSON spelling (true, false), a number's digits; null has none.
 _ELEMENT_TEXT = "CASE jsonb_typeof(e.v) WHEN 'array' THEN NULL WHEN 'object' THEN NULL ELSE e.v #>> '{}' END"
-# A filter value written as a number equals a numeric element by value (both backends compare as doubles), so that
-# `2` finds 2.0 and `1e-05` finds 1e-05 whatever spelling the stored JSON and the database give the number.
-_ELEMENT_NUMBER = f"CASE jsonb_typeof(e.v) WHEN 'number' THEN (e.v)::float8 = %s ELSE {_ELEMENT_TEXT} = %s END"
+# A filter value written as a number equals a numeric element by value, compared as `numeric` (exact, any size), so
+# that `2` finds 2.0 and `1e-05` finds 1e-05 whatever spelling the stored JSON and the database give the number,
+# and 19-digit ids never match their neighbours.
+_ELEMENT_NUMBER = (
+    f"CASE jsonb_typeof(e.v) WHEN 'number' THEN (e.v)::numeric = %s::numeric ELSE {_ELEMENT_TEXT} = %s END"
+)
 
 
 def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
@@ -72,7 +75,7 @@ def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
                 params.append(value)
             else:
                 ors.append(_METADATA_ELEMENTS.format(match=_ELEMENT_NUMBER))
-                params.extend([number, value])
+                params.extend([c.value, value])
         parts.append("(" + " OR ".join(ors) + ")")
     return " AND ".join(parts), params
 
