@@ -167,3 +167,45 @@ def test_one_statement_hybrid_candidates_equal_the_two_searches(
             [],
             store.bm25_search(QUERY, 10, filters),
         )
+
+
+def test_glob_filters_match_on_postgres_as_sqlite_glob_matches(postgres_url: str) -> None:
+    import sqlite3
+
+    import psycopg
+
+    from archivist.store.postgres.docsql import glob_regex
+
+    patterns = [
+        "docs/*",
+        "a?c",
+        "[abc]*",
+        "[^abc]*",
+        "[]]*",
+        "[a-c]x",
+        "[z-a]*",
+        "[^z-a]*",
+        "[a-\\]*",
+        "[[:alpha:]]*",
+        "[[.a.]]*",
+        "[[=a=]]*",
+        "[\\]*",
+        "*[*",
+        "x[",
+        "[-a]*",
+        "[a-]*",
+        "é*",
+        "[é-ë]",
+        "*.md",
+        "(a|b)*",
+        "a.b",
+    ]
+    texts = ["docs/a.md", "abc", "dc", "]x", "bx", "zeta", "a", "[:alpha:]", "\\", "x[", "-", "é", "ê", "(a|b)", "a.b"]
+    sqlite = sqlite3.connect(":memory:")
+    with psycopg.connect(postgres_url, autocommit=True) as pg:
+        for pattern in patterns:
+            regex = glob_regex(pattern)
+            for text in texts:
+                want = bool(sqlite.execute("SELECT ? GLOB ?", (text, pattern)).fetchone()[0])
+                got = bool(pg.execute("SELECT %s ~ %s", (text, regex)).fetchone()[0])  # never an error
+                assert got == want, (pattern, text, regex)

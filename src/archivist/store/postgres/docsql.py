@@ -102,16 +102,35 @@ def glob_regex(pattern: str) -> str:
                 return "[^\\s\\S]"
             body = pattern[i + 1 : end]
             negated = body.startswith("^")
-            body = body[1:] if negated else body
-            # Inside a bracket expression only ], \\ and a leading ^ are special in a POSIX ARE.
-            body = body.replace("\\", "\\\\").replace("]", "\\]")
-            out.append("[" + ("^" if negated else "") + body + "]")
+            out.append("[" + ("^" if negated else "") + _class_items(body[1:] if negated else body) + "]")
             i = end
         else:
             out.append("\\" + ch if not ch.isalnum() and ch != "_" and ord(ch) < 128 else ch)
         i += 1
     out.append("$")
     return "".join(out)
+
+
+def _class_items(body: str) -> str:
+    """Return a GLOB set's members as a POSIX bracket expression's body: each character written as its \\u escape
+    (so `[:alpha:]`, `[.a.]`, `[=a=]`, `]` and `\\` are only characters), `a-z` as a range, and of a range whose
+    end comes before its start only its first character (as GLOB matches it)."""
+    out, i = [], 0
+    while i < len(body):
+        if i + 2 < len(body) and body[i + 1] == "-":
+            low, high = body[i], body[i + 2]
+            # As SQLite's GLOB reads it: the first character is a member itself, then the range adds low..high.
+            out.append(f"{_escaped(low)}-{_escaped(high)}" if low <= high else _escaped(low))
+            i += 3
+        else:
+            out.append(_escaped(body[i]))
+            i += 1
+    return "".join(out)
+
+
+def _escaped(ch: str) -> str:
+    """Return one character as a regular expression's character-entry escape."""
+    return f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}"
 
 
 def json_fields(metadata: dict[str, Any]) -> str:
