@@ -209,3 +209,11 @@ def test_glob_filters_match_on_postgres_as_sqlite_glob_matches(postgres_url: str
                 want = bool(sqlite.execute("SELECT ? GLOB ?", (text, pattern)).fetchone()[0])
                 got = bool(pg.execute("SELECT %s ~ %s", (text, regex)).fetchone()[0])  # never an error
                 assert got == want, (pattern, text, regex)
+
+
+def test_a_filter_value_with_a_nul_character_is_a_usage_error() -> None:
+    from archivist.types import UsageError
+
+    for make in (lambda: Filters.parse(["source=a\x00b"]), lambda: Filters.from_mapping({"source": "a\x00*"})):
+        with pytest.raises(UsageError, match="NUL character"):
+            make()

@@ -72,7 +72,7 @@ class Filters:
                 raise UsageError(f"bad filter {spec!r}: expected key=value, e.g. source='docs/*.md'")
             if not _KEY_RE.match(key):
                 raise UsageError(f"bad filter key {key!r}: use letters, digits, '_', '.', '-'")
-            clauses.append(FilterClause(key, value.strip()))
+            clauses.append(FilterClause(key, _value(key, value)))
         return cls(tuple(clauses))
 
     @classmethod
@@ -86,7 +86,7 @@ class Filters:
                 raise UsageError(f"filter key {key!r} is reserved: {normal!r} is set by its own field, not in filters")
             if not _KEY_RE.match(key):
                 raise UsageError(f"bad filter key {key!r}: use letters, digits, '_', '.', '-'")
-            clauses.append(FilterClause(key, value.strip()))
+            clauses.append(FilterClause(key, _value(key, value)))
         return cls(tuple(clauses))
 
     def by_key(self) -> dict[str, list[FilterClause]]:
@@ -117,3 +117,10 @@ def check_filter_keys(store: FilterKeySource, filters: Filters) -> None:
     unknown = sorted({c.key for c in filters.clauses} - known)
     if unknown:
         raise UsageError(f"unknown filter key {unknown[0]!r}; known keys: {', '.join(sorted(known))}")
+
+
+def _value(key: str, value: str) -> str:
+    """Return a filter's value stripped, or raise UsageError for one no stored text can hold (a NUL character)."""
+    if "\x00" in value:
+        raise UsageError(f"bad filter value for {key!r}: it contains a NUL character, which no stored text holds")
+    return value.strip()
