@@ -203,3 +203,20 @@ def test_the_cli_ingests_and_searches_a_postgres_store(postgres_url: str, tmp_pa
     assert done["added"] == 2 and not done["failed"], done
     found = cli("search", "a record with a inside")
     assert any("\ufffd" in h["text"] for h in found)
+
+
+def test_a_model_of_more_than_2000_dimensions_is_indexed_as_halfvec(postgres_url: str) -> None:
+    from archivist.types import UsageError
+
+    with closing(open_store(postgres_url)) as store:
+        writes, vectors = _writes({"wide.txt": ["a wide model", "as text-embedding-3-large makes"]})
+        rng = np.random.default_rng(7)
+        wide = {h: (v := rng.normal(size=3072).astype(np.float32)) / np.linalg.norm(v) for h in vectors}
+        store.write_documents("wide-3072", writes, wide)
+        query = next(iter(wide.values()))
+        hits = store.dense_search("wide-3072", query, 2, Filters())
+        # Ranked through the halfvec index; the score is the exact float32 cosine.
+        assert len(hits) == 2 and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+        too_wide, vectors = _writes({"x.txt": ["too wide"]}, seed=3)
+        with pytest.raises(UsageError, match="4100 dimensions cannot be indexed on PostgreSQL"):
+            store.write_documents("wider", too_wide, {h: np.ones(4100, np.float32) for h in vectors})

@@ -9,7 +9,7 @@ from typing import Any
 from archivist.store.filters import Filters
 from archivist.store.records import StoredChunk
 from archivist.store.rows import json_tuple, reader
-from archivist.types import DocumentRecord
+from archivist.types import DocumentRecord, UsageError
 
 DOC_COLUMNS = {
     "source": "d.source",
@@ -147,3 +147,21 @@ def _finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_finite(v) for v in value]
     return value
+
+
+#: the most dimensions pgvector's HNSW indexes as `vector` (single precision), and as `halfvec` (half precision)
+HNSW_VECTOR_DIMS = 2000
+HNSW_HALFVEC_DIMS = 4000
+
+
+def index_kind(dim: int) -> str:
+    """Return the type a model's HNSW index casts its vectors to: `vector` up to 2000 dimensions, `halfvec` up to
+    4000 (so 3072-d models such as text-embedding-3-large are stored too); raise UsageError beyond."""
+    if dim <= HNSW_VECTOR_DIMS:
+        return "vector"
+    if dim <= HNSW_HALFVEC_DIMS:
+        return "halfvec"
+    raise UsageError(
+        f"vectors of {dim} dimensions cannot be indexed on PostgreSQL: pgvector's HNSW takes at most "
+        f"{HNSW_HALFVEC_DIMS} (as halfvec); use a model of fewer dimensions, or the SQLite store"
+    )

@@ -20,7 +20,15 @@ from psycopg import sql
 from archivist.embed.base import Vectors
 from archivist.store.filters import BUILTIN_FILTER_KEYS, Filters
 from archivist.store.postgres.database import Connection, PostgresDatabase
-from archivist.store.postgres.docsql import CHUNK_SELECT, DOC_SELECT, doc_record, filter_sql, json_fields, stored_chunk
+from archivist.store.postgres.docsql import (
+    CHUNK_SELECT,
+    DOC_SELECT,
+    doc_record,
+    filter_sql,
+    index_kind,
+    json_fields,
+    stored_chunk,
+)
 from archivist.store.records import Changes, DocumentOrder, DocumentWrite, SentenceVectors, StoredChunk, WriteOutcome
 from archivist.store.rows import utc_now
 from archivist.text.analyzer import BM25_TERMS, analyzer
@@ -172,6 +180,7 @@ class PostgresDocuments(PostgresDatabase):
             if int(row[0]) != dim:
                 raise ArchivistError(f"{model} vectors have {dim} dimensions, stored {model} vectors have {row[0]}")
             return
+        kind = index_kind(dim)  # checked before anything is written
         name = "embeddings_hnsw_" + hashlib.sha256(model.encode()).hexdigest()[:16]
         conn.execute(
             "INSERT INTO vector_models (model, dimensions, index_name) VALUES (%s, %s, %s)", (model, dim, name)
@@ -180,10 +189,12 @@ class PostgresDocuments(PostgresDatabase):
         # then kept up to date by each insert.
         conn.execute(
             sql.SQL(
-                "CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw ((vector::vector({dim})) vector_cosine_ops)"
+                "CREATE INDEX IF NOT EXISTS {name} ON embeddings USING hnsw ((vector::{kind}({dim})) {ops})"
                 " WITH (m = {m}, ef_construction = {ef}) WHERE model = {model}"
             ).format(
                 name=sql.Identifier(name),
+                kind=sql.SQL(kind),
+                ops=sql.SQL(f"{kind}_cosine_ops"),
                 dim=sql.Literal(dim),
                 m=sql.Literal(HNSW_M),
                 ef=sql.Literal(HNSW_EF_CONSTRUCTION),

@@ -23,7 +23,7 @@ from archivist.embed.base import Vectors
 from archivist.store.filters import Filters
 from archivist.store.memindex import BM25_B, BM25_K1
 from archivist.store.postgres.database import Connection
-from archivist.store.postgres.docsql import filter_sql
+from archivist.store.postgres.docsql import filter_sql, index_kind
 from archivist.store.postgres.documents import PostgresDocuments
 from archivist.store.records import CandidateScores, IndexCapabilities, SentenceHit
 from archivist.types import ArchivistError
@@ -220,8 +220,9 @@ def _dense_sql(model: str, dim: int, query: Vectors, k: int, filters: Filters) -
     q = Vector(np.asarray(query, dtype=np.float32))
     statement = sql.SQL(
         "SELECT c.id, -(e.vector <#> %s) FROM embeddings e JOIN chunks c ON c.embed_hash = e.text_hash {join}"
-        " WHERE e.model = {model} AND {where} ORDER BY e.vector::vector({dim}) <=> %s::vector({dim}) LIMIT %s"
+        " WHERE e.model = {model} AND {where} ORDER BY e.vector::{kind}({dim}) <=> %s::{kind}({dim}) LIMIT %s"
     ).format(
+        kind=sql.SQL(index_kind(dim)),  # the index's own cast, so the planner uses it
         join=sql.SQL("JOIN documents d ON d.id = c.document_id" if filters else ""),
         # Literals, so that the planner matches the model's partial index whatever its parameter handling.
         model=sql.Literal(model),
