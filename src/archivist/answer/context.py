@@ -219,6 +219,10 @@ def complete_cut_sentences(
     return grown
 
 
+#: how much text before a sentence boundary makes it trustworthy (the abbreviation rules read the words before it)
+_LOOKBEHIND_CHARS = 24
+
+
 def _complete_start(passage: Passage, seg: Segment, previous_chunk: NextChunk, max_chars: int) -> bool:
     """Extend a segment that starts mid-sentence back to that sentence's start, through the chunks before it (at
     most `max_chars`), or mark how much of it is the cut sentence when that starts further back or behind space
@@ -235,7 +239,11 @@ def _complete_start(passage: Passage, seg: Segment, previous_chunk: NextChunk, m
         gap = end < at
         context = text[-max_chars:] + unstored_space(at - end, head + seg.text) if gap else text[: max(at - start, 0)]
         begin = sentence_start(context + head + seg.text, len(context) + len(head))
-        if begin >= len(context) or (begin > 0 and not gap):
+        # A boundary read near the start of a chunk that is not the document's first may be none: the words before
+        # it are in the chunk before ("et al." cut after "et" reads as a sentence end). Trusted only with enough
+        # text before it; else read on back.
+        trusted = (start == 0 and not gap) or begin >= _LOOKBEHIND_CHARS
+        if trusted and (begin >= len(context) or (begin > 0 and not gap)):
             head = (context + head)[begin:]
             break
         if gap or start >= at:
