@@ -437,6 +437,30 @@ class SearchIndexTests(StoreFixtures):
         assert found("flags=true") == found("flags=3") == found("flags=x") == {"list.md"}
         assert found("flags=1") == found("flags=*a*") == set()  # a list or mapping inside a list is no element
 
+    def test_a_scope_is_never_widened_by_filters_built_to_slip_past_it(self, store: Store) -> None:
+        # What a key scoped to alpha sends: values and keys that read as beta's, globs, case and space variants.
+        vecs: dict[str, Vectors] = {}
+        for i, (collection, source) in enumerate((("alpha", "alpha/a.md"), ("beta", "beta/b.md"))):
+            store.create_collection(collection)
+            doc = _doc(source, ["rotate the launch keys"], metadata={"collection": "beta", "tags": ["beta", "*"]})
+            doc.collection = collection
+            w, vecs = _write(doc, vecs, seed=i)
+            store.write_documents(MODEL, [w], vecs)
+        q = np.ones(DIM, np.float32) / np.sqrt(DIM)
+        probes = [[], ["source=*"], ["source=beta*"], ["source=*b.md"], ["collection=beta"], ["tags=beta"]]
+        probes += [["tags=*"], ["source=[ab]*"], ["source=?eta/b.md"], ["tags= beta "]]
+        for scope in (["alpha"], ["alpha", "Beta", " beta", "beta ", "*", "%"]):
+            for specs in probes:
+                filters = Filters.parse(specs).within(["alpha"]).within(scope)
+                dense = {store.get_chunks([c])[c].source for c, _ in store.dense_search(MODEL, q, 10, filters)}
+                bm25 = {store.get_chunks([c])[c].source for c, _ in store.bm25_search("rotate keys", 10, filters)}
+                listed = {d.source for d in store.list_documents(filters=filters)}
+                assert dense | bm25 | listed <= {"alpha/a.md"}, (scope, specs)
+                assert store.count_documents(filters) == len(listed), (scope, specs)
+        assert store.filter_keys(["alpha"]) == store.filter_keys(["alpha", "Beta", " beta"])
+        # The same probes without the scope do reach beta's document: what kept it out above is the scope.
+        assert {d.source for d in store.list_documents(filters=Filters.parse(["source=beta*"]))} == {"beta/b.md"}
+
 
 class EvalRunStoreTests(StoreFixtures):
     """Stored eval runs, looked up by id prefix."""
