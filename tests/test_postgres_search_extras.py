@@ -31,7 +31,8 @@ from live_server import serving
 
 QUERY = "rotate the signing keys"
 #: pgvector stops an iterative scan after this many index tuples: far fewer than it takes to find 100 rare chunks
-TRUNCATING = "options=-c%20hnsw.max_scan_tuples%3D50"
+#: (and every filtered search walks the index: by default one that few chunks pass is an exact scan)
+TRUNCATING = "exact_dense_below=0&options=-c%20hnsw.max_scan_tuples%3D50"
 
 
 def _corpus(store: Store, model: str, dim: int) -> None:
@@ -114,6 +115,38 @@ def test_a_dense_search_cut_short_says_so_in_search_and_answer_warnings(filled: 
         assert app.searcher().search(QUERY, k=10, filters=rare).warnings == []
 
 
+def test_a_filter_that_few_chunks_pass_is_searched_exactly_whatever_the_index_scan_would_find(
+    filled: str, embedder: MiniLMEmbedder
+) -> None:
+    """At most `exact_dense_below` (10,000) chunks pass team=rare (60 of 3,061), so its dense search compares the
+    query with each of them: the exact ranking, all 60, even where pgvector's scan is cut short after 50 tuples."""
+    rare = Filters.parse(["team=rare"])
+    vector = embedder.embed_query(QUERY)
+    cut_short = "options=-c%20hnsw.max_scan_tuples%3D50"
+    with closing(open_store(f"{filled}&{cut_short}")) as store:
+        import psycopg
+
+        with psycopg.connect(filled) as conn:
+            wanted = [
+                (int(i), float(s))
+                for i, s in conn.execute(
+                    "SELECT c.id, -(e.vector <#> %s::vector) AS s FROM chunks c"
+                    " JOIN documents d ON d.id = c.document_id"
+                    " JOIN embeddings e ON e.text_hash = c.embed_hash WHERE d.fields ->> 'team' = 'rare'"
+                    " ORDER BY s DESC, c.id",
+                    (str(list(map(float, vector))),),
+                )
+            ]
+        assert len(wanted) == 60
+        got = store.dense_search(embedder.model_id, vector, 100, rare)
+        assert [i for i, _ in got] == [i for i, _ in wanted]
+        assert [s for _, s in got] == pytest.approx([s for _, s in wanted], abs=1e-6)
+        assert store.dense_search(embedder.model_id, vector, 10, rare) == got[:10]
+    # With the exact scan turned off, the same search walks the index and comes back short.
+    with closing(open_store(f"{filled}&{TRUNCATING}")) as store:
+        assert len(store.dense_search(embedder.model_id, vector, 100, rare)) < 60
+
+
 def test_the_cli_prints_the_warning_of_a_search_cut_short(filled: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")}
     env["ARCHIVIST_STORE"] = f"{filled}&{TRUNCATING}"
@@ -161,12 +194,20 @@ def test_one_statement_hybrid_candidates_equal_the_two_searches(
             vector = embedder.embed_query(query)
             dense = store.dense_search(embedder.model_id, vector, 100, filters)
             bm25 = store.bm25_search(query, 100, filters)
-            assert store.hybrid_candidates(embedder.model_id, vector, query, 100, filters) == (dense, bm25)  # type: ignore[attr-defined]
+            one_dense, one_bm25 = store.hybrid_candidates(embedder.model_id, vector, query, 100, filters)  # type: ignore[attr-defined]
+            assert one_dense == dense
+            _same_ranking(one_bm25, bm25)
         # A model with no vectors: no dense candidates, BM25's still.
-        assert store.hybrid_candidates("other-model", vector, QUERY, 10, filters) == (  # type: ignore[attr-defined]
-            [],
-            store.bm25_search(QUERY, 10, filters),
-        )
+        no_dense, its_bm25 = store.hybrid_candidates("other-model", vector, QUERY, 10, filters)  # type: ignore[attr-defined]
+        assert no_dense == []
+        _same_ranking(its_bm25, store.bm25_search(QUERY, 10, filters))
+
+
+def _same_ranking(got: list[tuple[int, float]], want: list[tuple[int, float]]) -> None:
+    """Assert the same ids in the same order with the same scores, up to the last bits of the IDF's arithmetic (in
+    SQL for the one statement, in Python for `bm25_search`)."""
+    assert [i for i, _ in got] == [i for i, _ in want]
+    assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-12)
 
 
 def test_glob_filters_match_on_postgres_as_sqlite_glob_matches(postgres_url: str) -> None:
@@ -217,3 +258,84 @@ def test_a_filter_value_with_a_nul_character_is_a_usage_error() -> None:
     for make in (lambda: Filters.parse(["source=a\x00b"]), lambda: Filters.from_mapping({"source": "a\x00*"})):
         with pytest.raises(UsageError, match="NUL character"):
             make()
+
+
+def _zipf_corpus(store: Store, model: str, dim: int) -> None:
+    """Write 40 documents of 30 chunks, 12 words each drawn from a Zipf law over 300 words (so a few words are in
+    most chunks and many are in a handful), metadata `tenant` one of 8; the same corpus every time (seeded)."""
+    rng = np.random.default_rng(3)
+    words = [f"w{i}" for i in range(300)]
+    p = 1.0 / (np.arange(300) + 2.0)
+    p /= p.sum()
+    writes, vectors = [], {}
+    for d in range(40):
+        paragraphs = [" ".join(rng.choice(words, size=12, p=p)) for _ in range(30)]
+        text = "\n\n".join(paragraphs)
+        doc = Document(f"zipf{d}.md", f"zipf {d}", text, "text/markdown", [], {"tenant": f"t{d % 8}"})
+        chunks, pos = [], 0
+        for i, para in enumerate(paragraphs):
+            chunks.append(Chunk(doc.id, i, para, pos, pos + len(para), (), 12))
+            pos += len(para) + 2
+        hashes = [sha256_hex(c.embedding_text(doc.title)) for c in chunks]
+        for h in hashes:
+            v = rng.normal(size=dim)
+            vectors[h] = (v / np.linalg.norm(v)).astype(np.float32)
+        writes.append(DocumentWrite(doc, chunks, hashes, "c1"))
+    store.write_documents(model, writes, vectors)
+
+
+def test_bm25_top_k_read_from_the_rarest_terms_first_is_the_exact_top_k(
+    postgres_url: str, embedder: MiniLMEmbedder, tmp_path: Path
+) -> None:
+    """`bm25_search` reads the common terms' postings only for the chunks holding a rarer term (MaxScore); its top k
+    must still be exactly the top k of every chunk: the same ranking as the full scan of every posting (the
+    one-statement form), and the same scores as SQLite's in-memory BM25, with and without a filter, for queries of
+    common words only, rare words only, and mixes, at k from 1 to 200."""
+    lite = open_store(f"sqlite:///{tmp_path / 'zipf.db'}")
+    with closing(open_store(postgres_url)) as pg, closing(lite):
+        for store in (pg, lite):
+            _zipf_corpus(store, embedder.model_id, embedder.dim)
+        rng = np.random.default_rng(5)
+        queries = ["w0 w1", "w0 w1 w2 w3", "w250 w280", "w0 w299", "w1 w40 w170", "w2 w2 w9"]
+        queries += [" ".join(f"w{int(i)}" for i in rng.integers(0, 300, 3)) for _ in range(14)]
+        vector = embedder.embed_query("anything")
+        for filters in (Filters(), Filters.parse(["tenant=t3"])):
+            for query in queries:
+                for k in (1, 7, 50, 200):
+                    got = pg.bm25_search(query, k, filters)
+                    _same_ranking(got, pg.hybrid_candidates(embedder.model_id, vector, query, k, filters)[1])  # type: ignore[attr-defined]
+                    want = lite.bm25_search(query, k, filters)
+                    assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-6), (
+                        query,
+                        k,
+                    )  # SQLite: float32
+
+
+def test_bm25_corpus_moments_of_a_large_index_are_estimated_close_to_the_exact_ones(
+    postgres_url: str, embedder: MiniLMEmbedder
+) -> None:
+    """Past `bm25_sample_from` rows, a query's BM25 mean and spread (what learned fusion normalises by) are no longer
+    summed over every posting: the terms in at most `bm25_exact_df` rows are counted exactly and the commoner ones
+    from a fixed 1-in-16 sample. With only rare terms the estimate is the exact figure; with common ones it stays
+    near it; the candidates' own scores never change."""
+    with closing(open_store(postgres_url)) as store:
+        _zipf_corpus(store, embedder.model_id, embedder.dim)
+        vector = embedder.embed_query("anything")
+        hits = store.bm25_search("w0 w1 w7 w150", 30, Filters())
+        ids = [i for i, _ in hits]
+
+        def scores(query: str, sample_from: int, exact_df: int) -> Any:
+            store.bm25_sample_from, store.bm25_exact_df = sample_from, exact_df  # type: ignore[attr-defined]
+            return store.candidate_scores(embedder.model_id, vector, query, ids)
+
+        for query in ("w0 w1", "w0 w1 w7 w150", "w150 w220", "w3"):
+            exact = scores(query, 10**9, 0)
+            rare_only = scores(query, 0, 10**9)  # every term counted exactly: the rows holding any of them
+            assert (rare_only.bm25_mean, rare_only.bm25_std) == pytest.approx((exact.bm25_mean, exact.bm25_std), 1e-9)
+            assert rare_only.bm25 == exact.bm25 and rare_only.doc_bm25 == exact.doc_bm25
+            for exact_df in (0, 100):  # every term sampled; the commonest sampled, the rest exact
+                estimate = scores(query, 0, exact_df)
+                assert estimate.bm25 == exact.bm25
+                assert estimate.bm25_mean == pytest.approx(exact.bm25_mean, rel=0.35), (query, exact_df)
+                assert estimate.bm25_std == pytest.approx(exact.bm25_std, rel=0.35), (query, exact_df)
+                assert estimate.doc_bm25_std > 0

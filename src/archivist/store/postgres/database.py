@@ -33,6 +33,7 @@ class PostgresDatabase:
 
     def __init__(self, url: str) -> None:
         target = parse_postgres_url(url)
+        self._target = target
         #: the store URL with its password masked (it appears in logs)
         self.url = target.shown
         self._statement_timeout_ms = target.statement_timeout_ms

@@ -48,9 +48,13 @@ _ELEMENT_NUMBER = (
 )
 
 
-def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
+def filter_sql(filters: Filters, *, contained: bool = False) -> tuple[str, list[Any]]:
     """Return a SQL condition over `documents d` for the filters, and its parameters (a list-valued metadata field
-    matches a clause when any of its elements does; a glob matches as SQLite's GLOB does: case-sensitive, whole)."""
+    matches a clause when any of its elements does; a glob matches as SQLite's GLOB does: case-sensitive, whole).
+
+    `contained` adds, before each plain string clause, the `fields @> …` containment it implies, which the GIN index
+    on `fields` answers: for statements that should find the passing documents through that index. Not for the
+    HNSW search: the planner estimates `@>` as very selective whatever it passes, and would give up the index."""
     if not filters:
         return "TRUE", []
     parts: list[str] = []
@@ -71,8 +75,17 @@ def filter_sql(filters: Filters) -> tuple[str, list[Any]]:
             params.extend([key, key, key])
             number = None if c.is_glob else c.number
             if number is None:
-                ors.append(_METADATA_ELEMENTS.format(match=f"{_ELEMENT_TEXT} {op} %s"))
-                params.append(value)
+                element = _METADATA_ELEMENTS.format(match=f"{_ELEMENT_TEXT} {op} %s")
+                if not contained or c.is_glob or value in ("true", "false"):
+                    ors.append(element)
+                    params.append(value)
+                else:
+                    # Only a string element can have this text, so containment of the string (or of a list holding
+                    # it) is implied by the match: ANDed before it, it lets the planner read the GIN index on
+                    # `fields` instead of every document, and changes nothing that matches.
+                    ors.append(f"((d.fields @> %s::jsonb OR d.fields @> %s::jsonb) AND {element})")
+                    params[-3:-3] = [json.dumps({key: value}), json.dumps({key: [value]})]
+                    params.append(value)
             else:
                 ors.append(_METADATA_ELEMENTS.format(match=_ELEMENT_NUMBER))
                 params.extend([c.value, value])

@@ -267,13 +267,13 @@ class PostgresDocuments(PostgresDatabase):
         for tc in doc_counts:
             summed.update(tc)
         with conn.cursor() as cur:
-            with cur.copy("COPY chunk_terms (term_id, chunk_id, tf) FROM STDIN") as copy:
-                for cid, tc in zip(chunk_ids, doc_counts, strict=True):
+            with cur.copy("COPY chunk_terms (term_id, chunk_id, tf, term_length) FROM STDIN") as copy:
+                for cid, tc, length in zip(chunk_ids, doc_counts, lengths, strict=True):
                     for term, n in tc.items():
-                        copy.write_row((term_ids[term], cid, n))
-            with cur.copy("COPY document_terms (term_id, document_id, tf) FROM STDIN") as copy:
+                        copy.write_row((term_ids[term], cid, n, length))
+            with cur.copy("COPY document_terms (term_id, document_id, tf, term_length) FROM STDIN") as copy:
                 for term, n in summed.items():
-                    copy.write_row((term_ids[term], doc.id, n))
+                    copy.write_row((term_ids[term], doc.id, n, sum(lengths)))
         chunk_df = Counter(term_ids[t] for tc in doc_counts for t in tc)
         conn.execute(
             # `t.id = ANY(…)` as well as the join: the planner then reads those rows by key instead of the table.

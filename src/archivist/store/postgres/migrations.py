@@ -333,4 +333,40 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         # that read scanned every stored vector, so each write grew slower with the store.
         "CREATE INDEX embeddings_text_hash ON embeddings (text_hash);",
     ),
+    (
+        9,
+        "BM25 postings carry their row's length, read from their index alone",
+        # A posting (term, row, tf) now holds its row's BM25 length too, and the primary key includes both, so BM25
+        # reads a term's postings from the index alone, in key order, instead of one heap page and one chunk row
+        # per posting. The tables are rebuilt (not updated in place, which would leave every old row dead). A
+        # partial index holds a fixed one-in-16 sample of each index's rows (search.py's SAMPLE_STRIDE and
+        # _Level.sample), so the corpus moments of a large index read a sixteenth of a common term's postings.
+        """
+        CREATE TABLE chunk_terms_v9 AS
+            SELECT p.term_id, p.chunk_id, p.tf, x.term_length FROM chunk_terms p JOIN chunks x ON x.id = p.chunk_id;
+        DROP TABLE chunk_terms;
+        ALTER TABLE chunk_terms_v9 RENAME TO chunk_terms;
+        ALTER TABLE chunk_terms
+            ALTER COLUMN term_id SET NOT NULL, ALTER COLUMN chunk_id SET NOT NULL, ALTER COLUMN tf SET NOT NULL,
+            ALTER COLUMN term_length SET NOT NULL,
+            ADD PRIMARY KEY (term_id, chunk_id) INCLUDE (tf, term_length),
+            ADD FOREIGN KEY (chunk_id) REFERENCES chunks (id) ON DELETE CASCADE;
+        CREATE INDEX chunk_terms_chunk ON chunk_terms (chunk_id);
+        CREATE INDEX chunk_terms_sample ON chunk_terms (term_id, chunk_id) INCLUDE (tf, term_length)
+            WHERE chunk_id & 15 = 0;
+        CREATE TABLE document_terms_v9 AS
+            SELECT p.term_id, p.document_id, p.tf, x.term_length
+            FROM document_terms p JOIN documents x ON x.id = p.document_id;
+        DROP TABLE document_terms;
+        ALTER TABLE document_terms_v9 RENAME TO document_terms;
+        ALTER TABLE document_terms
+            ALTER COLUMN term_id SET NOT NULL, ALTER COLUMN document_id SET NOT NULL, ALTER COLUMN tf SET NOT NULL,
+            ALTER COLUMN term_length SET NOT NULL,
+            ADD PRIMARY KEY (term_id, document_id) INCLUDE (tf, term_length),
+            ADD FOREIGN KEY (document_id) REFERENCES documents (id) ON DELETE CASCADE;
+        CREATE INDEX document_terms_document ON document_terms (document_id);
+        CREATE INDEX document_terms_sample ON document_terms (term_id, document_id) INCLUDE (tf, term_length)
+            WHERE hashtext(document_id) & 15 = 0;
+        """,
+    ),
 ]

@@ -13,6 +13,7 @@ BM25's from one aggregate over the query terms' postings, the dense cosine's fro
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,15 +33,14 @@ from archivist.types import ArchivistError
 #: search for more than this many rows widens it to k (pgvector's ceiling: 1000)
 DEFAULT_EF_SEARCH = 40
 MAX_EF_SEARCH = 1000
-
-_CHUNK_BM25 = """
-SELECT p.chunk_id, sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * x.term_length)) AS score
-FROM unnest(%s::int[], %s::float8[]) q(term_id, idf)
-JOIN chunk_terms p ON p.term_id = q.term_id
-JOIN chunks x ON x.id = p.chunk_id
-WHERE {where}
-GROUP BY p.chunk_id
-"""
+#: rows (chunks, or documents) from which a query's BM25 corpus moments are estimated instead of summed exactly:
+#: past this, a common term's full posting list costs more than a search should
+BM25_SAMPLE_FROM = 131_072
+#: one row in this many is in the sample (the partial indexes of migration 9 hold its postings)
+SAMPLE_STRIDE = 16
+#: a term in at most this many rows is counted exactly in an estimate: its postings are few, and rare terms decide
+#: the top scores the moments normalise
+EXACT_DF = 20_000
 
 # A BM25 search as one statement: the query terms' IDF (the in-memory index's: ln(1 + (n - df + 0.5) / (df + 0.5)))
 # and the length normalisation from the corpus totals in `meta`, then the top k chunks passing the filters.
@@ -54,18 +54,31 @@ WITH totals AS (
          {k1_b} / greatest(s.length / s.n, 1e-9) AS c
   FROM terms t CROSS JOIN totals s WHERE t.term = ANY(%s) AND t.chunk_df > 0 AND s.n > 0
 )
-SELECT p.chunk_id, sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + q.c * x.term_length)) AS score
-FROM q JOIN chunk_terms p ON p.term_id = q.term_id JOIN chunks x ON x.id = p.chunk_id {join}
-WHERE {where} GROUP BY p.chunk_id ORDER BY score DESC, p.chunk_id LIMIT %s
+SELECT p.chunk_id, sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + q.c * p.term_length)) AS score
+FROM q JOIN chunk_terms p ON p.term_id = q.term_id {join}
+WHERE {where} GROUP BY p.chunk_id
+ORDER BY round(sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + q.c * p.term_length))::numeric, 9) DESC, p.chunk_id
+LIMIT %s
 """
 
-_DOCUMENT_BM25 = """
-SELECT p.document_id, sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * x.term_length)) AS score
-FROM unnest(%s::int[], %s::float8[]) q(term_id, idf)
-JOIN document_terms p ON p.term_id = q.term_id
-JOIN documents x ON x.id = p.document_id
-WHERE {where}
-GROUP BY p.document_id
+# BM25 of the chunks holding one of the `essential` terms (and passing the filters), over every query term: the
+# candidates first, then each one's postings of the query terms by primary key (a subquery per candidate, which the
+# planner cannot turn into a scan of the common terms' whole posting lists).
+# Ranked by the score rounded to 9 decimals, so that sums of the same terms added in another order (last bits) are
+# the tie they are, broken by chunk id, whichever statement computed them.
+_CANDIDATE_BM25 = """
+WITH candidates AS MATERIALIZED (
+  SELECT DISTINCT e.chunk_id AS id FROM chunk_terms e WHERE e.term_id = ANY(%s::int[])
+), scored AS (
+  SELECT candidates.id, (
+    SELECT sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * p.term_length))
+    FROM unnest(%s::int[], %s::float8[]) q(term_id, idf)
+    JOIN chunk_terms p ON p.term_id = q.term_id AND p.chunk_id = candidates.id
+  ) AS score
+  FROM candidates {join}
+  WHERE {where}
+)
+SELECT id, score FROM scored ORDER BY round(score::numeric, 9) DESC, id LIMIT %s
 """
 
 
@@ -73,6 +86,10 @@ class PostgresSearch(PostgresDocuments):
     """The `SearchIndex` of a PostgreSQL database: HNSW dense search, exact BM25 and exact candidate scores."""
 
     capabilities = IndexCapabilities(exact_dense=False, exact_bm25=True, candidate_scores=True)
+    #: rows (chunks, or documents) from which a query's BM25 corpus moments are estimated, not summed exactly
+    bm25_sample_from = BM25_SAMPLE_FROM
+    #: a query term in at most this many rows is counted exactly in an estimate
+    bm25_exact_df = EXACT_DF
 
     def __init__(self, url: str) -> None:
         #: each model's vector size, once its first vectors exist (it never changes after)
@@ -98,6 +115,10 @@ class PostgresSearch(PostgresDocuments):
             return []
         statement, params = _dense_sql(model, dim, query, k, filters)
         with self._transaction() as conn:
+            if filters and self._target.exact_dense_below > 0:
+                exact = _exact_when_few(conn, model, query, k, filters, self._target.exact_dense_below)
+                if exact is not None:
+                    return exact
             _scan_settings(conn, k)
             return _ranked(conn.execute(statement, params).fetchall())
 
@@ -132,9 +153,26 @@ class PostgresSearch(PostgresDocuments):
         """Return up to k (chunk id, BM25 score; higher is better) pairs, best first, among chunks passing filters."""
         if k <= 0:
             return []
-        statement, params = _bm25_top_sql(self._analyzer.terms(query), k, filters)
-        with self._pool.connection() as conn:
-            return [(int(cid), float(s)) for cid, s in conn.execute(statement, params)]
+        where, filter_params = filter_sql(filters)
+        with self._snapshot() as conn:
+            found = _query_terms(conn, self._analyzer.terms(query), "chunk_df")
+            stats = _totals(conn, "bm25_chunks", "bm25_chunk_length")
+            if not found or stats is None:
+                return []
+            ids, idfs = _idf(found, stats[0])
+            statement = _bm25_sql(_CANDIDATE_BM25, stats, where, joined=bool(filters), chunk="candidates.id")
+            # MaxScore (Turtle and Flood): the candidates are the chunks holding one of the rarest terms, scored
+            # exactly over every query term; a chunk holding none of them scores less than the other terms' bound
+            # (each term adds under idf (k1 + 1)), so once the k-th candidate reaches that bound the top k is exact.
+            # Rare terms have short posting lists, so common terms are read only for the candidates.
+            rarest_first = sorted(range(len(found)), key=lambda i: (found[i][1], ids[i]))
+            for split in range(1, len(found) + 1):
+                essential = [ids[i] for i in rarest_first[:split]]
+                bound = sum(idfs[i] for i in rarest_first[split:]) * (BM25_K1 + 1)
+                rows = conn.execute(statement, [essential, ids, idfs, *filter_params, k]).fetchall()
+                if split == len(found) or (len(rows) == k and float(rows[-1][1]) > bound * (1 + 1e-9)):
+                    return [(int(cid), float(s)) for cid, s in rows]
+        raise AssertionError("unreachable: the last split takes every term")
 
     def hybrid_candidates(
         self, model: str, query_vector: Vectors, query: str, k: int, filters: Filters
@@ -174,6 +212,10 @@ class PostgresSearch(PostgresDocuments):
         )
         return [SentenceHit(int(c), int(a), int(b), float(s)) for c, a, b, s in rows]
 
+    @property
+    def _sampling(self) -> tuple[int, int]:
+        return self.bm25_sample_from, self.bm25_exact_df
+
     def candidate_scores(self, model: str, query_vector: Vectors, query: str, ids: Sequence[int]) -> CandidateScores:
         """Return dense, chunk BM25 and document BM25 scores of the given chunks, with each one's corpus spread."""
         wanted = [int(i) for i in ids]
@@ -189,17 +231,9 @@ class PostgresSearch(PostgresDocuments):
             d_mean, d_std = _dense_stats(conn, model, q)
             owner = dict(conn.execute("SELECT id, document_id FROM chunks WHERE id = ANY(%s)", (wanted,)))
             analyzed = self._analyzer.terms(query)
-            chunk_scores, b_mean, b_std = _scores_and_stats(
-                conn, _CHUNK_BM25, "chunk_df", ("bm25_chunks", "bm25_chunk_length"), analyzed, "p.chunk_id", wanted
-            )
+            chunk_scores, b_mean, b_std = _scores_and_stats(conn, _CHUNKS, analyzed, wanted, self._sampling)
             doc_scores, doc_mean, doc_std = _scores_and_stats(
-                conn,
-                _DOCUMENT_BM25,
-                "doc_df",
-                ("bm25_documents", "bm25_document_length"),
-                analyzed,
-                "p.document_id",
-                list(set(owner.values())),
+                conn, _DOCUMENTS, analyzed, list(set(owner.values())), self._sampling
             )
         return CandidateScores(
             dense=[float(dense.get(i, 0.0)) for i in wanted],
@@ -232,6 +266,35 @@ def _dense_sql(model: str, dim: int, query: Vectors, k: int, filters: Filters) -
     return statement, [q, *params, q, k]
 
 
+# The chunks passing the filters, at most `limit` (one more than the exact scan takes), then, if there are no more
+# than that, the exact top k of them by inner product; the first row carries the count (chunk id -1).
+_EXACT_FILTERED = """
+WITH passing AS MATERIALIZED (
+  SELECT c.id, c.embed_hash FROM chunks c JOIN documents d ON d.id = c.document_id WHERE {where} LIMIT %s
+), counted AS (SELECT count(*) AS n FROM passing)
+SELECT -1::bigint, n::float8 FROM counted
+UNION ALL (
+  SELECT p.id, -(e.vector <#> %s) AS score
+  FROM passing p JOIN embeddings e ON e.model = %s AND e.text_hash = p.embed_hash
+  WHERE (SELECT n FROM counted) <= %s ORDER BY score DESC, p.id LIMIT %s
+)
+"""
+
+
+def _exact_when_few(
+    conn: Connection, model: str, query: Vectors, k: int, filters: Filters, below: int
+) -> list[tuple[int, float]] | None:
+    """Return the exact top k among the chunks passing the filters when at most `below` pass, else None (one
+    statement: the count stops at `below` + 1 rows)."""
+    where, params = filter_sql(filters, contained=True)
+    q = Vector(np.asarray(query, dtype=np.float32))
+    rows = conn.execute(sql.SQL(_EXACT_FILTERED).format(where=sql.SQL(where)), [*params, below + 1, q, model, below, k])
+    first, *hits = rows.fetchall()
+    if int(first[1]) > below:
+        return None
+    return [(int(cid), float(score)) for cid, score in hits]
+
+
 def _ranked(rows: Sequence[Sequence[Any]]) -> list[tuple[int, float]]:
     """Return dense rows best first: relaxed_order may return them slightly out of order (ties by chunk id, as on
     SQLite)."""
@@ -245,7 +308,7 @@ def _bm25_top_sql(terms: list[str], k: int, filters: Filters) -> tuple[sql.Compo
         k1_plus_1=sql.Literal(BM25_K1 + 1),
         a=sql.Literal(BM25_K1 * (1 - BM25_B)),
         k1_b=sql.Literal(BM25_K1 * BM25_B),
-        join=sql.SQL("JOIN documents d ON d.id = x.document_id" if filters else ""),
+        join=sql.SQL(_FILTER_JOIN.format(chunk="p.chunk_id") if filters else ""),
         where=sql.SQL(where),  # fixed pieces; values are parameters
     )
     return statement, [list(dict.fromkeys(terms)), *params, k]
@@ -286,45 +349,154 @@ def _idf(terms: list[tuple[int, int]], n: int) -> tuple[list[int], list[float]]:
     return [t for t, _ in terms], [float(np.log1p((n - df + 0.5) / (df + 0.5))) for _, df in terms]
 
 
-def _bm25_sql(template: str, stats: tuple[int, float], where: str) -> sql.Composed:
-    """Return a BM25 statement over a corpus of these totals: length normalisation k1 (1 - b + b len / avgdl)."""
+_FILTER_JOIN = "JOIN chunks x ON x.id = {chunk} JOIN documents d ON d.id = x.document_id"
+
+
+def _bm25_sql(
+    template: str, stats: tuple[int, float], where: str, *, joined: bool = False, chunk: str = "p.chunk_id"
+) -> sql.Composed:
+    """Return a BM25 statement over a corpus of these totals: length normalisation k1 (1 - b + b len / avgdl);
+    `joined` joins the chunk (`chunk`, the statement's column naming it) and its document (`d`), for filters."""
     avgdl = max(stats[1], 1e-9)
-    return sql.SQL(template).format(
-        k1_plus_1=sql.Literal(BM25_K1 + 1),
-        a=sql.Literal(BM25_K1 * (1 - BM25_B)),
-        c=sql.Literal(BM25_K1 * BM25_B / avgdl),
-        where=sql.SQL(where),  # fixed pieces; values are parameters
-    )
+    parts: dict[str, sql.Composable] = {
+        "k1_plus_1": sql.Literal(BM25_K1 + 1),
+        "a": sql.Literal(BM25_K1 * (1 - BM25_B)),
+        "c": sql.Literal(BM25_K1 * BM25_B / avgdl),
+        "where": sql.SQL(where),  # fixed pieces; values are parameters
+    }
+    if "{join}" in template:
+        parts["join"] = sql.SQL(_FILTER_JOIN.format(chunk=chunk) if joined else "")
+    return sql.SQL(template).format(**parts)
+
+
+@dataclass(frozen=True)
+class _Level:
+    """Where one BM25 index (of chunks or of documents) keeps its postings, lengths and totals."""
+
+    postings: str  # the postings table: term_id, the row's key, tf
+    key: str  # the postings' column naming the row
+    df: str  # the terms table's document-frequency column of this index
+    totals: tuple[str, str]  # the meta keys of the row count and the summed lengths
+    sample: str  # the partial index's predicate: one row in SAMPLE_STRIDE, by key
+
+    def template(self, template: str) -> str:
+        """Return the statement template with this index's tables and columns in it."""
+        for name in ("postings", "key", "sample"):
+            template = template.replace("{" + name + "}", getattr(self, name))
+        return template
+
+
+_CHUNKS = _Level("chunk_terms", "chunk_id", "chunk_df", ("bm25_chunks", "bm25_chunk_length"), "p.chunk_id & 15 = 0")
+_DOCUMENTS = _Level(
+    "document_terms",
+    "document_id",
+    "doc_df",
+    ("bm25_documents", "bm25_document_length"),
+    "hashtext(p.document_id) & 15 = 0",
+)
+
+# The BM25 scores of the given rows.
+_CANDIDATE_SCORES = """
+SELECT p.{key}, sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * p.term_length))
+FROM unnest(%s::int[], %s::float8[]) q(term_id, idf)
+JOIN {postings} p ON p.term_id = q.term_id AND p.{key} = ANY(%s)
+GROUP BY p.{key}
+"""
+
+# The query's score of every row holding a query term: its sum and sum of squares (rows without one score 0).
+_MOMENTS = """
+SELECT COALESCE(sum(score), 0), COALESCE(sum(score * score), 0) FROM (
+  SELECT sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * p.term_length)) AS score
+  FROM unnest(%s::int[], %s::float8[]) q(term_id, idf)
+  JOIN {postings} p ON p.term_id = q.term_id
+  GROUP BY p.{key}
+) s
+"""
+
+# The same over the rows holding one of the `rare` terms only: those rows first, then their postings of every query
+# term by primary key.
+_RARE_MOMENTS = """
+WITH r AS MATERIALIZED (SELECT DISTINCT e.{key} AS id FROM {postings} e WHERE e.term_id = ANY(%s::int[]))
+SELECT COALESCE(sum(score), 0), COALESCE(sum(score * score), 0) FROM (
+  SELECT (
+    SELECT sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * p.term_length))
+    FROM unnest(%s::int[], %s::float8[]) q(term_id, idf)
+    JOIN {postings} p ON p.term_id = q.term_id AND p.{key} = r.id
+  ) AS score
+  FROM r
+) s
+"""
+
+# The same over the sample (the partial index's rows) of the rows holding a common term and none of the rare ones.
+_SAMPLED_MOMENTS = """
+SELECT COALESCE(sum(score), 0), COALESCE(sum(score * score), 0) FROM (
+  SELECT sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * p.term_length)) AS score
+  FROM unnest(%s::int[], %s::float8[]) q(term_id, idf)
+  JOIN {postings} p ON p.term_id = q.term_id AND {sample}
+  WHERE NOT EXISTS (SELECT 1 FROM {postings} e WHERE e.term_id = ANY(%s::int[]) AND e.{key} = p.{key})
+  GROUP BY p.{key}
+) s
+"""
 
 
 def _scores_and_stats(
-    conn: Connection,
-    template: str,
-    df_column: str,
-    totals: tuple[str, str],
-    terms: list[str],
-    key: str,
-    wanted: list[Any],
+    conn: Connection, level: _Level, terms: list[str], wanted: list[Any], sampling: tuple[int, int]
 ) -> tuple[dict[Any, float], float, float]:
     """Return the BM25 scores of the wanted rows (chunks or documents) and the mean and standard deviation of the
-    query's score over every row of the index (rows without a query term score 0)."""
-    found = _query_terms(conn, terms, df_column)
-    stats = _totals(conn, *totals)
+    query's score over every row of the index (rows without a query term score 0): summed exactly below
+    `sampling[0]` rows, estimated above it with terms of at most `sampling[1]` rows counted exactly (`_moments`)."""
+    found = _query_terms(conn, terms, level.df)
+    stats = _totals(conn, *level.totals)
     if stats is None:
         return {}, 0.0, 1.0
     if not found:
         return {}, 0.0, 1e-12
-    scores = _bm25_sql(template, stats, "TRUE")
-    params = _idf(found, stats[0])
-    moments = conn.execute(
-        sql.SQL("SELECT COALESCE(sum(score), 0), COALESCE(sum(score * score), 0) FROM ({}) s").format(scores), params
-    ).fetchone()
-    assert moments is not None
+    ids, idfs = _idf(found, stats[0])
+    s1, s2 = _moments(conn, level, found, idfs, stats, exact=stats[0] < sampling[0], exact_df=sampling[1])
     n = stats[0]
-    mean = float(moments[0]) / n
-    std = max(float(moments[1]) / n - mean * mean, 0.0) ** 0.5
-    rows = conn.execute(_bm25_sql(template, stats, f"{key} = ANY(%s)"), [*params, wanted]).fetchall()
+    mean = s1 / n
+    std = max(s2 / n - mean * mean, 0.0) ** 0.5
+    statement = _bm25_sql(level.template(_CANDIDATE_SCORES), stats, "TRUE")
+    rows = conn.execute(statement, [ids, idfs, wanted]).fetchall()
     return {r[0]: float(r[1]) for r in rows}, mean, max(std, 1e-12)
+
+
+def _moments(
+    conn: Connection,
+    level: _Level,
+    found: list[tuple[int, int]],
+    idfs: list[float],
+    stats: tuple[int, float],
+    *,
+    exact: bool,
+    exact_df: int,
+) -> tuple[float, float]:
+    """Return the sum and the sum of squares of the query's BM25 score over every row of the index.
+
+    Exact: one pass over every query term's postings. Estimated (large indexes): exact over the rows holding a term
+    of at most `exact_df` rows (short lists, read in full), plus SAMPLE_STRIDE times the sums over a fixed 1-in-16
+    sample of the rows holding only commoner terms, read through a partial index; so a long posting list costs a
+    sixteenth of its length, and the terms that decide a query's top scores are counted exactly."""
+    ids = [t for t, _ in found]
+    if exact:
+        row = conn.execute(_bm25_sql(level.template(_MOMENTS), stats, "TRUE"), [ids, idfs]).fetchone()
+        assert row is not None
+        return float(row[0]), float(row[1])
+    rare = [t for t, df in found if df <= exact_df]
+    common = [(t, idf) for (t, df), idf in zip(found, idfs, strict=True) if df > exact_df]
+    s1 = s2 = 0.0
+    if rare:
+        row = conn.execute(_bm25_sql(level.template(_RARE_MOMENTS), stats, "TRUE"), [rare, ids, idfs]).fetchone()
+        assert row is not None
+        s1, s2 = float(row[0]), float(row[1])
+    if common:
+        row = conn.execute(
+            _bm25_sql(level.template(_SAMPLED_MOMENTS), stats, "TRUE"),
+            [[t for t, _ in common], [i for _, i in common], rare],
+        ).fetchone()
+        assert row is not None
+        s1, s2 = s1 + SAMPLE_STRIDE * float(row[0]), s2 + SAMPLE_STRIDE * float(row[1])
+    return s1, s2
 
 
 def _dense_stats(conn: Connection, model: str, query: Vectors) -> tuple[float, float]:

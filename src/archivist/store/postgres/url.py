@@ -15,8 +15,12 @@ SCHEMES = ("postgresql", "postgres")
 DEFAULT_POOL_SIZE = 10
 #: a statement running longer is cancelled by the server (a stuck lock or a runaway query fails, never hangs)
 DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
+#: a filtered dense search over at most this many passing chunks compares the query with each (exact); above, it
+#: walks the HNSW index. An exact scan of 10,000 384-d vectors costs about what a filtered HNSW walk does
+#: (benchmarks/postgres_scale.py), and filtered HNSW walks lose recall when few chunks pass
+DEFAULT_EXACT_DENSE_BELOW = 10_000
 #: URL parameters Archivist reads itself; every other one goes to libpq (sslmode, host=/socket/dir, ...)
-OUR_PARAMETERS = ("pool_size", "statement_timeout_ms")
+OUR_PARAMETERS = ("pool_size", "statement_timeout_ms", "exact_dense_below")
 EXAMPLE = "postgresql://user:password@host:5432/dbname"
 
 
@@ -30,6 +34,8 @@ class PostgresURL:
     shown: str
     pool_size: int
     statement_timeout_ms: int
+    #: a filtered dense search over at most this many passing chunks is exact (0: never; see DEFAULT_EXACT_DENSE_BELOW)
+    exact_dense_below: int
 
 
 def parse_postgres_url(url: str) -> PostgresURL:
@@ -65,6 +71,9 @@ def parse_postgres_url(url: str) -> PostgresURL:
         pool_size=_whole(ours, "pool_size", DEFAULT_POOL_SIZE, minimum=1, url=url),
         statement_timeout_ms=_whole(
             ours, "statement_timeout_ms", DEFAULT_STATEMENT_TIMEOUT_MS, minimum=0, maximum=2**31 - 1, url=url
+        ),
+        exact_dense_below=_whole(
+            ours, "exact_dense_below", DEFAULT_EXACT_DENSE_BELOW, minimum=0, maximum=2**31 - 1, url=url
         ),
     )
 
