@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     job_max_attempts: int = Field(default=3, ge=1, le=100)
     #: Agent runs (and their journal) not updated for this many days are deleted when a new run starts.
     agent_run_retention_days: int = Field(default=30, ge=1, le=3650)
+    #: Personal data (emails, phone and card numbers, IBANs, SSNs; names, places and organisations with the `pii`
+    #: extra) in the server's log lines is replaced by placeholders such as <EMAIL> before they are written.
+    pii_redact_logs: bool = True
     #: The user's own tools ("path/to/tools.py:NAME", NAME a list of @tool functions), given to every agent (CLI,
     #: HTTP API) and exposed by the MCP server; `archivist agent --tools` overrides it for one command.
     agent_tools: str | None = None

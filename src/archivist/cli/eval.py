@@ -1,4 +1,5 @@
-"""`archivist eval …`: run retrieval, answer and agent evals, list and compare runs, gate regressions, write reports."""
+"""`archivist eval …`: run retrieval, answer, agent and guard evals, list and compare runs, gate regressions, write
+reports."""
 
 from __future__ import annotations
 
@@ -22,10 +23,13 @@ if TYPE_CHECKING:
     from archivist.app import Archivist
     from archivist.evals.answers import AnswerEvalConfig
     from archivist.evals.datasets import Slice
+    from archivist.evals.guard import GuardEvalConfig
     from archivist.evals.retrieval import RetrievalEvalConfig
 
 app = App(
-    name="eval", help="Evaluate retrieval, answers and the agent; compare runs, gate regressions.", no_args_is_help=True
+    name="eval",
+    help="Evaluate retrieval, answers, the agent and the guards; compare runs, gate regressions.",
+    no_args_is_help=True,
 )
 
 CacheOpt = Annotated[
@@ -345,6 +349,9 @@ def eval_gate(
 
     if not baseline.is_file():
         fail(f"no baseline file at {baseline}", 2)
+    if json.loads(baseline.read_text()).get("kind") == "guard":
+        _gate_guard(baseline, [], store, as_json)
+        return
     with open_app(store) as archivist:
         base = json.loads(baseline.read_text())
         answers = base.get("kind") == "answers"
@@ -682,3 +689,223 @@ def eval_agent(
         f"[dim]{record['n_queries']} tasks · {fp['mode']} mode{models} · ingest {record['timings']['ingest_s']}s · "
         f"fingerprint {record['fingerprint_hash']}[/]"
     )
+
+
+@app.command("pii")
+def eval_pii(
+    dataset: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="[DATASET]",
+            help="presidio_synth_pii's folder or its JSON file (default: the --baseline run's dataset).",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", min=1, metavar="N", help="Only the first N sentences (default: all).")
+    ] = None,
+    level: Annotated[
+        str, typer.Option("--level", metavar="LEVEL", help="ner (the pii extra's model) or patterns (regex only).")
+    ] = "ner",
+    baseline: Annotated[
+        Path | None,
+        typer.Option("--baseline", metavar="FILE", help="Exit 1 when a figure dropped below this run's (FILE)."),
+    ] = None,
+    max_drop: Annotated[float, typer.Option("--max-drop", min=0.0, help="Largest tolerated drop in a figure.")] = 0.01,
+    tag: TagOpt = None,
+    save_baseline: SaveBaselineOpt = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure PII detection on labelled sentences: precision, recall and F1 per kind (exact and overlapping spans),
+    sentences per second; store the run, gate it against a baseline."""
+    from dataclasses import asdict
+
+    from archivist.evals.pii import PiiEvalConfig, gate_pii, run_pii_eval
+    from archivist.guard.pii import PiiDetector
+
+    if level not in ("ner", "patterns"):
+        fail(f"unknown --level {level!r}: use ner or patterns", 2)
+    base = None
+    if baseline is not None:
+        if not baseline.is_file():
+            fail(f"no baseline file at {baseline}", 2)
+        base = json.loads(baseline.read_text())
+        dataset = dataset or Path(base["dataset_path"])
+        limit = limit if limit is not None else base["config"]["limit"]
+    if dataset is None:
+        fail("give a DATASET (presidio_synth_pii's folder), or a --baseline whose dataset is used", 2)
+    with open_app(store) as archivist:
+        detector = PiiDetector(ner=level == "ner")
+        with stage_progress() as show:
+
+            def hook(stage: str, done: int, total: int) -> None:
+                show(stage, done, total, "")
+
+            record = run_pii_eval(detector, dataset, PiiEvalConfig(limit=limit, tag=tag), progress=hook)
+        checks = gate_pii(base, record, max_drop=max_drop) if base is not None else []
+        archivist.store.save_eval_run(record)
+    if save_baseline:
+        # The gate reads the figures only; each sentence's findings stay in the stored run.
+        _save_baseline({k: v for k, v in record.items() if k not in ("per_query", "found")}, save_baseline)
+    failed = [c for c in checks if c.failed]
+    if as_json:
+        summary = {k: v for k, v in record.items() if k not in ("per_query", "found")}
+        if base is not None:
+            summary["gate"] = {"passed": not failed, "baseline": base["id"], "checks": [asdict(c) for c in checks]}
+        emit_json(summary)
+    else:
+        table = Table(title=f"{record['dataset']} PII · run {record['id']}", box=None)
+        for column in ("kind", "labels", "found", "P exact", "R exact", "F1 exact", "P overlap", "R overlap", "F1 ov."):
+            table.add_column(column, justify="left" if column == "kind" else "right")
+        for kind, row in [*record["per_kind"].items(), ("all (micro)", record["overall"])]:
+            cells = [f"{row[how][m]:.3f}" for how in ("exact", "overlap") for m in ("precision", "recall", "f1")]
+            table.add_row(kind, str(row["labels"]), str(row["found"]), *cells)
+        out.print(table)
+        m, fp = record["metrics"], record["fingerprint"]["pii"]
+        out.print(
+            f"[dim]{record['n_queries']} sentences · {m['sentences_per_s']} sentences/s · clean sentences flagged "
+            f"{m['clean_flagged']:.3f} · level {fp['level']} · fingerprint {record['fingerprint_hash']}[/]"
+        )
+        for c in checks:
+            mark = "[red]FAIL[/]" if c.failed else "[green]ok[/]"
+            out.print(f"{mark} {c.metric}: {c.baseline:.4f} → {c.current:.4f}")
+    if failed:
+        raise typer.Exit(1)
+
+
+def _run_guard_eval(archivist: Archivist, datasets: list[Path], config: GuardEvalConfig) -> dict[str, Any]:
+    """Return a guard eval run of the shipped injection detector over the datasets, stored."""
+    from archivist.embed.minilm_onnx import MODEL_ID, MiniLMEmbedder
+    from archivist.evals.guard import run_guard_eval
+    from archivist.guard.injection import load_injection_detector
+
+    # The detector reads MiniLM vectors: a store embedded by another model still gets them from the bundled one.
+    embedder = archivist.embedder if archivist.embedding_model == MODEL_ID else MiniLMEmbedder()
+    detector = load_injection_detector(embedder)
+    with stage_progress() as show:
+
+        def hook(stage: str, done: int, total: int) -> None:
+            show(stage, done, total, "")
+
+        record = run_guard_eval(detector, datasets, config, progress=hook)
+    archivist.store.save_eval_run(record)
+    return record
+
+
+def _gate_guard(baseline: Path, datasets: list[Path], store: str | None, as_json: bool) -> None:
+    """Run the guard eval a baseline describes (or over `datasets`), gate it, print the checks; exit 1 on a
+    regression."""
+    from dataclasses import asdict
+
+    from archivist.evals.guard import GuardEvalConfig, gate_guard, parse_split
+
+    base = json.loads(baseline.read_text())
+    if base.get("kind") != "guard":
+        fail(f"{baseline} is a {base.get('kind', 'retrieval')} baseline, not a guard one", 2)
+    c = base["config"]
+    config = GuardEvalConfig(
+        split=parse_split(c["split"]),
+        sample=c["sample"],
+        contexts_per_attack=c["contexts_per_attack"],
+        seed=c["seed"],
+        tag="gate",
+    )
+    with open_app(store) as archivist:
+        current = _run_guard_eval(archivist, datasets or [Path(p) for p in c["datasets"]], config)
+    checks = gate_guard(base, current)
+    passed = not any(ch.failed for ch in checks)
+    if as_json:
+        emit_json(
+            {
+                "passed": passed,
+                "baseline": base["id"],
+                "run": current["id"],
+                "checks": [asdict(ch) for ch in checks],
+            }
+        )
+    else:
+        for ch in checks:
+            mark = "[red]FAIL[/]" if ch.failed else "[green]ok[/]"
+            now = "–" if ch.current is None else f"{ch.current:.4f}"
+            out.print(f"{mark} {escape(ch.name)}: {ch.baseline:.4f} → {now}  {ch.reason}")
+    if not passed:
+        raise typer.Exit(1)
+
+
+@app.command("guard")
+def eval_guard(
+    datasets: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="DATASET...",
+            help="Labelled prompts (.jsonl; Tensor Trust and jailbreak files as published), a BEIR folder (its "
+            "questions, benign) or a BIPIA folder (attacks inserted into contexts).",
+        ),
+    ],
+    split: Annotated[
+        str,
+        typer.Option("--split", help="all, holdout (the fifth the shipped model was never trained on) or train."),
+    ] = "all",
+    sample: Annotated[
+        int | None, typer.Option("--sample", min=1, metavar="N", help="At most N attacks and N benign texts a dataset.")
+    ] = None,
+    contexts: Annotated[
+        int, typer.Option("--contexts", min=1, metavar="N", help="BIPIA: contexts each attack is inserted into.")
+    ] = 1,
+    baseline: Annotated[
+        Path | None,
+        typer.Option("--baseline", metavar="FILE", help="Gate against this baseline: exit 1 when a rate regressed."),
+    ] = None,
+    tag: TagOpt = None,
+    save_baseline: SaveBaselineOpt = None,
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score each dataset with the injection detector: detection and false-positive rates with Wilson 95% intervals,
+    per dataset and attack category; store the run."""
+    from archivist.evals.guard import GuardEvalConfig, dataset_kind, parse_split
+
+    guard_split = usage(parse_split, split)
+    for path in datasets:
+        usage(dataset_kind, path)
+    if baseline is not None:
+        if not baseline.is_file():
+            fail(f"no baseline file at {baseline}", 2)
+        _gate_guard(baseline, datasets, store, as_json)
+        return
+    config = GuardEvalConfig(split=guard_split, sample=sample, contexts_per_attack=contexts, tag=tag)
+    with open_app(store) as archivist:
+        record = _run_guard_eval(archivist, datasets, config)
+    if save_baseline:
+        _save_baseline(record, save_baseline)
+    if as_json:
+        emit_json({k: v for k, v in record.items() if k not in ("per_query", "queries")})
+        return
+    table = Table(title=f"guard · run {record['id']} · threshold {record['fingerprint']['threshold']}", box=None)
+    for column in ("dataset / category", "attacks", "detection", "95% CI", "benign", "FP rate", "95% CI "):
+        table.add_column(column, justify="left" if column.startswith("dataset") else "right", overflow="fold")
+    for name, r in record["per_dataset"].items():
+        table.add_row(*_guard_row(escape(name), r))
+        for category, cr in r["categories"].items():
+            table.add_row(*_guard_row(f"  {escape(category)}", cr))
+    out.print(table)
+    t = record["timings"]
+    out.print(
+        f"[dim]{record['n_queries']} texts · p50 {t['p50_ms']} ms a text · {escape(record['fingerprint']['detector'])}"
+        f" · fingerprint {record['fingerprint_hash']}[/]"
+    )
+
+
+def _guard_row(name: str, r: dict[str, Any]) -> list[str]:
+    def ci(key: str) -> str:
+        return f"[{r[key][0]:.3f}, {r[key][1]:.3f}]" if key in r else "–"
+
+    return [
+        name,
+        str(r["n_attacks"]),
+        f"{r['detection']:.3f}" if "detection" in r else "–",
+        ci("detection_ci"),
+        str(r["n_benign"]),
+        f"{r['fp_rate']:.3f}" if "fp_rate" in r else "–",
+        ci("fp_ci"),
+    ]

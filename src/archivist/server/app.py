@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 
 from archivist.app import Archivist
 from archivist.config import Settings
+from archivist.guard.pii import install_log_redaction
 from archivist.server.errors import install_error_handlers
 from archivist.server.middleware import RequestMiddleware
 from archivist.server.openapi import DocumentedAPI
@@ -67,6 +68,8 @@ def create_app(archivist: Archivist, *, run_jobs: bool = True, close_on_shutdown
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        handlers = list(logging.getLogger().handlers)
+        redaction = install_log_redaction(settings.pii_redact_logs, handlers)
         services.request_log.start()
         services.metrics.start()
         for worker in services.workers:
@@ -84,6 +87,9 @@ def create_app(archivist: Archivist, *, run_jobs: bool = True, close_on_shutdown
             services.metrics.stop()
             if close_on_shutdown:
                 archivist.close()
+            if redaction is not None:
+                for handler in handlers:
+                    handler.removeFilter(redaction)
 
     app = DocumentedAPI(
         title="Archivist",

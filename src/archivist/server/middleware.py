@@ -193,6 +193,9 @@ class JsonLogFormatter(logging.Formatter):
         for name in self._FIELDS:
             if hasattr(record, name):
                 data[name] = getattr(record, name)
-        if record.exc_info:
+        if record.exc_text:
+            # Rendered already (and redacted, where PII redaction of logs is on).
+            data["error"] = record.exc_text
+        elif record.exc_info:
             data["error"] = self.formatException(record.exc_info)
         return json.dumps(data, ensure_ascii=False, default=str)
