@@ -30,9 +30,13 @@ from archivist.store.records import CandidateScores, IndexCapabilities, Sentence
 from archivist.types import ArchivistError
 
 #: the HNSW candidate list a dense search starts from when the connection sets none (pgvector's default); a
-#: search for more than this many rows widens it to k (pgvector's ceiling: 1000)
+#: search for more rows widens it (EF_PER_ROW; pgvector's ceiling: 1000)
 DEFAULT_EF_SEARCH = 40
 MAX_EF_SEARCH = 1000
+#: a search for k rows walks a candidate list of this many times k: the retriever's pool of 100 then finds 0.925 of
+#: the exact top 10 at 300k clustered vectors where a list of k found 0.80, for 3.6 ms instead of 1.5 ms
+#: (benchmarks/postgres_scale.py)
+EF_PER_ROW = 4
 #: rows (chunks, or documents) from which a query's BM25 corpus moments are estimated instead of summed exactly:
 #: past this, a common term's full posting list costs more than a search should
 BM25_SAMPLE_FROM = 131_072
@@ -40,7 +44,7 @@ BM25_SAMPLE_FROM = 131_072
 SAMPLE_STRIDE = 16
 #: a term in at most this many rows is counted exactly in an estimate: its postings are few, and rare terms decide
 #: the top scores the moments normalise
-EXACT_DF = 20_000
+EXACT_DF = 2_000
 
 # A BM25 search as one statement: the query terms' IDF (the in-memory index's: ln(1 + (n - df + 0.5) / (df + 0.5)))
 # and the length normalisation from the corpus totals in `meta`, then the top k chunks passing the filters.
@@ -61,24 +65,40 @@ ORDER BY round(sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + q.c * p.term_lengt
 LIMIT %s
 """
 
-# BM25 of the chunks holding one of the `essential` terms (and passing the filters), over every query term: the
-# candidates first, then each one's postings of the query terms by primary key (a subquery per candidate, which the
-# planner cannot turn into a scan of the common terms' whole posting lists).
+# The top k by BM25 among the chunks holding one of the `essential` terms (and passing the filters), scored over
+# every query term. Each candidate's essential part comes from one pass over the essential (short) posting lists; the
+# other terms' postings are read by primary key, one subquery per chunk (which the planner cannot turn into a scan
+# of a common term's whole list), and only for the chunks that can still reach the top k: the k best by essential
+# part are scored in full first, and the k-th of those scores is a floor no chunk whose essential part plus the
+# other terms' bound falls short of can reach (MaxScore's pruning).
 # Ranked by the score rounded to 9 decimals, so that sums of the same terms added in another order (last bits) are
 # the tie they are, broken by chunk id, whichever statement computed them.
 _CANDIDATE_BM25 = """
 WITH candidates AS MATERIALIZED (
-  SELECT DISTINCT e.chunk_id AS id FROM chunk_terms e WHERE e.term_id = ANY(%s::int[])
-), scored AS (
-  SELECT candidates.id, (
+  SELECT e.chunk_id AS id, sum(q.idf * e.tf * {k1_plus_1} / (e.tf + {a} + {c} * e.term_length)) AS part
+  FROM unnest(%(essential)s::int[], %(essential_idf)s::float8[]) q(term_id, idf)
+  JOIN chunk_terms e ON e.term_id = q.term_id
+  GROUP BY e.chunk_id
+), passing AS MATERIALIZED (
+  SELECT candidates.id, candidates.part FROM candidates {join} WHERE {where}
+), seed AS (
+  SELECT s.part + COALESCE((
     SELECT sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * p.term_length))
-    FROM unnest(%s::int[], %s::float8[]) q(term_id, idf)
-    JOIN chunk_terms p ON p.term_id = q.term_id AND p.chunk_id = candidates.id
-  ) AS score
-  FROM candidates {join}
-  WHERE {where}
+    FROM unnest(%(other)s::int[], %(other_idf)s::float8[]) q(term_id, idf)
+    JOIN chunk_terms p ON p.term_id = q.term_id AND p.chunk_id = s.id
+  ), 0) AS score
+  FROM (SELECT * FROM passing ORDER BY part DESC, id LIMIT %(k)s) s
+), floor AS (
+  SELECT CASE WHEN count(*) >= %(k)s THEN min(score) ELSE 0 END AS score FROM seed
+), scored AS (
+  SELECT passing.id, passing.part + COALESCE((
+    SELECT sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * p.term_length))
+    FROM unnest(%(other)s::int[], %(other_idf)s::float8[]) q(term_id, idf)
+    JOIN chunk_terms p ON p.term_id = q.term_id AND p.chunk_id = passing.id
+  ), 0) AS score
+  FROM passing, floor WHERE passing.part + %(other_bound)s >= floor.score
 )
-SELECT id, score FROM scored ORDER BY round(score::numeric, 9) DESC, id LIMIT %s
+SELECT id, score FROM scored ORDER BY round(score::numeric, 9) DESC, id LIMIT %(k)s
 """
 
 
@@ -160,6 +180,17 @@ class PostgresSearch(PostgresDocuments):
             if not found or stats is None:
                 return []
             ids, idfs = _idf(found, stats[0])
+            below = self._target.exact_dense_below
+            if filters and below > 0:
+                # Few chunks pass: score each of them (by primary key) rather than every candidate of the terms.
+                contained, contained_params = _named(*filter_sql(filters, contained=True))
+                first, *hits = conn.execute(
+                    _bm25_sql(_FILTERED_BM25, stats, contained),
+                    {"limit": below + 1, "below": below, "ids": ids, "idfs": idfs, "k": k, **contained_params},
+                ).fetchall()
+                if int(first[1]) <= below:
+                    return [(int(cid), float(s)) for cid, s in hits]
+            where, named_params = _named(where, filter_params)
             statement = _bm25_sql(_CANDIDATE_BM25, stats, where, joined=bool(filters), chunk="candidates.id")
             # MaxScore (Turtle and Flood): the candidates are the chunks holding one of the rarest terms, scored
             # exactly over every query term; a chunk holding none of them scores less than the other terms' bound
@@ -167,10 +198,22 @@ class PostgresSearch(PostgresDocuments):
             # Rare terms have short posting lists, so common terms are read only for the candidates.
             rarest_first = sorted(range(len(found)), key=lambda i: (found[i][1], ids[i]))
             for split in range(1, len(found) + 1):
-                essential = [ids[i] for i in rarest_first[:split]]
-                bound = sum(idfs[i] for i in rarest_first[split:]) * (BM25_K1 + 1)
-                rows = conn.execute(statement, [essential, ids, idfs, *filter_params, k]).fetchall()
-                if split == len(found) or (len(rows) == k and float(rows[-1][1]) > bound * (1 + 1e-9)):
+                inside, outside = rarest_first[:split], rarest_first[split:]
+                # Each term adds less than idf (k1 + 1); a little more, so rounding never prunes a chunk that ties.
+                bound = sum(idfs[i] for i in outside) * (BM25_K1 + 1) * (1 + 1e-9)
+                rows = conn.execute(
+                    statement,
+                    {
+                        "essential": [ids[i] for i in inside],
+                        "essential_idf": [idfs[i] for i in inside],
+                        "other": [ids[i] for i in outside],
+                        "other_idf": [idfs[i] for i in outside],
+                        "other_bound": bound,
+                        "k": k,
+                        **named_params,
+                    },
+                ).fetchall()
+                if split == len(found) or (len(rows) == k and float(rows[-1][1]) > bound):
                     return [(int(cid), float(s)) for cid, s in rows]
         raise AssertionError("unreachable: the last split takes every term")
 
@@ -316,12 +359,13 @@ def _bm25_top_sql(terms: list[str], k: int, filters: Filters) -> tuple[sql.Compo
 
 def _scan_settings(conn: Connection, k: int) -> None:
     """Set this transaction's HNSW scan: iterative (filters inside the scan still yield k rows), and a candidate
-    list of at least k (the connection's `hnsw.ef_search`, e.g. from the URL's `options`, when larger)."""
+    list of EF_PER_ROW × k, at most MAX_EF_SEARCH (the connection's `hnsw.ef_search`, e.g. from the URL's
+    `options`, when larger)."""
     conn.execute(
         "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),"
         " set_config('hnsw.ef_search', least(greatest(COALESCE(current_setting('hnsw.ef_search', true), %s)::int,"
         " %s), %s)::text, true)",
-        (str(DEFAULT_EF_SEARCH), k, MAX_EF_SEARCH),
+        (str(DEFAULT_EF_SEARCH), EF_PER_ROW * k, MAX_EF_SEARCH),
     )
 
 
@@ -347,6 +391,15 @@ def _totals(conn: Connection, count_key: str, length_key: str) -> tuple[int, flo
 def _idf(terms: list[tuple[int, int]], n: int) -> tuple[list[int], list[float]]:
     """Return the term ids and their IDF (the in-memory index's: ln(1 + (n - df + 0.5) / (df + 0.5)))."""
     return [t for t, _ in terms], [float(np.log1p((n - df + 0.5) / (df + 0.5))) for _, df in terms]
+
+
+def _named(where: str, params: list[Any]) -> tuple[str, dict[str, Any]]:
+    """Return a condition with positional parameters (`%s`, as `filter_sql` writes it) rewritten as named ones
+    (`%(f0)s`, …) and their values by name, for statements whose other parameters are named."""
+    pieces = where.split("%s")
+    assert len(pieces) == len(params) + 1 and "%" not in "".join(pieces), "a condition of plain %s placeholders"
+    named = "".join(f"{piece}%(f{i})s" for i, piece in enumerate(pieces[:-1])) + pieces[-1]
+    return named, {f"f{i}": value for i, value in enumerate(params)}
 
 
 _FILTER_JOIN = "JOIN chunks x ON x.id = {chunk} JOIN documents d ON d.id = x.document_id"
@@ -427,13 +480,34 @@ SELECT COALESCE(sum(score), 0), COALESCE(sum(score * score), 0) FROM (
 ) s
 """
 
-# The same over the sample (the partial index's rows) of the rows holding a common term and none of the rare ones.
+# The top k by BM25 of the chunks passing the filters when at most `below` pass (the first row carries their count,
+# chunk id -1; none is scored when more pass), each scored by its postings of the query terms, read by key.
+_FILTERED_BM25 = """
+WITH passing AS MATERIALIZED (
+  SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id WHERE {where} LIMIT %(limit)s
+), counted AS (SELECT count(*) AS n FROM passing)
+SELECT -1::bigint, n::float8 FROM counted
+UNION ALL (
+  SELECT id, score FROM (
+    SELECT passing.id, (
+      SELECT sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * p.term_length))
+      FROM unnest(%(ids)s::int[], %(idfs)s::float8[]) q(term_id, idf)
+      JOIN chunk_terms p ON p.term_id = q.term_id AND p.chunk_id = passing.id
+    ) AS score
+    FROM passing WHERE (SELECT n FROM counted) <= %(below)s
+  ) s
+  WHERE score IS NOT NULL ORDER BY round(score::numeric, 9) DESC, id LIMIT %(k)s
+)
+"""
+
+# The same over the sample (the partial index's rows) of the rows holding no rare term (those holding one are
+# summed exactly): every query term's sampled postings, grouped by row, the rows with a rare term left out.
 _SAMPLED_MOMENTS = """
-SELECT COALESCE(sum(score), 0), COALESCE(sum(score * score), 0) FROM (
-  SELECT sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * p.term_length)) AS score
-  FROM unnest(%s::int[], %s::float8[]) q(term_id, idf)
+SELECT COALESCE(sum(score) FILTER (WHERE NOT rare), 0), COALESCE(sum(score * score) FILTER (WHERE NOT rare), 0)
+FROM (
+  SELECT sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * p.term_length)) AS score, bool_or(q.rare) AS rare
+  FROM unnest(%s::int[], %s::float8[], %s::bool[]) q(term_id, idf, rare)
   JOIN {postings} p ON p.term_id = q.term_id AND {sample}
-  WHERE NOT EXISTS (SELECT 1 FROM {postings} e WHERE e.term_id = ANY(%s::int[]) AND e.{key} = p.{key})
   GROUP BY p.{key}
 ) s
 """
@@ -483,16 +557,14 @@ def _moments(
         assert row is not None
         return float(row[0]), float(row[1])
     rare = [t for t, df in found if df <= exact_df]
-    common = [(t, idf) for (t, df), idf in zip(found, idfs, strict=True) if df > exact_df]
     s1 = s2 = 0.0
     if rare:
         row = conn.execute(_bm25_sql(level.template(_RARE_MOMENTS), stats, "TRUE"), [rare, ids, idfs]).fetchone()
         assert row is not None
         s1, s2 = float(row[0]), float(row[1])
-    if common:
+    if len(rare) < len(ids):
         row = conn.execute(
-            _bm25_sql(level.template(_SAMPLED_MOMENTS), stats, "TRUE"),
-            [[t for t, _ in common], [i for _, i in common], rare],
+            _bm25_sql(level.template(_SAMPLED_MOMENTS), stats, "TRUE"), [ids, idfs, [df <= exact_df for _, df in found]]
         ).fetchone()
         assert row is not None
         s1, s2 = s1 + SAMPLE_STRIDE * float(row[0]), s2 + SAMPLE_STRIDE * float(row[1])
