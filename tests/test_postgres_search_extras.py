@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -346,3 +347,22 @@ def test_bm25_corpus_moments_of_a_large_index_are_estimated_close_to_the_exact_o
                 assert estimate.bm25_mean == pytest.approx(exact.bm25_mean, rel=0.35), (query, exact_df)
                 assert estimate.bm25_std == pytest.approx(exact.bm25_std, rel=0.35), (query, exact_df)
                 assert estimate.doc_bm25_std > 0
+
+
+def test_connections_the_server_dropped_are_replaced_before_a_statement_fails(postgres_url: str) -> None:
+    """A server restart or failover ends every pooled connection; the next calls must still succeed (each one taken
+    from the pool is checked first), not fail once per pooled connection."""
+    import psycopg
+
+    with closing(open_store(postgres_url)) as store:
+        store.stats()
+        with ThreadPoolExecutor(4) as pool:  # several pooled connections, all in use once
+            list(pool.map(lambda _: store.stats(), range(8)))
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            ended = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).fetchone()
+        assert ended is not None and ended[0] >= 1
+        for _ in range(8):
+            assert store.stats()["documents"] == 0

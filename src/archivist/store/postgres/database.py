@@ -54,6 +54,9 @@ class PostgresDatabase:
             min_size=1,
             max_size=target.pool_size,
             configure=self._configure,
+            # A pooled connection the server dropped (a restart, a failover, an idle timeout) is found and replaced
+            # when it is taken, for one short round trip, instead of failing the statement it was taken for.
+            check=ConnectionPool.check_connection,
             open=False,
             name="archivist-store",
         )
