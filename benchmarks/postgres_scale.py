@@ -343,18 +343,28 @@ def raw_dense(url: str, kind: str, ef_search: int) -> Callable[[npt.NDArray[np.f
     return search
 
 
-def run_size(server_url: str, n: int, queries: int, halfvec: bool) -> dict[str, Any]:
-    """Return every figure for a corpus of n chunks (a database of its own, dropped afterwards)."""
+def run_size(server_url: str, n: int, queries: int, halfvec: bool, database: str | None = None) -> dict[str, Any]:
+    """Return every figure for a corpus of n chunks (a database of its own, dropped afterwards; or `database`,
+    loaded when empty and kept, measured as it is when it already holds the corpus)."""
     console.print(f"[bold]{n:,} chunks[/]: generating…")
     corpus = make_corpus(n)
     q_texts, q_vectors = make_queries(corpus, queries)
     tenant = int(corpus.tenant_of_doc[0])
     tenant_name = f"t{tenant:03d}"
     result: dict[str, Any] = {"chunks": n, "documents": len(corpus.tenant_of_doc), "queries": queries}
-    with new_database(server_url) as url:
+    with new_database(server_url) if database is None else kept_database(server_url, database) as url:
         store = PostgresStore(url)
-        result["load"] = load(store, url, corpus)
-        console.print(f"  loaded in {result['load']['load_s']} s, index built in {result['load']['build_s']} s")
+        with psycopg.connect(url) as conn:
+            held = int(conn.execute("SELECT count(*) FROM chunks").fetchone()[0])  # type: ignore[index]
+            index = conn.execute("SELECT index_name FROM vector_models WHERE model = %s", (MODEL,)).fetchone()
+        if held == n and index is not None:
+            result["load"] = {"reused": database, "index": str(index[0])}
+            console.print(f"  measuring the {n:,} chunks already in {database}")
+        else:
+            if held:
+                raise SystemExit(f"{database} holds {held:,} chunks, not {n:,}: give an empty or matching database")
+            result["load"] = load(store, url, corpus)
+            console.print(f"  loaded in {result['load']['load_s']} s, index built in {result['load']['build_s']} s")
         # chunk id -> corpus row, through the embedding hashes (ids are the database's)
         by_hash = {}
         for d in range(len(corpus.tenant_of_doc)):
@@ -482,6 +492,17 @@ def embedded_server() -> Iterator[str]:
 
 
 @contextmanager
+def kept_database(server_url: str, name: str) -> Iterator[str]:
+    """Yield the URL of the database `name` on the server, created when missing and kept afterwards."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+
+
+@contextmanager
 def _given(url: str) -> Iterator[str]:
     yield url
 
@@ -544,11 +565,15 @@ def main() -> None:
         "--vectors-only", default="", help="sizes (comma-separated) to measure the HNSW index alone at, COPY-loaded"
     )
     parser.add_argument("--url", help="a PostgreSQL server's URL (a database per size is created on it)")
+    parser.add_argument(
+        "--database",
+        help="with --url and one size: load into this database when empty and keep it; measure it when it holds it",
+    )
     args = parser.parse_args()
     results, alone = [], []
     with embedded_server() if args.url is None else _given(args.url) as server_url:
         for n in (int(s) for s in args.sizes.split(",") if s):
-            results.append(run_size(server_url, n, args.queries, not args.no_halfvec))
+            results.append(run_size(server_url, n, args.queries, not args.no_halfvec, args.database))
         for n in (int(s) for s in args.vectors_only.split(",") if s):
             alone.append(run_vectors_only(server_url, n, args.queries))
     report(results, alone)
@@ -591,8 +616,8 @@ def report(results: list[dict[str, Any]], alone: list[dict[str, Any]]) -> None:
         [
             {
                 "chunks": f"{r['chunks']:,}",
-                "load chunks/s": r["load"]["load_chunks_per_s"],
-                "index build s": r["load"]["build_s"],
+                "load chunks/s": r["load"].get("load_chunks_per_s", "kept"),
+                "index build s": r["load"].get("build_s", "kept"),
                 "HNSW MiB": round(r["sizes"]["hnsw_index"] / mib),
                 "embeddings MiB": round(r["sizes"]["embeddings_heap"] / mib),
                 "database MiB": round(r["sizes"]["database"] / mib),

@@ -154,7 +154,7 @@ def test_a_citation_reports_the_section_its_sentence_is_in() -> None:
 
 def test_prompt_is_versioned_and_hashed() -> None:
     prompt = load_prompt()
-    assert re.fullmatch(r"grounded_answer@2#[0-9a-f]{8}", prompt.id)
+    assert re.fullmatch(r"grounded_answer@3#[0-9a-f]{8}", prompt.id)
     assert "untrusted" in prompt.system and "{passages}" in prompt.user
 
 

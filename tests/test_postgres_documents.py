@@ -20,12 +20,12 @@ from archivist.store import open_store
 from archivist.store.filters import Filters
 from archivist.store.protocols import Store
 from archivist.store.records import DocumentWrite
-from archivist.testing.store import DocumentStoreTests, SearchIndexTests, StoreFactory
+from archivist.testing.store import DocumentStoreTests, GuardStoreTests, SearchIndexTests, StoreFactory
 from archivist.types import ArchivistError, Chunk, Document, sha256_hex
 
 
-class TestPostgresDocuments(DocumentStoreTests, SearchIndexTests):
-    """The document store's and search index's contract, unchanged, on a fresh database per test."""
+class TestPostgresDocuments(DocumentStoreTests, SearchIndexTests, GuardStoreTests):
+    """The document store's, search index's and guard store's contract, unchanged, on a fresh database per test."""
 
     @pytest.fixture
     def make_store(self, postgres_url: str) -> Iterator[StoreFactory]:

@@ -30,7 +30,7 @@ def test_sqlite_store_uses_wal_and_records_migrations(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "s.db")
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     versions = [r[0] for r in conn.execute("SELECT version FROM schema_migrations")]
-    assert versions == list(range(1, 14)) and store.schema_version() == 13 == store.expected_schema_version()
+    assert versions == list(range(1, 15)) and store.schema_version() == 14 == store.expected_schema_version()
     assert store.migrate() == []  # idempotent
     conn.close()
     store.close()

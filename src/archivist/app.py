@@ -24,6 +24,8 @@ from archivist.config import Settings, load_settings
 from archivist.embed.base import Embedder
 from archivist.embed.query_cache import QueryCachingEmbedder
 from archivist.embed.registry import embedder_entry
+from archivist.guard.injection import InjectionDetector
+from archivist.guard.policy import GuardPolicy, QuestionGuard, resolve_policy, settings_policy
 from archivist.ingest.chunker import Chunker, ChunkerSettings
 from archivist.ingest.document_filter import DocumentFilter
 from archivist.ingest.pipeline import IngestPipeline, ProgressHook
@@ -39,7 +41,7 @@ from archivist.retrieve.search import SearchPipeline
 from archivist.store import open_store
 from archivist.store.filters import Filters
 from archivist.store.protocols import Store
-from archivist.store.records import AgentStepRecord
+from archivist.store.records import AgentStepRecord, ApiKeyRecord
 from archivist.types import (
     DEFAULT_COLLECTION,
     ConflictError,
@@ -65,6 +67,7 @@ class Archivist:
         self._expander: Expander | None = None
         self._searcher: SearchPipeline | None = None
         self._user_tools: list[Tool] | None = None
+        self._injection_detector: InjectionDetector | None = None
         #: run on every loaded document before chunking, in order (PII redaction and injection scanning plug in here)
         self.document_filters: list[DocumentFilter] = []
         self._lock = threading.RLock()
@@ -133,6 +136,7 @@ class Archivist:
             self.chunker(),
             max_file_bytes=int(self.settings.max_file_mb * 1024 * 1024),
             filters=self.document_filters,
+            injection=self.injection_detector if self.settings.guard_scan_ingest else None,
         )
 
     def job_runner(self) -> JobRunner:
@@ -207,12 +211,52 @@ class Archivist:
                 self._searcher = self._searcher or searcher
         return self._searcher
 
+    def injection_detector(self) -> InjectionDetector:
+        """Return the shipped injection detector, loaded once: it reads the app's embedder's vectors when that is
+        the bundled MiniLM (so vectors computed for search are reused), else a MiniLM of its own."""
+        from archivist.embed.minilm_onnx import MODEL_ID, MiniLMEmbedder
+        from archivist.guard.injection import load_injection_detector
+
+        with self._lock:
+            if self._injection_detector is None:
+                reads = self.embedder if self.embedding_model == MODEL_ID else MiniLMEmbedder()
+                self._injection_detector = load_injection_detector(reads)
+            return self._injection_detector
+
+    def question_guard(self) -> QuestionGuard:
+        """Return the check of questions and agent tasks against the injection detector, under the settings'
+        policy by default (the detector loads on the first check that needs it)."""
+        from archivist.embed.minilm_onnx import MODEL_ID
+
+        reuse = self.embedder if self.embedding_model == MODEL_ID else None
+        return QuestionGuard(self.injection_detector, settings_policy(self.settings), reuse)
+
+    def guard_policy(self, collections: Sequence[str] | None = None, key: ApiKeyRecord | None = None) -> GuardPolicy:
+        """Return the guard policy a request is answered under: the settings', tightened by the stored policy of
+        each collection it reaches (None: every collection the key may see) and by the key's; the strictest value
+        of each setting wins."""
+        reach = set(collections) if collections else None
+        stored = [
+            (c.name, c.policy)
+            for c in self.store.list_collections()
+            if (
+                c.name in reach
+                if reach is not None
+                else key is None or key.collections is None or c.name in key.collections
+            )
+        ]
+        return resolve_policy(settings_policy(self.settings), stored, (key.id, key.policy) if key is not None else None)
+
     def answerer(self, **options: Any) -> Answerer:
         """Return an answerer over the search pipeline, the embedder and (if it has routes) the gateway, with the
         settings' verification and refusal defaults; `options` override them (k, timeout_s, refusal_threshold…)."""
         gateway = self.gateway()
         s = self.settings
-        defaults: dict[str, Any] = {"verify_with_model": s.verify_with_model, "verify_timeout_s": s.verify_timeout_s}
+        defaults: dict[str, Any] = {
+            "verify_with_model": s.verify_with_model,
+            "verify_timeout_s": s.verify_timeout_s,
+            "guard": self.question_guard(),
+        }
         if s.refusal_threshold is not None:
             defaults["refusal_threshold"] = s.refusal_threshold
         return Answerer(self.searcher(), self.embedder, gateway if gateway.routes else None, **(defaults | options))
@@ -238,11 +282,13 @@ class Archivist:
         on_step: Callable[[AgentStepRecord], None] | None = None,
         workflow: Workflow | None = None,
         budget_parent: Budget | None = None,
+        policy: GuardPolicy | None = None,
     ) -> Agent:
         """Return an agent over the built-in document tools (limited to `collection`; None: every collection) and
         the user's `tools` (None: those the `agent_tools` setting names), journaling its runs in the store. Its runs
         follow `workflow` when given, and the built-in research workflow when no model is configured; their model
-        calls are also charged to `budget_parent` (an API key's budget) when given."""
+        calls are also charged to `budget_parent` (an API key's budget) when given. New tasks are checked for prompt
+        injection under `policy` (default: the settings')."""
         from archivist.agent.builtins import builtin_tools
         from archivist.agent.workflow import RESEARCH
 
@@ -265,6 +311,8 @@ class Archivist:
             tool_protocol=protocol,
             workflow=workflow if workflow is not None or gateway.routes else RESEARCH,
             budget_parent=budget_parent,
+            guard=self.question_guard(),
+            policy=policy,
         )
 
     def ingest(

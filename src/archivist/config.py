@@ -141,6 +141,16 @@ class Settings(BaseSettings):
     #: Personal data (emails, phone and card numbers, IBANs, SSNs; names, places and organisations with the `pii`
     #: extra) in the server's log lines is replaced by placeholders such as <EMAIL> before they are written.
     pii_redact_logs: bool = True
+    #: Score every chunk with the injection detector at ingest and store the score with it (flagged chunks are
+    #: fenced in prompts and listed by `archivist guard review`); off: chunks are stored unscored.
+    guard_scan_ingest: bool = True
+    #: What a question or agent task that the injection detector flags gets: "off" (not checked), "flag" (answered
+    #: with a warning naming the score) or "block" (refused, nothing run). A collection's or key's stored policy can
+    #: only make this stricter (docs/guards.md).
+    guard_injection: Literal["off", "flag", "block"] = "flag"
+    #: Replace personal data in answers and their quoted citations by placeholders such as <EMAIL>; a collection's
+    #: or key's policy `pii=redact` turns it on for their answers.
+    pii_redact_answers: bool = False
     #: The user's own tools ("path/to/tools.py:NAME", NAME a list of @tool functions), given to every agent (CLI,
     #: HTTP API) and exposed by the MCP server; `archivist agent --tools` overrides it for one command.
     agent_tools: str | None = None

@@ -136,6 +136,9 @@ class Hit:
     bm25_score: float | None = None
     bm25_rank: int | None = None
     collection: str = DEFAULT_COLLECTION
+    #: the injection scan's score of the chunk at ingest (None: not scanned) and whether it stands flagged
+    guard_score: float | None = None
+    guard_flagged: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-ready dict of the hit."""

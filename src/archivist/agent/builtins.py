@@ -1,6 +1,7 @@
 """The built-in tools over the app's components: search, read a document by character range, list collections and
 documents, and a grounded answer with its citations. Every one is read-only and, where a collection is given,
-limited to it; the ones that return document text mark their output untrusted."""
+limited to it; the ones that return document text mark their output untrusted, and text the injection scan flagged
+as `"guard_flagged": true`, datamarked (`guard.quote`): the loop then refuses every side-effecting tool."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pydantic import Field
 
 from archivist.agent.tools import RUN_BUDGET, Tool, function_tool
 from archivist.answer.answerer import Answerer
+from archivist.guard.quote import datamark
 from archivist.retrieve.search import SearchPipeline
 from archivist.store.filters import Filters
 from archivist.store.protocols import Store
@@ -50,8 +52,9 @@ def builtin_tools(
                 "title": h.title,
                 "start": h.start,
                 "end": h.start + min(len(h.text), HIT_CHARS),
-                "text": h.text[:HIT_CHARS],
+                "text": datamark(h.text[:HIT_CHARS]) if h.guard_flagged else h.text[:HIT_CHARS],
                 "score": round(h.score, 4),
+                **({"guard_flagged": True} if h.guard_flagged else {}),
             }
             for h in hits
         ]
@@ -70,14 +73,16 @@ def builtin_tools(
         stop = min(record.char_count, end if end is not None else start + MAX_READ_CHARS, start + MAX_READ_CHARS)
         if start >= stop:
             raise ValueError(f"start {start} is past the end of the range (the document has {record.char_count} chars)")
+        text, flagged = _text_between(store, record.id, start, stop)
         return {
             "document_id": record.id,
             "source": record.source,
             "title": record.title,
             "start": start,
             "end": stop,
-            "text": _text_between(store, record.id, start, stop),
+            "text": datamark(text) if flagged else text,
             "length": record.char_count,
+            **({"guard_flagged": True} if flagged else {}),
         }
 
     def list_collections() -> list[dict[str, Any]]:
@@ -127,6 +132,8 @@ def builtin_tools(
             return {
                 "answer": found.answer,
                 "refused": found.refused,
+                "warnings": found.warnings,
+                **({"guard_flagged": True} if found.flagged else {}),
                 # The answer as text and citation marks ({"type": "citation", "n": …}), so the marks are never
                 # looked for in prose.
                 "segments": [s.to_dict() for s in found.segments],
@@ -148,17 +155,22 @@ def builtin_tools(
     return tools
 
 
-def _text_between(store: Store, document_id: str, start: int, end: int) -> str:
+def _text_between(store: Store, document_id: str, start: int, end: int) -> tuple[str, bool]:
     """Return the document's text in [start, end), put together from its stored chunks (overlaps read once; a gap
-    between chunks, whitespace the chunker did not store, as spaces: offsets stay the document's)."""
+    between chunks, whitespace the chunker did not store, as spaces: offsets stay the document's), and whether any
+    chunk it reads from stands flagged by the injection scan."""
     pieces: list[str] = []
     at = start
+    flagged = False
     for chunk in store.document_chunks(document_id):
-        if chunk.end <= at or chunk.start >= end:
+        if chunk.end <= start or chunk.start >= end:
+            continue
+        flagged = flagged or chunk.guard_flagged
+        if chunk.end <= at:
             continue
         if chunk.start > at:
             pieces.append(" " * (chunk.start - at))
             at = chunk.start
         pieces.append(chunk.text[at - chunk.start : end - chunk.start])
         at = min(chunk.end, end)
-    return "".join(pieces)
+    return "".join(pieces), flagged

@@ -14,6 +14,13 @@ from archivist.answer.context import Passage, complete_cut_sentences, pack_conte
 from archivist.answer.conversation import Turn, check_history, follow_up_extraction, render_history, search_query
 from archivist.answer.entailment import apply_entailment, checkable, judge_entailment
 from archivist.answer.extractive import MAX_CANDIDATES, Extraction, KnownVectors, VectorCache, extract, quotes
+from archivist.answer.guards import (
+    drop_reader_aimed,
+    flagged_warning,
+    output_problem,
+    redact_hits,
+    redact_segments,
+)
 from archivist.answer.prompts import EXTRACTIVE_VERSION, Prompt, load_prompt
 from archivist.answer.refusal import REFUSAL_THRESHOLD, refusal_text, should_refuse
 from archivist.answer.segments import AnswerSegment, compact, mark, plain, quoted, shown
@@ -21,7 +28,9 @@ from archivist.answer.sentence_hits import best_sentence_chunks
 from archivist.answer.sentences import Sentence
 from archivist.answer.verify import Claim, Verification, split_claims, verify
 from archivist.embed.base import Embedder, span_pooling
-from archivist.guard.quote import quote
+from archivist.guard.pii import PiiDetector
+from archivist.guard.policy import GuardPolicy, InjectionVerdict, QuestionGuard
+from archivist.guard.quote import neutralise, quote, undatamark
 from archivist.llm.accounting import Budget
 from archivist.llm.base import Cancellation, ChatRequest, Completion, Deadline, DoneEvent, Message, TokenEvent
 from archivist.llm.errors import Cancelled, LLMError, StreamBroken
@@ -98,6 +107,8 @@ class Answer:
     #: `answer` as text and citation marks: joined (a citation as "[n]") they are `answer`; links are built from
     #: these, never by finding "[n]" in the text
     segments: list[AnswerSegment] = field(default_factory=list)
+    #: the answer relies on text the injection scan flagged (its warnings say which); not in `to_dict`
+    flagged: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON shape of an answer (what `archivist ask --json` prints)."""
@@ -154,6 +165,16 @@ class _Prepared:
     cancellation: Cancellation | None = None
     #: earlier turns of the conversation (oldest first): context for a follow-up question
     history: tuple[Turn, ...] = ()
+    #: the guard policy the answer is given under (None: no guard)
+    policy: GuardPolicy | None = None
+    #: the injection detector's verdict on the question (None: not checked)
+    verdict: InjectionVerdict | None = None
+
+    @property
+    def guarded(self) -> bool:
+        """Return whether the question or the evidence was flagged: a model's answer is then checked before any
+        of it is shown (never streamed token by token)."""
+        return bool((self.verdict is not None and self.verdict.flagged) or any(p.flagged for p in self.passages))
 
 
 def _citation(n: int, passage: Passage, sentence: Sentence, support: float = 1.0) -> Citation:
@@ -196,6 +217,7 @@ class Answerer:
         verify_prompt: Prompt | None = None,
         verify_timeout_s: float | None = None,
         conversation_prompt: Prompt | None = None,
+        guard: QuestionGuard | None = None,
     ) -> None:
         self.searcher = searcher
         self.embedder = embedder
@@ -223,6 +245,9 @@ class Answerer:
         #: the judge call's own time limit (default: `timeout_s`, else the gateway's default)
         self.verify_timeout_s = verify_timeout_s
         self.vectors = VectorCache(embedder)
+        #: checks questions (direct injection) and sentences of flagged passages; None: no guard at all
+        self.guard = guard
+        self._pii: PiiDetector | None = None
         #: where this embedder's sentence vectors are stored; None when it cannot pool them (then sentences are
         #: embedded on the spot and sentence hits find nothing)
         self.sentence_key = sentence_model_key(embedder.model_id) if span_pooling(embedder) is not None else None
@@ -284,6 +309,7 @@ class Answerer:
         budget: Budget | None = None,
         cancellation: Cancellation | None = None,
         history: Sequence[Turn] = (),
+        policy: GuardPolicy | None = None,
     ) -> Answer:
         """Return the grounded answer to a question (or a refusal naming the closest sources).
 
@@ -293,9 +319,13 @@ class Answerer:
         Model calls are charged to `budget` (e.g. a request's, chained to its API key's); one that would not
         fit falls back to the extractive answer with a warning, like any other model failure. Once
         `cancellation` is set, no further model call is made and `Cancelled` is raised instead of an answer.
+
+        `policy` (default: the guard's, from the settings) decides what a question the injection detector flags
+        gets: a warning, or InjectionBlocked raised before anything is searched or charged; and whether the answer
+        is redacted for personal data.
         """
         with span("answer", configured_mode=self.mode, k=k) as current:
-            answer = self._answer(question, k, filters, exclude_documents, budget, cancellation, history)
+            answer = self._answer(question, k, filters, exclude_documents, budget, cancellation, history, policy)
             current.set(
                 mode=answer.mode, refused=answer.refused, citations=len(answer.citations), support=answer.support
             )
@@ -310,9 +340,14 @@ class Answerer:
         budget: Budget | None,
         cancellation: Cancellation | None,
         history: Sequence[Turn] = (),
+        policy: GuardPolicy | None = None,
     ) -> Answer:
-        prep = self._prepare(question, k, filters, exclude_documents, budget, history)
+        prep = self._prepare(question, k, filters, exclude_documents, budget, history, policy)
         prep.cancellation = cancellation
+        return self._complete(prep, budget, cancellation)
+
+    def _complete(self, prep: _Prepared, budget: Budget | None, cancellation: Cancellation | None) -> Answer:
+        """Return the answer of a prepared question: refused, extractive, or generated and checked."""
         refused = self._refusal(prep)
         if refused is not None or self.gateway is None:
             return refused or self._extractive(prep)
@@ -337,20 +372,23 @@ class Answerer:
         budget: Budget | None = None,
         cancellation: Cancellation | None = None,
         history: Sequence[Turn] = (),
+        policy: GuardPolicy | None = None,
     ) -> Generator[AnswerEvent, None, None]:
         """Yield the evidence (RetrievalDone), the answer's text as TokenEvents as it is produced, then one
         AnswerDone with the checked answer and its citations.
 
         A caller that stops early closes the iterator: the model's stream is closed at once and what it generated
         so far is charged to `budget`. Setting `cancellation` from another thread also aborts a model call in
-        flight (a stalled one included); the stream then raises `Cancelled`. `history` is as for `answer`.
+        flight (a stalled one included); the stream then raises `Cancelled`. `history` and `policy` are as for
+        `answer`. When the question or the evidence was flagged, a model's answer is checked before any of it is
+        sent, then sent word by word.
         """
-        prep = self._prepare(question, k, filters, exclude_documents, budget, history)
+        prep = self._prepare(question, k, filters, exclude_documents, budget, history, policy)
         prep.cancellation = cancellation
-        yield RetrievalDone(prep.hits)
+        yield RetrievalDone(redact_hits(prep.hits, self.pii) if self._redacts(prep) else prep.hits)
         refused = self._refusal(prep)
-        if refused is not None or self.gateway is None:
-            final = refused or self._extractive(prep)
+        if refused is not None or self.gateway is None or prep.guarded:
+            final = refused or self._complete(prep, budget, cancellation)
             yield from _pieces(final.answer)
             yield AnswerDone(final)
             return
@@ -422,12 +460,16 @@ class Answerer:
         exclude: frozenset[str],
         budget: Budget | None = None,
         history: Sequence[Turn] = (),
+        policy: GuardPolicy | None = None,
     ) -> _Prepared:
         question = question.strip()
         if not question:
             raise UsageError("the question is empty")
         check_history(history)
         t0 = time.perf_counter()
+        # First of all: a blocked question is refused before anything is searched, generated or charged.
+        verdict = self.guard.check(question, policy) if self.guard is not None else None
+        t_guard = time.perf_counter()
         k = k or self.k
         # A follow-up ("and how do I rotate them?") is searched, and its sentences scored, together with the
         # earlier question(s) it leans on; without history the query is the question itself.
@@ -470,8 +512,24 @@ class Answerer:
                 cache=self.vectors,
                 known=known,
             )
+        warnings = list(outcome.warnings)
+        if verdict is not None and verdict.flagged:
+            warnings.append(verdict.warning())
+        if self.guard is not None:
+            extraction, dropped = drop_reader_aimed(
+                extraction,
+                passages,
+                self.guard.detector,
+                self.guard.query_embedder is not None,
+                self.max_sentences,
+            )
+            warnings += dropped
         t2 = time.perf_counter()
-        timings = {"retrieve": round((t1 - t0) * 1000, 2), "extract": round((t2 - t1) * 1000, 2)}
+        timings = {
+            "guard": round((t_guard - t0) * 1000, 2),
+            "retrieve": round((t1 - t_guard) * 1000, 2),
+            "extract": round((t2 - t1) * 1000, 2),
+        }
         return _Prepared(
             question,
             hits,
@@ -480,15 +538,46 @@ class Answerer:
             uuid.uuid4().hex,
             t0,
             timings,
-            list(outcome.warnings),
+            warnings,
             history=tuple(history),
+            policy=policy or (self.guard.default if self.guard is not None else None),
+            verdict=verdict,
         )
+
+    @property
+    def pii(self) -> PiiDetector:
+        """Return the PII detector answers are redacted with (built on first use)."""
+        if self._pii is None:
+            self._pii = PiiDetector()
+        return self._pii
+
+    def _redacts(self, prep: _Prepared) -> bool:
+        return prep.policy is not None and prep.policy.pii_answers == "redact"
 
     def _finish(self, prep: _Prepared, answer: Answer) -> Answer:
         answer.timings_ms = {**prep.timings, "total": round((time.perf_counter() - prep.t0) * 1000, 2)}
         answer.warnings = prep.warnings
         answer.evidence = round(prep.extraction.evidence, 4)
         answer.segments = answer.segments or compact([plain(answer.answer)])
+        if self.guard is not None and not answer.refused:
+            # A model read every passage; an extractive answer relies on the ones it quotes.
+            cited = {c.document for c in answer.citations}
+            relied = [p for p in prep.passages if answer.mode == "llm" or p.document_id in cited]
+            flagged = flagged_warning(relied)
+            if flagged is not None:
+                prep.warnings.append(flagged)
+                answer.flagged = True
+        if self._redacts(prep):
+            answer.segments = redact_segments(answer.segments, self.pii)
+            answer.answer = shown(answer.segments)
+            for citation, text in zip(
+                answer.citations, self.pii.redact_many([c.quote for c in answer.citations]), strict=True
+            ):
+                citation.quote = text
+            for entry, text in zip(
+                answer.unsupported, self.pii.redact_many([u["text"] for u in answer.unsupported]), strict=True
+            ):
+                entry["text"] = text
         answer.sources = [
             {
                 "n": p.n,
@@ -534,8 +623,9 @@ class Answerer:
         by_n = {p.n: p for p in prep.passages}
         chosen = quotes(prep.extraction.chosen, prep.passages)
         citations = [_citation(i, by_n[q.passage], q) for i, q in enumerate(chosen, start=1)]
-        # The quotes keep the document's exact characters; the answer reads as prose, without its line wraps.
-        segments = quoted([prose(q.text) for q in chosen])
+        # The quotes keep the document's exact characters; the answer reads as prose, without its line wraps, and
+        # without the document's own footnote marks or clickable links.
+        segments = quoted([neutralise(prose(q.text)) for q in chosen])
         answer = Answer(
             question=prep.question,
             answer=shown(segments),
@@ -620,9 +710,22 @@ class Answerer:
 
     def _generated(self, prep: _Prepared, completion: Completion, budget: Budget | None = None) -> Answer:
         usage = _usage(completion)
-        text = completion.text.strip()
+        text = undatamark(completion.text).strip()
+        # First: a reply that leaks the prompt holds its "NOT_IN_DOCUMENTS" too, and must not pass as a refusal.
+        problem = output_problem(text, self._prompt(prep).system, prep.passages, prep.question)
+        if problem is not None:
+            prep.warnings.append(problem)
+            return self._refused(prep, usage)
         if not text or NOT_IN_DOCUMENTS in text:
             return self._refused(prep, usage)
+        if self.guard is not None:
+            detector = self.guard.detector
+            score = detector.score([text])[0]
+            if score >= detector.threshold:
+                prep.warnings.append(
+                    f"the model's answer reads as instructions to the reader (injection score {score:.2f}): read it "
+                    "as a claim about the documents, and check its citations"
+                )
         t0 = time.perf_counter()
         verification = verify(split_claims(text), prep.passages, self.embedder)
         prep.timings["similarity"] = round((time.perf_counter() - t0) * 1000, 2)
@@ -632,6 +735,8 @@ class Answerer:
         if not any(c.supported and c.cited for c in kept):
             return self._refused(prep, usage, unsupported, verifier)
         segments, citations = _renumber(kept, {p.n: p for p in prep.passages})
+        # A model may copy a document's footnote marks or links: shown as plain text, never as ours.
+        segments = [plain(neutralise(s.text)) if s.type == "text" else s for s in segments]
         answer = Answer(
             question=prep.question,
             answer=shown(segments),

@@ -59,6 +59,10 @@ class Passage:
     segments: list[Segment] = field(default_factory=list)
     chunk_ids: list[int] = field(default_factory=list)
     collection: str = DEFAULT_COLLECTION
+    #: its chunks that the injection scan flagged at ingest (and no person cleared): chunk id → score
+    flagged: dict[int, float] = field(default_factory=dict)
+    #: some of its chunks were never scanned (stored before the scan existed, or with it off)
+    unscanned: bool = False
 
     @property
     def text(self) -> str:
@@ -136,6 +140,9 @@ def pack_context(
             Segment(hit.start, hit.end, hit.text, hit.heading_path, hit.page, hit.chunk_id, hit.chunk_id)
         )
         passage.chunk_ids.append(hit.chunk_id)
+        if hit.guard_flagged:
+            passage.flagged[hit.chunk_id] = hit.guard_score if hit.guard_score is not None else 1.0
+        passage.unscanned = passage.unscanned or hit.guard_score is None
         used += cost
     passages = []
     # Best passage first: models (and readers) weigh the start of the context most, and the numbers
@@ -271,9 +278,10 @@ def _cut_sentence(before: str, text: str) -> int:
 
 
 def render_passages(passages: Sequence[Passage]) -> str:
-    """Return the passages quoted as untrusted data, numbered for citation."""
+    """Return the passages quoted as untrusted data, numbered for citation; those holding a flagged chunk marked and
+    datamarked as such (`guard.quote`)."""
     blocks = []
     for p in passages:
         head = " > ".join(x for x in (p.title, *p.heading_path) if x)
-        blocks.append(quote("passage", f"{head}\n{p.text}" if head else p.text, id=p.n))
+        blocks.append(quote("passage", f"{head}\n{p.text}" if head else p.text, flagged=bool(p.flagged), id=p.n))
     return "\n\n".join(blocks)

@@ -14,14 +14,48 @@ from typing import Annotated
 
 import typer
 
-from archivist.cli import agent, ask, docs, eval, ingest, keys, llm, mcp, migrate, search, serve, stats, store, worker
+from archivist.cli import (
+    agent,
+    ask,
+    collections,
+    docs,
+    eval,
+    guard,
+    ingest,
+    keys,
+    llm,
+    mcp,
+    migrate,
+    search,
+    serve,
+    stats,
+    store,
+    worker,
+)
 from archivist.cli._command import App
 from archivist.cli._output import err, out
 
 app = App(help="Archivist: ingest documents, search them with hybrid retrieval.", no_args_is_help=True)
 # Each module holds one Typer `app`: a named one is a group (`archivist docs …`), an unnamed one adds its command at
 # the top level. `archivist --help` lists them in this order, single commands before groups.
-for module in (ask, serve, worker, mcp, ingest, search, stats, migrate, docs, eval, llm, keys, agent, store):
+for module in (
+    ask,
+    serve,
+    worker,
+    mcp,
+    ingest,
+    search,
+    stats,
+    migrate,
+    docs,
+    collections,
+    eval,
+    llm,
+    keys,
+    guard,
+    agent,
+    store,
+):
     app.add_typer(module.app)
 
 

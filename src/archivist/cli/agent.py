@@ -73,6 +73,7 @@ def _agent(
         tools=load_tools(tools) if tools else None,
         on_step=on_step,
         workflow=load_workflow(workflow) if workflow else None,
+        policy=archivist.guard_policy([collection] if collection else None),
     )
     if agent.workflow is not None and workflow is None:
         steps = " → ".join(s.name for s in agent.workflow.steps)

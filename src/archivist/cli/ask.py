@@ -62,8 +62,10 @@ def ask(
     with open_app(store, existing=True) as archivist:
         parsed = store_filters(archivist, filters)
         answerer = archivist.answerer(k=k)
+        # The collections' stored guard policies apply here too (a blocked question exits 1 with the reason).
+        policy = archivist.guard_policy(parsed.scope)
         if not stream:
-            answer = answerer.answer(question, filters=parsed)
+            answer = answerer.answer(question, filters=parsed, policy=policy)
             if as_json:
                 emit_json(answer.to_dict())
             else:
@@ -71,7 +73,7 @@ def ask(
                 _print_sources(answer)
             return
         streamed: list[str] = []
-        for event in answerer.stream(question, filters=parsed):
+        for event in answerer.stream(question, filters=parsed, policy=policy):
             if isinstance(event, RetrievalDone):
                 continue
             if isinstance(event, AnswerDone):

@@ -13,6 +13,7 @@ from archivist.cli._command import App
 from archivist.cli._errors import fail
 from archivist.cli._options import JsonOpt, StoreOpt
 from archivist.cli._output import emit_done, emit_json, err, out
+from archivist.cli.guard import policy_options
 
 app = App(name="keys", help="Create, list and revoke API keys of the HTTP service.", no_args_is_help=True)
 
@@ -40,6 +41,18 @@ def keys_create(
     rate: Annotated[
         int | None, typer.Option("--rate", min=1, help="Requests per minute (default ARCHIVIST_RATE_LIMIT_PER_MINUTE).")
     ] = None,
+    injection: Annotated[
+        str | None,
+        typer.Option(
+            "--injection",
+            metavar="POLICY",
+            help="What the key's flagged questions and tasks get: off, flag or block (default: the server's).",
+        ),
+    ] = None,
+    pii: Annotated[
+        str | None,
+        typer.Option("--pii", metavar="POLICY", help="off, or redact: personal data in the key's answers redacted."),
+    ] = None,
     store: StoreOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -60,6 +73,7 @@ def keys_create(
             budget_usd=budget_usd,
             budget_period="day" if period == "day" else "month",
             rate_per_minute=rate,
+            policy=policy_options(injection=injection, pii=pii),
         )
     if as_json:
         emit_json({"key": key, **record.public()})
@@ -76,7 +90,9 @@ def keys_list(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json({"keys": [k.public() for k in keys]})
         return
-    table = Table("id", "name", "scopes", "collections", "budget", "created", "revoked", box=None, header_style="bold")
+    table = Table(
+        "id", "name", "scopes", "collections", "budget", "policy", "created", "revoked", box=None, header_style="bold"
+    )
     for k in keys:
         budget = ", ".join(
             x
@@ -92,6 +108,7 @@ def keys_list(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
             ",".join(k.scopes),
             ",".join(k.collections) if k.collections is not None else "all",
             f"{budget}/{k.budget_period}" if budget else "",
+            ",".join(f"{name}={value}" for name, value in sorted(k.policy.items())),
             k.created_at,
             k.revoked_at or "",
         )

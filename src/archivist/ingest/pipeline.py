@@ -12,8 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from archivist.embed.base import Embedder, SpanEmbedder, Vectors, span_pooling
+from archivist.embed.minilm_onnx import MODEL_ID as MINILM_MODEL_ID
+from archivist.guard.injection import InjectionDetector
+from archivist.guard.pii import PiiDetector
 from archivist.ingest.chunker import Chunker
 from archivist.ingest.document_filter import DocumentFilter, filter_problem
+from archivist.ingest.guards import chunk_scores, redact_document, verdicts
 from archivist.ingest.loaders import iter_jsonl, load_path, source_for
 from archivist.observe import span
 from archivist.store.protocols import Store
@@ -73,6 +77,8 @@ class IngestPipeline:
         max_file_bytes: int,
         group_chunks: int = 64,
         filters: Sequence[DocumentFilter] = (),
+        injection: Callable[[], InjectionDetector] | None = None,
+        pii: Callable[[], PiiDetector] = PiiDetector,
     ) -> None:
         self.store = store
         self.embedder = embedder
@@ -81,6 +87,10 @@ class IngestPipeline:
         self.group_chunks = group_chunks
         #: applied in order to each loaded document before chunking (see `ingest.document_filter`)
         self.filters = list(filters)
+        #: the injection detector every chunk is scored with (loaded on first use; None: chunks are stored unscored)
+        self.injection = injection
+        #: the PII detector of collections whose policy says `pii=redact` (made on first use)
+        self.pii = pii
 
     def run(
         self,
@@ -123,6 +133,9 @@ class IngestPipeline:
             if progress is not None:
                 progress(Progress(done, max(total, done), current, report.chunks_embedded))
 
+        # The collection's policy is read once per run: redaction happens before anything of a document is stored.
+        redactor = self.pii() if self.store.collection_policy(collection).get("pii") == "redact" else None
+
         for batch in self._document_batches(inputs, report, protected):
             docs = [d for d in batch if d.source not in seen]
             seen.update(d.source for d in batch)
@@ -132,7 +145,7 @@ class IngestPipeline:
                     doc.metadata = {**doc.metadata, **metadata}
                 if title:
                     doc.title = title
-            kept = [d for d in (self._filter(doc, report) for doc in docs) if d is not None]
+            kept = [d for d in (self._filter(doc, report, redactor) for doc in docs) if d is not None]
             done += len(docs) - len(kept)
             docs = kept
             states = self.store.document_states([d.source for d in docs], collection)
@@ -183,10 +196,14 @@ class IngestPipeline:
         hashes = [sha256_hex(c.embedding_text(doc.title)) for c in chunks]
         return DocumentWrite(doc, chunks, hashes, fingerprint), "chunked"
 
-    def _filter(self, doc: Document, report: IngestReport) -> Document | None:
-        """Return the document after every filter, or None when one skipped it or failed (the report says why)."""
+    def _filter(self, doc: Document, report: IngestReport, redactor: PiiDetector | None) -> Document | None:
+        """Return the document after every filter and, last, PII redaction (when the collection asks for it), or
+        None when one skipped it or failed (the report says why)."""
         doc = without_nul(doc)
-        for keep in self.filters:
+        steps: list[DocumentFilter] = list(self.filters)
+        if redactor is not None:
+            steps.append(lambda d: redact_document(d, redactor))
+        for keep in steps:
             try:
                 result = keep(doc)
             except Exception as exc:  # one bad document (or filter bug) must not stop the run
@@ -306,6 +323,8 @@ class IngestPipeline:
                         embedded = self.embedder.embed([t for t, _ in missing.values()])
                 vectors.update(zip(missing.keys(), embedded, strict=True))
                 report.chunks_embedded += len(missing)
+            if self.injection is not None:
+                self._scan(pending, vectors, sentences)
             outcomes = self.store.write_documents(
                 model,
                 [w for w, _ in pending.writes],
@@ -328,6 +347,25 @@ class IngestPipeline:
             if outcome != "unchanged":
                 report.chunks_written += len(w.chunks)
         return len(pending.writes)
+
+    def _scan(self, pending: _Pending, vectors: dict[str, Vectors], sentences: dict[str, SentenceVectors]) -> None:
+        """Give each pending write its chunks' injection verdicts, reusing the vectors when the detector reads this
+        embedder's (the bundled MiniLM) and the scores the store holds for texts it has seen."""
+        assert self.injection is not None
+        detector = self.injection()
+        texts = {
+            h: (t, c.text) for w, ts in pending.writes for h, t, c in zip(w.embed_hashes, ts, w.chunks, strict=True)
+        }
+        with span("guard.scan", chunks=len(texts)):
+            scores = chunk_scores(
+                detector,
+                texts,
+                vectors if self.embedder.model_id == MINILM_MODEL_ID else None,
+                sentences,
+                self.store.guard_scores(list(texts)),
+            )
+        for w, _ in pending.writes:
+            w.guards = verdicts(w.embed_hashes, scores, detector.threshold)
 
     def _sync(
         self,

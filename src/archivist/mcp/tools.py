@@ -18,6 +18,7 @@ from pydantic import Field
 from archivist.agent.tools import ToolInputError, ToolTimeout
 from archivist.answer.answerer import Answerer
 from archivist.app import Archivist
+from archivist.guard.policy import InjectionBlocked
 from archivist.llm.errors import BudgetExceeded
 from archivist.mcp.access import Access, Gate, Refused
 from archivist.mcp.calls import note_budget, note_failure
@@ -95,7 +96,11 @@ class Tools:
             if not question.strip():
                 raise UsageError("the question is empty")
             scoped = access.filters(collection, None)
-            result = self.answerer().answer(question, filters=scoped, budget=note_budget(access.budget()))
+            key = access.principal.key if access.principal is not None else None
+            policy = self.archivist.guard_policy([collection] if collection else None, key)
+            result = self.answerer().answer(
+                question, filters=scoped, budget=note_budget(access.budget()), policy=policy
+            )
             return AnswerResult.of(result)
 
     def get_document(
@@ -161,6 +166,8 @@ def tool_errors() -> Iterator[None]:
             raise ToolFailure(exc.code, str(exc)) from exc
         except (UsageError, ToolInputError) as exc:
             raise ToolFailure("bad_request", str(exc)) from exc
+        except InjectionBlocked as exc:
+            raise ToolFailure("injection_blocked", str(exc)) from exc
         except NotFoundError as exc:
             raise ToolFailure("not_found", str(exc)) from exc
         except BudgetExceeded as exc:

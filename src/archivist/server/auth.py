@@ -40,8 +40,9 @@ def mint_api_key(
     budget_usd: float | None = None,
     budget_period: Period = "month",
     rate_per_minute: int | None = None,
+    policy: dict[str, str] | None = None,
 ) -> tuple[str, ApiKeyRecord]:
-    """Return a new key (the only time it is ever visible) and its stored record."""
+    """Return a new key (the only time it is ever visible) and its stored record (with its guard policy)."""
     if not name.strip():
         raise UsageError("a key needs a --name")
     bad = sorted(set(scopes) - set(SCOPES))
@@ -66,6 +67,7 @@ def mint_api_key(
         budget_usd=budget_usd,
         budget_period=budget_period,
         rate_per_minute=rate_per_minute,
+        policy=dict(policy or {}),
     )
     store.save_api_key(record)
     return plaintext, record

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from archivist.guard.policy import InjectionBlocked
 from archivist.llm.errors import BudgetExceeded
 from archivist.types import ArchivistError, ConflictError, NotFoundError, StoreError, UsageError
 
@@ -40,6 +41,7 @@ _KNOWN: dict[type[Exception], tuple[int, str]] = {
     NotFoundError: (404, "not_found"),
     ConflictError: (409, "conflict"),
     BudgetExceeded: (402, "budget_exceeded"),
+    InjectionBlocked: (400, "injection_blocked"),
 }
 
 

@@ -40,6 +40,7 @@ from archivist.store.protocols import Store
 from archivist.store.records import (
     AgentRunRecord,
     ApprovalRecord,
+    ChunkGuard,
     DocumentWrite,
     SentenceVectors,
     StoredChunk,
@@ -135,12 +136,14 @@ def copy_store(
     if open_jobs:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(open_jobs.items()))
         report.warnings.append(f"jobs are not copied: {src.url} has {counts}; let its workers finish them")
-    have = {c.name for c in dst.list_collections()}
+    have = {c.name: c.policy for c in dst.list_collections()}
     for c in src.list_collections():
         if c.name in have:
             report.skip("collections")
+            if c.policy and not have[c.name]:  # "default", which every store has, keeps its policy too
+                dst.set_collection_policy(c.name, c.policy)
         else:
-            dst.create_collection(c.name, c.description)
+            dst.create_collection(c.name, c.description, c.policy)
             report.add("collections")
     _copy_keys(src, dst, report)
     documents.copy(collections)
@@ -433,4 +436,5 @@ def _write_of(record: DocumentRecord, chunks: list[StoredChunk], chunker: str) -
         for c in chunks
     ]
     hashes = [sha256_hex(c.embedding_text(record.title)) for c in rebuilt]
-    return DocumentWrite(document, rebuilt, hashes, chunker, copied_from=record)
+    guards = [ChunkGuard(c.guard_score, c.guard_flagged, c.guard_cleared_by, c.guard_cleared_at) for c in chunks]
+    return DocumentWrite(document, rebuilt, hashes, chunker, copied_from=record, guards=guards)

@@ -71,6 +71,11 @@ class DocumentStore(Protocol):
         """Return which of these embedding hashes have sentence vectors under the sentence model key."""
         ...
 
+    def guard_scores(self, hashes: Sequence[str]) -> dict[str, float]:
+        """Return the injection score stored with a chunk of each of these embedding hashes that has one (the same
+        embedded text scores the same: ingest reuses it instead of embedding the text again)."""
+        ...
+
     def chunk_sentences(self, model: str, chunk_ids: Sequence[int]) -> dict[int, SentenceVectors]:
         """Return the stored sentence vectors of these chunks, spans as document offsets."""
         ...
@@ -156,8 +161,20 @@ class SearchIndex(Protocol):
 class CollectionStore(Protocol):
     """Collections: the tenancy boundary."""
 
-    def create_collection(self, name: str, description: str = "") -> CollectionRecord:
-        """Create a collection and return it, or raise ConflictError when the name is taken."""
+    def create_collection(
+        self, name: str, description: str = "", policy: dict[str, str] | None = None
+    ) -> CollectionRecord:
+        """Create a collection with its guard policy and return it; raise ConflictError when the name is taken,
+        UsageError on a bad policy key or value."""
+        ...
+
+    def set_collection_policy(self, name: str, policy: dict[str, str]) -> dict[str, str]:
+        """Merge `policy` into a collection's guard policy and return the result; raise UsageError on a bad key or
+        value, NotFoundError when there is no such collection."""
+        ...
+
+    def collection_policy(self, name: str) -> dict[str, str]:
+        """Return a collection's guard policy (empty when it sets none, or when there is no such collection)."""
         ...
 
     def list_collections(self) -> list[CollectionRecord]:
@@ -166,6 +183,20 @@ class CollectionStore(Protocol):
 
     def has_collection(self, name: str) -> bool:
         """Return whether a collection exists (cheap: checked on every scoped request)."""
+        ...
+
+
+class GuardStore(Protocol):
+    """The chunks the injection detector flagged at ingest, for a person to review and clear."""
+
+    def flagged_chunks(self, collections: Sequence[str] | None = None, limit: int = 100) -> list[StoredChunk]:
+        """Return the flagged chunks no person has cleared, in `collections` (None: every collection; matched
+        exactly, as a search scope is), highest score first."""
+        ...
+
+    def clear_chunk_flag(self, chunk_id: int, by: str, collections: Sequence[str] | None = None) -> bool:
+        """Clear a chunk's flag, recording who and when; return False when no flagged chunk of that id is in
+        `collections` (None: every collection)."""
         ...
 
 
@@ -353,6 +384,7 @@ class Store(
     DocumentStore,
     SearchIndex,
     CollectionStore,
+    GuardStore,
     KeyStore,
     JobQueue,
     EvalRunStore,

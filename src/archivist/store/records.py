@@ -11,7 +11,22 @@ import numpy as np
 import numpy.typing as npt
 
 from archivist.embed.base import Vectors
-from archivist.types import DEFAULT_COLLECTION, Chunk, Document, DocumentRecord, Hit
+from archivist.types import DEFAULT_COLLECTION, ArchivistError, Chunk, Document, DocumentRecord, Hit, UsageError
+
+#: the guard policy keys and the values each takes: "injection" for questions and tasks, "pii" for redaction (at
+#: ingest for a collection, in answers for a key)
+POLICY_VALUES: dict[str, tuple[str, ...]] = {"injection": ("off", "flag", "block"), "pii": ("off", "redact")}
+
+
+def check_policy(policy: dict[str, str]) -> dict[str, str]:
+    """Return the policy as given once every key and value is known; raise UsageError naming the first bad one."""
+    for key, value in policy.items():
+        allowed = POLICY_VALUES.get(key)
+        if allowed is None:
+            raise UsageError(f"unknown policy key {key!r}: expected one of {', '.join(POLICY_VALUES)}")
+        if value not in allowed:
+            raise UsageError(f"policy {key}={value!r} is not valid: expected one of {'|'.join(allowed)}")
+    return dict(policy)
 
 
 @dataclass(slots=True)
@@ -32,6 +47,25 @@ class StoredChunk:
     title: str
     metadata: dict[str, Any] = field(default_factory=dict)
     collection: str = DEFAULT_COLLECTION
+    #: the injection detector's score at ingest (None: ingested before scanning, or with scanning off)
+    guard_score: float | None = None
+    #: the score reached the detector's threshold at ingest and no person has cleared it since
+    guard_flagged: bool = False
+    #: who cleared the flag, and when (UTC ISO time); None while it was never cleared
+    guard_cleared_by: str | None = None
+    guard_cleared_at: str | None = None
+
+
+def flagged_public(chunk: StoredChunk) -> dict[str, Any]:
+    """Return a flagged chunk's JSON-ready description for review: id, score, collection, source and its text."""
+    return {
+        "chunk_id": chunk.id,
+        "score": chunk.guard_score,
+        "collection": chunk.collection,
+        "source": chunk.source,
+        "document_id": chunk.document_id,
+        "text": chunk.text,
+    }
 
 
 def chunk_hit(
@@ -61,6 +95,8 @@ def chunk_hit(
         bm25_score=bm25_score,
         bm25_rank=bm25_rank,
         collection=chunk.collection,
+        guard_score=chunk.guard_score,
+        guard_flagged=chunk.guard_flagged,
     )
 
 
@@ -81,6 +117,17 @@ def document_text(chunks: Sequence[StoredChunk], char_count: int) -> str:
     return "".join(parts)
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkGuard:
+    """The injection detector's verdict on one chunk as stored: its score (None: not scanned), whether it is flagged,
+    and who cleared a flag and when."""
+
+    score: float | None
+    flagged: bool = False
+    cleared_by: str | None = None
+    cleared_at: str | None = None
+
+
 @dataclass(slots=True)
 class DocumentWrite:
     """One document to store with its chunks and the embedding key of each chunk."""
@@ -89,6 +136,8 @@ class DocumentWrite:
     chunks: list[Chunk]
     embed_hashes: list[str]
     chunker: str
+    #: each chunk's guard verdict, in chunk order (None: not scanned, every chunk stored unflagged)
+    guards: list[ChunkGuard] | None = None
     #: the document as another store holds it (`archivist store copy`): its content hash, version and times are
     #: kept, since the text rebuilt from its chunks may differ from the loaded one between chunks
     copied_from: DocumentRecord | None = None
@@ -100,6 +149,17 @@ class DocumentWrite:
             c = self.copied_from
             return c.content_hash, c.version, c.created_at, c.updated_at
         return self.document.content_hash, version, created_at, updated_at
+
+    def guard_rows(self) -> list[ChunkGuard]:
+        """Return one guard verdict per chunk (unscanned ones when the write carries none), or raise ArchivistError
+        when the write carries a verdict count other than its chunk count."""
+        if self.guards is None:
+            return [ChunkGuard(None)] * len(self.chunks)
+        if len(self.guards) != len(self.chunks):
+            raise ArchivistError(
+                f"{self.document.source}: {len(self.guards)} guard verdicts for {len(self.chunks)} chunks"
+            )
+        return self.guards
 
 
 #: What a document write did: stored a new source, replaced a stored one, or left an identical one as it was.
@@ -168,6 +228,8 @@ class CollectionRecord:
     description: str
     created_at: str
     documents: int = 0
+    #: guard policy: "injection" (off|flag|block) and "pii" (off|redact); a missing key takes the default
+    policy: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -187,6 +249,8 @@ class ApiKeyRecord:
     rate_per_minute: int | None = None
     revoked_at: str | None = None
     last_used_at: str | None = None
+    #: guard policy for this key's questions and tasks: "injection" (off|flag|block), "pii" (off|redact)
+    policy: dict[str, str] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
         """Return the key's JSON-ready description (without its hash)."""
@@ -202,6 +266,7 @@ class ApiKeyRecord:
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
             "last_used_at": self.last_used_at,
+            "policy": dict(self.policy),
         }
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from archivist.store.records import ChunkGuard
 from archivist.types import StoreError
 
 R = TypeVar("R")
@@ -39,6 +40,20 @@ def json_or_none(value: str | None) -> Any:
 def json_tuple(value: str | None) -> tuple[Any, ...] | None:
     """Return a JSON array column as a tuple (None stays None)."""
     return tuple(json.loads(value)) if value is not None else None
+
+
+def kept_clearances(
+    guards: Sequence[ChunkGuard], hashes: Sequence[str], cleared: dict[str, tuple[str, str]]
+) -> list[ChunkGuard]:
+    """Return the guard verdicts to store for a document's new chunks: a chunk whose embedded text a person cleared
+    in the version it replaces (`cleared`: {embed hash: (by, at)}) stays cleared and unflagged."""
+    out = []
+    for g, h in zip(guards, hashes, strict=True):
+        if g.cleared_at is None and h in cleared:
+            by, at = cleared[h]
+            g = ChunkGuard(g.score, False, by, at)
+        out.append(g)
+    return out
 
 
 #: what `update_job` may set on a job (besides its updated_at, always set)

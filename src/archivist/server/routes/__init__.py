@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from archivist.server.routes import agent, answers, collections, documents, evals, jobs, me, openai, search, usage
+from archivist.server.routes import (
+    agent,
+    answers,
+    collections,
+    documents,
+    evals,
+    guard,
+    jobs,
+    me,
+    openai,
+    search,
+    usage,
+)
 
 # Each module's router carries the `/v1` prefix itself: FastAPI hands a handler its module's route, whose path is
 # the template that metrics and the request log are labelled with.
@@ -20,3 +32,4 @@ router.include_router(evals.router)
 router.include_router(usage.router)
 router.include_router(me.router)
 router.include_router(openai.router)
+router.include_router(guard.router)

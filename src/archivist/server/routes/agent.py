@@ -103,8 +103,13 @@ async def create_agent_run(body: AgentRunIn, request: Request, who: Caller, svc:
         # The key's own permissions decide which of the user's tools the run gets, as over MCP.
         tools = user_tools_for(svc, who)
         agent = svc.archivist.agent(
-            collection=collection, tools=tools, on_step=on_step(charge, feed), budget_parent=budget
+            collection=collection,
+            tools=tools,
+            on_step=on_step(charge, feed),
+            budget_parent=budget,
+            policy=svc.archivist.guard_policy([collection] if collection else None, who.key),
         )
+        # A task the key's or collection's policy blocks is a 400 here, before a run exists.
         run = agent.create(body.task, limits, owner=who.id)
         return run, feed, charge, agent
 
@@ -198,8 +203,13 @@ async def _drive(request: Request, svc: Services, run: AgentRunRecord, approval:
         feed, charge = StepFeed(), KeyCharge(svc.metrics)
         # Driven with the tools of the key that started it, whoever drives it on (an admin key included).
         tools = user_tools_for(svc, Principal(owner)) if owner is not None else svc.archivist.user_tools()
+        policy = svc.archivist.guard_policy([run.collection] if run.collection else None, owner)
         agent = svc.archivist.agent(
-            collection=run.collection, tools=tools, on_step=on_step(charge, feed), budget_parent=budget
+            collection=run.collection,
+            tools=tools,
+            on_step=on_step(charge, feed),
+            budget_parent=budget,
+            policy=policy,
         )
         return feed, charge, agent
 

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from archivist.answer.answerer import Answer, AnswerDone, Answerer, RetrievalDone
 from archivist.answer.conversation import MAX_HISTORY_CHARS, MAX_TURNS, Turn
+from archivist.guard.policy import GuardPolicy
 from archivist.llm.accounting import Budget, KeyBudget
 from archivist.llm.base import Cancellation, TokenEvent
 from archivist.llm.errors import Cancelled
@@ -93,11 +94,18 @@ async def answer(body: AnswerIn, request: Request, who: Caller, svc: ServicesDep
     if not body.question.strip():
         raise ApiError(400, "the question is empty")
 
-    def setup() -> tuple[Filters, KeyBudget | None, Answerer]:
-        return scope_filters(svc, who, body), who.budget(svc.archivist.store), svc.answerer()
+    def setup() -> tuple[Filters, KeyBudget | None, Answerer, GuardPolicy]:
+        filters, answerer = scope_filters(svc, who, body), svc.answerer()
+        named = [*([body.collection] if body.collection else []), *(body.collections or [])]
+        policy = svc.archivist.guard_policy(named, who.key)
+        if answerer.guard is not None:
+            # Checked before anything runs: a blocked question is a 400 (streamed or not), nothing charged. The
+            # answerer's own check of it reuses the question's vector.
+            answerer.guard.check(body.question.strip(), policy)
+        return filters, who.budget(svc.archivist.store), answerer, policy
 
     # Store reads, and the answerer's first build, stay off the event loop.
-    filters, key_budget, answerer = await run_in_threadpool(setup)
+    filters, key_budget, answerer, policy = await run_in_threadpool(setup)
     # The request's own budget meters every model call made for it (and passes each charge on to the key's
     # budget, if it has one): an answer cut short is accounted from it.
     meter = Budget(parent=key_budget)
@@ -114,6 +122,7 @@ async def answer(body: AnswerIn, request: Request, who: Caller, svc: ServicesDep
                 budget=meter,
                 cancellation=cancellation,
                 history=body.turns(),
+                policy=policy,
             )
 
         try:
@@ -128,7 +137,13 @@ async def answer(body: AnswerIn, request: Request, who: Caller, svc: ServicesDep
 
     def events() -> Generator[bytes, None, None]:
         stream = answerer.stream(
-            body.question, k=body.k, filters=filters, budget=meter, cancellation=cancellation, history=body.turns()
+            body.question,
+            k=body.k,
+            filters=filters,
+            budget=meter,
+            cancellation=cancellation,
+            history=body.turns(),
+            policy=policy,
         )
         try:
             for event in stream:

@@ -18,6 +18,11 @@ router = APIRouter(prefix="/v1", tags=["collections"], responses=error_responses
 class CollectionIn(Body):
     name: str = Field(min_length=1, max_length=63, description="lowercase letters, digits, '-' and '_'")
     description: str = Field(default="", max_length=2000)
+    policy: dict[str, str] = Field(
+        default_factory=dict,
+        description='guard policy: "injection" (off, flag or block: what flagged questions over it get) and "pii" '
+        "(off or redact: personal data replaced at ingest and in answers)",
+    )
 
 
 class Collection(BaseModel):
@@ -25,6 +30,7 @@ class Collection(BaseModel):
     description: str
     created_at: str
     documents: int
+    policy: dict[str, str] = Field(default_factory=dict)
 
 
 class CollectionList(BaseModel):
@@ -42,8 +48,14 @@ def create_collection(body: CollectionIn, who: Caller, svc: ServicesDep) -> dict
     """Create a collection (admin)."""
     who.require("admin")
     check_collection_name(body.name)
-    record = svc.archivist.store.create_collection(body.name, body.description)
-    return {"name": record.name, "description": record.description, "created_at": record.created_at, "documents": 0}
+    record = svc.archivist.store.create_collection(body.name, body.description, body.policy)
+    return {
+        "name": record.name,
+        "description": record.description,
+        "created_at": record.created_at,
+        "documents": 0,
+        "policy": record.policy,
+    }
 
 
 @router.get(
@@ -54,7 +66,13 @@ def list_collections(who: Caller, svc: ServicesDep) -> dict[str, Any]:
     who.require("read")
     return {
         "collections": [
-            {"name": c.name, "description": c.description, "created_at": c.created_at, "documents": c.documents}
+            {
+                "name": c.name,
+                "description": c.description,
+                "created_at": c.created_at,
+                "documents": c.documents,
+                "policy": c.policy,
+            }
             for c in svc.archivist.store.list_collections()
             if who.may_see(c.name)
         ]

@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from archivist.answer.answerer import Answer, Answerer, Citation
 from archivist.answer.conversation import Turn, recent_turns
+from archivist.guard.policy import GuardPolicy
 from archivist.llm.accounting import Budget
 from archivist.llm.base import Cancellation
 from archivist.llm.errors import Cancelled
@@ -103,7 +104,8 @@ class OpenAIError(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": OpenAIError, "description": meaning}
     for status, meaning in {
-        400: "Bad request: no user question last, or content that is not text.",
+        400: "Bad request: no user question last, content that is not text, or a question the guard policy blocks "
+        "(code injection_blocked).",
         401: "No API key, or not a valid one.",
         403: "The key lacks the read scope.",
         404: "No such model: the collection does not exist or the key may not see it.",
@@ -230,18 +232,24 @@ async def chat_completions(body: ChatCompletionIn, request: Request, who: Caller
     who.require("read")
     question, history = _conversation(body.messages)
 
-    def setup() -> tuple[Filters, Budget, Answerer]:
+    def setup() -> tuple[Filters, Budget, Answerer, GuardPolicy]:
         collection = _collection_of(body.model, who, svc)
         filters = scope_filters(svc, who, Scoped(collection=collection))
+        answerer = svc.answerer()
+        policy = svc.archivist.guard_policy([collection] if collection else None, who.key)
+        if answerer.guard is not None:
+            answerer.guard.check(question, policy)  # a blocked question: 400 before anything runs (streamed too)
         # The request's own budget meters every model call made for it and passes each charge on to the key's.
-        return filters, Budget(parent=who.budget(svc.archivist.store)), svc.answerer()
+        return filters, Budget(parent=who.budget(svc.archivist.store)), answerer, policy
 
-    filters, meter, answerer = await run_in_threadpool(setup)
+    filters, meter, answerer, policy = await run_in_threadpool(setup)
     cancellation = Cancellation()
     charge = charge_once(request, svc)
 
     def run() -> Answer:
-        return answerer.answer(question, filters=filters, budget=meter, cancellation=cancellation, history=history)
+        return answerer.answer(
+            question, filters=filters, budget=meter, cancellation=cancellation, history=history, policy=policy
+        )
 
     completion_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if not body.stream:

@@ -16,6 +16,7 @@ from archivist.store.postgres.collections import PostgresCollections
 from archivist.store.postgres.database import driver_message
 from archivist.store.postgres.documents import PostgresDocuments
 from archivist.store.postgres.evalruns import PostgresEvalRuns
+from archivist.store.postgres.guards import PostgresGuards
 from archivist.store.postgres.jobs import PostgresJobs
 from archivist.store.postgres.keys import PostgresKeys
 from archivist.store.postgres.llmdata import PostgresLLMData
@@ -29,6 +30,7 @@ __all__ = ["PostgresStore"]
 @reporting_our_errors(psycopg.Error, driver_message)
 class PostgresStore(
     PostgresCollections,
+    PostgresGuards,
     PostgresKeys,
     PostgresEvalRuns,
     PostgresRequestLog,

@@ -29,8 +29,16 @@ from archivist.store.postgres.docsql import (
     json_fields,
     stored_chunk,
 )
-from archivist.store.records import Changes, DocumentOrder, DocumentWrite, SentenceVectors, StoredChunk, WriteOutcome
-from archivist.store.rows import utc_now
+from archivist.store.records import (
+    Changes,
+    ChunkGuard,
+    DocumentOrder,
+    DocumentWrite,
+    SentenceVectors,
+    StoredChunk,
+    WriteOutcome,
+)
+from archivist.store.rows import kept_clearances, utc_now
 from archivist.text.analyzer import BM25_TERMS, analyzer
 from archivist.types import DEFAULT_COLLECTION, ArchivistError, DocumentRecord
 
@@ -156,9 +164,16 @@ class PostgresDocuments(PostgresDatabase):
                     outcomes.append("unchanged")
                     continue
                 outcomes.append("updated" if prev is not None else "added")
+                guards = w.guard_rows()
                 if prev is not None:
+                    cleared = conn.execute(
+                        "SELECT embed_hash, guard_cleared_by, guard_cleared_at FROM chunks"
+                        " WHERE document_id = %s AND guard_cleared_at IS NOT NULL",
+                        (prev[0],),
+                    ).fetchall()
+                    guards = kept_clearances(guards, w.embed_hashes, {h: (by, at) for h, by, at in cleared})
                     _delete_in(conn, prev[0], generation, state)
-                self._insert_document(conn, w, doc_counts, term_ids, now, prev, generation, state)
+                self._insert_document(conn, w, guards, doc_counts, term_ids, now, prev, generation, state)
                 self._insert_vectors(conn, model, w, vectors, sentences, generation, state)
             if any(o != "unchanged" for o in outcomes):
                 _finish_write(conn, generation, state)
@@ -206,6 +221,7 @@ class PostgresDocuments(PostgresDatabase):
         self,
         conn: Connection,
         w: DocumentWrite,
+        guards: Sequence[ChunkGuard],
         doc_counts: list[Counter[str]],
         term_ids: dict[str, int],
         now: str,
@@ -213,7 +229,8 @@ class PostgresDocuments(PostgresDatabase):
         generation: int,
         state: _WriteState,
     ) -> None:
-        """Insert one document, its chunks and their BM25 term counts, and count them into the statistics."""
+        """Insert one document, its chunks (with their guard verdicts) and their BM25 term counts, and count them
+        into the statistics."""
         doc = w.document
         lengths = [sum(c.values()) for c in doc_counts]
         content_hash, version, created, updated = w.kept_fields(
@@ -245,8 +262,10 @@ class PostgresDocuments(PostgresDatabase):
             return
         rows = conn.execute(
             'INSERT INTO chunks (document_id, ordinal, text, heading_path, start, "end", page, page_end, token_count,'
-            " embed_hash, term_length) SELECT %s, * FROM unnest(%s::int[], %s::text[], %s::text[], %s::int[],"
-            " %s::int[], %s::int[], %s::int[], %s::int[], %s::text[], %s::int[]) RETURNING id, ordinal",
+            " embed_hash, term_length, guard_score, guard_flagged, guard_cleared_by, guard_cleared_at)"
+            " SELECT %s, * FROM unnest(%s::int[], %s::text[], %s::text[], %s::int[], %s::int[], %s::int[], %s::int[],"
+            " %s::int[], %s::text[], %s::int[], %s::float8[], %s::boolean[], %s::text[], %s::text[])"
+            " RETURNING id, ordinal",
             (
                 doc.id,
                 [c.ordinal for c in w.chunks],
@@ -259,6 +278,10 @@ class PostgresDocuments(PostgresDatabase):
                 [c.token_count for c in w.chunks],
                 list(w.embed_hashes),
                 lengths,
+                [g.score for g in guards],
+                [g.flagged for g in guards],
+                [g.cleared_by for g in guards],
+                [g.cleared_at for g in guards],
             ),
         ).fetchall()
         id_of = {int(ordinal): int(cid) for cid, ordinal in rows}
@@ -367,6 +390,15 @@ class PostgresDocuments(PostgresDatabase):
             (model, list(dict.fromkeys(hashes))),
         )
         return {h for (h,) in rows}
+
+    def guard_scores(self, hashes: Sequence[str]) -> dict[str, float]:
+        """Return the injection score stored with a chunk of each of these embedding hashes that has one."""
+        rows = self._fetchall(
+            "SELECT embed_hash, max(guard_score) FROM chunks WHERE embed_hash = ANY(%s) AND guard_score IS NOT NULL"
+            " GROUP BY embed_hash",
+            (list(dict.fromkeys(hashes)),),
+        )
+        return {h: float(score) for h, score in rows}
 
     def chunk_sentences(self, model: str, chunk_ids: Sequence[int]) -> dict[int, SentenceVectors]:
         """Return the stored sentence vectors of these chunks, spans as document offsets."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 from archivist.store.postgres.database import PostgresDatabase
-from archivist.store.records import ApiKeyRecord
+from archivist.store.records import ApiKeyRecord, check_policy
 from archivist.store.rows import json_tuple, reader
 
 _KEY_SELECT = (
     "id, name, secret_hash, scopes, collections, created_at, budget_tokens, budget_usd, budget_period,"
-    " rate_per_minute, revoked_at, last_used_at"
+    " rate_per_minute, revoked_at, last_used_at, policy"
 )
 
 
@@ -21,7 +21,7 @@ class PostgresKeys(PostgresDatabase):
         """Store a new API key record."""
         with self._transaction() as conn:
             conn.execute(
-                f"INSERT INTO api_keys ({_KEY_SELECT}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO api_keys ({_KEY_SELECT}) VALUES ({', '.join(['%s'] * 13)})",
                 (
                     key.id,
                     key.name,
@@ -35,6 +35,7 @@ class PostgresKeys(PostgresDatabase):
                     key.rate_per_minute,
                     key.revoked_at,
                     key.last_used_at,
+                    json.dumps(check_policy(key.policy), sort_keys=True),
                 ),
             )
 
@@ -61,4 +62,4 @@ class PostgresKeys(PostgresDatabase):
             conn.execute("UPDATE api_keys SET last_used_at = %s WHERE id = %s", (now, key_id))
 
 
-_key_record = reader(ApiKeyRecord, _KEY_SELECT, scopes=json_tuple, collections=json_tuple)
+_key_record = reader(ApiKeyRecord, _KEY_SELECT, scopes=json_tuple, collections=json_tuple, policy=json.loads)

@@ -369,4 +369,21 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             WHERE hashtext(document_id) & 15 = 0;
         """,
     ),
+    (
+        10,
+        "guard scores of chunks, guard policies",
+        # Each chunk's injection score from the detector at ingest and whether it reached the threshold (NULL
+        # score: written before scanning, or with scanning off), who cleared a flag and when, and each collection's
+        # and key's guard policy as JSON text (as SQLite stores it). The partial index keeps the review list
+        # (flagged chunks only) from reading every chunk.
+        """
+        ALTER TABLE chunks ADD COLUMN guard_score double precision;
+        ALTER TABLE chunks ADD COLUMN guard_flagged boolean NOT NULL DEFAULT false;
+        ALTER TABLE chunks ADD COLUMN guard_cleared_by text;
+        ALTER TABLE chunks ADD COLUMN guard_cleared_at text COLLATE "C";
+        CREATE INDEX chunks_guard_flagged ON chunks (id) WHERE guard_flagged;
+        ALTER TABLE collections ADD COLUMN policy text NOT NULL DEFAULT '{}';
+        ALTER TABLE api_keys ADD COLUMN policy text NOT NULL DEFAULT '{}';
+        """,
+    ),
 ]

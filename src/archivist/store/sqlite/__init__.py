@@ -16,6 +16,7 @@ from archivist.store.sqlite.agentruns import SQLiteAgentRuns
 from archivist.store.sqlite.collections import SQLiteCollections
 from archivist.store.sqlite.documents import SQLiteDocuments
 from archivist.store.sqlite.evalruns import SQLiteEvalRuns
+from archivist.store.sqlite.guards import SQLiteGuards
 from archivist.store.sqlite.jobs import SQLiteJobs
 from archivist.store.sqlite.keys import SQLiteKeys
 from archivist.store.sqlite.llmdata import SQLiteLLMData
@@ -30,6 +31,7 @@ class SQLiteStore(
     SQLiteDocuments,
     SQLiteSearch,
     SQLiteCollections,
+    SQLiteGuards,
     SQLiteKeys,
     SQLiteJobs,
     SQLiteEvalRuns,

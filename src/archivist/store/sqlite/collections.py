@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
-from archivist.store.records import (
-    CollectionRecord,
-)
+from archivist.store.records import CollectionRecord, check_policy
 from archivist.store.rows import utc_now
 from archivist.store.sqlite.database import SQLiteDatabase
 from archivist.types import ConflictError
@@ -15,26 +14,30 @@ from archivist.types import ConflictError
 class SQLiteCollections(SQLiteDatabase):
     """The `CollectionStore` of an SQLite file."""
 
-    def create_collection(self, name: str, description: str = "") -> CollectionRecord:
-        """Create a collection and return it, or raise ConflictError when the name is taken."""
+    def create_collection(
+        self, name: str, description: str = "", policy: dict[str, str] | None = None
+    ) -> CollectionRecord:
+        """Create a collection with its guard policy and return it; raise ConflictError when the name is taken,
+        UsageError on a bad policy key or value."""
+        policy = check_policy(policy or {})
         created = utc_now()
         try:
             with self._transaction() as conn:
                 conn.execute(
-                    "INSERT INTO collections (name, description, created_at) VALUES (?, ?, ?)",
-                    (name, description, created),
+                    "INSERT INTO collections (name, description, created_at, policy) VALUES (?, ?, ?, ?)",
+                    (name, description, created, json.dumps(policy, sort_keys=True)),
                 )
         except sqlite3.IntegrityError as exc:
             raise ConflictError(f"collection {name!r} exists already") from exc
-        return CollectionRecord(name, description, created, 0)
+        return CollectionRecord(name, description, created, 0, policy)
 
     def list_collections(self) -> list[CollectionRecord]:
         """Return every collection with its document count, by name."""
         rows = self._conn().execute(
-            "SELECT c.name, c.description, c.created_at, COUNT(d.id) FROM collections c"
+            "SELECT c.name, c.description, c.created_at, COUNT(d.id), c.policy FROM collections c"
             " LEFT JOIN documents d ON d.collection = c.name GROUP BY c.name ORDER BY c.name"
         )
-        return [CollectionRecord(*r) for r in rows]
+        return [CollectionRecord(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows]
 
     def has_collection(self, name: str) -> bool:
         """Return whether a collection exists (cheap: checked on every scoped request)."""

@@ -22,7 +22,7 @@ from archivist.store.records import (
     StoredChunk,
     WriteOutcome,
 )
-from archivist.store.rows import utc_now
+from archivist.store.rows import kept_clearances, utc_now
 from archivist.store.sqlite.database import SQLiteDatabase
 from archivist.store.sqlite.index import DELETION_LOG_GENERATIONS, changes
 from archivist.store.sqlite.sql import CHUNK_SELECT, DOC_SELECT, doc_record, filter_sql, stored_chunk
@@ -103,7 +103,14 @@ class SQLiteDocuments(SQLiteDatabase):
                     outcomes.append("unchanged")
                     continue
                 outcomes.append("updated" if prev is not None else "added")
+                guards = w.guard_rows()
                 if prev is not None:
+                    cleared = conn.execute(
+                        "SELECT embed_hash, guard_cleared_by, guard_cleared_at FROM chunks"
+                        " WHERE document_id = ? AND guard_cleared_at IS NOT NULL",
+                        (prev[0],),
+                    ).fetchall()
+                    guards = kept_clearances(guards, w.embed_hashes, {h: (by, at) for h, by, at in cleared})
                     self._delete_in(conn, prev[0])
                 content_hash, version, created, updated = w.kept_fields(
                     prev[1] + 1 if prev else 1, prev[2] if prev else now, now
@@ -128,12 +135,13 @@ class SQLiteDocuments(SQLiteDatabase):
                         updated,
                     ),
                 )
-                for chunk, h, tc in zip(w.chunks, w.embed_hashes, doc_counts, strict=True):
+                for chunk, h, tc, g in zip(w.chunks, w.embed_hashes, doc_counts, guards, strict=True):
                     heading = json.dumps(list(chunk.heading_path), ensure_ascii=False)
                     terms = encode_counts([term_ids[t] for t in tc], list(tc.values()))
                     conn.execute(
                         'INSERT INTO chunks (document_id, ordinal, text, heading_path, start, "end", page,'
-                        " page_end, token_count, embed_hash, terms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        " page_end, token_count, embed_hash, terms, guard_score, guard_flagged, guard_cleared_by,"
+                        " guard_cleared_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             doc.id,
                             chunk.ordinal,
@@ -146,6 +154,10 @@ class SQLiteDocuments(SQLiteDatabase):
                             chunk.token_count,
                             h,
                             terms,
+                            g.score,
+                            int(g.flagged),
+                            g.cleared_by,
+                            g.cleared_at,
                         ),
                     )
                 conn.executemany(
@@ -177,6 +189,21 @@ class SQLiteDocuments(SQLiteDatabase):
             marks = ",".join("?" * len(part))
             sql = f"SELECT text_hash FROM sentence_vectors WHERE model = ? AND text_hash IN ({marks})"
             out.update(h for (h,) in conn.execute(sql, [model, *part]))
+        return out
+
+    def guard_scores(self, hashes: Sequence[str]) -> dict[str, float]:
+        """Return the injection score stored with a chunk of each of these embedding hashes that has one."""
+        conn = self._conn()
+        out: dict[str, float] = {}
+        unique = list(dict.fromkeys(hashes))
+        for i in range(0, len(unique), 500):
+            part = unique[i : i + 500]
+            marks = ",".join("?" * len(part))
+            sql = (
+                "SELECT embed_hash, MAX(guard_score) FROM chunks"
+                f" WHERE embed_hash IN ({marks}) AND guard_score IS NOT NULL GROUP BY embed_hash"
+            )
+            out.update((h, float(score)) for h, score in conn.execute(sql, part))
         return out
 
     def chunk_sentences(self, model: str, chunk_ids: Sequence[int]) -> dict[int, SentenceVectors]:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 
-from archivist.store.records import (
-    ApiKeyRecord,
-)
+from archivist.store.records import ApiKeyRecord, check_policy
 from archivist.store.rows import json_tuple, reader
 from archivist.store.sqlite.database import SQLiteDatabase
 
 _KEY_SELECT = (
     "id, name, secret_hash, scopes, collections, created_at, budget_tokens, budget_usd, budget_period,"
-    " rate_per_minute, revoked_at, last_used_at"
+    " rate_per_minute, revoked_at, last_used_at, policy"
 )
 
 
@@ -24,8 +22,8 @@ class SQLiteKeys(SQLiteDatabase):
         with self._transaction() as conn:
             conn.execute(
                 "INSERT INTO api_keys (id, name, secret_hash, scopes, collections, budget_tokens, budget_usd,"
-                " budget_period, rate_per_minute, created_at, revoked_at, last_used_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " budget_period, rate_per_minute, created_at, revoked_at, last_used_at, policy)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     key.id,
                     key.name,
@@ -39,6 +37,7 @@ class SQLiteKeys(SQLiteDatabase):
                     key.created_at,
                     key.revoked_at,
                     key.last_used_at,
+                    json.dumps(check_policy(key.policy), sort_keys=True),
                 ),
             )
 
@@ -64,4 +63,4 @@ class SQLiteKeys(SQLiteDatabase):
             conn.execute("UPDATE api_keys SET last_used_at = ? WHERE id = ?", (now, key_id))
 
 
-_key_record = reader(ApiKeyRecord, _KEY_SELECT, scopes=json_tuple, collections=json_tuple)
+_key_record = reader(ApiKeyRecord, _KEY_SELECT, scopes=json_tuple, collections=json_tuple, policy=json.loads)

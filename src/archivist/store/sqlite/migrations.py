@@ -382,3 +382,23 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# Guards (issue 21): each chunk's injection score from the detector at ingest and whether it reached the threshold
+# (NULL score: written before scanning, or with scanning off), who cleared a flag and when (a person's review
+# outlives the flag), and each collection's and key's guard policy as JSON. The partial index keeps the review
+# list (flagged chunks only) from reading every chunk.
+MIGRATIONS.append(
+    (
+        14,
+        "guard scores of chunks, guard policies",
+        """
+        ALTER TABLE chunks ADD COLUMN guard_score REAL;
+        ALTER TABLE chunks ADD COLUMN guard_flagged INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE chunks ADD COLUMN guard_cleared_by TEXT;
+        ALTER TABLE chunks ADD COLUMN guard_cleared_at TEXT;
+        CREATE INDEX chunks_guard_flagged ON chunks (id) WHERE guard_flagged = 1;
+        ALTER TABLE collections ADD COLUMN policy TEXT NOT NULL DEFAULT '{}';
+        ALTER TABLE api_keys ADD COLUMN policy TEXT NOT NULL DEFAULT '{}';
+        """,
+    )
+)

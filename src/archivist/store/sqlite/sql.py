@@ -74,9 +74,10 @@ DOC_SELECT = (
 
 CHUNK_SELECT = (
     'c.id, c.document_id, c.ordinal, c.text, c.heading_path, c.start, c."end", c.page, c.page_end,'
-    " c.token_count, d.source, d.title, d.metadata, d.collection"
+    " c.token_count, d.source, d.title, d.metadata, d.collection, c.guard_score, c.guard_flagged,"
+    " c.guard_cleared_by, c.guard_cleared_at"
 )
 
 
 doc_record = reader(DocumentRecord, DOC_SELECT, metadata=json.loads)
-stored_chunk = reader(StoredChunk, CHUNK_SELECT, heading_path=json_tuple, metadata=json.loads)
+stored_chunk = reader(StoredChunk, CHUNK_SELECT, heading_path=json_tuple, metadata=json.loads, guard_flagged=bool)
