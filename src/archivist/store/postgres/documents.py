@@ -51,20 +51,18 @@ HNSW_EF_CONSTRUCTION = 64
 
 @dataclass(slots=True)
 class _Moments:
-    """What one write adds to (or takes from) a model's vector sums: rows, Σx and Σxxᵀ in float64."""
+    """What one write adds to (or takes from) a model's vector sums: rows and Σx in float64 (the second moment a
+    query's spread needs is estimated by the search side, `PostgresSearch._second_moment`)."""
 
     rows: int = 0
     total: npt.NDArray[np.float64] | None = None
-    second: npt.NDArray[np.float64] | None = None
 
     def add(self, matrix: npt.NDArray[np.float64], sign: int) -> None:
         """Add (sign 1) or take away (sign -1) the rows of a matrix."""
-        if self.total is None or self.second is None:
+        if self.total is None:
             self.total = np.zeros(matrix.shape[1])
-            self.second = np.zeros((matrix.shape[1], matrix.shape[1]))
         self.rows += sign * matrix.shape[0]
         self.total += sign * matrix.sum(axis=0)
-        self.second += sign * (matrix.T @ matrix)
 
 
 @dataclass(slots=True)
@@ -601,20 +599,19 @@ def _finish_write(conn: Connection, generation: int, state: _WriteState) -> None
         ),
     )
     for model, change in state.moments.items():
-        if change.total is None or change.second is None or (not change.rows and not change.total.any()):
+        if change.total is None or (not change.rows and not change.total.any()):
             continue
-        row = conn.execute("SELECT rows, sum, second FROM dense_moments WHERE model = %s", (model,)).fetchone()
-        rows, total, second = change.rows, change.total, change.second
+        row = conn.execute("SELECT rows, sum FROM dense_moments WHERE model = %s", (model,)).fetchone()
+        rows, total = change.rows, change.total
         if row is not None:
             rows += int(row[0])
             total = total + np.frombuffer(row[1], dtype=np.float64)
-            second = second + np.frombuffer(row[2], dtype=np.float64).reshape(second.shape)
         if rows <= 0:  # nothing left: start again from exact zeros rather than rounding residue
-            total, second = np.zeros_like(total), np.zeros_like(second)
+            total = np.zeros_like(total)
         conn.execute(
-            "INSERT INTO dense_moments (model, rows, sum, second) VALUES (%s, %s, %s, %s) ON CONFLICT (model)"
-            " DO UPDATE SET rows = excluded.rows, sum = excluded.sum, second = excluded.second",
-            (model, max(rows, 0), total.tobytes(), second.tobytes()),
+            "INSERT INTO dense_moments (model, rows, sum) VALUES (%s, %s, %s) ON CONFLICT (model)"
+            " DO UPDATE SET rows = excluded.rows, sum = excluded.sum",
+            (model, max(rows, 0), total.tobytes()),
         )
     now = generation + 1
     conn.execute("UPDATE meta SET value = %s WHERE key = 'generation'", (now,))

@@ -12,11 +12,12 @@ BM25's from one aggregate over the query terms' postings, the dense cosine's fro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from pgvector import Vector
 from psycopg import sql
 
@@ -37,6 +38,9 @@ MAX_EF_SEARCH = 1000
 #: the exact top 10 at 300k clustered vectors where a list of k found 0.80, for 3.6 ms instead of 1.5 ms
 #: (benchmarks/postgres_scale.py)
 EF_PER_ROW = 4
+#: the spread of a query's cosine is summed exactly over every chunk vector while they hold at most this many
+#: numbers (20,833 vectors at 384 dimensions: SciFact's 11,898 chunks are exact), from a random sample beyond
+SECOND_MOMENT_VALUES = 8_000_000
 #: rows (chunks, or documents) from which a query's BM25 corpus moments are estimated instead of summed exactly:
 #: past this, a common term's full posting list costs more than a search should
 BM25_SAMPLE_FROM = 131_072
@@ -110,10 +114,14 @@ class PostgresSearch(PostgresDocuments):
     bm25_sample_from = BM25_SAMPLE_FROM
     #: a query term in at most this many rows is counted exactly in an estimate
     bm25_exact_df = EXACT_DF
+    #: numbers in the chunk vectors up to which a query's cosine spread is summed exactly (SECOND_MOMENT_VALUES)
+    dense_exact_values = SECOND_MOMENT_VALUES
 
     def __init__(self, url: str) -> None:
         #: each model's vector size, once its first vectors exist (it never changes after)
         self._dimensions: dict[str, int] = {}
+        #: each large model's sampled E[x xᵀ]: (the row count it was read at, the matrix)
+        self._seconds: dict[str, tuple[int, npt.NDArray[np.float64]]] = {}
         super().__init__(url)
 
     def _model_dimensions(self, model: str, query: Vectors) -> int | None:
@@ -255,6 +263,30 @@ class PostgresSearch(PostgresDocuments):
         )
         return [SentenceHit(int(c), int(a), int(b), float(s)) for c, a, b, s in rows]
 
+    def _mean_square(self, conn: Connection, model: str, rows: int, query: npt.NDArray[np.float64]) -> float:
+        """Return E[(q·x)²] over the model's chunk vectors: summed in SQL over every chunk while they hold at most
+        `dense_exact_values` numbers (exact, as SQLite's), else qᵀ E[x xᵀ] q with E[x xᵀ] from a seeded random
+        sample of that size, kept in this process until the rows grow or shrink by a tenth."""
+        dim = query.shape[0]
+        cap = max(1, self.dense_exact_values // dim)
+        join = "FROM chunks c JOIN embeddings e ON e.model = %s AND e.text_hash = c.embed_hash"
+        if rows <= cap:
+            found = conn.execute(
+                f"SELECT COALESCE(avg((e.vector <#> %s) ^ 2), 0) {join}", (Vector(query.astype(np.float32)), model)
+            ).fetchone()
+            assert found is not None
+            return float(found[0])
+        kept = self._seconds.get(model)
+        if kept is None or kept[1].shape[0] != dim or abs(kept[0] - rows) * 10 > rows:
+            bounds = conn.execute("SELECT min(id), max(id) FROM chunks").fetchone()
+            assert bounds is not None and bounds[0] is not None
+            picks = np.unique(np.random.default_rng(rows).integers(int(bounds[0]), int(bounds[1]) + 1, cap))
+            found_rows = conn.execute(f"SELECT e.vector {join} WHERE c.id = ANY(%s)", (model, picks.tolist()))
+            matrix = np.stack([v.to_numpy() for (v,) in found_rows]).astype(np.float64)
+            kept = (rows, (matrix.T @ matrix) / matrix.shape[0])
+            self._seconds[model] = kept
+        return float(query @ kept[1] @ query)
+
     @property
     def _sampling(self) -> tuple[int, int]:
         return self.bm25_sample_from, self.bm25_exact_df
@@ -271,7 +303,7 @@ class PostgresSearch(PostgresDocuments):
                     (Vector(q), model, wanted),
                 )
             )
-            d_mean, d_std = _dense_stats(conn, model, q)
+            d_mean, d_std = _dense_stats(conn, model, q, lambda n, v: self._mean_square(conn, model, n, v))
             owner = dict(conn.execute("SELECT id, document_id FROM chunks WHERE id = ANY(%s)", (wanted,)))
             analyzed = self._analyzer.terms(query)
             chunk_scores, b_mean, b_std = _scores_and_stats(conn, _CHUNKS, analyzed, wanted, self._sampling)
@@ -571,10 +603,12 @@ def _moments(
     return s1, s2
 
 
-def _dense_stats(conn: Connection, model: str, query: Vectors) -> tuple[float, float]:
-    """Return the mean and standard deviation of the query's cosine over every chunk with a vector of `model`,
-    from the kept sums (E[q·x] = q·E[x], E[(q·x)²] = qᵀ E[x xᵀ] q), without scanning."""
-    row = conn.execute("SELECT rows, sum, second FROM dense_moments WHERE model = %s", (model,)).fetchone()
+def _dense_stats(
+    conn: Connection, model: str, query: Vectors, mean_square: Callable[[int, npt.NDArray[np.float64]], float]
+) -> tuple[float, float]:
+    """Return the mean and standard deviation of the query's cosine over every chunk with a vector of `model`: the
+    mean from the kept sum (E[q·x] = q·E[x]), the spread from `mean_square(rows, q)`, E[(q·x)²]."""
+    row = conn.execute("SELECT rows, sum FROM dense_moments WHERE model = %s", (model,)).fetchone()
     if row is None or int(row[0]) <= 0:
         return 0.0, 1.0
     n = int(row[0])
@@ -582,7 +616,6 @@ def _dense_stats(conn: Connection, model: str, query: Vectors) -> tuple[float, f
     mean = np.frombuffer(row[1], dtype=np.float64) / n
     if mean.shape[0] != q.shape[0]:
         raise ArchivistError(f"query vector has {q.shape[0]} dimensions, stored {model} vectors have {mean.shape[0]}")
-    second = np.frombuffer(row[2], dtype=np.float64).reshape(q.shape[0], q.shape[0]) / n
     mu = float(q @ mean)
-    var = float(q @ second @ q) - mu * mu
+    var = mean_square(n, q) - mu * mu
     return mu, max(var, 1e-12) ** 0.5
