@@ -203,9 +203,9 @@ class PiiLogFilter(logging.Filter):
         if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
-            # The traceback is rendered (and redacted) here: a formatter would render it again from exc_info.
+            # The traceback is rendered (and redacted) here; formatters print `exc_text` when it is set rather than
+            # render `exc_info` again (logging.Formatter and ours), and `exc_info` stays for handlers that read it.
             record.exc_text = self._redact(record.exc_text)
-            record.exc_info = None
         if record.args:
             # The format string is our code's; the arguments are where user text comes in.
             if isinstance(record.args, dict):
