@@ -123,3 +123,60 @@ def test_a_collection_that_redacts_pii_never_writes_the_original_to_the_store(
         app.ingest([tmp_path / "open"], collection="open")
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("store.db*"))
     assert EMAIL.encode() in raw and CARD.encode() in raw
+
+
+def test_an_upload_to_a_collection_that_redacts_pii_is_queued_redacted(
+    tmp_path: Path, embedder: MiniLMEmbedder
+) -> None:
+    from archivist.server.app import create_app
+    from archivist.server.auth import mint_api_key
+    from live_server import serving, wait_for_job
+    from test_server import client
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    owner = "ops.lead@example.com"
+    document = {
+        "title": f"Escalations to {owner}",
+        "text": "Escalations go to the operations lead within one hour of an outage.",
+        "metadata": {"owner": EMAIL, "team": "operations"},
+    }
+    with Archivist(load_settings(store=url), open_store(url), embedder) as app:
+        app.store.create_collection("hr", "", {"pii": "redact"})
+        key = mint_api_key(app.store, "writer", ["read", "write"])[0]
+        with serving(create_app(app)) as base, client(base, key) as c:
+            accepted = c.post("/v1/collections/hr/documents", json=document)
+            assert accepted.status_code == 202, accepted.text
+            job_id = str(accepted.json()["job_id"])
+            assert wait_for_job(c, job_id)["status"] == "succeeded"
+        job = app.store.get_job(job_id)
+        assert job is not None
+        # Before: the job's payload kept the title and metadata as sent, and the source made from the title.
+        assert job.payload["title"] == "Escalations to <EMAIL>" and job.payload["metadata"]["owner"] == "<EMAIL>"
+        assert job.payload["metadata"]["team"] == "operations" and owner not in job.payload["source"]
+        (doc,) = app.store.list_documents(filters=Filters(scope=("hr",)))
+        assert doc.title == "Escalations to <EMAIL>" and doc.metadata["owner"] == "<EMAIL>"
+        assert doc.source == "text/Escalations to <EMAIL>"
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("store.db*"))
+    for secret in (owner, EMAIL):
+        assert secret.encode() not in raw, secret
+
+
+def test_ingest_refresh_scans_every_chunk_again(tmp_path: Path, embedder: MiniLMEmbedder) -> None:
+    import sqlite3
+
+    url = _ingest(tmp_path, embedder, {"notice.md": INJECTED, "keys.md": BENIGN})
+    with closing(open_store(url)) as store:
+        (flagged,) = store.flagged_chunks(None, 10)
+        score = flagged.guard_score
+    # A score from another detector (an older model, before a retrain): it passes no threshold.
+    with closing(sqlite3.connect(tmp_path / "store.db")) as db, db:
+        db.execute("UPDATE chunks SET guard_score = 0.0, guard_flagged = 0")
+    with closing(open_store(url)) as store:
+        assert store.flagged_chunks(None, 10) == []
+    with Archivist(load_settings(store=url), open_store(url), embedder) as app:
+        app.ingest([tmp_path / "docs"])  # unchanged documents are not rescanned
+        assert app.store.flagged_chunks(None, 10) == []
+        # Before: `--refresh` took the stored score again for every chunk whose text it had seen.
+        app.ingest([tmp_path / "docs"], refresh=True)
+        (again,) = app.store.flagged_chunks(None, 10)
+    assert again.source == flagged.source and again.guard_score == pytest.approx(score, abs=0.02)

@@ -288,3 +288,17 @@ def test_log_redaction_can_be_turned_off(tmp_path: Path, embedder: MiniLMEmbedde
     assert f"/v1/collections/default/documents/{EMAIL} {CARD} {NAME}" in logged
     # The app's filter came off the handlers with the app: nothing redacts this process's logs any more.
     assert not any(isinstance(f, PiiLogFilter) for h in logging.getLogger().handlers for f in h.filters)
+
+
+@pytest.mark.parametrize("ner", [True, False], ids=["ner", "patterns"])
+def test_an_international_phone_number_is_one_phone_span(detector: PiiDetector, ner: bool) -> None:
+    which = detector if ner else PiiDetector(ner=False)
+    # Before: the NER level read the last ten digits as a UK NHS number (their checksum passes) and left the
+    # country code: "+1 <NATIONAL_ID>".
+    assert which.redact("Call +1 415 555 0199 weekdays.") == "Call <PHONE> weekdays."
+    assert which.redact("Call +44 20 7946 0958 or +1 (415) 555-0132.") == "Call <PHONE> or <PHONE>."
+    # Without a country code a checksummed NHS number stays a national id.
+    if ner:
+        assert detector.redact("Her health service number is 943 476 5919.") == (
+            "Her health service number is <NATIONAL_ID>."
+        )

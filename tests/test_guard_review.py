@@ -157,3 +157,64 @@ def test_a_collection_is_created_over_http_with_its_policy(tenants: Tenants) -> 
         )
         assert "policy pii='mask' is not valid" in bad["message"]
         assert "hr2" not in {x["name"] for x in c.get("/v1/collections").json()["collections"]}
+
+
+def test_a_key_limited_to_one_collection_never_creates_or_sets_policy_for_another(tenants: Tenants) -> None:
+    # Before: only `admin` was required, so a key limited to "alpha" made new collections (whose `injection=block`
+    # then blocked other tenants' unscoped questions) and learned which names other tenants hold (409 vs 201).
+    names = (
+        "beta",
+        "Beta",
+        " beta",
+        "beta ",
+        "BETA",
+        "gamma",
+        "*",
+        "%",
+        "alpha*",
+        "alph?",
+        "[a]lpha",
+        "Alpha",
+        "alpha ",
+    )
+    with client(tenants.base, tenants.alpha_admin) as c:
+        for name in names:
+            response = c.post("/v1/collections", json={"name": name, "policy": {"injection": "block", "pii": "redact"}})
+            error = assert_error(response, 403, "forbidden")
+            assert "may not use collection" in error["message"], (name, error)
+        # Its own collection exists already: a conflict, as for any admin.
+        assert_error(c.post("/v1/collections", json={"name": "alpha"}), 409, "conflict")
+    with client(tenants.base, tenants.admin) as c:
+        listed = {x["name"]: x["policy"] for x in c.get("/v1/collections").json()["collections"]}
+    assert "gamma" not in listed and listed["beta"] == {}, listed
+
+
+def test_a_chunk_id_out_of_range_is_refused_not_a_crash(tenants: Tenants) -> None:
+    # Before: an id past a 64-bit integer reached the store's driver and answered 500 ("internal"), and the command
+    # crashed with a traceback.
+    with client(tenants.base, tenants.admin) as c:
+        for bad in ("99999999999999999999", str(2**63), "0", "-1"):
+            error = assert_error(c.post(f"/v1/guard/flagged/{bad}/clear"), 422, "validation_error")
+            assert "chunk_id" in error["message"], error
+        assert_error(c.post(f"/v1/guard/flagged/{2**63 - 1}/clear"), 404, "not_found")
+    crashed = cli("guard", "clear", "99999999999999999999", store=tenants.url)
+    assert crashed.returncode == 2, crashed.stderr
+    assert "CHUNK_ID" in crashed.stderr and "Traceback" not in crashed.stderr
+
+
+def test_a_store_copy_never_keeps_a_looser_policy_over_the_sources(tmp_path: Path) -> None:
+    src, loose, bare = (f"sqlite:///{tmp_path / name}.db" for name in ("src", "loose", "bare"))
+    for url, policy in ((src, {"pii": "redact", "injection": "block"}), (loose, {"pii": "off"}), (bare, {})):
+        with closing(open_store(url)) as store:
+            if policy:
+                store.set_collection_policy("default", policy)
+    # Before: the target's `default` (pii=off) silently kept its policy over the source's pii=redact.
+    refused = cli("store", "copy", src, loose, store=src)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "collection 'default' has policy pii=off there, pii=redact here" in refused.stderr
+    with closing(open_store(loose)) as store:
+        assert store.collection_policy("default") == {"pii": "off"}
+    copied = cli("store", "copy", src, bare, store=src)
+    assert copied.returncode == 0, copied.stderr
+    with closing(open_store(bare)) as store:
+        assert store.collection_policy("default") == {"injection": "block", "pii": "redact"}

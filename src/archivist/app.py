@@ -303,7 +303,10 @@ class Archivist:
         return Agent(
             gateway if gateway.routes else None,
             self.store,
-            [*builtin_tools(self.store, self.searcher(), self.answerer(), collection=collection), *tools],
+            [
+                *builtin_tools(self.store, self.searcher(), self.answerer(), collection=collection, policy=policy),
+                *tools,
+            ],
             self.embedder,
             collection=collection,
             retention_days=self.settings.agent_run_retention_days,

@@ -18,6 +18,8 @@ def sha256_hex(text: str) -> str:
 
 #: The collection documents belong to when none is named (the CLI's default, and every store before v5).
 DEFAULT_COLLECTION = "default"
+#: the largest row id (a chunk's) that either backend stores: a signed 64-bit integer
+MAX_ROW_ID = 2**63 - 1
 
 
 _COLLECTION_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -159,6 +161,8 @@ class Hit:
             "bm25_score": self.bm25_score,
             "bm25_rank": self.bm25_rank,
             "collection": self.collection,
+            "guard_score": self.guard_score,
+            "guard_flagged": self.guard_flagged,
         }
 
 

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from archivist.agent.tools import RUN_BUDGET, Tool, function_tool
 from archivist.answer.answerer import Answerer
+from archivist.guard.policy import GuardPolicy
 from archivist.guard.quote import datamark
 from archivist.retrieve.search import SearchPipeline
 from archivist.store.filters import Filters
@@ -24,9 +25,15 @@ HIT_CHARS = 1200
 
 
 def builtin_tools(
-    store: Store, searcher: SearchPipeline, answerer: Answerer | None = None, *, collection: str | None = None
+    store: Store,
+    searcher: SearchPipeline,
+    answerer: Answerer | None = None,
+    *,
+    collection: str | None = None,
+    policy: GuardPolicy | None = None,
 ) -> list[Tool]:
-    """Return the built-in tools over these components, limited to `collection` (None: every collection)."""
+    """Return the built-in tools over these components, limited to `collection` (None: every collection); the
+    `answer` tool answers under the run's guard `policy` (None: the settings')."""
     scope = Filters(scope=(collection,)) if collection is not None else Filters()
 
     def document(document_id: str) -> DocumentRecord:
@@ -128,7 +135,7 @@ def builtin_tools(
             Args:
                 question: The question, in plain words.
             """
-            found = answerer.answer(question, filters=scope, budget=RUN_BUDGET.get())
+            found = answerer.answer(question, filters=scope, budget=RUN_BUDGET.get(), policy=policy)
             return {
                 "answer": found.answer,
                 "refused": found.refused,
@@ -145,7 +152,7 @@ def builtin_tools(
                         "title": c.title,
                         "start": c.span[0],
                         "end": c.span[1],
-                        "text": c.quote,
+                        "text": datamark(c.quote) if found.flagged else c.quote,
                     }
                     for c in found.citations
                 ],

@@ -15,6 +15,8 @@ from typing import Any
 from archivist.answer.context import Passage, Segment
 from archivist.answer.verify import split_claims, verify
 from archivist.embed.base import Embedder
+from archivist.guard.pii import PiiDetector
+from archivist.guard.quote import undatamark
 
 _SPAN_KEYS = frozenset({"document_id", "start", "end", "text"})
 
@@ -46,7 +48,8 @@ class Evidence:
                     heading_path=(),
                     page=None,
                     score=1.0,
-                    segments=[Segment(key[1], key[2], out["text"])],
+                    # Flagged text comes datamarked: its claims are checked against the words, not the marks.
+                    segments=[Segment(key[1], key[2], undatamark(out["text"]))],
                 )
             out["ref"] = ref
         return out
@@ -80,3 +83,21 @@ def check_answer(text: str, evidence: Evidence, embedder: Embedder) -> dict[str,
         "support": round(checked.support, 4),
         "verification": "similarity",
     }
+
+
+def redact_result(result: dict[str, Any], pii: PiiDetector) -> dict[str, Any]:
+    """Return a run's result with personal data replaced by placeholders in its answer, its citations' quotes and
+    titles, and its claims (one batch)."""
+    out = dict(result)
+    places: list[tuple[dict[str, Any], str]] = [(out, "answer")] if isinstance(out.get("answer"), str) else []
+    for name, fields in _REDACTED_ROWS.items():
+        if isinstance(out.get(name), list):
+            out[name] = rows = [dict(r) if isinstance(r, dict) else r for r in out[name]]
+            places += [(r, f) for r in rows if isinstance(r, dict) for f in fields if isinstance(r.get(f), str)]
+    for (row, f), text in zip(places, pii.redact_many([row[f] for row, f in places]), strict=True):
+        row[f] = text
+    return out
+
+
+#: the lists of a run's result that hold text, and their fields that are redacted
+_REDACTED_ROWS = {"citations": ("quote", "title"), "claims": ("text",), "unsupported": ("text",)}

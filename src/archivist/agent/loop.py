@@ -26,11 +26,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from archivist.agent.evidence import Evidence, check_answer
+from archivist.agent.evidence import Evidence, check_answer, redact_result
 from archivist.agent.textcalls import parse_calls, tools_prompt
 from archivist.agent.tools import RUN_BUDGET, Tool, ToolInputError, ToolTimeout
 from archivist.agent.workflow import Workflow
 from archivist.embed.base import Embedder
+from archivist.guard.pii import PiiDetector
 from archivist.guard.policy import GuardPolicy, InjectionVerdict, QuestionGuard
 from archivist.guard.quote import FLAGGED_RULE, quote
 from archivist.llm.accounting import Budget
@@ -176,6 +177,8 @@ class Agent:
         #: checks new tasks with the injection detector under `policy` (None: the guard's default); None: unchecked
         self.guard = guard
         self.policy = policy
+        self._pii: PiiDetector | None = None
+        self._pii_lock = threading.Lock()
         if workflow is not None:
             missing = sorted({s.tool for s in workflow.steps} - set(self.tools))
             if missing:
@@ -618,9 +621,19 @@ class Agent:
         warning = self._task_warning(state.run.task)
         if warning is not None:
             result = {**result, "warnings": [*result.get("warnings", []), warning]}
+        policy = self.policy or (self.guard.default if self.guard is not None else None)
+        if policy is not None and policy.pii_answers == "redact":
+            result = redact_result(result, self._pii_detector())
         self._save_totals(state)
         self.store.update_agent_run(state.run.id, status="succeeded", reason=None, result=result)
         return self._reload(state)
+
+    def _pii_detector(self) -> PiiDetector:
+        """Return the PII detector run results are redacted with (built on first use: it may load a model)."""
+        with self._pii_lock:
+            if self._pii is None:
+                self._pii = PiiDetector()
+            return self._pii
 
     def _task_warning(self, task: str) -> str | None:
         """Return the warning a run's result carries when its task reads as instructions to the model, or None."""

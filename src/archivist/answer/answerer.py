@@ -22,7 +22,7 @@ from archivist.answer.guards import (
     redact_segments,
 )
 from archivist.answer.prompts import EXTRACTIVE_VERSION, Prompt, load_prompt
-from archivist.answer.refusal import REFUSAL_THRESHOLD, refusal_text, should_refuse
+from archivist.answer.refusal import REFUSAL_THRESHOLD, closest_sources, refusal_text, should_refuse
 from archivist.answer.segments import AnswerSegment, compact, mark, plain, quoted, shown
 from archivist.answer.sentence_hits import best_sentence_chunks
 from archivist.answer.sentences import Sentence
@@ -169,12 +169,15 @@ class _Prepared:
     policy: GuardPolicy | None = None
     #: the injection detector's verdict on the question (None: not checked)
     verdict: InjectionVerdict | None = None
+    #: its verdict on the highest-scoring earlier user question of the conversation (None: none, or not checked)
+    earlier: InjectionVerdict | None = None
 
     @property
     def guarded(self) -> bool:
-        """Return whether the question or the evidence was flagged: a model's answer is then checked before any
-        of it is shown (never streamed token by token)."""
-        return bool((self.verdict is not None and self.verdict.flagged) or any(p.flagged for p in self.passages))
+        """Return whether the question, an earlier one or the evidence was flagged: a model's answer is then checked
+        before any of it is shown (never streamed token by token)."""
+        asked = (v for v in (self.verdict, self.earlier) if v is not None)
+        return any(v.flagged for v in asked) or any(p.flagged for p in self.passages)
 
 
 def _citation(n: int, passage: Passage, sentence: Sentence, support: float = 1.0) -> Citation:
@@ -380,14 +383,16 @@ class Answerer:
         A caller that stops early closes the iterator: the model's stream is closed at once and what it generated
         so far is charged to `budget`. Setting `cancellation` from another thread also aborts a model call in
         flight (a stalled one included); the stream then raises `Cancelled`. `history` and `policy` are as for
-        `answer`. When the question or the evidence was flagged, a model's answer is checked before any of it is
-        sent, then sent word by word.
+        `answer`. When the question or the evidence was flagged, or the policy redacts personal data, a model's
+        answer is checked (and redacted) before any of it is sent, then sent word by word.
         """
         prep = self._prepare(question, k, filters, exclude_documents, budget, history, policy)
         prep.cancellation = cancellation
         yield RetrievalDone(redact_hits(prep.hits, self.pii) if self._redacts(prep) else prep.hits)
         refused = self._refusal(prep)
-        if refused is not None or self.gateway is None or prep.guarded:
+        # A model's raw tokens hold whatever it wrote (personal data included): under pii=redact only the redacted,
+        # checked answer is sent, as it is when the question or evidence was flagged.
+        if refused is not None or self.gateway is None or prep.guarded or self._redacts(prep):
             final = refused or self._complete(prep, budget, cancellation)
             yield from _pieces(final.answer)
             yield AnswerDone(final)
@@ -468,7 +473,7 @@ class Answerer:
         check_history(history)
         t0 = time.perf_counter()
         # First of all: a blocked question is refused before anything is searched, generated or charged.
-        verdict = self.guard.check(question, policy) if self.guard is not None else None
+        verdict, earlier = self.check(question, history, policy)
         t_guard = time.perf_counter()
         k = k or self.k
         # A follow-up ("and how do I rotate them?") is searched, and its sentences scored, together with the
@@ -513,8 +518,7 @@ class Answerer:
                 known=known,
             )
         warnings = list(outcome.warnings)
-        if verdict is not None and verdict.flagged:
-            warnings.append(verdict.warning())
+        warnings += [v.warning() for v in (verdict, earlier) if v is not None and v.flagged]
         if self.guard is not None:
             extraction, dropped = drop_reader_aimed(
                 extraction,
@@ -542,7 +546,19 @@ class Answerer:
             history=tuple(history),
             policy=policy or (self.guard.default if self.guard is not None else None),
             verdict=verdict,
+            earlier=earlier,
         )
+
+    def check(
+        self, question: str, history: Sequence[Turn] = (), policy: GuardPolicy | None = None
+    ) -> tuple[InjectionVerdict | None, InjectionVerdict | None]:
+        """Return the injection detector's verdicts on the question and on the highest-scoring earlier user question
+        (None where unchecked); raise InjectionBlocked when either is flagged and the policy blocks."""
+        if self.guard is None:
+            return None, None
+        verdict = self.guard.check(question.strip(), policy)
+        earlier = self.guard.check_earlier([t.content for t in history if t.role == "user"], policy)
+        return verdict, earlier
 
     @property
     def pii(self) -> PiiDetector:
@@ -567,17 +583,6 @@ class Answerer:
             if flagged is not None:
                 prep.warnings.append(flagged)
                 answer.flagged = True
-        if self._redacts(prep):
-            answer.segments = redact_segments(answer.segments, self.pii)
-            answer.answer = shown(answer.segments)
-            for citation, text in zip(
-                answer.citations, self.pii.redact_many([c.quote for c in answer.citations]), strict=True
-            ):
-                citation.quote = text
-            for entry, text in zip(
-                answer.unsupported, self.pii.redact_many([u["text"] for u in answer.unsupported]), strict=True
-            ):
-                entry["text"] = text
         answer.sources = [
             {
                 "n": p.n,
@@ -589,7 +594,42 @@ class Answerer:
             }
             for p in prep.passages[:3]
         ]
+        if self._redacts(prep):
+            self._redact(prep, answer)
         return answer
+
+    def _redact(self, prep: _Prepared, answer: Answer) -> None:
+        """Replace personal data in what the answer shows: its text, quotes, unsupported claims, the titles and
+        headings of its citations and the titles of its sources (a refusal's own words are left alone: the NER
+        model reads "Closest" as a name)."""
+        if answer.refused:
+            names = self.pii.redact_many(closest_sources(prep.passages))
+            answer.answer = refusal_text(prep.passages, names=names)
+            answer.segments = compact([plain(answer.answer)])
+        else:
+            answer.segments = redact_segments(answer.segments, self.pii)
+            answer.answer = shown(answer.segments)
+        cited, named = answer.citations, [s for s in answer.sources if s["title"]]
+        # One batch, put back in the order it was taken.
+        texts = iter(
+            self.pii.redact_many(
+                [c.quote for c in cited]
+                + [c.title for c in cited]
+                + [h for c in cited for h in c.heading_path]
+                + [u["text"] for u in answer.unsupported]
+                + [s["title"] for s in named]
+            )
+        )
+        for c in cited:
+            c.quote = next(texts)
+        for c in cited:
+            c.title = next(texts)
+        for c in cited:
+            c.heading_path = tuple(next(texts) for _ in c.heading_path)
+        for u in answer.unsupported:
+            u["text"] = next(texts)
+        for source in named:
+            source["title"] = next(texts)
 
     def _refusal(self, prep: _Prepared) -> Answer | None:
         # No sentence at all is no evidence, whatever the threshold (0 refuses nothing else).

@@ -98,8 +98,14 @@ def output_problem(text: str, system_prompt: str, passages: Sequence[Passage], q
 
 
 def redact_hits(hits: Sequence[Hit], pii: PiiDetector) -> list[Hit]:
-    """Return the hits with personal data in their text replaced by placeholders."""
-    return [replace(h, text=t) for h, t in zip(hits, pii.redact_many([h.text for h in hits]), strict=True)]
+    """Return the hits with personal data in their text, titles and headings replaced by placeholders."""
+    redacted = iter(pii.redact_many([x for h in hits for x in (h.text, h.title, *h.heading_path)]))
+    return [
+        replace(
+            h, text=next(redacted), title=next(redacted), heading_path=tuple(next(redacted) for _ in h.heading_path)
+        )
+        for h in hits
+    ]
 
 
 def redact_segments(segments: Sequence[AnswerSegment], pii: PiiDetector) -> list[AnswerSegment]:

@@ -25,7 +25,13 @@ def should_refuse(evidence: float, threshold: float = REFUSAL_THRESHOLD) -> bool
     return evidence < threshold
 
 
-def refusal_text(passages: Sequence[Passage], max_sources: int = 3) -> str:
-    """Return the plain refusal, naming the closest sources so the user knows where the search looked."""
-    names = list(dict.fromkeys(p.title or p.source for p in passages[:max_sources]))
-    return f"{REFUSAL_TEXT} Closest sources: " + "; ".join(names) + "." if names else REFUSAL_TEXT
+def closest_sources(passages: Sequence[Passage], max_sources: int = 3) -> list[str]:
+    """Return the names (title, else source) of the closest sources a refusal points to, each once."""
+    return list(dict.fromkeys(p.title or p.source for p in passages[:max_sources]))
+
+
+def refusal_text(passages: Sequence[Passage], max_sources: int = 3, names: Sequence[str] | None = None) -> str:
+    """Return the plain refusal, naming the closest sources (or the `names` given for them, e.g. redacted) so the
+    user knows where the search looked."""
+    shown = list(names) if names is not None else closest_sources(passages, max_sources)
+    return f"{REFUSAL_TEXT} Closest sources: " + "; ".join(shown) + "." if shown else REFUSAL_TEXT

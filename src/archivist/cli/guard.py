@@ -14,6 +14,7 @@ from archivist.cli._command import App
 from archivist.cli._errors import fail
 from archivist.cli._options import JsonOpt, StoreOpt
 from archivist.cli._output import emit_json, err, out, short
+from archivist.types import MAX_ROW_ID
 
 app = App(name="guard", help="Review chunks flagged as prompt injection at ingest.", no_args_is_help=True)
 
@@ -57,7 +58,10 @@ def guard_review(
 @app.command("clear")
 def guard_clear(
     chunk_id: Annotated[
-        int, typer.Argument(metavar="CHUNK_ID", help="The chunk's id (from `archivist guard review`).")
+        int,
+        typer.Argument(
+            metavar="CHUNK_ID", min=1, max=MAX_ROW_ID, help="The chunk's id (from `archivist guard review`)."
+        ),
     ],
     store: StoreOpt = None,
     as_json: JsonOpt = False,

@@ -35,6 +35,10 @@ class Hit(Model):
     dense_rank: int | None = None
     bm25_score: float | None = None
     bm25_rank: int | None = None
+    #: the injection scan's score of the chunk at ingest (None: not scanned, or an older server)
+    guard_score: float | None = None
+    #: the scan flagged the chunk as instructions to its reader (and no person cleared it): untrusted text
+    guard_flagged: bool = False
 
 
 class SearchResult(Model):

@@ -76,4 +76,7 @@ def pattern_spans(text: str) -> Iterator[PiiSpan]:
     for kind, pattern, valid, score in _RULES:
         for m in pattern.finditer(text):
             if valid is None or valid(m.group()):
-                yield PiiSpan(kind, m.start(), m.end(), score)
+                # A number after a country code is a phone number, surely: "+1 415 555 0199" is never "+1" and a
+                # national id whose checksum its last ten digits happen to pass.
+                sure = _CHECKED if kind == "PHONE" and m.group().startswith("+") else score
+                yield PiiSpan(kind, m.start(), m.end(), sure)

@@ -9,8 +9,9 @@ the strictest value of each wins, so a key cannot loosen what a collection asks 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from archivist.config import Settings
@@ -87,9 +88,10 @@ class InjectionVerdict:
 
     def warning(self) -> str:
         """Return the warning a flagged question's answer carries."""
+        article = "an" if self.what[:1] in "aeiou" else "a"
         return (
             f"the {self.what} reads as instructions to the model (prompt-injection score {self.score:.2f}, threshold "
-            f"{self.threshold:.2f}): it was treated as a {self.what} about the documents, never followed"
+            f"{self.threshold:.2f}): it was treated as {article} {self.what} about the documents, never followed"
         )
 
 
@@ -118,6 +120,9 @@ class QuestionGuard:
         #: the retriever's embedder when it is the detector's model: a question's vector is computed once, here,
         #: and the retriever takes it from that embedder's query cache
         self.query_embedder = query_embedder
+        # A conversation's earlier questions are checked again with every turn (and a request's question by its
+        # route, then by the answerer): each text is scored once.
+        self._cached_score = lru_cache(maxsize=4096)(self._score)
 
     @property
     def detector(self) -> InjectionDetector:
@@ -136,9 +141,27 @@ class QuestionGuard:
             raise InjectionBlocked(verdict, policy)
         return verdict
 
+    def check_earlier(self, questions: Sequence[str], policy: GuardPolicy | None = None) -> InjectionVerdict | None:
+        """Return the verdict on the highest-scoring of a conversation's earlier user questions (None when there are
+        none or the policy is `off`); raise InjectionBlocked when it is flagged and the policy blocks: earlier turns
+        reach the model's prompt as much as the question does."""
+        policy = policy or self.default
+        if policy.injection == "off" or not questions:
+            return None
+        threshold = self.detector.threshold
+        verdict = max(
+            (InjectionVerdict("earlier question", self.score(q), threshold) for q in questions), key=lambda v: v.score
+        )
+        if verdict.flagged and policy.injection == "block":
+            raise InjectionBlocked(verdict, policy)
+        return verdict
+
     def score(self, text: str) -> float:
         """Return the detector's score of a text: the highest of its own reading and its plain reading (lookalike
         letters, spacing and line breaks undone), reusing the query vector where one reading is one sentence."""
+        return self._cached_score(text)
+
+    def _score(self, text: str) -> float:
         detector = self.detector
         readings = [text.strip()]
         plain = plain_reading(text)

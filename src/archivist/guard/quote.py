@@ -17,6 +17,7 @@ and links cannot pose as our citations or as links we vouch for.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from html import escape
 
 #: every tag our prompts quote text in; one list, so text quoted under one tag cannot fake another prompt's tag
@@ -61,6 +62,20 @@ def datamark(text: str) -> str:
     return _SPACES.sub(lambda m: DATAMARK + ("\n" if "\n" in m.group(0) else ""), text.strip())
 
 
+_BLANK = re.compile(r"[^\S\n]")
+
+
+def datamark_spans(text: str, spans: Iterable[tuple[int, int]]) -> str:
+    """Return text with each whitespace character but line breaks inside the [start, end) spans written as
+    `DATAMARK`, one for one, so that offsets into the text stay true (a client's spans still index it)."""
+    chars = list(text)
+    for start, end in spans:
+        for i in range(max(start, 0), min(end, len(chars))):
+            if _BLANK.match(chars[i]):
+                chars[i] = DATAMARK
+    return "".join(chars)
+
+
 def undatamark(text: str) -> str:
     """Return a model's text with any `DATAMARK` it copied from flagged text read as a space."""
     return text.replace(DATAMARK, " ")
@@ -85,7 +100,26 @@ def _defang(match: re.Match[str]) -> str:
     return (f"{scheme.lower().replace('t', 'x')}://" if scheme else "") + shown + tail
 
 
+# A Markdown link or image, `[text](url "title")`: shown as its text alone.
+_MD_LINK = re.compile(r"!?\[([^\[\]\n]{0,300})\]\(\s*<?[^()\s<>]*>?(?:\s+(?:\"[^\"\n]*\"|'[^'\n]*'))?\s*\)")
+# A bare domain a chat client may still make clickable ("evil.com", "evil.example/x"): not part of an email, a path or
+# a defanged link. Without a path it is defanged only under a common top-level domain, so that "config.py" or
+# "archivist.guard" stay as written.
+_HOST = re.compile(
+    r"(?<![\w@.\-/\[])((?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+([a-z]{2,24}))(?![\w@\-]|\.\w)(/)?", re.I
+)
+_COMMON_TLDS = frozenset({"com", "net", "org", "info", "biz", "xyz", "top", "io", "co", "ru", "cn"})
+
+
+def _defang_host(match: re.Match[str]) -> str:
+    if match.group(3) is None and match.group(2).lower() not in _COMMON_TLDS:
+        return match.group(0)
+    return match.group(1).replace(".", "[.]") + (match.group(3) or "")
+
+
 def neutralise(text: str) -> str:
-    """Return quoted document text as an answer may show it: footnote marks as "(note 3)" and links defanged into
-    plain text that no client makes clickable ("https://evil.example/x" → "hxxps://evil[.]example/x")."""
-    return _URL.sub(_defang, _FOOTNOTE.sub(r"(note \1)", text))
+    """Return quoted document text as an answer may show it: footnote marks as "(note 3)", a Markdown link as its
+    text only, and links and bare domains defanged into plain text that no client makes clickable
+    ("https://evil.example/x" → "hxxps://evil[.]example/x", "evil.com" → "evil[.]com")."""
+    linked = _MD_LINK.sub(lambda m: m.group(1), _FOOTNOTE.sub(r"(note \1)", text))
+    return _HOST.sub(_defang_host, _URL.sub(_defang, linked))

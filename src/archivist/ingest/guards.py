@@ -50,6 +50,20 @@ def redact_document(doc: Document, detector: PiiDetector) -> Document:
     return out
 
 
+def redact_fields(
+    title: str | None, metadata: dict[str, Any], detector: PiiDetector
+) -> tuple[str | None, dict[str, Any]]:
+    """Return a title and metadata with personal data in the title and in string values (never keys) replaced by
+    placeholders: what an upload to a `pii=redact` collection is queued with."""
+    strings = _metadata_strings(metadata)
+    found = detector.find_many([title or "", *strings])
+    redacted = {s: replace_spans(s, spans) for s, spans in zip(strings, found[1:], strict=True) if spans}
+    return (
+        replace_spans(title, found[0]) if title else title,
+        _with_strings(metadata, redacted) if redacted else metadata,
+    )
+
+
 def _metadata_strings(value: Any) -> list[str]:
     """Return every distinct string value (not key) in a metadata tree, in order."""
     out: dict[str, None] = {}

@@ -324,7 +324,7 @@ class IngestPipeline:
                 vectors.update(zip(missing.keys(), embedded, strict=True))
                 report.chunks_embedded += len(missing)
             if self.injection is not None:
-                self._scan(pending, vectors, sentences)
+                self._scan(pending, vectors, sentences, rescan=refresh)
             outcomes = self.store.write_documents(
                 model,
                 [w for w, _ in pending.writes],
@@ -348,9 +348,17 @@ class IngestPipeline:
                 report.chunks_written += len(w.chunks)
         return len(pending.writes)
 
-    def _scan(self, pending: _Pending, vectors: dict[str, Vectors], sentences: dict[str, SentenceVectors]) -> None:
+    def _scan(
+        self,
+        pending: _Pending,
+        vectors: dict[str, Vectors],
+        sentences: dict[str, SentenceVectors],
+        *,
+        rescan: bool = False,
+    ) -> None:
         """Give each pending write its chunks' injection verdicts, reusing the vectors when the detector reads this
-        embedder's (the bundled MiniLM) and the scores the store holds for texts it has seen."""
+        embedder's (the bundled MiniLM) and, unless `rescan` (`--refresh`: the detector may be new), the scores the
+        store holds for texts it has seen."""
         assert self.injection is not None
         detector = self.injection()
         texts = {
@@ -362,7 +370,7 @@ class IngestPipeline:
                 texts,
                 vectors if self.embedder.model_id == MINILM_MODEL_ID else None,
                 sentences,
-                self.store.guard_scores(list(texts)),
+                {} if rescan else self.store.guard_scores(list(texts)),
             )
         for w, _ in pending.writes:
             w.guards = verdicts(w.embed_hashes, scores, detector.threshold)

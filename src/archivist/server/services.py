@@ -8,6 +8,7 @@ from typing import Any
 
 from archivist.answer.answerer import Answerer
 from archivist.app import Archivist
+from archivist.guard.pii import PiiDetector
 from archivist.ingest.uploads import enqueue_upload
 from archivist.ingest.worker import JobRunner
 from archivist.retrieve.search import SearchPipeline
@@ -36,6 +37,7 @@ class Services:
     agent_drivers: AgentDrivers
     _searcher: SearchPipeline | None = None
     _answerer: Answerer | None = None
+    _pii: PiiDetector | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -85,6 +87,13 @@ class Services:
             if self._searcher is None:
                 self._searcher = self.archivist.searcher()
             return self._searcher
+
+    def pii(self) -> PiiDetector:
+        """Return the PII detector uploads to `pii=redact` collections are redacted with, built on first use."""
+        with self._lock:
+            if self._pii is None:
+                self._pii = PiiDetector()
+            return self._pii
 
     def answerer(self) -> Answerer:
         """Return the answerer, built on first use (it loads the embedding model)."""

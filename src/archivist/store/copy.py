@@ -19,10 +19,11 @@ request log. Not copied, on purpose:
 
 Safety: the target must hold no documents, keys, eval runs, agent runs or collections but `default`, unless
 `into_existing`; then what the target holds already must not clash with what is copied (a document of the same
-source in the same collection, a key, eval run or agent run of the same id): clashes are refused before anything is
-written. What the target holds identically (the content hash and chunker of a document, the secret of a key, the
-whole of an eval run, the task and start of an agent run) is skipped instead, so rerunning a copy that stopped
-halfway finishes it. Each batch of documents is one `write_documents` call, which both backends commit as one
+source in the same collection, a key, eval run or agent run of the same id, a collection's policy value set otherwise
+there, `default`'s included): clashes are refused before anything is written. What the target holds identically
+(the content hash and chunker of a document, the secret of a key, the whole of an eval run, the task and start of an
+agent run) is skipped instead, so rerunning a copy that stopped halfway finishes it; a policy value the target lacks
+is added to its collection. Each batch of documents is one `write_documents` call, which both backends commit as one
 transaction: a copy that fails leaves the target with whole documents only.
 """
 
@@ -140,7 +141,7 @@ def copy_store(
     for c in src.list_collections():
         if c.name in have:
             report.skip("collections")
-            if c.policy and not have[c.name]:  # "default", which every store has, keeps its policy too
+            if c.policy:  # "default", which every store has, takes the values the target lacks (none clash)
                 dst.set_collection_policy(c.name, c.policy)
         else:
             dst.create_collection(c.name, c.description, c.policy)
@@ -174,8 +175,18 @@ def _held(store: Store) -> list[str]:
 
 
 def _record_clashes(src: Store, dst: Store) -> list[str]:
-    """Return the keys, eval runs and agent runs of `src` that `dst` holds differently, described."""
-    clashes = []
+    """Return the collection policies, keys, eval runs and agent runs of `src` that `dst` holds differently,
+    described."""
+    have = {c.name: c.policy for c in dst.list_collections()}
+    # A policy value set differently on each side is a clash, never settled silently: the target's `pii=off` kept
+    # over the source's `redact` would show personal data the source's owner had redacted.
+    clashes = [
+        f"collection {c.name!r} has policy {name}={have[c.name][name]} there, {name}={value} here"
+        for c in src.list_collections()
+        if c.name in have
+        for name, value in sorted(c.policy.items())
+        if have[c.name].get(name, value) != value
+    ]
     for key in src.list_api_keys():
         theirs = dst.get_api_key(key.id)
         if theirs is not None and theirs.secret_hash != key.secret_hash:

@@ -98,10 +98,9 @@ async def answer(body: AnswerIn, request: Request, who: Caller, svc: ServicesDep
         filters, answerer = scope_filters(svc, who, body), svc.answerer()
         named = [*([body.collection] if body.collection else []), *(body.collections or [])]
         policy = svc.archivist.guard_policy(named, who.key)
-        if answerer.guard is not None:
-            # Checked before anything runs: a blocked question is a 400 (streamed or not), nothing charged. The
-            # answerer's own check of it reuses the question's vector.
-            answerer.guard.check(body.question.strip(), policy)
+        # Checked before anything runs: a blocked question, or earlier one, is a 400 (streamed or not), nothing
+        # charged. The answerer's own check of them reuses their scores.
+        answerer.check(body.question, body.turns(), policy)
         return filters, who.budget(svc.archivist.store), answerer, policy
 
     # Store reads, and the answerer's first build, stay off the event loop.

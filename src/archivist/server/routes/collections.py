@@ -45,8 +45,11 @@ class CollectionList(BaseModel):
     responses=error_responses(400, 403, 409, 413, 422),
 )
 def create_collection(body: CollectionIn, who: Caller, svc: ServicesDep) -> dict[str, Any]:
-    """Create a collection (admin)."""
+    """Create a collection with its guard policy (admin; a key limited to collections only among its own)."""
     who.require("admin")
+    # Before the name is checked: a name made to slip past (case, spaces, wildcards) is outside the key's
+    # collections as written, and answers 403 like any other tenant's name.
+    who.require_collection(body.name)
     check_collection_name(body.name)
     record = svc.archivist.store.create_collection(body.name, body.description, body.policy)
     return {

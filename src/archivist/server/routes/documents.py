@@ -7,8 +7,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from archivist.ingest.guards import redact_fields
 from archivist.ingest.uploads import upload_name
 from archivist.server.auth import Principal
 from archivist.server.deps import Caller, ServicesDep
@@ -74,12 +76,15 @@ async def upload_document(collection: str, request: Request, who: Caller, svc: S
     who.require("write")
     require_collection(svc, who, collection)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    redacts = svc.archivist.store.collection_policy(collection).get("pii") == "redact"
     if content_type == "multipart/form-data":
         form = await request.form(max_files=1, max_fields=5)
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise ApiError(400, "multipart upload needs a 'file' field holding the document")
         metadata = _metadata_field(form.get("metadata"))
+        if redacts:
+            metadata = (await run_in_threadpool(redact_fields, None, metadata, svc.pii()))[1]
         data = await upload.read()
         filename = upload_name(upload.filename or "upload.txt")
         source = f"upload/{filename}"
@@ -90,9 +95,15 @@ async def upload_document(collection: str, request: Request, who: Caller, svc: S
         except ValueError as exc:
             raise ApiError(422, f"invalid JSON document: {_first_error(exc)}", code="validation_error") from exc
         suffix = ".md" if body.media_type == "text/markdown" else ".txt"
-        filename = upload_name((body.source or body.title) + suffix)
-        source = body.source or f"text/{upload_name(body.title, 'document', is_path=False)}"
-        data, metadata, title = body.text.encode("utf-8"), _finite(body.metadata), body.title
+        title, metadata = body.title, _finite(body.metadata)
+        if redacts:
+            # The job's record outlives the job: in a pii=redact collection it keeps the title and metadata (and a
+            # source made from the title) redacted. A source given as such is the document's identity, kept.
+            redacted, metadata = await run_in_threadpool(redact_fields, title, metadata, svc.pii())
+            title = redacted or title
+        filename = upload_name((body.source or title) + suffix)
+        source = body.source or f"text/{upload_name(title, 'document', is_path=False)}"
+        data = body.text.encode("utf-8")
     else:
         raise ApiError(415, "send multipart/form-data (field 'file') or application/json {title, text}")
     if not data:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel
 
 from archivist.server.deps import Caller, ServicesDep
 from archivist.server.errors import COMMON_ERRORS, ApiError, error_responses
 from archivist.store.records import flagged_public
+from archivist.types import MAX_ROW_ID
 
 router = APIRouter(prefix="/v1", tags=["guard"], responses=error_responses(*COMMON_ERRORS))
 
@@ -65,7 +66,11 @@ def list_flagged(
     operation_id="clear_flagged_chunk",
     responses=error_responses(403, 404, 422),
 )
-def clear_flagged(chunk_id: int, who: Caller, svc: ServicesDep) -> dict[str, Any]:
+def clear_flagged(
+    chunk_id: Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="The chunk's id (from the flagged list).")],
+    who: Caller,
+    svc: ServicesDep,
+) -> dict[str, Any]:
     """Clear a flagged chunk (admin; within the key's collections): it is no longer fenced as untrusted."""
     who.require("admin")
     by = f"key:{who.id}"

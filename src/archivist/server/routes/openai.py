@@ -237,8 +237,8 @@ async def chat_completions(body: ChatCompletionIn, request: Request, who: Caller
         filters = scope_filters(svc, who, Scoped(collection=collection))
         answerer = svc.answerer()
         policy = svc.archivist.guard_policy([collection] if collection else None, who.key)
-        if answerer.guard is not None:
-            answerer.guard.check(question, policy)  # a blocked question: 400 before anything runs (streamed too)
+        # A blocked question, or earlier user message: 400 before anything runs (streamed too).
+        answerer.check(question, history, policy)
         # The request's own budget meters every model call made for it and passes each charge on to the key's.
         return filters, Budget(parent=who.budget(svc.archivist.store)), answerer, policy
 
