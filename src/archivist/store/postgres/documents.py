@@ -52,7 +52,7 @@ HNSW_EF_CONSTRUCTION = 64
 @dataclass(slots=True)
 class _Moments:
     """What one write adds to (or takes from) a model's vector sums: rows and Σx in float64 (the second moment a
-    query's spread needs is estimated by the search side, `PostgresSearch._second_moment`)."""
+    query's spread needs is estimated by the search side, `PostgresSearch._cosine_variance`)."""
 
     rows: int = 0
     total: npt.NDArray[np.float64] | None = None

@@ -342,6 +342,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         # partial index holds a fixed one-in-16 sample of each index's rows (search.py's SAMPLE_STRIDE and
         # _Level.sample), so the corpus moments of a large index read a sixteenth of a common term's postings.
         """
+        LOCK TABLE meta, chunk_terms, document_terms IN EXCLUSIVE MODE;  -- writers wait: none is lost in the copy
         CREATE TABLE chunk_terms_v9 AS
             SELECT p.term_id, p.chunk_id, p.tf, x.term_length FROM chunk_terms p JOIN chunks x ON x.id = p.chunk_id;
         DROP TABLE chunk_terms;
@@ -392,5 +393,16 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         # Writes kept Σxxᵀ (n × n float64: 1.2 MB at 384 dimensions, 19 MB at 1,536) and rewrote it under the write
         # lock on every write; searches now estimate E[xxᵀ] from the vectors themselves (search.py).
         "ALTER TABLE dense_moments DROP COLUMN second;",
+    ),
+    (
+        12,
+        "an unperiodic BM25 moment sample",
+        # `chunk_id & 15` took the same chunk position of every document whose chunk count divides 16 (ids are
+        # consecutive within a document): a hash of the id samples positions evenly.
+        """
+        DROP INDEX chunk_terms_sample;
+        CREATE INDEX chunk_terms_sample ON chunk_terms (term_id, chunk_id) INCLUDE (tf, term_length)
+            WHERE hashint8(chunk_id) & 15 = 0;
+        """,
     ),
 ]

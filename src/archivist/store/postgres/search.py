@@ -35,12 +35,13 @@ from archivist.types import ArchivistError
 DEFAULT_EF_SEARCH = 40
 MAX_EF_SEARCH = 1000
 #: a search for k rows walks a candidate list of this many times k: the retriever's pool of 100 then finds 0.925 of
-#: the exact top 10 at 300k clustered vectors where a list of k found 0.80, for 3.6 ms instead of 1.5 ms
-#: (benchmarks/postgres_scale.py)
+#: the exact top 10 at 300k clustered vectors, for a dense search of 3.9 ms p50 (benchmarks/postgres_scale.py)
 EF_PER_ROW = 4
 #: the spread of a query's cosine is summed exactly over every chunk vector while they hold at most this many
 #: numbers (20,833 vectors at 384 dimensions: SciFact's 11,898 chunks are exact), from a random sample beyond
 SECOND_MOMENT_VALUES = 8_000_000
+#: writes after which a sampled covariance is read again even if the row count stayed within a tenth
+COVARIANCE_WRITES = 1000
 #: rows (chunks, or documents) from which a query's BM25 corpus moments are estimated instead of summed exactly:
 #: past this, a common term's full posting list costs more than a search should
 BM25_SAMPLE_FROM = 131_072
@@ -74,7 +75,8 @@ LIMIT %s
 # other terms' postings are read by primary key, one subquery per chunk (which the planner cannot turn into a scan
 # of a common term's whole list), and only for the chunks that can still reach the top k: the k best by essential
 # part are scored in full first, and the k-th of those scores is a floor no chunk whose essential part plus the
-# other terms' bound falls short of can reach (MaxScore's pruning).
+# other terms' bound falls short of can reach (MaxScore's pruning; with a little slack, since a chunk may tie the
+# k-th to 9 decimals and differ in the last bits only because its terms were added in another order).
 # Ranked by the score rounded to 9 decimals, so that sums of the same terms added in another order (last bits) are
 # the tie they are, broken by chunk id, whichever statement computed them.
 _CANDIDATE_BM25 = """
@@ -91,7 +93,7 @@ WITH candidates AS MATERIALIZED (
     FROM unnest(%(other)s::int[], %(other_idf)s::float8[]) q(term_id, idf)
     JOIN chunk_terms p ON p.term_id = q.term_id AND p.chunk_id = s.id
   ), 0) AS score
-  FROM (SELECT * FROM passing ORDER BY part DESC, id LIMIT %(k)s) s
+  FROM (SELECT * FROM passing ORDER BY round(part::numeric, 9) DESC, id LIMIT %(k)s) s
 ), floor AS (
   SELECT CASE WHEN count(*) >= %(k)s THEN min(score) ELSE 0 END AS score FROM seed
 ), scored AS (
@@ -100,7 +102,7 @@ WITH candidates AS MATERIALIZED (
     FROM unnest(%(other)s::int[], %(other_idf)s::float8[]) q(term_id, idf)
     JOIN chunk_terms p ON p.term_id = q.term_id AND p.chunk_id = passing.id
   ), 0) AS score
-  FROM passing, floor WHERE passing.part + %(other_bound)s >= floor.score
+  FROM passing, floor WHERE passing.part + %(other_bound)s >= floor.score - 1e-9 * greatest(1, floor.score)
 )
 SELECT id, score FROM scored ORDER BY round(score::numeric, 9) DESC, id LIMIT %(k)s
 """
@@ -120,8 +122,8 @@ class PostgresSearch(PostgresDocuments):
     def __init__(self, url: str) -> None:
         #: each model's vector size, once its first vectors exist (it never changes after)
         self._dimensions: dict[str, int] = {}
-        #: each large model's sampled E[x xᵀ]: (the row count it was read at, the matrix)
-        self._seconds: dict[str, tuple[int, npt.NDArray[np.float64]]] = {}
+        #: each large model's sampled covariance: (the row count and the store generation it was read at, matrix)
+        self._seconds: dict[str, tuple[int, int, npt.NDArray[np.float64]]] = {}
         super().__init__(url)
 
     def _model_dimensions(self, model: str, query: Vectors) -> int | None:
@@ -263,10 +265,13 @@ class PostgresSearch(PostgresDocuments):
         )
         return [SentenceHit(int(c), int(a), int(b), float(s)) for c, a, b, s in rows]
 
-    def _mean_square(self, conn: Connection, model: str, rows: int, query: npt.NDArray[np.float64]) -> float:
-        """Return E[(q·x)²] over the model's chunk vectors: summed in SQL over every chunk while they hold at most
-        `dense_exact_values` numbers (exact, as SQLite's), else qᵀ E[x xᵀ] q with E[x xᵀ] from a seeded random
-        sample of that size, kept in this process until the rows grow or shrink by a tenth."""
+    def _cosine_variance(
+        self, conn: Connection, model: str, rows: int, query: npt.NDArray[np.float64], mean: float
+    ) -> float:
+        """Return the variance of q·x over the model's chunk vectors: summed in SQL over every chunk while they hold
+        at most `dense_exact_values` numbers (exact, as SQLite's), else qᵀ S q with S the covariance of a seeded
+        random sample of the model's own chunks of that size, kept in this process until the rows change by a
+        tenth or a thousand writes have gone by."""
         dim = query.shape[0]
         cap = max(1, self.dense_exact_values // dim)
         join = "FROM chunks c JOIN embeddings e ON e.model = %s AND e.text_hash = c.embed_hash"
@@ -275,17 +280,35 @@ class PostgresSearch(PostgresDocuments):
                 f"SELECT COALESCE(avg((e.vector <#> %s) ^ 2), 0) {join}", (Vector(query.astype(np.float32)), model)
             ).fetchone()
             assert found is not None
-            return float(found[0])
+            return float(found[0]) - mean * mean
+        generation = self.generation()
         kept = self._seconds.get(model)
-        if kept is None or kept[1].shape[0] != dim or abs(kept[0] - rows) * 10 > rows:
-            bounds = conn.execute("SELECT min(id), max(id) FROM chunks").fetchone()
-            assert bounds is not None and bounds[0] is not None
-            picks = np.unique(np.random.default_rng(rows).integers(int(bounds[0]), int(bounds[1]) + 1, cap))
-            found_rows = conn.execute(f"SELECT e.vector {join} WHERE c.id = ANY(%s)", (model, picks.tolist()))
-            matrix = np.stack([v.to_numpy() for (v,) in found_rows]).astype(np.float64)
-            kept = (rows, (matrix.T @ matrix) / matrix.shape[0])
+        if (
+            kept is None
+            or kept[2].shape[0] != dim
+            or abs(kept[0] - rows) * 10 > rows
+            or generation - kept[1] > COVARIANCE_WRITES
+        ):
+            # A Bernoulli sample of the chunks (seeded, so a process reads the same one), joined to this model's
+            # vectors: sampling ids across the table would miss a model that holds few of the store's chunks.
+            # Each chunk is kept with this probability, so about 1.2 × cap of the model's rows come back.
+            share = min(100.0, 100.0 * 1.2 * cap / rows)
+            sample = conn.execute(
+                "SELECT e.vector FROM chunks c TABLESAMPLE BERNOULLI (%s) REPEATABLE (7)"
+                " JOIN embeddings e ON e.model = %s AND e.text_hash = c.embed_hash LIMIT %s",
+                (share, model, cap),
+            ).fetchall()
+            if len(sample) < 2:
+                found = conn.execute(
+                    f"SELECT COALESCE(avg((e.vector <#> %s) ^ 2), 0) {join}",
+                    (Vector(query.astype(np.float32)), model),
+                ).fetchone()
+                assert found is not None
+                return float(found[0]) - mean * mean
+            matrix = np.stack([v.to_numpy() for (v,) in sample]).astype(np.float64)
+            kept = (rows, generation, np.cov(matrix, rowvar=False))
             self._seconds[model] = kept
-        return float(query @ kept[1] @ query)
+        return float(query @ kept[2] @ query)
 
     @property
     def _sampling(self) -> tuple[int, int]:
@@ -303,7 +326,7 @@ class PostgresSearch(PostgresDocuments):
                     (Vector(q), model, wanted),
                 )
             )
-            d_mean, d_std = _dense_stats(conn, model, q, lambda n, v: self._mean_square(conn, model, n, v))
+            d_mean, d_std = _dense_stats(conn, model, q, lambda n, v, m: self._cosine_variance(conn, model, n, v, m))
             owner = dict(conn.execute("SELECT id, document_id FROM chunks WHERE id = ANY(%s)", (wanted,)))
             analyzed = self._analyzer.terms(query)
             chunk_scores, b_mean, b_std = _scores_and_stats(conn, _CHUNKS, analyzed, wanted, self._sampling)
@@ -471,7 +494,9 @@ class _Level:
         return template
 
 
-_CHUNKS = _Level("chunk_terms", "chunk_id", "chunk_df", ("bm25_chunks", "bm25_chunk_length"), "p.chunk_id & 15 = 0")
+_CHUNKS = _Level(
+    "chunk_terms", "chunk_id", "chunk_df", ("bm25_chunks", "bm25_chunk_length"), "hashint8(p.chunk_id) & 15 = 0"
+)
 _DOCUMENTS = _Level(
     "document_terms",
     "document_id",
@@ -604,10 +629,13 @@ def _moments(
 
 
 def _dense_stats(
-    conn: Connection, model: str, query: Vectors, mean_square: Callable[[int, npt.NDArray[np.float64]], float]
+    conn: Connection,
+    model: str,
+    query: Vectors,
+    variance: Callable[[int, npt.NDArray[np.float64], float], float],
 ) -> tuple[float, float]:
     """Return the mean and standard deviation of the query's cosine over every chunk with a vector of `model`: the
-    mean from the kept sum (E[q·x] = q·E[x]), the spread from `mean_square(rows, q)`, E[(q·x)²]."""
+    mean from the kept sum (E[q·x] = q·E[x]), the spread from `variance(rows, q, mean)`."""
     row = conn.execute("SELECT rows, sum FROM dense_moments WHERE model = %s", (model,)).fetchone()
     if row is None or int(row[0]) <= 0:
         return 0.0, 1.0
@@ -617,5 +645,4 @@ def _dense_stats(
     if mean.shape[0] != q.shape[0]:
         raise ArchivistError(f"query vector has {q.shape[0]} dimensions, stored {model} vectors have {mean.shape[0]}")
     mu = float(q @ mean)
-    var = mean_square(n, q) - mu * mu
-    return mu, max(var, 1e-12) ** 0.5
+    return mu, max(variance(n, q, mu), 1e-12) ** 0.5
