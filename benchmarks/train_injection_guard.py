@@ -7,11 +7,16 @@
 Training data (/work/shared/datasets or $ARCHIVIST_DATASETS), every attack and benign text whose hash puts it in
 the held-out fifth (`archivist.evals.guard.in_holdout`, what `archivist eval guard --split holdout` scores) left out:
 - attacks: Tensor Trust hijacking and extraction attacks, alone and inserted into SciFact training passages and
-  paragraphs of the docs/ training half; BIPIA train attack strings inserted at the start, middle and end of its
-  email/table/code contexts (never alone: most are ordinary requests out of context); the in-the-wild jailbreaks;
+  paragraphs of the docs/ training half; generated imperatives aimed at the model
+  (benchmarks/injection_generated.py), alone and 400 of them inserted into the same hosts; BIPIA train attack
+  strings inserted at the start, middle and end of its email/table/code contexts (never alone: most are ordinary
+  requests out of context); the in-the-wild jailbreaks;
 - benign: SciFact *train* queries, the questions of BIPIA's email and table tasks, SciFact corpus passages of
   even-hashed ids, the clean BIPIA contexts, and hard negatives: paragraphs of the even-hashed half of this
-  project's docs/ pages (they talk about prompts, instructions and system messages).
+  project's docs/ pages (they talk about prompts, instructions and system messages); and generated ones
+  (benchmarks/injection_generated.py): conversational follow-ups ("Why not?", "recap the method briefly") and
+  imperatives aimed at a human reader (manual, recipe and letter templates, and the imperative sentences of the
+  docs/ half and the SciFact passages above), none equal to a held-out hard negative.
 
 A text is scored by its units (the text and its sentences, see archivist.guard.injection). Units are labelled:
 the whole of an attack text is an attack; inside a passage with an inserted attack, the sentences that lie within
@@ -48,6 +53,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from _common import ROOT, console, datasets_dir, percentiles, print_table, write_result
+from injection_generated import (
+    followups,
+    imperative_sentences,
+    manual_sentences,
+    model_directed,
+    without_held_out,
+)
 from scipy import sparse
 
 from archivist.embed.minilm_onnx import MiniLMEmbedder, cache_dir
@@ -58,15 +70,15 @@ from archivist.evals.guard import (
     read_direct,
     wilson,
 )
-from archivist.guard._lexical import N_DENSE, dense_features, hashed_ngrams
+from archivist.guard._lexical import MARKERS, N_DENSE, dense_features, hashed_ngrams
 from archivist.guard.injection import (
-    EMBED_SCALE,
     MODEL_FILE,
     EmbeddedText,
     InjectionWeights,
     LinearInjectionDetector,
     embed_windows,
     units,
+    vector_weights,
 )
 from archivist.ingest.chunker import Chunker, ChunkerSettings
 from archivist.ingest.loaders.registry import load_path
@@ -76,9 +88,12 @@ HASH_BITS = 12
 C = 0.5  # inverse L2 strength: chosen on the validation passages' false positives, never on the held-out sets
 MAX_QUESTION_FP = 0.01
 MAX_PASSAGE_FP = 0.005
+#: the issue's false-positive goal for each benign set of questions and of chunks (each set on its own)
+GOALS = {"questions": 0.02, "chunks": 0.01}
 ATTACK_SETS = ("tensortrust", "bipia", "jailbreak")
 UNITS_VERSION = "injection-v1"  # bump when window_spans, units or embed_windows change
 EVALS = ROOT / "evals" / "guard"
+OVERRIDE = MARKERS["ignore_previous"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,11 +153,20 @@ def attack_texts(d: Path, rng: random.Random) -> dict[str, list[Text]]:
         text, span = insert(rng.choice(hosts), t, rng.choice(("start", "middle", "end")))
         tensortrust.append(Text(text, "tensortrust", True, span))
     jailbreak = [Text(i.text, "jailbreak", True) for i in read_direct(d / "jailbreak_inthewild/prompts.jsonl")]
+    # Generated imperatives aimed at the model, the contrast of the generated benign ones: in every model, as they
+    # come from no attack set.
+    generated_strings = model_directed(random.Random(SEED + 1))
+    generated = [Text(t, "generated-attacks", True) for t in generated_strings]
+    # And inside benign passages, as an indirect injection sits: its sentence is pooled in the passage's context.
+    grng = random.Random(SEED + 2)
+    for t in grng.sample(generated_strings, 400):
+        text, span = insert(grng.choice(hosts), t, grng.choice(("start", "middle", "end")))
+        generated.append(Text(text, "generated-attacks", True, span))
     bipia_items = [i for i in read_bipia(d / "bipia_train", contexts_per_attack=1, seed=SEED) if i.label]
     # Only inside their contexts: most BIPIA attacks are ordinary requests ("Explain the theory of relativity.")
     # that are attacks only where they sit; alone they would teach the model that every question is one.
     bipia = [Text(i.text, "bipia", True, i.span) for i in bipia_items]
-    return {"tensortrust": tensortrust, "bipia": bipia, "jailbreak": jailbreak}
+    return {"tensortrust": tensortrust, "bipia": bipia, "jailbreak": jailbreak, "generated-attacks": generated}
 
 
 def benign_texts(d: Path, rng: random.Random) -> list[Text]:
@@ -163,15 +187,39 @@ def benign_texts(d: Path, rng: random.Random) -> list[Text]:
     clean = [i for i in clean if i.category != "table/clean"] + rng.sample(tables, 150)
     out += [Text(i.text, "bipia-clean", False) for i in clean]
     out += [Text(p, "docs-train", False) for p in _docs_paragraphs(True)]
+    out += generated_benign(d, rng)
     return out
 
 
+def generated_benign(d: Path, rng: random.Random) -> list[Text]:
+    """Return the generated benign texts (benchmarks/injection_generated.py): follow-ups as questions, manual-style
+    imperatives and the imperative sentences of docs/'s training half and of SciFact's even-id passages as
+    passages; none equal to a held-out hard negative."""
+    held_out = [r["text"] for r in _jsonl(EVALS / "hard_negatives.jsonl")]
+    passages = [p for _, p in _passages(d / "scifact/corpus.jsonl", parity=True, limit=None, rng=rng)]
+    sets = {
+        "generated-followups": followups(rng),
+        "generated-manual": manual_sentences(rng),
+        "docs-imperatives": imperative_sentences(_docs_paragraphs(True), 400, rng),
+        "scifact-imperatives": imperative_sentences(passages, 200, rng),
+    }
+    return [
+        Text(t, source, False, kind="question" if source == "generated-followups" else "passage")
+        for source, texts in sets.items()
+        for t in without_held_out(texts, held_out)
+    ]
+
+
 def _docs_paragraphs(parity: bool) -> list[str]:
-    """Return the paragraphs (40 characters or more) of one half of the docs/ pages."""
+    """Return the paragraphs (40 characters or more) of one half of the docs/ pages, but none that quotes a
+    hand-written hard negative (docs/guards.md quotes some: that list is never trained on), and none that quotes an
+    override of the model's instructions (a page quoting the issue's attack is no negative example of it)."""
+    held_out = [r["text"].lower() for r in _jsonl(EVALS / "hard_negatives.jsonl")]
     paragraphs = []
     for page in _docs_pages(parity):
         for para in re.split(r"\n\s*\n", page.read_text(encoding="utf-8")):
-            if len(para.strip()) >= 40:
+            text = " ".join(para.split()).lower()
+            if len(para.strip()) >= 40 and not any(h in text for h in held_out) and not OVERRIDE.search(para):
                 paragraphs.append(para.strip())
     return paragraphs
 
@@ -334,7 +382,8 @@ def feature_matrix(u: Units) -> sparse.csr_matrix:
         cols += buckets.tolist()
         vals += values.tolist()
     hashed = sparse.csr_matrix((vals, (rows, cols)), shape=(len(u.texts), 1 << HASH_BITS), dtype=np.float32)
-    return sparse.hstack([sparse.csr_matrix(EMBED_SCALE * u.vectors), sparse.csr_matrix(dense), hashed]).tocsr()
+    scaled = vector_weights(u.texts)[:, None] * u.vectors
+    return sparse.hstack([sparse.csr_matrix(scaled), sparse.csr_matrix(dense), hashed]).tocsr()
 
 
 def fit(x: sparse.csr_matrix, y: npt.NDArray[np.int8], dim: int, embed_model: str) -> InjectionWeights:
@@ -429,7 +478,7 @@ def main() -> None:
     cache = UnitCache(embedder)
     t0 = time.perf_counter()
     attacks = attack_texts(d, rng)
-    texts = [t for name in ATTACK_SETS for t in attacks[name]] + benign_texts(d, rng)
+    texts = [t for name in attacks for t in attacks[name]] + benign_texts(d, rng)
     console.print(f"{len(texts)} training texts; embedding (cached at {cache.path})")
     u = build_units(texts, cache)
     corpus = Corpus(texts, u, feature_matrix(u))
@@ -471,14 +520,14 @@ def main() -> None:
             scores_ = [max(detector.score_embedded(w)) for w in windows]
             r = _rate([s >= final.threshold for s in scores_])
             worst = sorted(zip(scores_, items, strict=True), reverse=True)[:3]
-            fp[kind][name] = {**r, "highest": [{"score": round(s, 4), "text": t[:160]} for s, t in worst]}
-            fp_rows.append({"kind": kind, "set": name, "n": r["n"], "fp rate": r["rate"], "95% CI": str(r["ci95"])})
-    for kind in ("questions", "chunks"):
-        flagged = sum(v["flagged"] for k, v in fp[kind].items() if k != "hard-negatives")
-        n = sum(v["n"] for k, v in fp[kind].items() if k != "hard-negatives")
-        fp[kind]["all (hard negatives apart)"] = _rate([True] * flagged + [False] * (n - flagged))
-        fp_rows.append({"kind": kind, "set": "all (hard negatives apart)", "n": n, "fp rate": round(flagged / n, 4),
-                        "95% CI": str(fp[kind]["all (hard negatives apart)"]["ci95"])})  # fmt: skip
+            # Each set is held to the goal on its own: a pooled rate would hide a set the detector fails on.
+            goal = None if name == "hard-negatives" else GOALS[kind]
+            meets = None if goal is None else bool(r["rate"] is not None and r["rate"] <= goal)
+            fp[kind][name] = {**r, "goal": goal, "meets_goal": meets,
+                              "highest": [{"score": round(s, 4), "text": t[:160]} for s, t in worst]}  # fmt: skip
+            fp_rows.append({"kind": kind, "set": name, "n": r["n"], "flagged": r["flagged"], "fp rate": r["rate"],
+                            "95% CI": str(r["ci95"]), "goal": "-" if goal is None else f"<= {goal}",
+                            "meets": "-" if meets is None else ("yes" if meets else "NO")})  # fmt: skip
     cache.save()
     print_table("Shipped model: false positives on benign sets never trained on", fp_rows)
 

@@ -25,19 +25,22 @@ import numpy as np
 import numpy.typing as npt
 
 from archivist.embed.base import Embedder, Span, Vectors, span_pooling
-from archivist.guard._lexical import FEATURE_NAMES, N_DENSE, dense_features, hashed_ngrams
+from archivist.guard._lexical import FEATURE_NAMES, N_DENSE, dense_features, hashed_ngrams, word_count
 from archivist.text.sentences import sentence_spans
 from archivist.types import UsageError
 
 #: the shipped weights, trained by benchmarks/train_injection_guard.py
 MODEL_FILE = Path(__file__).resolve().parent / "models" / "injection.npz"
 #: bumped whenever units or features are computed differently: weights of another version are refused
-FEATURE_VERSION = "injection-v3"
+FEATURE_VERSION = "injection-v4"
 #: a text longer than this many model tokens is scored in windows of it, `WINDOW_STRIDE` tokens apart
 WINDOW_TOKENS = 224
 WINDOW_STRIDE = 192
 #: unit vectors have entries near ±0.1; this puts them on the scale of the 0/1 lexical features
 EMBED_SCALE = 4.0
+#: a unit of fewer words than this has its vector count in proportion: the vector of "Why?" says little about whom
+#: the text addresses, yet lies among short attack strings, so at full weight it alone flagged one-word follow-ups
+FULL_VECTOR_WORDS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +194,11 @@ def units(item: EmbeddedText) -> tuple[list[str], Vectors]:
     return texts, vectors
 
 
+def vector_weights(texts: Sequence[str]) -> npt.NDArray[np.float64]:
+    """Return, per unit text, the factor its vector is scaled by: `EMBED_SCALE`, less for texts of very few words."""
+    return np.array([EMBED_SCALE * min(1.0, word_count(t) / FULL_VECTOR_WORDS) for t in texts], dtype=np.float64)
+
+
 def unit_logits(weights: InjectionWeights, texts: Sequence[str], vectors: Vectors) -> npt.NDArray[np.float64]:
     """Return the model's logit for each unit (text and its vector)."""
     if vectors.shape != (len(texts), weights.embed.shape[0]):
@@ -198,7 +206,7 @@ def unit_logits(weights: InjectionWeights, texts: Sequence[str], vectors: Vector
             f"expected {len(texts)} vectors of dimension {weights.embed.shape[0]} ({weights.embed_model}), "
             f"got shape {vectors.shape}"
         )
-    logits = EMBED_SCALE * (vectors.astype(np.float64) @ weights.embed.astype(np.float64)) + weights.bias
+    logits = vector_weights(texts) * (vectors.astype(np.float64) @ weights.embed.astype(np.float64)) + weights.bias
     bits = weights.hash_bits
     for i, text in enumerate(texts):
         buckets, values = hashed_ngrams(text, bits)
