@@ -252,7 +252,9 @@ def _serve_and_log(tmp_path: Path, embedder: MiniLMEmbedder, redact: bool) -> tu
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonLogFormatter())
     root = logging.getLogger()
-    level, root.level = root.level, logging.INFO
+    # setLevel, not an assignment: it clears the loggers' cached isEnabledFor answers from earlier tests.
+    level = root.level
+    root.setLevel(logging.INFO)
     root.addHandler(handler)
     try:
         with Archivist(settings, open_store(settings.store), embedder) as app:
@@ -268,7 +270,7 @@ def _serve_and_log(tmp_path: Path, embedder: MiniLMEmbedder, redact: bool) -> tu
             assert {r.route for r in rows} >= {"/v1/search", "/v1/collections/{collection}/documents/{document_id}"}
     finally:
         root.removeHandler(handler)
-        root.level = level
+        root.setLevel(level)
     stored = b"".join(p.read_bytes() for p in tmp_path.glob("store.db*"))
     return stream.getvalue(), stored
 
