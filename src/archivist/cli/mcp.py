@@ -40,6 +40,10 @@ def mcp(
     # On stdio, stdout carries the protocol: every log line goes to stderr.
     configure_logging(log_level)
     with open_app(store, existing=True) as archivist:
+        from archivist.guard.pii import install_log_redaction
+
+        # As `serve` does: user text in this process's log lines is redacted unless the settings turn it off.
+        install_log_redaction(archivist.settings.pii_redact_logs)
         from archivist.agent.tools import load_tools
         from archivist.mcp.calls import CallLog
 

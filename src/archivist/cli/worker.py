@@ -41,6 +41,10 @@ def worker(
     configure_logging(log_level)
     log = logging.getLogger("archivist.worker")
     with open_app(store, existing=True) as archivist:
+        from archivist.guard.pii import install_log_redaction
+
+        # As `serve` does: user text in this process's log lines is redacted unless the settings turn it off.
+        install_log_redaction(archivist.settings.pii_redact_logs)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
