@@ -294,7 +294,11 @@ def test_a_run_another_process_drives_is_a_409_and_resumes_once_it_lets_go(live:
         now = datetime.now(UTC)
         until = (now + timedelta(seconds=60)).isoformat(timespec="seconds")
         holder = "elsewhere:1:cafe0001"
-        assert store.lease_agent_run(run["id"], holder, until=until, now=now.isoformat(timespec="seconds")) == holder
+        # The server's driver lets go of the lease just after it records the pause: wait for that, then take it.
+        deadline = time.monotonic() + 10
+        while store.lease_agent_run(run["id"], holder, until=until, now=now.isoformat(timespec="seconds")) != holder:
+            assert time.monotonic() < deadline, "the server kept the lease of a paused run"
+            time.sleep(0.05)
         refused = assert_error(c.post(f"/v1/agent/runs/{run['id']}/resume"), 409, "conflict")
         assert "being driven by another process (elsewhere:1:cafe0001)" in refused["message"]
         # An approval refused with 409 records nothing: the decision is still the person's to make.

@@ -46,20 +46,39 @@ def _corpus(store: Store, model: str, dim: int) -> None:
         ({"solo.md": ["rotate the signing keys alone"]}, "solo"),
     ]
     for docs, team in groups:
-        writes, vectors = [], {}
-        for source, paragraphs in docs.items():
-            text = "\n\n".join(paragraphs)
-            doc = Document(source, source, text, "text/markdown", [], {"team": team})
-            chunks, pos = [], 0
-            for i, p in enumerate(paragraphs):
-                chunks.append(Chunk(doc.id, i, p, pos, pos + len(p), (), 6))
-                pos += len(p) + 2
-            hashes = [sha256_hex(c.embedding_text(doc.title)) for c in chunks]
-            for h in hashes:
-                v = rng.normal(size=dim)
-                vectors[h] = (v / np.linalg.norm(v)).astype(np.float32)
-            writes.append(DocumentWrite(doc, chunks, hashes, "c1"))
-        store.write_documents(model, writes, vectors)
+        _write(
+            store,
+            model,
+            dim,
+            rng,
+            [(source, source, paragraphs, {"team": team}) for source, paragraphs in docs.items()],
+        )
+
+
+def _write(
+    store: Store,
+    model: str,
+    dim: int,
+    rng: np.random.Generator,
+    docs: list[tuple[str, str, list[str], dict[str, Any]]],
+) -> list[DocumentWrite]:
+    """Write documents (source, title, paragraphs, metadata) in one batch, a chunk per paragraph, each chunk with its
+    own random unit vector; return the writes."""
+    writes, vectors = [], {}
+    for source, title, paragraphs, metadata in docs:
+        text = "\n\n".join(paragraphs)
+        doc = Document(source, title, text, "text/markdown", [], metadata)
+        chunks, pos = [], 0
+        for i, para in enumerate(paragraphs):
+            chunks.append(Chunk(doc.id, i, para, pos, pos + len(para), (), len(para.split())))
+            pos += len(para) + 2
+        hashes = [sha256_hex(c.embedding_text(doc.title)) for c in chunks]
+        for h in hashes:
+            v = rng.normal(size=dim)
+            vectors[h] = (v / np.linalg.norm(v)).astype(np.float32)
+        writes.append(DocumentWrite(doc, chunks, hashes, "c1"))
+    store.write_documents(model, writes, vectors)
+    return writes
 
 
 @pytest.fixture(scope="module")
@@ -265,21 +284,11 @@ def _zipf_corpus(store: Store, model: str, dim: int) -> None:
     words = [f"w{i}" for i in range(300)]
     p = 1.0 / (np.arange(300) + 2.0)
     p /= p.sum()
-    writes, vectors = [], {}
+    docs: list[tuple[str, str, list[str], dict[str, Any]]] = []
     for d in range(40):
         paragraphs = [" ".join(rng.choice(words, size=12, p=p)) for _ in range(30)]
-        text = "\n\n".join(paragraphs)
-        doc = Document(f"zipf{d}.md", f"zipf {d}", text, "text/markdown", [], {"tenant": f"t{d % 8}"})
-        chunks, pos = [], 0
-        for i, para in enumerate(paragraphs):
-            chunks.append(Chunk(doc.id, i, para, pos, pos + len(para), (), 12))
-            pos += len(para) + 2
-        hashes = [sha256_hex(c.embedding_text(doc.title)) for c in chunks]
-        for h in hashes:
-            v = rng.normal(size=dim)
-            vectors[h] = (v / np.linalg.norm(v)).astype(np.float32)
-        writes.append(DocumentWrite(doc, chunks, hashes, "c1"))
-    store.write_documents(model, writes, vectors)
+        docs.append((f"zipf{d}.md", f"zipf {d}", paragraphs, {"tenant": f"t{d % 8}"}))
+    _write(store, model, dim, rng, docs)
 
 
 def test_bm25_top_k_read_from_the_rarest_terms_first_is_the_exact_top_k(
@@ -396,28 +405,18 @@ def test_chunks_that_tie_to_nine_decimals_rank_by_id_whatever_order_their_terms_
     top k equals the full scan's, here with plans (hash joins, bitmap scans) that add terms in stored order."""
     rng = np.random.default_rng(11)
     words = [f"t{i}" for i in range(40)]
-    writes, vectors = [], {}
+    docs: list[tuple[str, str, list[str], dict[str, Any]]] = []
     for d in range(30):
         terms = list(rng.choice(words, size=6, replace=False))
         paragraphs = [" ".join(terms), " ".join(reversed(terms)), " ".join(rng.choice(words, size=6))]
-        text = "\n\n".join(paragraphs)
-        doc = Document(f"tie{d}.md", f"tie {d}", text, "text/markdown", [], {})
-        chunks, pos = [], 0
-        for i, para in enumerate(paragraphs):
-            chunks.append(Chunk(doc.id, i, para, pos, pos + len(para), (), 6))
-            pos += len(para) + 2
-        hashes = [sha256_hex(c.embedding_text(doc.title)) for c in chunks]
-        for h in hashes:
-            v = rng.normal(size=embedder.dim)
-            vectors[h] = (v / np.linalg.norm(v)).astype(np.float32)
-        writes.append(DocumentWrite(doc, chunks, hashes, "c1"))
+        docs.append((f"tie{d}.md", f"tie {d}", paragraphs, {}))
     sep = "&" if "?" in postgres_url else "?"
     hashing = (
         "options=-c%20enable_nestloop%3Doff%20-c%20enable_mergejoin%3Doff%20-c%20enable_indexscan%3Doff"
         "%20-c%20enable_indexonlyscan%3Doff"
     )
     with closing(open_store(postgres_url)) as store:
-        store.write_documents(embedder.model_id, writes, vectors)
+        writes = _write(store, embedder.model_id, embedder.dim, rng, docs)
     vector = embedder.embed_query("anything")
     with closing(open_store(f"{postgres_url}{sep}{hashing}")) as store:
         for d in range(30):
