@@ -37,7 +37,7 @@ MAX_EF_SEARCH = 1000
 #: a search for k rows walks a candidate list of this many times k: the retriever's pool of 100 then finds 0.925 of
 #: the exact top 10 at 300k clustered vectors, for a dense search of 3.9 ms p50 (benchmarks/postgres_scale.py)
 EF_PER_ROW = 4
-#: the spread of a query's cosine is summed exactly over every chunk vector while they hold at most this many
+#: the spread of a query's cosine is read exactly from every chunk vector while they hold at most this many
 #: numbers (20,833 vectors at 384 dimensions: SciFact's 11,898 chunks are exact), from a random sample beyond
 SECOND_MOMENT_VALUES = 8_000_000
 #: writes after which a sampled covariance is read again even if the row count stayed within a tenth
@@ -108,6 +108,17 @@ SELECT id, score FROM scored ORDER BY round(score::numeric, 9) DESC, id LIMIT %(
 """
 
 
+@dataclass(frozen=True, slots=True)
+class _Spread:
+    """A model's matrix for the spread of a query's cosine: E[x xᵀ] over every vector (`exact`) or a sample's
+    covariance, with the row count and store generation it was read at."""
+
+    exact: bool
+    rows: int
+    generation: int
+    matrix: npt.NDArray[np.float64]
+
+
 class PostgresSearch(PostgresDocuments):
     """The `SearchIndex` of a PostgreSQL database: HNSW dense search, exact BM25 and exact candidate scores."""
 
@@ -122,8 +133,8 @@ class PostgresSearch(PostgresDocuments):
     def __init__(self, url: str) -> None:
         #: each model's vector size, once its first vectors exist (it never changes after)
         self._dimensions: dict[str, int] = {}
-        #: each large model's sampled covariance: (the row count and the store generation it was read at, matrix)
-        self._seconds: dict[str, tuple[int, int, npt.NDArray[np.float64]]] = {}
+        #: each model's cosine spread matrix as last read (see `_cosine_variance`)
+        self._seconds: dict[str, _Spread] = {}
         super().__init__(url)
 
     def _model_dimensions(self, model: str, query: Vectors) -> int | None:
@@ -268,27 +279,34 @@ class PostgresSearch(PostgresDocuments):
     def _cosine_variance(
         self, conn: Connection, model: str, rows: int, query: npt.NDArray[np.float64], mean: float
     ) -> float:
-        """Return the variance of q·x over the model's chunk vectors: summed in SQL over every chunk while they hold
-        at most `dense_exact_values` numbers (exact, as SQLite's), else qᵀ S q with S the covariance of a seeded
-        random sample of the model's own chunks of that size, kept in this process until the rows change by a
-        tenth or a thousand writes have gone by."""
+        """Return the variance of q·x over the model's chunk vectors, from a matrix kept in this process: E[x xᵀ]
+        over every vector while they hold at most `dense_exact_values` numbers (exact, as SQLite's; read again after
+        any write), else the covariance of a seeded random sample of the model's own chunks of that size (read
+        again when the rows change by a tenth or a thousand writes have gone by). A query then costs qᵀ M q."""
         dim = query.shape[0]
         cap = max(1, self.dense_exact_values // dim)
-        join = "FROM chunks c JOIN embeddings e ON e.model = %s AND e.text_hash = c.embed_hash"
-        if rows <= cap:
-            found = conn.execute(
-                f"SELECT COALESCE(avg((e.vector <#> %s) ^ 2), 0) {join}", (Vector(query.astype(np.float32)), model)
-            ).fetchone()
-            assert found is not None
-            return float(found[0]) - mean * mean
-        generation = self.generation()
+        exact = rows <= cap
+        row = conn.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        generation = int(row[0]) if row else 0
         kept = self._seconds.get(model)
         if (
             kept is None
-            or kept[2].shape[0] != dim
-            or abs(kept[0] - rows) * 10 > rows
-            or generation - kept[1] > COVARIANCE_WRITES
+            or kept.exact != exact
+            or kept.matrix.shape[0] != dim
+            or (generation != kept.generation if exact else abs(kept.rows - rows) * 10 > rows)
+            or generation - kept.generation > COVARIANCE_WRITES
         ):
+            kept = self._read_spread(conn, model, rows, generation, cap, exact)
+            self._seconds[model] = kept
+        if kept.exact:
+            return float(query @ kept.matrix @ query) - mean * mean
+        return float(query @ kept.matrix @ query)
+
+    def _read_spread(self, conn: Connection, model: str, rows: int, generation: int, cap: int, exact: bool) -> _Spread:
+        """Return the model's E[x xᵀ] over every chunk vector (exact), or the covariance of a sample of about `cap`."""
+        join = "FROM chunks c JOIN embeddings e ON e.model = %s AND e.text_hash = c.embed_hash"
+        sample: list[Any] = []
+        if not exact:
             # A Bernoulli sample of the chunks (seeded, so a process reads the same one), joined to this model's
             # vectors: sampling ids across the table would miss a model that holds few of the store's chunks.
             # Each chunk is kept with this probability, so about 1.2 × cap of the model's rows come back.
@@ -298,17 +316,12 @@ class PostgresSearch(PostgresDocuments):
                 " JOIN embeddings e ON e.model = %s AND e.text_hash = c.embed_hash LIMIT %s",
                 (share, model, cap),
             ).fetchall()
-            if len(sample) < 2:
-                found = conn.execute(
-                    f"SELECT COALESCE(avg((e.vector <#> %s) ^ 2), 0) {join}",
-                    (Vector(query.astype(np.float32)), model),
-                ).fetchone()
-                assert found is not None
-                return float(found[0]) - mean * mean
-            matrix = np.stack([v.to_numpy() for (v,) in sample]).astype(np.float64)
-            kept = (rows, generation, np.cov(matrix, rowvar=False))
-            self._seconds[model] = kept
-        return float(query @ kept[2] @ query)
+        if len(sample) < 2:  # exact, or a sample too small to estimate from: every vector
+            found = conn.execute(f"SELECT e.vector {join}", (model,)).fetchall()
+            matrix = np.stack([v.to_numpy() for (v,) in found]).astype(np.float64) if found else np.zeros((1, 1))
+            return _Spread(True, rows, generation, (matrix.T @ matrix) / max(len(found), 1))
+        matrix = np.stack([v.to_numpy() for (v,) in sample]).astype(np.float64)
+        return _Spread(False, rows, generation, np.cov(matrix, rowvar=False))
 
     @property
     def _sampling(self) -> tuple[int, int]:
