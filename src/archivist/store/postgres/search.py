@@ -127,7 +127,7 @@ class PostgresSearch(PostgresDocuments):
     bm25_sample_from = BM25_SAMPLE_FROM
     #: a query term in at most this many rows is counted exactly in an estimate
     bm25_exact_df = EXACT_DF
-    #: numbers in the chunk vectors up to which a query's cosine spread is summed exactly (SECOND_MOMENT_VALUES)
+    #: numbers in the chunk vectors up to which a query's cosine spread is read exactly (SECOND_MOMENT_VALUES)
     dense_exact_values = SECOND_MOMENT_VALUES
 
     def __init__(self, url: str) -> None:
