@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -230,6 +231,16 @@ def test_ended_jobs_are_deleted_after_the_retention_and_open_ones_never(queue: A
     queue.create_job(_job(9))  # an enqueue rotates
     assert sorted(j.id for j in queue.list_jobs()) == ["job-0002", "job-0003", "job-0009"]
     assert queue.job_input("job-0002") == b"input"
+    # A store URL's job_retention_days keeps ended jobs for that long instead: 3 days drops one ended 5 days ago.
+    queue.update_job("job-0009", status="succeeded")
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        five_days_ago = (datetime.now(UTC) - timedelta(days=5)).isoformat(timespec="seconds")
+        conn.execute("UPDATE jobs SET updated_at = %s WHERE id IN ('job-0003', 'job-0009')", (five_days_ago,))
+    queue.create_job(_job(10))  # 30 days by default: both stay
+    assert sorted(j.id for j in queue.list_jobs()) == ["job-0002", "job-0003", "job-0009", "job-0010"]
+    with closing(open_store(postgres_url + "&job_retention_days=3")) as short:
+        short.create_job(_job(11))
+    assert sorted(j.id for j in queue.list_jobs()) == ["job-0002", "job-0010", "job-0011"]
 
 
 def test_archivist_workers_ingest_what_an_api_process_queues_on_postgres(postgres_url: str, tmp_path: Path) -> None:

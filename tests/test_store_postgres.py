@@ -59,6 +59,7 @@ def test_a_bad_url_is_a_usage_error_naming_what_is_wrong() -> None:
         "postgresql://u:secret@host/db?pool_size=0": "pool_size must be a whole number ≥ 1, not '0'",
         "postgresql://host/db?statement_timeout_ms=soon&password=secret": "statement_timeout_ms must be a whole number",
         "postgresql://host/db?statement_timeout_ms=99999999999999&password=secret": "between 0 and 2147483647",
+        "postgresql://host/db?job_retention_days=0": "job_retention_days must be a whole number between 1 and 36500",
         "postgresql://u:secret@[::1/db": "Invalid IPv6 URL",
     }
     for url, message in cases.items():

@@ -43,8 +43,6 @@ _ROTATE_BATCH = 200
 class PostgresJobs(PostgresDatabase):
     """The `JobQueue` of a PostgreSQL database, with `on_job_queued` to wake idle workers at once."""
 
-    #: days an ended job (succeeded or failed) is kept before an enqueue deletes it
-    job_retention_days: float = 30.0
     _job_listener: JobListener | None = None
 
     def create_job(self, job: JobRecord, data: bytes | None = None) -> None:
@@ -100,7 +98,7 @@ class PostgresJobs(PostgresDatabase):
 
     def _rotate_jobs(self, conn: Connection) -> None:
         """Delete the oldest ended jobs past the retention (their inputs went when they ended)."""
-        cutoff = (datetime.now(UTC) - timedelta(days=self.job_retention_days)).isoformat(timespec="seconds")
+        cutoff = (datetime.now(UTC) - timedelta(days=self._target.job_retention_days)).isoformat(timespec="seconds")
         conn.execute(
             "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE status IN ('succeeded', 'failed')"
             " AND updated_at < %s ORDER BY updated_at LIMIT %s FOR UPDATE SKIP LOCKED)",

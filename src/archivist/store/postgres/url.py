@@ -19,8 +19,10 @@ DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
 #: walks the HNSW index. An exact scan of 10,000 384-d vectors costs about what a filtered HNSW walk does
 #: (benchmarks/postgres_scale.py), and filtered HNSW walks lose recall when few chunks pass
 DEFAULT_EXACT_DENSE_BELOW = 10_000
+#: days an ended job (succeeded or failed, dead-lettered included) is kept before an enqueue deletes it
+DEFAULT_JOB_RETENTION_DAYS = 30
 #: URL parameters Archivist reads itself; every other one goes to libpq (sslmode, host=/socket/dir, ...)
-OUR_PARAMETERS = ("pool_size", "statement_timeout_ms", "exact_dense_below")
+OUR_PARAMETERS = ("pool_size", "statement_timeout_ms", "exact_dense_below", "job_retention_days")
 EXAMPLE = "postgresql://user:password@host:5432/dbname"
 
 
@@ -36,6 +38,8 @@ class PostgresURL:
     statement_timeout_ms: int
     #: a filtered dense search over at most this many passing chunks is exact (0: never; see DEFAULT_EXACT_DENSE_BELOW)
     exact_dense_below: int
+    #: days an ended job is kept (DEFAULT_JOB_RETENTION_DAYS); its input bytes go when it ends, whatever this is
+    job_retention_days: int
 
 
 def parse_postgres_url(url: str) -> PostgresURL:
@@ -74,6 +78,9 @@ def parse_postgres_url(url: str) -> PostgresURL:
         ),
         exact_dense_below=_whole(
             ours, "exact_dense_below", DEFAULT_EXACT_DENSE_BELOW, minimum=0, maximum=2**31 - 1, url=url
+        ),
+        job_retention_days=_whole(
+            ours, "job_retention_days", DEFAULT_JOB_RETENTION_DAYS, minimum=1, maximum=36_500, url=url
         ),
     )
 
