@@ -74,6 +74,9 @@ class _WriteState:
     documents: int = 0
     document_length: int = 0
     moments: dict[str, _Moments] = field(default_factory=dict)
+    #: rows the inserted chunks and documents add to each term's chunk and document frequency, by term id
+    chunk_df: Counter[int] = field(default_factory=Counter)
+    doc_df: Counter[int] = field(default_factory=Counter)
 
     def vectors(self, rows: Sequence[tuple[str, Vector]], sign: int) -> None:
         """Count (model, vector) rows into each model's sums."""
@@ -295,13 +298,11 @@ class PostgresDocuments(PostgresDatabase):
             with cur.copy("COPY document_terms (term_id, document_id, tf, term_length) FROM STDIN") as copy:
                 for term, n in summed.items():
                     copy.write_row((term_ids[term], doc.id, n, sum(lengths)))
+        # Counted into the terms' frequencies once for the whole write (`_finish_write`): a common term's row is
+        # then rewritten once a batch, not once a document.
         chunk_df = Counter(term_ids[t] for tc in doc_counts for t in tc)
-        conn.execute(
-            # `t.id = ANY(…)` as well as the join: the planner then reads those rows by key instead of the table.
-            "UPDATE terms t SET chunk_df = t.chunk_df + x.n, doc_df = t.doc_df + 1"
-            " FROM unnest(%s::int[], %s::int[]) x(id, n) WHERE t.id = x.id AND t.id = ANY(%s)",
-            (list(chunk_df), list(chunk_df.values()), list(chunk_df)),
-        )
+        state.chunk_df.update(chunk_df)
+        state.doc_df.update(chunk_df.keys())
         conn.execute(
             "INSERT INTO chunk_inserts (chunk_id, generation) SELECT unnest(%s::bigint[]), %s",
             (chunk_ids, generation),
@@ -598,6 +599,14 @@ def _finish_write(conn: Connection, generation: int, state: _WriteState) -> None
             [state.chunks, state.chunk_length, state.documents, state.document_length],
         ),
     )
+    if state.chunk_df:
+        ids = sorted(state.chunk_df)  # in key order, so concurrent writers lock the rows in one order
+        conn.execute(
+            # `t.id = ANY(…)` as well as the join: the planner then reads those rows by key instead of the table.
+            "UPDATE terms t SET chunk_df = t.chunk_df + x.n, doc_df = t.doc_df + x.d"
+            " FROM unnest(%s::int[], %s::int[], %s::int[]) x(id, n, d) WHERE t.id = x.id AND t.id = ANY(%s)",
+            (ids, [state.chunk_df[i] for i in ids], [state.doc_df[i] for i in ids], ids),
+        )
     for model, change in state.moments.items():
         if change.total is None or (not change.rows and not change.total.any()):
             continue
