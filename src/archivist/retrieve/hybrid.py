@@ -13,7 +13,7 @@ from archivist.retrieve.fusion import rrf, zscore_fusion
 from archivist.retrieve.learned import LearnedFusionModel, fused_zscore, learned_fusion, load_model
 from archivist.store.filters import Filters, check_filter_keys
 from archivist.store.protocols import Store
-from archivist.store.records import CandidateScores, StoredChunk, chunk_hit
+from archivist.store.records import CandidateScores, CorpusMoments, StoredChunk, chunk_hit
 from archivist.text.analyzer import Analyzer
 from archivist.types import Hit, UsageError
 
@@ -109,10 +109,15 @@ class HybridRetriever:
             bm25_future = self._executor.submit(self.store.bm25_search, query, n, filters)
         dense: list[tuple[int, float]] = []
         exact: dict[int, tuple[float, float]] = {}
+        scoring = mode == "hybrid" and use_dense and use_bm25 and scored
+        moments_future: Future[CorpusMoments] | None = None
         if use_dense:
             embedder = self._embedder()
             with span("embed", kind="query"):
                 vector = embedder.embed_query(query)
+            if scoring:
+                # The corpus moments depend on the query alone: read them while the two searches run.
+                moments_future = self._executor.submit(self.store.corpus_moments, embedder.model_id, vector, query)
             dense = self.store.dense_search(embedder.model_id, vector, n, filters)
         warnings: list[str] = []
         if use_dense and len(dense) < n:
@@ -123,9 +128,10 @@ class HybridRetriever:
         bm25 = bm25_future.result() if bm25_future is not None else []
 
         prefetched: dict[int, StoredChunk] = {}
-        if mode == "hybrid" and use_dense and use_bm25 and scored:
+        if scoring:
             ids = list(dict.fromkeys([i for i, _ in dense] + [i for i, _ in bm25]))
-            scores = self.store.candidate_scores(embedder.model_id, vector, query, ids)
+            moments = moments_future.result() if moments_future is not None else None
+            scores = self.store.candidate_scores(embedder.model_id, vector, query, ids, moments)
             exact = {cid: (d, b) for cid, d, b in zip(ids, scores.dense, scores.bm25, strict=True)}
             if learned:
                 fused, prefetched = self._learned(query, ids, scores)

@@ -20,6 +20,7 @@ from archivist.store.records import (
     CandidateScores,
     Changes,
     CollectionRecord,
+    CorpusMoments,
     DocumentOrder,
     DocumentWrite,
     EffectRecord,
@@ -153,8 +154,15 @@ class SearchIndex(Protocol):
         filters (an empty list when the store holds no sentence vectors under `model`)."""
         ...
 
-    def candidate_scores(self, model: str, query_vector: Vectors, query: str, ids: Sequence[int]) -> CandidateScores:
-        """Return dense, chunk BM25 and document BM25 scores of the given chunks, with each one's corpus spread."""
+    def corpus_moments(self, model: str, query_vector: Vectors, query: str) -> CorpusMoments:
+        """Return the mean and spread of the query's dense, chunk BM25 and document BM25 scores over the corpus."""
+        ...
+
+    def candidate_scores(
+        self, model: str, query_vector: Vectors, query: str, ids: Sequence[int], moments: CorpusMoments | None = None
+    ) -> CandidateScores:
+        """Return dense, chunk BM25 and document BM25 scores of the given chunks, with each one's corpus spread
+        (`moments` when given: what `corpus_moments` returned for this query, read while the search ran)."""
         ...
 
 

@@ -188,6 +188,19 @@ class SentenceHit:
 
 
 @dataclass(frozen=True, slots=True)
+class CorpusMoments:
+    """The mean and spread over the corpus of a query's three scores: dense cosine and chunk BM25 over chunks,
+    document BM25 over documents (what z-score and learned fusion normalise by; they depend on the query only)."""
+
+    dense_mean: float
+    dense_std: float
+    bm25_mean: float
+    bm25_std: float
+    doc_bm25_mean: float
+    doc_bm25_std: float
+
+
+@dataclass(frozen=True, slots=True)
 class CandidateScores:
     """Exact scores of a set of chunks, and each score's distribution over the corpus.
 

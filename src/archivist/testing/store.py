@@ -22,7 +22,7 @@ import pytest
 from archivist.embed.base import Vectors
 from archivist.store.filters import Filters
 from archivist.store.protocols import Store
-from archivist.store.records import ChunkGuard, DocumentWrite
+from archivist.store.records import ChunkGuard, CorpusMoments, DocumentWrite
 from archivist.types import (
     Block,
     Chunk,
@@ -330,6 +330,20 @@ class SearchIndexTests(StoreFixtures):
         assert scores.dense_mean == pytest.approx(dense_values.mean(), abs=1e-5)
         assert scores.dense_std == pytest.approx(dense_values.std(), abs=1e-4)
         assert (scores.bm25_mean, scores.bm25_std) == pytest.approx((bm25_values.mean(), bm25_values.std()), abs=1e-5)
+        # The moments read on their own (as hybrid search does, while it searches) are the same, and scores built
+        # from given moments carry those moments and the same exact scores.
+        moments = store.corpus_moments(MODEL, q, "beta")
+        assert (moments.dense_mean, moments.dense_std, moments.bm25_mean, moments.bm25_std) == pytest.approx(
+            (scores.dense_mean, scores.dense_std, scores.bm25_mean, scores.bm25_std), abs=1e-9
+        )
+        assert (moments.doc_bm25_mean, moments.doc_bm25_std) == pytest.approx(
+            (scores.doc_bm25_mean, scores.doc_bm25_std), abs=1e-9
+        )
+        given = CorpusMoments(0.5, 2.0, 1.5, 3.0, 2.5, 4.0)
+        again = store.candidate_scores(MODEL, q, "beta", all_ids, given)
+        assert (again.dense_mean, again.dense_std, again.bm25_mean, again.bm25_std) == (0.5, 2.0, 1.5, 3.0)
+        assert (again.doc_bm25_mean, again.doc_bm25_std) == (2.5, 4.0)
+        assert (again.dense, again.bm25, again.doc_bm25) == (scores.dense, scores.bm25, scores.doc_bm25)
 
     def test_document_bm25_sums_term_counts_over_a_documents_chunks(self, store: Store) -> None:
         _needs(store, "candidate_scores")

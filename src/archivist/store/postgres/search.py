@@ -27,7 +27,7 @@ from archivist.store.memindex import BM25_B, BM25_K1
 from archivist.store.postgres.database import Connection
 from archivist.store.postgres.docsql import filter_sql, index_kind
 from archivist.store.postgres.documents import PostgresDocuments
-from archivist.store.records import CandidateScores, IndexCapabilities, SentenceHit
+from archivist.store.records import CandidateScores, CorpusMoments, IndexCapabilities, SentenceHit
 from archivist.types import ArchivistError
 
 #: the HNSW candidate list a dense search starts from when the connection sets none (pgvector's default); a
@@ -327,35 +327,49 @@ class PostgresSearch(PostgresDocuments):
     def _sampling(self) -> tuple[int, int]:
         return self.bm25_sample_from, self.bm25_exact_df
 
-    def candidate_scores(self, model: str, query_vector: Vectors, query: str, ids: Sequence[int]) -> CandidateScores:
-        """Return dense, chunk BM25 and document BM25 scores of the given chunks, with each one's corpus spread."""
+    def corpus_moments(self, model: str, query_vector: Vectors, query: str) -> CorpusMoments:
+        """Return the mean and spread of the query's dense, chunk BM25 and document BM25 scores over the corpus."""
+        with self._snapshot() as conn:
+            return self._corpus_moments(conn, model, np.asarray(query_vector, dtype=np.float32), query)
+
+    def _corpus_moments(self, conn: Connection, model: str, q: npt.NDArray[np.float32], query: str) -> CorpusMoments:
+        d_mean, d_std = _dense_stats(conn, model, q, lambda n, v, m: self._cosine_variance(conn, model, n, v, m))
+        analyzed = self._analyzer.terms(query)
+        b_mean, b_std = _level_moments(conn, _CHUNKS, analyzed, self._sampling)
+        doc_mean, doc_std = _level_moments(conn, _DOCUMENTS, analyzed, self._sampling)
+        return CorpusMoments(d_mean, d_std, b_mean, b_std, doc_mean, doc_std)
+
+    def candidate_scores(
+        self, model: str, query_vector: Vectors, query: str, ids: Sequence[int], moments: CorpusMoments | None = None
+    ) -> CandidateScores:
+        """Return dense, chunk BM25 and document BM25 scores of the given chunks, with each one's corpus spread
+        (`moments` when given: what `corpus_moments` returned for this query, read while the search ran)."""
         wanted = [int(i) for i in ids]
         q = np.asarray(query_vector, dtype=np.float32)
         with self._snapshot() as conn:
-            dense = dict(
-                conn.execute(
-                    "SELECT c.id, -(e.vector <#> %s) FROM chunks c"
-                    " JOIN embeddings e ON e.model = %s AND e.text_hash = c.embed_hash WHERE c.id = ANY(%s)",
-                    (Vector(q), model, wanted),
-                )
-            )
-            d_mean, d_std = _dense_stats(conn, model, q, lambda n, v, m: self._cosine_variance(conn, model, n, v, m))
-            owner = dict(conn.execute("SELECT id, document_id FROM chunks WHERE id = ANY(%s)", (wanted,)))
+            # Each chunk's document and exact cosine in one statement (no vector of the model: no score, 0).
+            found = conn.execute(
+                "SELECT c.id, c.document_id, -(e.vector <#> %s) FROM chunks c"
+                " LEFT JOIN embeddings e ON e.model = %s AND e.text_hash = c.embed_hash WHERE c.id = ANY(%s)",
+                (Vector(q), model, wanted),
+            ).fetchall()
+            owner = {int(cid): doc for cid, doc, _ in found}
+            dense = {int(cid): float(score) for cid, _, score in found if score is not None}
+            if moments is None:
+                moments = self._corpus_moments(conn, model, q, query)
             analyzed = self._analyzer.terms(query)
-            chunk_scores, b_mean, b_std = _scores_and_stats(conn, _CHUNKS, analyzed, wanted, self._sampling)
-            doc_scores, doc_mean, doc_std = _scores_and_stats(
-                conn, _DOCUMENTS, analyzed, list(set(owner.values())), self._sampling
-            )
+            chunk_scores = _level_scores(conn, _CHUNKS, analyzed, wanted)
+            doc_scores = _level_scores(conn, _DOCUMENTS, analyzed, list(set(owner.values())))
         return CandidateScores(
-            dense=[float(dense.get(i, 0.0)) for i in wanted],
+            dense=[dense.get(i, 0.0) for i in wanted],
             bm25=[chunk_scores.get(i, 0.0) for i in wanted],
-            dense_mean=d_mean,
-            dense_std=d_std,
-            bm25_mean=b_mean,
-            bm25_std=b_std,
+            dense_mean=moments.dense_mean,
+            dense_std=moments.dense_std,
+            bm25_mean=moments.bm25_mean,
+            bm25_std=moments.bm25_std,
             doc_bm25=[doc_scores.get(owner[i], 0.0) if i in owner else 0.0 for i in wanted],
-            doc_bm25_mean=doc_mean,
-            doc_bm25_std=doc_std,
+            doc_bm25_mean=moments.doc_bm25_mean,
+            doc_bm25_std=moments.doc_bm25_std,
         )
 
 
@@ -583,26 +597,33 @@ FROM (
 """
 
 
-def _scores_and_stats(
-    conn: Connection, level: _Level, terms: list[str], wanted: list[Any], sampling: tuple[int, int]
-) -> tuple[dict[Any, float], float, float]:
-    """Return the BM25 scores of the wanted rows (chunks or documents) and the mean and standard deviation of the
-    query's score over every row of the index (rows without a query term score 0): summed exactly below
-    `sampling[0]` rows, estimated above it with terms of at most `sampling[1]` rows counted exactly (`_moments`)."""
+def _level_scores(conn: Connection, level: _Level, terms: list[str], wanted: list[Any]) -> dict[Any, float]:
+    """Return the BM25 scores of the wanted rows (chunks or documents) that hold a query term."""
+    found = _query_terms(conn, terms, level.df)
+    stats = _totals(conn, *level.totals)
+    if stats is None or not found:
+        return {}
+    ids, idfs = _idf(found, stats[0])
+    statement = _bm25_sql(level.template(_CANDIDATE_SCORES), stats, "TRUE")
+    return {r[0]: float(r[1]) for r in conn.execute(statement, [ids, idfs, wanted]).fetchall()}
+
+
+def _level_moments(conn: Connection, level: _Level, terms: list[str], sampling: tuple[int, int]) -> tuple[float, float]:
+    """Return the mean and standard deviation of the query's BM25 score over every row (chunk or document) of the
+    index (rows without a query term score 0): summed exactly below `sampling[0]` rows, estimated above it with
+    terms of at most `sampling[1]` rows counted exactly (`_moments`)."""
     found = _query_terms(conn, terms, level.df)
     stats = _totals(conn, *level.totals)
     if stats is None:
-        return {}, 0.0, 1.0
+        return 0.0, 1.0
     if not found:
-        return {}, 0.0, 1e-12
-    ids, idfs = _idf(found, stats[0])
+        return 0.0, 1e-12
+    _, idfs = _idf(found, stats[0])
     s1, s2 = _moments(conn, level, found, idfs, stats, exact=stats[0] < sampling[0], exact_df=sampling[1])
     n = stats[0]
     mean = s1 / n
     std = max(s2 / n - mean * mean, 0.0) ** 0.5
-    statement = _bm25_sql(level.template(_CANDIDATE_SCORES), stats, "TRUE")
-    rows = conn.execute(statement, [ids, idfs, wanted]).fetchall()
-    return {r[0]: float(r[1]) for r in rows}, mean, max(std, 1e-12)
+    return mean, max(std, 1e-12)
 
 
 def _moments(

@@ -14,6 +14,7 @@ from archivist.store.filters import Filters
 from archivist.store.memindex import DenseIndex, LexicalIndex
 from archivist.store.records import (
     CandidateScores,
+    CorpusMoments,
     IndexCapabilities,
     SentenceHit,
 )
@@ -151,8 +152,23 @@ class SQLiteSearch(SQLiteDatabase):
         term_ids = [vocab[t] for t in self._analyzer.terms(query) if t in vocab]
         return index.search(term_ids, k, self._allowed_documents(filters))
 
-    def candidate_scores(self, model: str, query_vector: Vectors, query: str, ids: Sequence[int]) -> CandidateScores:
-        """Return dense, chunk BM25 and document BM25 scores of the given chunks, with each one's corpus spread."""
+    def corpus_moments(self, model: str, query_vector: Vectors, query: str) -> CorpusMoments:
+        """Return the mean and spread of the query's dense, chunk BM25 and document BM25 scores over the corpus."""
+        both = self._lexical()
+        term_ids = [both.vocab[t] for t in self._analyzer.terms(query) if t in both.vocab]
+        return self._moments(self._dense_index(model), both, term_ids, query_vector)
+
+    def _moments(self, dense: DenseIndex, both: Lexical, term_ids: list[int], query_vector: Vectors) -> CorpusMoments:
+        d_mean, d_std = dense.score_stats(query_vector)
+        b_mean, b_std = both.chunks.score_stats(term_ids)
+        doc_mean, doc_std = self._document_lexical_index(both).score_stats(term_ids)
+        return CorpusMoments(d_mean, d_std, b_mean, b_std, doc_mean, doc_std)
+
+    def candidate_scores(
+        self, model: str, query_vector: Vectors, query: str, ids: Sequence[int], moments: CorpusMoments | None = None
+    ) -> CandidateScores:
+        """Return dense, chunk BM25 and document BM25 scores of the given chunks, with each one's corpus spread
+        (`moments` when given: what `corpus_moments` returned for this query, read while the search ran)."""
         dense = self._dense_index(model)
         both = self._lexical()
         lexical, vocab = both.chunks, both.vocab
@@ -160,20 +176,19 @@ class SQLiteSearch(SQLiteDatabase):
         documents = self._document_lexical_index(both)
         term_ids = [vocab[t] for t in self._analyzer.terms(query) if t in vocab]
         wanted = np.asarray(list(ids), dtype=np.int64)
-        d_mean, d_std = dense.score_stats(query_vector)
-        b_mean, b_std = lexical.score_stats(term_ids)
-        doc_mean, doc_std = documents.score_stats(term_ids)
+        if moments is None:
+            moments = self._moments(dense, both, term_ids, query_vector)
         pos = np.minimum(np.searchsorted(lexical.chunk_ids, wanted), max(lexical.chunk_ids.size - 1, 0))
         # Unknown chunks map to document rowid -1, which has no row and scores 0.
         owners = np.where(lexical.chunk_ids[pos] == wanted, lexical.doc_rows[pos], -1) if wanted.size else wanted
         return CandidateScores(
             dense=[float(x) for x in dense.score_ids(query_vector, wanted)],
             bm25=[float(x) for x in lexical.score_ids(term_ids, wanted)],
-            dense_mean=d_mean,
-            dense_std=d_std,
-            bm25_mean=b_mean,
-            bm25_std=b_std,
+            dense_mean=moments.dense_mean,
+            dense_std=moments.dense_std,
+            bm25_mean=moments.bm25_mean,
+            bm25_std=moments.bm25_std,
             doc_bm25=[float(x) for x in documents.score_ids(term_ids, owners)],
-            doc_bm25_mean=doc_mean,
-            doc_bm25_std=doc_std,
+            doc_bm25_mean=moments.doc_bm25_mean,
+            doc_bm25_std=moments.doc_bm25_std,
         )
