@@ -116,8 +116,8 @@ def test_bm25_and_candidate_scores_equal_the_sqlite_stores(postgres_url: str, tm
 
 def test_a_selective_filter_still_returns_k_rows_through_the_hnsw_index(postgres_url: str) -> None:
     # 3,000 chunks, 12 of them with metadata n=2. The planner cannot estimate a metadata match, so it walks the
-    # HNSW index and filters as it goes: a scan that stopped at ef_search (40) candidates finds none of the 12 (0
-    # rows with hnsw.iterative_scan off); iterative scanning goes on until k rows pass, inside the one statement.
+    # HNSW index and filters as it goes: a scan that stopped at ef_search (400) candidates finds a few of the 12 at
+    # most (hnsw.iterative_scan off); iterative scanning goes on until k rows pass, inside the one statement.
     with closing(open_store(postgres_url)) as store:
         store.create_collection("rare")
         big = {f"d{i}.txt": [f"chunk {i} {j}" for j in range(30)] for i in range(100)}

@@ -30,12 +30,13 @@ from archivist.store.postgres.documents import PostgresDocuments
 from archivist.store.records import CandidateScores, CorpusMoments, IndexCapabilities, SentenceHit
 from archivist.types import ArchivistError
 
-#: the HNSW candidate list a dense search starts from when the connection sets none (pgvector's default); a
-#: search for more rows widens it (EF_PER_ROW; pgvector's ceiling: 1000)
-DEFAULT_EF_SEARCH = 40
+#: the HNSW candidate list every dense search walks at least (pgvector's default is 40): on 1M clustered 384-d
+#: vectors, with ef_construction 128, the exact top 10 is found for 0.72 at 200 and 0.96 at 400, in 2.7 ms p50
+#: (`python benchmarks/postgres_scale.py --vectors-only 1000000`); a search for more rows widens it (EF_PER_ROW;
+#: pgvector's ceiling: MAX_EF_SEARCH), and a larger `hnsw.ef_search` set for the connection wins
+MIN_EF_SEARCH = 400
 MAX_EF_SEARCH = 1000
-#: a search for k rows walks a candidate list of this many times k: the retriever's pool of 100 then finds 0.925 of
-#: the exact top 10 at 300k clustered vectors, for a dense search of 3.9 ms p50 (benchmarks/postgres_scale.py)
+#: a search for k rows walks a candidate list of at least this many times k
 EF_PER_ROW = 4
 #: the spread of a query's cosine is read exactly from every chunk vector while they hold at most this many
 #: numbers (20,833 vectors at 384 dimensions: SciFact's 11,898 chunks are exact), from a random sample beyond
@@ -441,13 +442,13 @@ def _bm25_top_sql(terms: list[str], k: int, filters: Filters) -> tuple[sql.Compo
 
 def _scan_settings(conn: Connection, k: int) -> None:
     """Set this transaction's HNSW scan: iterative (filters inside the scan still yield k rows), and a candidate
-    list of EF_PER_ROW × k, at most MAX_EF_SEARCH (the connection's `hnsw.ef_search`, e.g. from the URL's
-    `options`, when larger)."""
+    list of MIN_EF_SEARCH or EF_PER_ROW × k, whichever is larger, at most MAX_EF_SEARCH (the connection's
+    `hnsw.ef_search`, e.g. from the URL's `options`, when larger)."""
     conn.execute(
         "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true),"
-        " set_config('hnsw.ef_search', least(greatest(COALESCE(current_setting('hnsw.ef_search', true), %s)::int,"
-        " %s), %s)::text, true)",
-        (str(DEFAULT_EF_SEARCH), EF_PER_ROW * k, MAX_EF_SEARCH),
+        " set_config('hnsw.ef_search', least(greatest(COALESCE(current_setting('hnsw.ef_search', true), '0')::int,"
+        " %s, %s), %s)::text, true)",
+        (MIN_EF_SEARCH, EF_PER_ROW * k, MAX_EF_SEARCH),
     )
 
 
