@@ -31,7 +31,7 @@ from archivist.store.records import CandidateScores, CorpusMoments, IndexCapabil
 from archivist.types import ArchivistError
 
 #: the HNSW candidate list every dense search walks at least (pgvector's default is 40): on 1M clustered 384-d
-#: vectors, with ef_construction 128, the exact top 10 is found for 0.72 at 200 and 0.96 at 400, in 2.7 ms p50
+#: vectors, with ef_construction 128, the exact top 10 is found for 0.92 at 200 and 0.96 at 400, in 2.7 ms p50
 #: (`python benchmarks/postgres_scale.py --vectors-only 1000000`); a search for more rows widens it (EF_PER_ROW;
 #: pgvector's ceiling: MAX_EF_SEARCH), and a larger `hnsw.ef_search` set for the connection wins
 MIN_EF_SEARCH = 400
