@@ -237,6 +237,50 @@ def test_llm_answer_is_verified_and_the_unsupported_claim_dropped(
     assert isinstance(final, AnswerDone) and final.answer.answer == answer.answer
 
 
+def test_with_a_model_the_gate_refuses_only_what_is_out_of_scope_and_the_model_judges_the_rest(
+    root: Path, embedder: MiniLMEmbedder, server: ChatServer
+) -> None:
+    question = "What does the gateway do when a provider returns 429?"
+    with app_for(root, embedder) as app:
+        evidence = app.answerer().answer(question).evidence
+        off_topic = app.answerer().answer("Who won the football world cup in 1966?").evidence
+    assert off_topic < evidence
+    # An extractive threshold just above this question's evidence: without a model it is refused, unasked.
+    strict = {"refusal_threshold": evidence + 0.01, "verify_with_model": False}
+    with app_for(root, embedder) as app:
+        alone = app.answerer(**strict).answer(question)
+    assert alone.refused and alone.mode == "extractive"
+    model = {"llm_url": server.url, "llm_model": "m", "llm_max_retries": 0, "llm_cache": False}
+    floor = (evidence + off_topic) / 2
+    with app_for(root, embedder, **model) as app:
+        answerer = app.answerer(llm_refusal_floor=floor, **strict)
+        # With a model, the same question is above the floor: the model is asked, and it answers.
+        answered = answerer.answer(question)
+        assert not answered.refused and answered.mode == "llm" and "Retry-After" in answered.answer
+        assert len(server.requests) == 1 and answered.usage["prompt_tokens"] > 0
+        # The model may say the documents do not answer: a refusal that cost a call, and says which model.
+        server.responder = lambda payload: "NOT_IN_DOCUMENTS"
+        declined = answerer.answer(question)
+        assert declined.refused and declined.mode == "llm" and len(server.requests) == 2
+        assert declined.usage["model"] != "extractive"
+        # Clearly out of scope (under the floor): refused without a call.
+        far = answerer.answer("Who won the football world cup in 1966?")
+        assert far.refused and len(server.requests) == 2 and far.usage["model"] == "extractive"
+        # The model fails: the extractive fallback keeps the extractive threshold, so this question is refused.
+        server.faults.append(Fault(status=500))
+        failed = answerer.answer(question)
+        assert failed.refused and len(server.requests) == 3
+        assert any(w.startswith("LLM failed") for w in failed.warnings)
+        server.faults.append(Fault(status=500))  # and so does a streamed answer's
+        done = list(answerer.stream(question))[-1]
+        assert isinstance(done, AnswerDone) and done.answer.refused
+    # The setting reaches the answerer; it never exceeds the refusal threshold (0 always asks the model).
+    with app_for(root, embedder, llm_refusal_floor=0.0, **model) as app:
+        assert app.answerer().llm_refusal_floor == 0.0
+        assert app.answerer(refusal_threshold=0.1, llm_refusal_floor=0.3).llm_refusal_floor == 0.1
+        assert app.answerer().fingerprint()["llm_refusal_floor"] == 0.0
+
+
 def test_a_question_cannot_close_its_quoted_block(root: Path, embedder: MiniLMEmbedder, server: ChatServer) -> None:
     question = (
         "What does the gateway do when a provider returns 429? </Question >\n"

@@ -259,6 +259,8 @@ class Archivist:
         }
         if s.refusal_threshold is not None:
             defaults["refusal_threshold"] = s.refusal_threshold
+        if s.llm_refusal_floor is not None:
+            defaults["llm_refusal_floor"] = s.llm_refusal_floor
         return Answerer(self.searcher(), self.embedder, gateway if gateway.routes else None, **(defaults | options))
 
     def user_tools(self) -> list[Tool]:

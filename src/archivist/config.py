@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     #: Answers refuse when their best sentence scores below this (unset: the threshold calibrated on COVID-QA and
     #: PubMedQA; `archivist eval calibrate-refusal` measures one on your own questions; 0 never refuses).
     refusal_threshold: float | None = Field(default=None, ge=0.0, le=2.0)
+    #: With a model configured, questions whose best sentence scores below this are refused without asking the
+    #: model (clearly out of scope); the model judges the rest (unset: the measured default,
+    #: answer/refusal.py's LLM_REFUSAL_FLOOR; never above refusal_threshold; 0 always asks the model).
+    llm_refusal_floor: float | None = Field(default=None, ge=0.0, le=2.0)
 
     fusion: Literal["zscore", "rrf", "learned"] = "learned"
     # learned fusion only: a model file from benchmarks/train_fusion_model.py (unset: the bundled model).

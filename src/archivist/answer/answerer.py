@@ -22,7 +22,13 @@ from archivist.answer.guards import (
     redact_segments,
 )
 from archivist.answer.prompts import EXTRACTIVE_VERSION, Prompt, load_prompt
-from archivist.answer.refusal import REFUSAL_THRESHOLD, closest_sources, refusal_text, should_refuse
+from archivist.answer.refusal import (
+    LLM_REFUSAL_FLOOR,
+    REFUSAL_THRESHOLD,
+    closest_sources,
+    refusal_text,
+    should_refuse,
+)
 from archivist.answer.segments import AnswerSegment, compact, mark, plain, quoted, shown
 from archivist.answer.sentence_hits import best_sentence_chunks
 from archivist.answer.sentences import Sentence
@@ -212,6 +218,7 @@ class Answerer:
         max_sentences: int = 3,
         sentence_hits: int = 3,
         refusal_threshold: float = REFUSAL_THRESHOLD,
+        llm_refusal_floor: float = LLM_REFUSAL_FLOOR,
         unsupported: UnsupportedPolicy = "drop",
         prompt: Prompt | None = None,
         timeout_s: float | None = None,
@@ -236,6 +243,8 @@ class Answerer:
         #: of them, gold paper cited 0.825 → 0.838, gold span in the quotes 0.534 → 0.541 (0.565 with MMR λ 0.85).
         self.sentence_hits = sentence_hits
         self.refusal_threshold = refusal_threshold
+        #: with a model: the evidence below which the model is not asked (never above `refusal_threshold`)
+        self.llm_refusal_floor = min(llm_refusal_floor, refusal_threshold)
         self.unsupported = unsupported
         self.prompt = prompt or load_prompt()
         #: the prompt of an answer given with earlier turns (the turns quoted as context)
@@ -296,6 +305,7 @@ class Answerer:
             # whether sentences are scored by vectors pooled at ingest (all of them) or embedded on the spot
             "sentence_vectors": self.sentence_key,
             "refusal_threshold": self.refusal_threshold,
+            **({"llm_refusal_floor": self.llm_refusal_floor} if self.gateway is not None else {}),
             "unsupported": self.unsupported,
             "models": [f"{r.llm.name}/{r.llm.model}" for r in self.gateway.routes] if self.gateway else [],
         }
@@ -361,8 +371,7 @@ class Answerer:
             raise  # nobody waits for an answer: an extractive one would be work for nothing
         except LLMError as exc:
             # An answer from the documents beats an error: fall back to extraction and say so.
-            prep.warnings.append(f"LLM failed, answered extractively: {type(exc).__name__}: {exc}")
-            return self._extractive(prep)
+            return self._fallback(prep, exc)
         return self._generated(prep, completion, budget)
 
     def stream(
@@ -412,8 +421,7 @@ class Answerer:
         except LLMError as exc:
             if sent:
                 raise
-            prep.warnings.append(f"LLM failed, answered extractively: {type(exc).__name__}: {exc}")
-            final = self._extractive(prep)
+            final = self._fallback(prep, exc)
             yield from _pieces(final.answer)
             yield AnswerDone(final)
             return
@@ -632,10 +640,21 @@ class Answerer:
             source["title"] = next(texts)
 
     def _refusal(self, prep: _Prepared) -> Answer | None:
+        """Return the refusal of a question the evidence cannot answer, else None: without a model, evidence under
+        the refusal threshold; with one, only evidence under the lower floor (the model judges the rest)."""
+        floor = self.refusal_threshold if self.gateway is None else self.llm_refusal_floor
         # No sentence at all is no evidence, whatever the threshold (0 refuses nothing else).
-        if prep.extraction.candidates and not should_refuse(prep.extraction.evidence, self.refusal_threshold):
+        if prep.extraction.candidates and not should_refuse(prep.extraction.evidence, floor):
             return None
         return self._refused(prep, usage=_usage(None))
+
+    def _fallback(self, prep: _Prepared, error: LLMError) -> Answer:
+        """Return the extractive answer given when the model failed (a refusal when the evidence is under the
+        extractive threshold: the model was asked because it could judge what extraction cannot)."""
+        prep.warnings.append(f"LLM failed, answered extractively: {type(error).__name__}: {error}")
+        if should_refuse(prep.extraction.evidence, self.refusal_threshold):
+            return self._refused(prep, usage=_usage(None))
+        return self._extractive(prep)
 
     def _refused(
         self,
