@@ -361,6 +361,10 @@ def eval_gate(
             current = _run_agent_eval(
                 archivist, Path(base["dataset_path"]), base["config"]["max_steps"], "gate", cache_dir
             )
+        elif base.get("kind") == "golden":
+            current = _run_golden_eval(
+                archivist, Path(base["dataset_path"]), Path(base["config"]["corpus"]), "gate", cache_dir
+            )
         else:
             sl = base.get("slice")
             where = (Path(base["dataset_path"]), base["split"], Slice(**sl) if sl else None)
@@ -405,6 +409,15 @@ def eval_gate(
                 )
             # A workflow has no model in it: the same task file gives the same scores, so any drop is a regression.
             exact = modes[0] == "workflow"
+        if base.get("kind") == "golden":
+            modes = [r.get("fingerprint", {}).get("answerer", {}).get("mode") for r in (base, current)]
+            if modes[0] != modes[1]:
+                raise UsageError(
+                    f"the baseline was measured with {modes[0]} answers and this run with {modes[1]} ones: gate like "
+                    "against like (unset ARCHIVIST_LLM_URL for an extractive baseline)"
+                )
+            # Not `exact`: extractive answers are deterministic, but any edit of the corpus moves its statistics and
+            # can flip a near tie, so one question's change is not yet a regression; a significant drop is.
         result = run_gate(base, current, names, max_drop=max_drop, alpha=alpha, exact=exact)
     if as_json:
         emit_json(
@@ -433,8 +446,13 @@ def eval_gate(
 def _gated_metrics(kind: str) -> list[str]:
     """Return the metrics `eval gate` checks by default on a baseline of this kind."""
     from archivist.evals.agent import GATED_METRICS
+    from archivist.evals.golden import GATED_METRICS as GOLDEN_GATED
 
-    defaults = {"answers": ["gold_doc_cited", "span_in_cited"], "agent": list(GATED_METRICS)}
+    defaults = {
+        "answers": ["gold_doc_cited", "span_in_cited"],
+        "agent": list(GATED_METRICS),
+        "golden": list(GOLDEN_GATED),
+    }
     return defaults.get(kind, ["ndcg@10", "recall@100"])
 
 
@@ -689,6 +707,68 @@ def eval_agent(
         f"[dim]{record['n_queries']} tasks · {fp['mode']} mode{models} · ingest {record['timings']['ingest_s']}s · "
         f"fingerprint {record['fingerprint_hash']}[/]"
     )
+
+
+def _run_golden_eval(
+    archivist: Archivist, path: Path, corpus: Path, tag: str | None, cache_dir: Path
+) -> dict[str, Any]:
+    """Return a golden-set eval run over a corpus, stored."""
+    from archivist.evals.golden import run_golden_eval
+
+    with stage_progress() as show:
+
+        def hook(stage: str, done: int, total: int) -> None:
+            show(stage, done, total, "")
+
+        record = run_golden_eval(archivist, path, corpus, tag=tag, cache_dir=cache_dir, progress=hook)
+    archivist.store.save_eval_run(record)
+    return record
+
+
+@app.command("golden")
+def eval_golden(
+    golden: Annotated[
+        Path,
+        typer.Argument(
+            metavar="SET",
+            help="A golden set (JSON Lines: id, question, answerable, and source, span, facts when answerable).",
+        ),
+    ],
+    corpus: Annotated[
+        Path, typer.Option("--corpus", metavar="PATH", help="The folder or file the set was written from.")
+    ],
+    tag: TagOpt = None,
+    save_baseline: SaveBaselineOpt = None,
+    cache_dir: CacheOpt = Path(".archivist/evals"),
+    store: StoreOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask each question of a golden set of the corpus; score answered, correct (every fact in the quotes), gold
+    source cited and refusals; store the run."""
+    with open_app(store) as archivist:
+        record = _run_golden_eval(archivist, golden, corpus, tag, cache_dir)
+    if save_baseline:
+        _save_baseline(record, save_baseline)
+    if as_json:
+        emit_json({k: v for k, v in record.items() if k != "queries"})
+        return
+    table = Table(title=f"{record['dataset']} golden set · run {record['id']}", box=None)
+    for column in ("question", "refused", "correct", "cited", "missing facts"):
+        table.add_column(column, justify="left", overflow="fold")
+    for qid, row in record["per_query"].items():
+        if row.get("correct", 1.0) == 1.0 and row.get("refused", 0.0) == 0.0 and row.get("source_cited", 1.0) == 1.0:
+            continue  # the table lists what went wrong
+        seen = record["answers"][qid]
+        table.add_row(
+            escape(qid),
+            "yes" if seen["refused"] else "no",
+            "-" if "correct" not in row else ("yes" if row["correct"] else "no"),
+            "-" if "source_cited" not in row else ("yes" if row["source_cited"] else "no"),
+            escape(", ".join(seen["missing_facts"])),
+        )
+    out.print(table)
+    _print_metrics_table("aggregate", record["metrics"])
+    out.print(f"[dim]{record['n_queries']} questions · fingerprint {record['fingerprint_hash']}[/]")
 
 
 @app.command("pii")
