@@ -110,6 +110,12 @@ def test_search_answer_and_the_life_of_a_document(live: Live, tmp_path: Path) ->
         assert admin.create_collection("gamma", "made by the client").name == "gamma"
         with pytest.raises(ConflictError):
             admin.create_collection("gamma")
+        # A collection's guard policy is set when the client creates it, and listed with it.
+        made = admin.create_collection("delta", policy={"injection": "block", "pii": "redact"})
+        assert made.policy == {"injection": "block", "pii": "redact"}
+        assert next(c for c in admin.list_collections() if c.name == "delta").policy == made.policy
+        with pytest.raises(BadRequestError, match="injection"):
+            admin.create_collection("epsilon", policy={"injection": "maybe"})
 
 
 def test_a_follow_up_is_answered_with_the_conversation_so_far(live: Live) -> None:

@@ -251,11 +251,15 @@ class AsyncClient:
         """Return the collections the key may see."""
         return (await self._get(api.Call("GET", "/v1/collections"), CollectionList)).collections
 
-    async def create_collection(self, name: str, description: str = "") -> Collection:
-        """Create a collection (an admin key's right); return it."""
-        return await self._get(
-            api.Call("POST", "/v1/collections", json={"name": name, "description": description}), Collection
-        )
+    async def create_collection(
+        self, name: str, description: str = "", policy: dict[str, str] | None = None
+    ) -> Collection:
+        """Create a collection (an admin key's right) with its guard policy ("injection": off, flag or block;
+        "pii": off or redact; unset keys take the server's defaults); return it."""
+        body: dict[str, Any] = {"name": name, "description": description}
+        if policy:
+            body["policy"] = policy
+        return await self._get(api.Call("POST", "/v1/collections", json=body), Collection)
 
     async def me(self) -> Me:
         """Return the calling key and what it may do."""

@@ -138,12 +138,13 @@ AnswerEvent = RetrievalEvent | TokenEvent | CitationsEvent | DoneEvent
 
 
 class Collection(Model):
-    """A collection and how many documents it holds."""
+    """A collection, how many documents it holds, and its guard policy (only the keys set on it)."""
 
     name: str
     description: str
     created_at: str
     documents: int
+    policy: dict[str, str] = Field(default_factory=dict)
 
 
 class DocumentSummary(Model):

@@ -245,11 +245,13 @@ class Client:
         """Return the collections the key may see."""
         return self._get(api.Call("GET", "/v1/collections"), CollectionList).collections
 
-    def create_collection(self, name: str, description: str = "") -> Collection:
-        """Create a collection (an admin key's right); return it."""
-        return self._get(
-            api.Call("POST", "/v1/collections", json={"name": name, "description": description}), Collection
-        )
+    def create_collection(self, name: str, description: str = "", policy: dict[str, str] | None = None) -> Collection:
+        """Create a collection (an admin key's right) with its guard policy ("injection": off, flag or block;
+        "pii": off or redact; unset keys take the server's defaults); return it."""
+        body: dict[str, Any] = {"name": name, "description": description}
+        if policy:
+            body["policy"] = policy
+        return self._get(api.Call("POST", "/v1/collections", json=body), Collection)
 
     def me(self) -> Me:
         """Return the calling key and what it may do."""
