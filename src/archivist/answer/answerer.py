@@ -608,8 +608,8 @@ class Answerer:
 
     def _redact(self, prep: _Prepared, answer: Answer) -> None:
         """Replace personal data in what the answer shows: its text, quotes, unsupported claims, the titles and
-        headings of its citations and the titles of its sources (a refusal's own words are left alone: the NER
-        model reads "Closest" as a name)."""
+        headings of its citations, the titles of its sources and the passage names its warnings quote (a refusal's
+        own words are left alone: the NER model reads "Closest" as a name)."""
         if answer.refused:
             names = self.pii.redact_many(closest_sources(prep.passages))
             answer.answer = refusal_text(prep.passages, names=names)
@@ -618,6 +618,8 @@ class Answerer:
             answer.segments = redact_segments(answer.segments, self.pii)
             answer.answer = shown(answer.segments)
         cited, named = answer.citations, [s for s in answer.sources if s["title"]]
+        # The names warnings give passages by (title, else source): redacted where a warning quotes them.
+        passage_names = list(dict.fromkeys(p.title or p.source for p in prep.passages))
         # One batch, put back in the order it was taken.
         texts = iter(
             self.pii.redact_many(
@@ -626,6 +628,7 @@ class Answerer:
                 + [h for c in cited for h in c.heading_path]
                 + [u["text"] for u in answer.unsupported]
                 + [s["title"] for s in named]
+                + passage_names
             )
         )
         for c in cited:
@@ -638,6 +641,10 @@ class Answerer:
             u["text"] = next(texts)
         for source in named:
             source["title"] = next(texts)
+        swaps = {name: next(texts) for name in passage_names}
+        # Longest first, so a name that holds a shorter one is replaced whole.
+        for name in sorted((n for n, r in swaps.items() if n != r), key=len, reverse=True):
+            answer.warnings = [w.replace(name, swaps[name]) for w in answer.warnings]
 
     def _refusal(self, prep: _Prepared) -> Answer | None:
         """Return the refusal of a question the evidence cannot answer, else None: without a model, evidence under
