@@ -424,3 +424,25 @@ def test_chunks_that_tie_to_nine_decimals_rank_by_id_whatever_order_their_terms_
             for k in (1, 2, 5):
                 full = store.hybrid_candidates(embedder.model_id, vector, query, k, Filters())[1]  # type: ignore[attr-defined]
                 _same_ranking(store.bm25_search(query, k, Filters()), full)
+
+
+@pytest.mark.parametrize(
+    ("given", "k", "walked"),
+    [
+        (None, 10, 400),  # every search walks at least 400 candidates (pgvector's own default is 40)
+        (None, 150, 600),  # a search for more rows walks 4 × k
+        (None, 300, 1000),  # at most pgvector's ceiling
+        (100, 10, 400),  # a smaller value set for the connection does not lower the floor
+        (800, 10, 800),  # a larger one wins
+        (1000, 300, 1000),  # up to the ceiling (pgvector itself refuses a larger setting)
+    ],
+)
+def test_the_hnsw_candidate_list_a_search_walks(postgres_url: str, given: int | None, k: int, walked: int) -> None:
+    from archivist.store.postgres.search import _scan_settings
+
+    url = postgres_url + (f"&options=-c%20hnsw.ef_search%3D{given}" if given is not None else "")
+    with closing(open_store(url)) as store, store._transaction() as conn:  # type: ignore[attr-defined]
+        conn.execute("LOAD 'vector'")  # pgvector's settings exist in this session, as after any vector query
+        _scan_settings(conn, k)
+        assert int(conn.execute("SHOW hnsw.ef_search").fetchone()[0]) == walked
+        assert conn.execute("SHOW hnsw.iterative_scan").fetchone()[0] == "relaxed_order"

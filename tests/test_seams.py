@@ -107,6 +107,9 @@ class _RankOnlyStore(SQLiteStore):
     def candidate_scores(self, *args: Any, **kwargs: Any) -> Any:
         raise AssertionError("asked an index for scores it declared it does not compute")
 
+    def corpus_moments(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("asked an index for moments it declared it does not compute")
+
 
 def test_fusion_falls_back_to_ranks_on_an_index_without_exact_scores(corpus: Path, embedder: MiniLMEmbedder) -> None:
     settings = load_settings(store=f"sqlite:///{corpus / 'store.db'}")

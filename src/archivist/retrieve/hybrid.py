@@ -115,7 +115,7 @@ class HybridRetriever:
             embedder = self._embedder()
             with span("embed", kind="query"):
                 vector = embedder.embed_query(query)
-            if scoring:
+            if scoring and self.store.capabilities.early_moments:
                 # The corpus moments depend on the query alone: read them while the two searches run.
                 moments_future = self._executor.submit(self.store.corpus_moments, embedder.model_id, vector, query)
             dense = self.store.dense_search(embedder.model_id, vector, n, filters)

@@ -368,6 +368,9 @@ class IndexCapabilities:
     exact_bm25: bool
     #: `candidate_scores` gives any chunk's scores and corpus-wide score moments (what z-score and learned fusion need)
     candidate_scores: bool
+    #: `corpus_moments` costs round trips of its own, so a search reads it while its two searches run (an in-memory
+    #: index computes it from the scores its BM25 search just cached: there it waits)
+    early_moments: bool = False
 
 
 #: running: a process is (or was, until it died) driving it; paused: it waits for a person (an approval, an effect

@@ -123,7 +123,7 @@ class _Spread:
 class PostgresSearch(PostgresDocuments):
     """The `SearchIndex` of a PostgreSQL database: HNSW dense search, exact BM25 and exact candidate scores."""
 
-    capabilities = IndexCapabilities(exact_dense=False, exact_bm25=True, candidate_scores=True)
+    capabilities = IndexCapabilities(exact_dense=False, exact_bm25=True, candidate_scores=True, early_moments=True)
     #: rows (chunks, or documents) from which a query's BM25 corpus moments are estimated, not summed exactly
     bm25_sample_from = BM25_SAMPLE_FROM
     #: a query term in at most this many rows is counted exactly in an estimate
@@ -331,14 +331,22 @@ class PostgresSearch(PostgresDocuments):
     def corpus_moments(self, model: str, query_vector: Vectors, query: str) -> CorpusMoments:
         """Return the mean and spread of the query's dense, chunk BM25 and document BM25 scores over the corpus."""
         with self._snapshot() as conn:
-            return self._corpus_moments(conn, model, np.asarray(query_vector, dtype=np.float32), query)
+            return self._corpus_moments(
+                conn, model, np.asarray(query_vector, dtype=np.float32), self._levels(conn, query)
+            )
 
-    def _corpus_moments(self, conn: Connection, model: str, q: npt.NDArray[np.float32], query: str) -> CorpusMoments:
+    def _corpus_moments(
+        self, conn: Connection, model: str, q: npt.NDArray[np.float32], levels: tuple[_LevelQuery, _LevelQuery]
+    ) -> CorpusMoments:
         d_mean, d_std = _dense_stats(conn, model, q, lambda n, v, m: self._cosine_variance(conn, model, n, v, m))
-        analyzed = self._analyzer.terms(query)
-        b_mean, b_std = _level_moments(conn, _CHUNKS, analyzed, self._sampling)
-        doc_mean, doc_std = _level_moments(conn, _DOCUMENTS, analyzed, self._sampling)
+        b_mean, b_std = _level_moments(conn, _CHUNKS, levels[0], self._sampling)
+        doc_mean, doc_std = _level_moments(conn, _DOCUMENTS, levels[1], self._sampling)
         return CorpusMoments(d_mean, d_std, b_mean, b_std, doc_mean, doc_std)
+
+    def _levels(self, conn: Connection, query: str) -> tuple[_LevelQuery, _LevelQuery]:
+        """Return the query's terms and totals in the chunk and the document BM25 indexes."""
+        analyzed = self._analyzer.terms(query)
+        return _level_query(conn, _CHUNKS, analyzed), _level_query(conn, _DOCUMENTS, analyzed)
 
     def candidate_scores(
         self, model: str, query_vector: Vectors, query: str, ids: Sequence[int], moments: CorpusMoments | None = None
@@ -356,11 +364,11 @@ class PostgresSearch(PostgresDocuments):
             ).fetchall()
             owner = {int(cid): doc for cid, doc, _ in found}
             dense = {int(cid): float(score) for cid, _, score in found if score is not None}
+            levels = self._levels(conn, query)
             if moments is None:
-                moments = self._corpus_moments(conn, model, q, query)
-            analyzed = self._analyzer.terms(query)
-            chunk_scores = _level_scores(conn, _CHUNKS, analyzed, wanted)
-            doc_scores = _level_scores(conn, _DOCUMENTS, analyzed, list(set(owner.values())))
+                moments = self._corpus_moments(conn, model, q, levels)
+            chunk_scores = _level_scores(conn, _CHUNKS, levels[0], wanted)
+            doc_scores = _level_scores(conn, _DOCUMENTS, levels[1], list(set(owner.values())))
         return CandidateScores(
             dense=[dense.get(i, 0.0) for i in wanted],
             bm25=[chunk_scores.get(i, 0.0) for i in wanted],
@@ -598,23 +606,36 @@ FROM (
 """
 
 
-def _level_scores(conn: Connection, level: _Level, terms: list[str], wanted: list[Any]) -> dict[Any, float]:
+@dataclass(frozen=True, slots=True)
+class _LevelQuery:
+    """A query's terms in one BM25 index: (term id, rows holding it) of those some row holds, and the index's row
+    count and mean length (None when it has no rows)."""
+
+    found: list[tuple[int, int]]
+    stats: tuple[int, float] | None
+
+
+def _level_query(conn: Connection, level: _Level, terms: list[str]) -> _LevelQuery:
+    """Return the query's terms and the totals of one BM25 index, as its moments and scores read them."""
+    return _LevelQuery(_query_terms(conn, terms, level.df), _totals(conn, *level.totals))
+
+
+def _level_scores(conn: Connection, level: _Level, query: _LevelQuery, wanted: list[Any]) -> dict[Any, float]:
     """Return the BM25 scores of the wanted rows (chunks or documents) that hold a query term."""
-    found = _query_terms(conn, terms, level.df)
-    stats = _totals(conn, *level.totals)
-    if stats is None or not found:
+    if query.stats is None or not query.found:
         return {}
-    ids, idfs = _idf(found, stats[0])
-    statement = _bm25_sql(level.template(_CANDIDATE_SCORES), stats, "TRUE")
+    ids, idfs = _idf(query.found, query.stats[0])
+    statement = _bm25_sql(level.template(_CANDIDATE_SCORES), query.stats, "TRUE")
     return {r[0]: float(r[1]) for r in conn.execute(statement, [ids, idfs, wanted]).fetchall()}
 
 
-def _level_moments(conn: Connection, level: _Level, terms: list[str], sampling: tuple[int, int]) -> tuple[float, float]:
+def _level_moments(
+    conn: Connection, level: _Level, query: _LevelQuery, sampling: tuple[int, int]
+) -> tuple[float, float]:
     """Return the mean and standard deviation of the query's BM25 score over every row (chunk or document) of the
     index (rows without a query term score 0): summed exactly below `sampling[0]` rows, estimated above it with
     terms of at most `sampling[1]` rows counted exactly (`_moments`)."""
-    found = _query_terms(conn, terms, level.df)
-    stats = _totals(conn, *level.totals)
+    found, stats = query.found, query.stats
     if stats is None:
         return 0.0, 1.0
     if not found:
