@@ -756,7 +756,8 @@ def eval_golden(
     for column in ("question", "refused", "correct", "cited", "missing facts"):
         table.add_column(column, justify="left", overflow="fold")
     for qid, row in record["per_query"].items():
-        if row.get("correct", 1.0) == 1.0 and row.get("refused", 0.0) == 0.0 and row.get("source_cited", 1.0) == 1.0:
+        went_right = row["refused"] == 1.0 if "answered" not in row else row["correct"] == row["source_cited"] == 1.0
+        if went_right:
             continue  # the table lists what went wrong
         seen = record["answers"][qid]
         table.add_row(

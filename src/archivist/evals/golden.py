@@ -61,12 +61,18 @@ def read_golden(path: Path) -> list[GoldenQuestion]:
             continue
         try:
             row = json.loads(line)
+            answerable, facts = row["answerable"], row.get("facts", [])
+            # A string "false" or a string of facts would pass a loose reading and score nonsense.
+            if not isinstance(answerable, bool) or not isinstance(facts, list) or not all(
+                isinstance(f, str) and f for f in facts
+            ):
+                raise TypeError("answerable must be true or false, facts a list of strings")
             q = GoldenQuestion(
                 id=str(row["id"]),
                 question=str(row["question"]),
-                answerable=bool(row["answerable"]),
+                answerable=answerable,
                 source=str(row.get("source", "")),
-                facts=tuple(str(f) for f in row.get("facts", [])),
+                facts=tuple(facts),
             )
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise UsageError(f"{path}:{lineno}: not a golden question (id, question, answerable): {exc}") from None
