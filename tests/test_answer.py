@@ -270,10 +270,11 @@ def test_with_a_model_the_gate_refuses_only_what_is_out_of_scope_and_the_model_j
         server.faults.append(Fault(status=500))
         failed = answerer.answer(question)
         assert failed.refused and len(server.requests) == 3
-        assert any(w.startswith("LLM failed") for w in failed.warnings)
+        assert any(w.startswith("LLM failed, and the evidence is too weak") for w in failed.warnings)
         server.faults.append(Fault(status=500))  # and so does a streamed answer's
         done = list(answerer.stream(question))[-1]
-        assert isinstance(done, AnswerDone) and done.answer.refused
+        assert isinstance(done, AnswerDone) and done.answer.refused and len(server.requests) == 4
+        assert any(w.startswith("LLM failed, and the evidence is too weak") for w in done.answer.warnings)
     # The setting reaches the answerer; it never exceeds the refusal threshold (0 always asks the model).
     with app_for(root, embedder, llm_refusal_floor=0.0, **model) as app:
         assert app.answerer().llm_refusal_floor == 0.0

@@ -88,8 +88,9 @@ class Settings(BaseSettings):
     #: Time limit of that check (default: llm_timeout_s).
     verify_timeout_s: float | None = Field(default=None, gt=0)
 
-    #: Answers refuse when their best sentence scores below this (unset: the threshold calibrated on COVID-QA and
-    #: PubMedQA; `archivist eval calibrate-refusal` measures one on your own questions; 0 never refuses).
+    #: Extractive answers (no model, or the model failed) refuse when their best sentence scores below this (unset:
+    #: the threshold calibrated on COVID-QA and PubMedQA; `archivist eval calibrate-refusal` measures one on your
+    #: own questions; 0 never refuses). With a model, llm_refusal_floor decides what it is not asked.
     refusal_threshold: float | None = Field(default=None, ge=0.0, le=2.0)
     #: With a model configured, questions whose best sentence scores below this are refused without asking the
     #: model (clearly out of scope); the model judges the rest (unset: the measured default,

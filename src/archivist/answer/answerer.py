@@ -330,7 +330,8 @@ class Answerer:
         earlier question(s) it leans on, and a model reads the turns as context.
 
         Model calls are charged to `budget` (e.g. a request's, chained to its API key's); one that would not
-        fit falls back to the extractive answer with a warning, like any other model failure. Once
+        fit falls back to the extractive answer with a warning, like any other model failure (a refusal when the
+        evidence is under the extractive refusal threshold). Once
         `cancellation` is set, no further model call is made and `Cancelled` is raised instead of an answer.
 
         `policy` (default: the guard's, from the settings) decides what a question the injection detector flags
@@ -619,7 +620,7 @@ class Answerer:
             answer.answer = shown(answer.segments)
         cited, named = answer.citations, [s for s in answer.sources if s["title"]]
         # The names warnings give passages by (title, else source): redacted where a warning quotes them.
-        passage_names = list(dict.fromkeys(p.title or p.source for p in prep.passages))
+        passage_names = list(dict.fromkeys(p.title or p.source for p in prep.passages)) if answer.warnings else []
         # One batch, put back in the order it was taken.
         texts = iter(
             self.pii.redact_many(
@@ -658,9 +659,12 @@ class Answerer:
     def _fallback(self, prep: _Prepared, error: LLMError) -> Answer:
         """Return the extractive answer given when the model failed (a refusal when the evidence is under the
         extractive threshold: the model was asked because it could judge what extraction cannot)."""
-        prep.warnings.append(f"LLM failed, answered extractively: {type(error).__name__}: {error}")
         if should_refuse(prep.extraction.evidence, self.refusal_threshold):
+            prep.warnings.append(
+                f"LLM failed, and the evidence is too weak for an extractive answer: {type(error).__name__}: {error}"
+            )
             return self._refused(prep, usage=_usage(None))
+        prep.warnings.append(f"LLM failed, answered extractively: {type(error).__name__}: {error}")
         return self._extractive(prep)
 
     def _refused(
