@@ -4,6 +4,7 @@ reports."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -648,13 +649,22 @@ def _run_agent_eval(
     """Return an agent eval run over a task file, stored."""
     from archivist.evals.agent import AgentEvalConfig, run_agent_eval
 
+    config = AgentEvalConfig(max_steps=max_steps, tag=tag)
+    return _stored_run(
+        archivist, lambda hook: run_agent_eval(archivist, tasks, config, cache_dir=cache_dir, progress=hook)
+    )
+
+
+def _stored_run(
+    archivist: Archivist, run: Callable[[Callable[[str, int, int], None]], dict[str, Any]]
+) -> dict[str, Any]:
+    """Return the record of an eval run made with a progress display of its stages, stored."""
     with stage_progress() as show:
 
         def hook(stage: str, done: int, total: int) -> None:
             show(stage, done, total, "")
 
-        config = AgentEvalConfig(max_steps=max_steps, tag=tag)
-        record = run_agent_eval(archivist, tasks, config, cache_dir=cache_dir, progress=hook)
+        record = run(hook)
     archivist.store.save_eval_run(record)
     return record
 
@@ -715,14 +725,9 @@ def _run_golden_eval(
     """Return a golden-set eval run over a corpus, stored."""
     from archivist.evals.golden import run_golden_eval
 
-    with stage_progress() as show:
-
-        def hook(stage: str, done: int, total: int) -> None:
-            show(stage, done, total, "")
-
-        record = run_golden_eval(archivist, path, corpus, tag=tag, cache_dir=cache_dir, progress=hook)
-    archivist.store.save_eval_run(record)
-    return record
+    return _stored_run(
+        archivist, lambda hook: run_golden_eval(archivist, path, corpus, tag=tag, cache_dir=cache_dir, progress=hook)
+    )
 
 
 @app.command("golden")
