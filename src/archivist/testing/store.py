@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import numpy as np
@@ -344,6 +345,75 @@ class SearchIndexTests(StoreFixtures):
         assert (again.dense_mean, again.dense_std, again.bm25_mean, again.bm25_std) == (0.5, 2.0, 1.5, 3.0)
         assert (again.doc_bm25_mean, again.doc_bm25_std) == (2.5, 4.0)
         assert (again.dense, again.bm25, again.doc_bm25) == (scores.dense, scores.bm25, scores.doc_bm25)
+
+    def test_one_write_that_replaces_a_document_it_added_keeps_the_bm25_statistics_true(self, store: Store) -> None:
+        _needs(store, "candidate_scores")
+        first = _doc("a.txt", ["alpha beta beta", "gamma alpha"])
+        second = _doc("a.txt", ["alpha delta", "delta epsilon", "beta"])  # the same source, new text
+        other = _doc("b.txt", ["beta gamma", "alpha"])
+        vecs: dict[str, Vectors] = {}
+        writes = []
+        for d in (first, second, other):
+            w, vecs = _write(d, vecs, seed=len(vecs))
+            writes.append(w)
+        store.write_documents(MODEL, writes, vecs)  # one batch: a.txt added, then replaced within it
+        q = np.ones(DIM, np.float32) / np.sqrt(DIM)
+        queries = ("alpha", "beta gamma", "delta", "epsilon alpha")
+
+        def seen() -> list[tuple[list[float], tuple[float, ...]]]:
+            out = []
+            for query in queries:
+                hits = store.bm25_search(query, 10, Filters())
+                ids = [c for c, _ in hits]
+                scores = store.candidate_scores(MODEL, q, query, ids)
+                m = store.corpus_moments(MODEL, q, query)
+                out.append(
+                    (
+                        sorted(round(s, 6) for _, s in hits),
+                        tuple(round(x, 6) for x in (m.bm25_mean, m.bm25_std, m.doc_bm25_mean, m.doc_bm25_std)),
+                    )
+                )
+                assert scores.bm25 == pytest.approx([s for _, s in hits], abs=1e-6)
+            return out
+
+        batched = seen()
+        # The BM25 moments over what the store holds (a.txt's second text and b.txt), computed here from scratch.
+        from archivist.store.memindex import BM25_B, BM25_K1
+        from archivist.text.analyzer import Analyzer
+
+        analyzer = Analyzer()
+        chunks = [
+            analyzer.counts(c.embedding_text(d.title)) for d in (second, other) for c in _write(d, vecs)[0].chunks
+        ]
+        docs = [
+            sum((analyzer.counts(c.embedding_text(d.title)) for c in _write(d, vecs)[0].chunks), Counter())
+            for d in (second, other)
+        ]
+
+        def moments(rows: list[Counter[str]], query: str) -> tuple[float, float]:
+            n, avgdl = len(rows), sum(sum(r.values()) for r in rows) / len(rows)
+            scores = []
+            for r in rows:
+                score = 0.0
+                for t in set(analyzer.terms(query)):
+                    df = sum(1 for x in rows if t in x)
+                    if df and t in r:
+                        idf = float(np.log1p((n - df + 0.5) / (df + 0.5)))
+                        norm = BM25_K1 * (1 - BM25_B + BM25_B * sum(r.values()) / avgdl)
+                        score += idf * r[t] * (BM25_K1 + 1) / (r[t] + norm)
+                scores.append(score)
+            return float(np.mean(scores)), float(np.std(scores))
+
+        for query, (_, got) in zip(queries, batched, strict=True):
+            want = (*moments(chunks, query), *moments(docs, query))
+            assert got == pytest.approx(want, abs=1e-5), query
+        # The same two documents written afresh, one by one: the term statistics are the same.
+        for d in (second, other):
+            store.delete_document(d.id)
+        for d in (second, other):
+            w, _ = _write(d, vecs)
+            store.write_documents(MODEL, [w], vecs)
+        assert seen() == batched
 
     def test_document_bm25_sums_term_counts_over_a_documents_chunks(self, store: Store) -> None:
         _needs(store, "candidate_scores")
