@@ -63,8 +63,10 @@ def read_golden(path: Path) -> list[GoldenQuestion]:
             row = json.loads(line)
             answerable, facts = row["answerable"], row.get("facts", [])
             # A string "false" or a string of facts would pass a loose reading and score nonsense.
-            if not isinstance(answerable, bool) or not isinstance(facts, list) or not all(
-                isinstance(f, str) and f for f in facts
+            if (
+                not isinstance(answerable, bool)
+                or not isinstance(facts, list)
+                or not all(isinstance(f, str) and f for f in facts)
             ):
                 raise TypeError("answerable must be true or false, facts a list of strings")
             q = GoldenQuestion(
