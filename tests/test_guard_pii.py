@@ -304,3 +304,48 @@ def test_an_international_phone_number_is_one_phone_span(detector: PiiDetector, 
         assert detector.redact("Her health service number is 943 476 5919.") == (
             "Her health service number is <NATIONAL_ID>."
         )
+
+
+@pytest.mark.parametrize("redact", [True, False], ids=["redacted", "off"])
+def test_archivist_worker_redacts_the_pii_in_its_log_lines(tmp_path: Path, redact: bool) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from contextlib import closing
+
+    from archivist.ingest.uploads import enqueue_upload
+    from fake_servers import EmbeddingServer
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    with closing(open_store(url)) as store:
+        store.create_collection("kb")
+        # The job's source names a person by address: the worker logs it when it takes the job.
+        job = enqueue_upload(store, "kb", "notes.txt", b"Owls sleep by day.", source=f"notes for {EMAIL} (draft).txt")
+    with EmbeddingServer(dim=16).running() as emb:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")} | {
+            "ARCHIVIST_STORE": url,
+            "ARCHIVIST_EMBEDDER": "openai",
+            "ARCHIVIST_EMBED_URL": emb.url,
+            "ARCHIVIST_EMBED_MODEL": "fake",
+            "ARCHIVIST_PII_REDACT_LOGS": "true" if redact else "false",
+        }
+        log_path = tmp_path / "worker.log"
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "archivist.cli", "worker"], cwd=tmp_path, env=env, stdout=log, stderr=log
+            )
+            try:
+                with closing(open_store(url)) as store:
+                    deadline = time.monotonic() + 120
+                    while (status := store.get_job(job.id).status) not in ("succeeded", "failed"):  # type: ignore[union-attr]
+                        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                        time.sleep(0.1)
+                assert status == "succeeded", log_path.read_text()
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+    logged = log_path.read_text()
+    assert f"ingesting notes for {'<EMAIL>' if redact else EMAIL} (draft).txt" in logged, logged
+    assert (EMAIL in logged) is not redact
