@@ -401,24 +401,25 @@ def eval_gate(
             # A gate that checks nothing must not pass.
             raise UsageError(f"none of the metrics to gate is in the baseline ({', '.join(sorted(base['metrics']))})")
         exact = False
+        # Like against like: a run with a model and one without measure different things.
+        mode_of = {
+            "agent": ("agent", "in {} mode", "a workflow"),
+            "golden": ("answerer", "with {} answers", "an extractive"),
+        }
+        if base.get("kind") in mode_of:
+            section, wording, plain = mode_of[str(base["kind"])]
+            modes = [r.get("fingerprint", {}).get(section, {}).get("mode") for r in (base, current)]
+            if modes[0] != modes[1]:
+                raise UsageError(
+                    f"the baseline was measured {wording.format(modes[0])} and this run {wording.format(modes[1])}:"
+                    f" gate like against like (unset ARCHIVIST_LLM_URL for {plain} baseline, or save a baseline with"
+                    " the model)"
+                )
         if base.get("kind") == "agent":
-            modes = [r.get("fingerprint", {}).get("agent", {}).get("mode") for r in (base, current)]
-            if modes[0] != modes[1]:
-                raise UsageError(
-                    f"the baseline was measured in {modes[0]} mode and this run in {modes[1]} mode: gate like against "
-                    "like (unset ARCHIVIST_LLM_URL for a workflow baseline, or save a baseline with the model)"
-                )
             # A workflow has no model in it: the same task file gives the same scores, so any drop is a regression.
+            # (A golden run is not `exact`: extractive answers are deterministic, but any edit of the corpus moves
+            # its statistics and can flip a near tie, so one question's change is not yet a regression.)
             exact = modes[0] == "workflow"
-        if base.get("kind") == "golden":
-            modes = [r.get("fingerprint", {}).get("answerer", {}).get("mode") for r in (base, current)]
-            if modes[0] != modes[1]:
-                raise UsageError(
-                    f"the baseline was measured with {modes[0]} answers and this run with {modes[1]} ones: gate like "
-                    "against like (unset ARCHIVIST_LLM_URL for an extractive baseline)"
-                )
-            # Not `exact`: extractive answers are deterministic, but any edit of the corpus moves its statistics and
-            # can flip a near tie, so one question's change is not yet a regression; a significant drop is.
         result = run_gate(base, current, names, max_drop=max_drop, alpha=alpha, exact=exact)
     if as_json:
         emit_json(
@@ -655,6 +656,16 @@ def _run_agent_eval(
     )
 
 
+def _saved_or_emitted(record: dict[str, Any], save_baseline: Path | None, as_json: bool) -> bool:
+    """Save the run as a baseline when asked; print it as JSON (without its query texts) and return True with
+    --json, else return False for the caller to print its table."""
+    if save_baseline:
+        _save_baseline(record, save_baseline)
+    if as_json:
+        emit_json({k: v for k, v in record.items() if k != "queries"})
+    return as_json
+
+
 def _stored_run(
     archivist: Archivist, run: Callable[[Callable[[str, int, int], None]], dict[str, Any]]
 ) -> dict[str, Any]:
@@ -690,10 +701,7 @@ def eval_agent(
     store the run."""
     with open_app(store) as archivist:
         record = _run_agent_eval(archivist, tasks, max_steps, tag, cache_dir)
-    if save_baseline:
-        _save_baseline(record, save_baseline)
-    if as_json:
-        emit_json({k: v for k, v in record.items() if k != "queries"})
+    if _saved_or_emitted(record, save_baseline, as_json):
         return
     table = Table(title=f"{record['dataset']} agent tasks · run {record['id']}", box=None)
     for column in ("task", "status", "success", "facts", "citations", "steps", "tokens", "ms"):
@@ -752,10 +760,7 @@ def eval_golden(
     source cited and refusals; store the run."""
     with open_app(store) as archivist:
         record = _run_golden_eval(archivist, golden, corpus, tag, cache_dir)
-    if save_baseline:
-        _save_baseline(record, save_baseline)
-    if as_json:
-        emit_json({k: v for k, v in record.items() if k != "queries"})
+    if _saved_or_emitted(record, save_baseline, as_json):
         return
     table = Table(title=f"{record['dataset']} golden set · run {record['id']}", box=None)
     for column in ("question", "refused", "correct", "cited", "missing facts"):
