@@ -89,13 +89,18 @@ def read_golden(path: Path) -> list[GoldenQuestion]:
     return out
 
 
+def quoted_text(answer: dict[str, Any]) -> str:
+    """Return the text an answer quotes from the documents: its citations' quotes, joined."""
+    return " ".join(str(c.get("quote", "")) for c in answer.get("citations") or [])
+
+
 def score_golden(question: GoldenQuestion, answer: dict[str, Any]) -> dict[str, float]:
     """Return one question's metrics from its answer (as `Answer.to_dict` gives it)."""
     refused = bool(answer.get("refused"))
     if not question.answerable:
         return {"refused": float(refused)}
     citations = list(answer.get("citations") or [])
-    quoted = " ".join(str(c.get("quote", "")) for c in citations)
+    quoted = quoted_text(answer)
     return {
         "answered": float(not refused),
         "correct": float(not refused and all(fact_present(quoted, f) for f in question.facts)),
@@ -164,11 +169,7 @@ def run_golden_eval(
                 "answer": answer["answer"],
                 "evidence": answer.get("evidence"),
                 "cited": [str(c.get("source", "")) for c in answer.get("citations") or []],
-                "missing_facts": [
-                    f
-                    for f in q.facts
-                    if not fact_present(" ".join(str(c.get("quote", "")) for c in answer.get("citations") or []), f)
-                ],
+                "missing_facts": [f for f in q.facts if not fact_present(quoted_text(answer), f)],
             }
             if progress:
                 progress("questions", i + 1, len(questions))

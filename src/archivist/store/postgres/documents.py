@@ -602,7 +602,7 @@ def _finish_write(conn: Connection, generation: int, state: _WriteState) -> None
         ),
     )
     if state.chunk_df:
-        ids = sorted(state.chunk_df)  # in key order, so concurrent writers lock the rows in one order
+        ids = sorted(state.chunk_df)  # the same statement whatever order the batch held its documents in
         conn.execute(
             # `t.id = ANY(…)` as well as the join: the planner then reads those rows by key instead of the table.
             "UPDATE terms t SET chunk_df = t.chunk_df + x.n, doc_df = t.doc_df + x.d"
