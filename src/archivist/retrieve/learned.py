@@ -346,6 +346,9 @@ def features(
     q_terms = set(analyzer.terms(query))
     initials = frozenset(t[0] for t in q_terms)
     nq = max(len(q_terms), 1)
+    # The index counted each candidate's query terms in the text it indexes (title, headings and text, through the
+    # same analyzer): the same share, without splitting every chunk's text again here.
+    matched = scores.terms_matched
     title_cov = np.zeros(n)
     text_cov = np.zeros(n)
     ordinal = np.zeros(n)
@@ -360,8 +363,11 @@ def features(
         if c.document_id not in title_terms:
             title_terms[c.document_id] = analyzer.term_set(c.title, initials)
         title_cov[i] = len(q_terms & title_terms[c.document_id]) / nq
-        chunk_terms = analyzer.term_set(" ".join((c.title, *c.heading_path, c.text)), initials)
-        text_cov[i] = len(q_terms & chunk_terms) / nq
+        if matched is not None:
+            text_cov[i] = matched[i] / nq
+        else:
+            chunk_terms = analyzer.term_set(" ".join((c.title, *c.heading_path, c.text)), initials)
+            text_cov[i] = len(q_terms & chunk_terms) / nq
         ordinal[i] = min(c.ordinal, 10)
     _, owner = np.unique(np.asarray(docs, dtype=object).astype(str), return_inverse=True)
     doc_best = np.full(owner.max() + 1 if n else 0, -np.inf)

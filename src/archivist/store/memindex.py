@@ -433,6 +433,19 @@ class LexicalIndex:
             out[found] = s[pos[found]]
         return out
 
+    def matched_ids(self, term_ids: Sequence[int], chunk_ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Return how many of the distinct query terms each given chunk holds (0 for unknown chunks)."""
+        out = np.zeros(chunk_ids.size, dtype=np.int64)
+        if not self.chunk_ids.size or not chunk_ids.size:
+            return out
+        pos = np.minimum(np.searchsorted(self.chunk_ids, chunk_ids), self.chunk_ids.size - 1)
+        found = self.chunk_ids[pos] == chunk_ids
+        rows = np.where(found, pos, -1)
+        for t in dict.fromkeys(term_ids):
+            if 0 <= t < self.idf.size:
+                out += np.isin(rows, self.rows[self.ptr[t] : self.ptr[t + 1]])
+        return out
+
     def search(
         self, term_ids: Sequence[int], k: int, allowed_docs: npt.NDArray[np.bool_] | None
     ) -> list[tuple[int, float]]:

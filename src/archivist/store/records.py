@@ -217,6 +217,9 @@ class CandidateScores:
     doc_bm25: list[float]
     doc_bm25_mean: float
     doc_bm25_std: float
+    #: how many of the query's distinct terms each chunk holds (its title, headings and text, as BM25 indexes them);
+    #: None from an index that does not count them (learned fusion then reads the chunks' text)
+    terms_matched: list[int] | None = None
 
     def subset(self, positions: Sequence[int]) -> CandidateScores:
         """Return the scores of the candidates at these positions (same corpus statistics)."""
@@ -230,6 +233,7 @@ class CandidateScores:
             doc_bm25=[self.doc_bm25[i] for i in positions],
             doc_bm25_mean=self.doc_bm25_mean,
             doc_bm25_std=self.doc_bm25_std,
+            terms_matched=None if self.terms_matched is None else [self.terms_matched[i] for i in positions],
         )
 
 

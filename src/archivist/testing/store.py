@@ -346,6 +346,32 @@ class SearchIndexTests(StoreFixtures):
         assert (again.doc_bm25_mean, again.doc_bm25_std) == (2.5, 4.0)
         assert (again.dense, again.bm25, again.doc_bm25) == (scores.dense, scores.bm25, scores.doc_bm25)
 
+    def test_candidate_scores_count_the_query_terms_each_chunk_holds(self, store: Store) -> None:
+        _needs(store, "candidate_scores")
+        from archivist.text.analyzer import Analyzer
+
+        vecs: dict[str, Vectors] = {}
+        docs = [
+            _doc("a.txt", ["alpha beta gamma", "beta beta", "nothing here"], title="Alpha notes"),
+            _doc("b.txt", ["Gamma rays and betas", "delta"], title="Other"),
+        ]
+        for d in docs:
+            w, vecs = _write(d, vecs, seed=len(vecs))
+            store.write_documents(MODEL, [w], vecs)
+        q = np.ones(DIM, np.float32) / np.sqrt(DIM)
+        chunks = [c for d in store.list_documents() for c in store.document_chunks(d.id)]
+        ids = [c.id for c in chunks] + [10**9]  # and a chunk that does not exist
+        analyzer = Analyzer()
+        for query in ("alpha beta", "gamma beta beta unknownword", "notes", "zzz"):
+            scores = store.candidate_scores(MODEL, q, query, ids)
+            if scores.terms_matched is None:
+                continue  # an index that does not count them: learned fusion reads the text instead
+            q_terms = set(analyzer.terms(query))
+            # What learned fusion counted from the text before (title, headings and text): BM25 indexes them all.
+            want = [len(q_terms & analyzer.term_set(" ".join((c.title, *c.heading_path, c.text)))) for c in chunks]
+            want.append(0)
+            assert scores.terms_matched == want, query
+
     def test_one_write_that_replaces_a_document_it_added_keeps_the_bm25_statistics_true(self, store: Store) -> None:
         _needs(store, "candidate_scores")
         first = _doc("a.txt", ["alpha beta beta", "gamma alpha"])

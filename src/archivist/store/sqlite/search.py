@@ -191,4 +191,5 @@ class SQLiteSearch(SQLiteDatabase):
             doc_bm25=[float(x) for x in documents.score_ids(term_ids, owners)],
             doc_bm25_mean=moments.doc_bm25_mean,
             doc_bm25_std=moments.doc_bm25_std,
+            terms_matched=[int(x) for x in lexical.matched_ids(term_ids, wanted)],
         )
