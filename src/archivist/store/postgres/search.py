@@ -407,9 +407,20 @@ class PostgresSearch(PostgresDocuments):
         return CorpusMoments(d_mean, d_std, b_mean, b_std, doc_mean, doc_std)
 
     def _levels(self, conn: Connection, query: str) -> tuple[_LevelQuery, _LevelQuery]:
-        """Return the query's terms and totals in the chunk and the document BM25 indexes."""
-        analyzed = self._analyzer.terms(query)
-        return _level_query(conn, _CHUNKS, analyzed), _level_query(conn, _DOCUMENTS, analyzed)
+        """Return the query's terms and totals in the chunk and the document BM25 indexes (two round trips)."""
+        rows = conn.execute(
+            "SELECT id, chunk_df, doc_df FROM terms WHERE term = ANY(%s) AND (chunk_df > 0 OR doc_df > 0) ORDER BY id",
+            (list(dict.fromkeys(self._analyzer.terms(query))),),
+        ).fetchall()
+        keys = [*_CHUNKS.totals, *_DOCUMENTS.totals]
+        meta = {str(k): int(v) for k, v in conn.execute("SELECT key, value FROM meta WHERE key = ANY(%s)", (keys,))}
+
+        def level(column: int, totals: tuple[str, str]) -> _LevelQuery:
+            n = meta.get(totals[0], 0)
+            stats = (n, meta.get(totals[1], 0) / n) if n > 0 else None
+            return _LevelQuery([(int(r[0]), int(r[column])) for r in rows if int(r[column]) > 0], stats)
+
+        return level(1, _CHUNKS.totals), level(2, _DOCUMENTS.totals)
 
     def candidate_scores(
         self, model: str, query_vector: Vectors, query: str, ids: Sequence[int], moments: CorpusMoments | None = None
@@ -633,7 +644,6 @@ class _Level:
 
     postings: str  # the postings table: term_id, the row's key, tf
     key: str  # the postings' column naming the row
-    df: str  # the terms table's document-frequency column of this index
     totals: tuple[str, str]  # the meta keys of the row count and the summed lengths
     sample: str  # the partial index's predicate: one row in SAMPLE_STRIDE, by key
 
@@ -644,13 +654,10 @@ class _Level:
         return template
 
 
-_CHUNKS = _Level(
-    "chunk_terms", "chunk_id", "chunk_df", ("bm25_chunks", "bm25_chunk_length"), "hashint8(p.chunk_id) & 15 = 0"
-)
+_CHUNKS = _Level("chunk_terms", "chunk_id", ("bm25_chunks", "bm25_chunk_length"), "hashint8(p.chunk_id) & 15 = 0")
 _DOCUMENTS = _Level(
     "document_terms",
     "document_id",
-    "doc_df",
     ("bm25_documents", "bm25_document_length"),
     "hashtext(p.document_id) & 15 = 0",
 )
@@ -727,11 +734,6 @@ class _LevelQuery:
 
     found: list[tuple[int, int]]
     stats: tuple[int, float] | None
-
-
-def _level_query(conn: Connection, level: _Level, terms: list[str]) -> _LevelQuery:
-    """Return the query's terms and the totals of one BM25 index, as its moments and scores read them."""
-    return _LevelQuery(_query_terms(conn, terms, level.df), _totals(conn, *level.totals))
 
 
 def _level_scores(
