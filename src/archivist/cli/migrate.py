@@ -17,9 +17,6 @@ def migrate(store: StoreOpt = None, as_json: JsonOpt = False) -> None:
     """Create the store, or bring its schema up to this version's: idempotent, and safe to run from several
     processes at once (every command also migrates when it opens a store; run this first to do it on its own)."""
     with open_app(store) as archivist:
-        # Opening migrated already; this also does the upkeep only a migrate run does (PostgreSQL: rebuilding a
-        # BM25 impact index the mean chunk length has drifted from, which a write skips on a large store).
-        archivist.store.migrate()
         data = {
             "store": archivist.store.url,
             "schema_version": archivist.store.schema_version(),

@@ -430,8 +430,3 @@ class Store(
     def expected_schema_version(self) -> int:
         """Return the schema version this code writes (the store is current when `schema_version()` equals it)."""
         ...
-
-    def migrate(self) -> list[int]:
-        """Apply pending migrations and any upkeep a migration run does (PostgreSQL: rebuild a drifted BM25 impact
-        index); return the versions applied."""
-        ...

@@ -15,7 +15,6 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
-from archivist.store.postgres import impacts
 from archivist.store.postgres.migrations import MIGRATIONS
 from archivist.store.postgres.url import parse_postgres_url
 from archivist.types import ArchivistError, StoreError
@@ -93,15 +92,9 @@ class PostgresDatabase:
             return _schema_version(conn)
 
     def migrate(self) -> list[int]:
-        """Apply pending migrations, then build the BM25 impact index when it is missing or drifted (which only
-        this command does for a store past a write's limit); return the versions applied."""
+        """Apply pending migrations; return the versions applied."""
         with self._pool.connection() as conn:
-            applied = self._apply_migrations(conn)
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                conn.execute("SET LOCAL statement_timeout = 0")  # an index build may outlast any query
-                impacts.maintain(conn, self._target.bm25_impact_from, inline=False)
-            return applied
+            return self._apply_migrations(conn)
 
     def expected_schema_version(self) -> int:
         """Return the schema version this code writes (the store is current when `schema_version()` equals it)."""

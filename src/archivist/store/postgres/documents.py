@@ -19,7 +19,6 @@ from psycopg import sql
 
 from archivist.embed.base import Vectors
 from archivist.store.filters import BUILTIN_FILTER_KEYS, Filters
-from archivist.store.postgres import impacts
 from archivist.store.postgres.database import Connection, PostgresDatabase
 from archivist.store.postgres.docsql import (
     CHUNK_SELECT,
@@ -181,7 +180,6 @@ class PostgresDocuments(PostgresDatabase):
                 self._insert_vectors(conn, model, w, vectors, sentences, generation, state)
             if any(o != "unchanged" for o in outcomes):
                 _finish_write(conn, generation, state)
-                impacts.maintain(conn, self._target.bm25_impact_from, inline=True)
         return outcomes
 
     def _vector_model(

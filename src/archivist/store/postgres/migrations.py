@@ -405,12 +405,4 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             WHERE hashint8(chunk_id) & 15 = 0;
         """,
     ),
-    (
-        13,
-        "a BM25 impact index of chunk postings",
-        # The reference length of the index that orders each term's postings by what they add to a score
-        # (impacts.py); 0 until the store is large enough to keep one. The index itself is built by the write
-        # that reaches that size, or by `archivist migrate` right after this for a store that already has.
-        "INSERT INTO meta (key, value) VALUES ('bm25_impact_length', 0) ON CONFLICT (key) DO NOTHING;",
-    ),
 ]

@@ -24,7 +24,6 @@ from psycopg import sql
 from archivist.embed.base import Vectors
 from archivist.store.filters import Filters
 from archivist.store.memindex import BM25_B, BM25_K1
-from archivist.store.postgres import impacts
 from archivist.store.postgres.database import Connection
 from archivist.store.postgres.docsql import filter_sql, index_kind
 from archivist.store.postgres.documents import PostgresDocuments
@@ -108,65 +107,6 @@ WITH candidates AS MATERIALIZED (
 )
 SELECT id, score FROM scored ORDER BY round(score::numeric, 9) DESC, id LIMIT %(k)s
 """
-
-# The top k by BM25 read from each term's postings in impact order (impacts.py; ties by chunk id): the `depth` best
-# of each term, their chunks' partial scores (the terms they were read for), and, from the first posting not read,
-# each term's bound on what any posting not read adds (0 once the list was read whole). A chunk read for no term
-# scores at most the bounds' sum, returned first (chunk id -1, with the least chunk id a chunk not read can have if it
-# reaches that sum: it must sit at the bound of every term still open); a candidate scores at most its partial score
-# plus the bounds of the terms it was not read for, so only those whose ceiling reaches the k-th score of the k best
-# partial scores are scored in full (their other postings read by key). The caller reads deeper while a chunk not
-# read could still displace the k-th.
-_IMPACT_BM25 = """
-WITH q AS MATERIALIZED (
-  SELECT * FROM unnest(%(ids)s::int[], %(idfs)s::float8[]) WITH ORDINALITY q(term_id, idf, pos)
-), read AS MATERIALIZED (
-  SELECT q.pos, q.idf, p.chunk_id, p.tf, p.term_length, p.h, p.n
-  FROM q CROSS JOIN LATERAL (
-    SELECT t.chunk_id, t.tf, t.term_length, t.h, row_number() OVER (ORDER BY t.h DESC, t.chunk_id) AS n FROM (
-      SELECT t.chunk_id, t.tf, t.term_length, {impact} AS h FROM chunk_terms t
-      WHERE t.term_id = q.term_id ORDER BY {impact} DESC, t.chunk_id LIMIT %(depth)s + 1
-    ) t
-  ) p
-), edges AS MATERIALIZED (
-  SELECT q.pos, q.idf * {k1_plus_1} * least(COALESCE(x.h, 0) * %(factor)s, 1) AS bound, x.chunk_id AS next_id
-  FROM q LEFT JOIN read x ON x.pos = q.pos AND x.n = %(depth)s + 1
-), unseen AS (
-  SELECT sum(bound) AS bound, max(next_id) AS next_id FROM edges
-), seen AS MATERIALIZED (
-  SELECT l.chunk_id AS id, sum(l.idf * l.tf * {k1_plus_1} / (l.tf + {a} + {c} * l.term_length)) AS part,
-         sum(e.bound) AS seen_bound, array_agg(l.pos) AS have
-  FROM read l JOIN edges e ON e.pos = l.pos WHERE l.n <= %(depth)s GROUP BY l.chunk_id
-), passing AS MATERIALIZED (
-  SELECT seen.* FROM seen {join} WHERE {where}
-), seed AS (
-  SELECT s.part + COALESCE((
-    SELECT sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * p.term_length))
-    FROM q JOIN edges e ON e.pos = q.pos AND e.bound > 0
-    JOIN chunk_terms p ON p.term_id = q.term_id AND p.chunk_id = s.id
-    WHERE q.pos <> ALL (s.have)
-  ), 0) AS score
-  FROM (SELECT * FROM passing ORDER BY part DESC LIMIT %(k)s) s
-), floor AS (
-  SELECT CASE WHEN count(*) >= %(k)s THEN min(score) ELSE 0 END AS score FROM seed
-), scored AS (
-  SELECT passing.id, passing.part + COALESCE((
-    SELECT sum(q.idf * p.tf * {k1_plus_1} / (p.tf + {a} + {c} * p.term_length))
-    FROM q JOIN edges e ON e.pos = q.pos AND e.bound > 0
-    JOIN chunk_terms p ON p.term_id = q.term_id AND p.chunk_id = passing.id
-    WHERE q.pos <> ALL (passing.have)
-  ), 0) AS score
-  FROM passing, floor, unseen
-  WHERE passing.part + unseen.bound - passing.seen_bound >= floor.score - 1e-9 * greatest(1, floor.score)
-)
-SELECT -1::bigint, bound, next_id FROM unseen
-UNION ALL (SELECT id, score, NULL FROM scored ORDER BY round(score::numeric, 9) DESC, id LIMIT %(k)s)
-"""
-#: postings of each term an impact search reads first (times k; at least IMPACT_MIN_DEPTH), and the factor by which
-#: it reads deeper while the k-th score found could still be passed by a chunk it has not read
-IMPACT_DEPTH_PER_ROW = 4
-IMPACT_MIN_DEPTH = 256
-IMPACT_DEEPER = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,9 +213,6 @@ class PostgresSearch(PostgresDocuments):
                 if int(first[1]) <= below:
                     return [(int(cid), float(s)) for cid, s in hits]
             where, named_params = _named(where, filter_params)
-            reference = impacts.reference_length(conn)
-            if reference > 0:
-                return _impact_search(conn, found, ids, idfs, stats, reference, k, where, named_params, bool(filters))
             statement = _bm25_sql(_CANDIDATE_BM25, stats, where, joined=bool(filters), chunk="candidates.id")
             # MaxScore (Turtle and Flood): the candidates are the chunks holding one of the rarest terms, scored
             # exactly over every query term; a chunk holding none of them scores less than the other terms' bound
@@ -504,48 +441,6 @@ def _exact_when_few(
     return [(int(cid), float(score)) for cid, score in hits]
 
 
-def _impact_search(
-    conn: Connection,
-    found: list[tuple[int, int]],
-    ids: list[int],
-    idfs: list[float],
-    stats: tuple[int, float],
-    reference: int,
-    k: int,
-    where: str,
-    params: dict[str, Any],
-    filtered: bool,
-) -> list[tuple[int, float]]:
-    """Return the exact BM25 top k, read from the impact index: each term's best postings first, deeper (by
-    IMPACT_DEEPER) until no chunk left unread can pass the k-th score found, or every list was read whole."""
-    statement = _bm25_sql(
-        _IMPACT_BM25, stats, where, joined=filtered, chunk="seen.id", impact=impacts.impact(reference, "t")
-    )
-    longest = max(df for _, df in found)
-    depth = max(IMPACT_MIN_DEPTH, IMPACT_DEPTH_PER_ROW * k)
-    factor = impacts.bound_factor(reference, stats[1])
-    while True:
-        (_, unseen, next_id), *rows = conn.execute(
-            statement, {"ids": ids, "idfs": idfs, "depth": depth, "factor": factor, "k": k, **params}
-        ).fetchall()
-        hits = [(int(cid), float(score)) for cid, score, _ in rows]
-        if depth >= longest or not unseen or _settled(hits, k, float(unseen), next_id):
-            return hits
-        depth *= IMPACT_DEEPER
-
-
-def _settled(hits: list[tuple[int, float]], k: int, bound: float, next_id: int | None) -> bool:
-    """Return whether no chunk left unread (scoring at most `bound`; one that reaches it has an id of at least
-    `next_id`) can enter the top k found: each scores less than the k-th, or ties it and ranks after it by id."""
-    if len(hits) < k:
-        return False
-    kth_id, kth = hits[-1]
-    # Ranks compare scores rounded to 9 decimals; a bound and a score of the same sum differ in the last bits only.
-    if kth > bound * (1 + 1e-12) + 1e-12:
-        return True
-    return kth >= bound * (1 - 1e-12) - 1e-12 and next_id is not None and kth_id < next_id
-
-
 def _ranked(rows: Sequence[Sequence[Any]]) -> list[tuple[int, float]]:
     """Return dense rows best first: relaxed_order may return them slightly out of order (ties by chunk id, as on
     SQLite)."""
@@ -614,24 +509,16 @@ _FILTER_JOIN = "JOIN chunks x ON x.id = {chunk} JOIN documents d ON d.id = x.doc
 
 
 def _bm25_sql(
-    template: str,
-    stats: tuple[int, float],
-    where: str,
-    *,
-    joined: bool = False,
-    chunk: str = "p.chunk_id",
-    **more: sql.Composable,
+    template: str, stats: tuple[int, float], where: str, *, joined: bool = False, chunk: str = "p.chunk_id"
 ) -> sql.Composed:
     """Return a BM25 statement over a corpus of these totals: length normalisation k1 (1 - b + b len / avgdl);
-    `joined` joins the chunk (`chunk`, the statement's column naming it) and its document (`d`), for filters;
-    `more` fills the template's other pieces."""
+    `joined` joins the chunk (`chunk`, the statement's column naming it) and its document (`d`), for filters."""
     avgdl = max(stats[1], 1e-9)
     parts: dict[str, sql.Composable] = {
         "k1_plus_1": sql.Literal(BM25_K1 + 1),
         "a": sql.Literal(BM25_K1 * (1 - BM25_B)),
         "c": sql.Literal(BM25_K1 * BM25_B / avgdl),
         "where": sql.SQL(where),  # fixed pieces; values are parameters
-        **more,
     }
     if "{join}" in template:
         parts["join"] = sql.SQL(_FILTER_JOIN.format(chunk=chunk) if joined else "")

@@ -21,11 +21,8 @@ DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
 DEFAULT_EXACT_DENSE_BELOW = 10_000
 #: days an ended job (succeeded or failed, dead-lettered included) is kept before an enqueue deletes it
 DEFAULT_JOB_RETENTION_DAYS = 30
-#: chunks from which the store keeps a BM25 impact index, so a search reads a common term's best postings first
-#: (store/postgres/impacts.py): below, a term's postings are few enough to read whole
-DEFAULT_BM25_IMPACT_FROM = 10_000
 #: URL parameters Archivist reads itself; every other one goes to libpq (sslmode, host=/socket/dir, ...)
-OUR_PARAMETERS = ("pool_size", "statement_timeout_ms", "exact_dense_below", "job_retention_days", "bm25_impact_from")
+OUR_PARAMETERS = ("pool_size", "statement_timeout_ms", "exact_dense_below", "job_retention_days")
 EXAMPLE = "postgresql://user:password@host:5432/dbname"
 
 
@@ -43,8 +40,6 @@ class PostgresURL:
     exact_dense_below: int
     #: days an ended job is kept (DEFAULT_JOB_RETENTION_DAYS); its input bytes go when it ends, whatever this is
     job_retention_days: int
-    #: chunks from which the store keeps its BM25 impact index (impacts.DEFAULT_IMPACT_FROM; 0: from the first write)
-    bm25_impact_from: int
 
 
 def parse_postgres_url(url: str) -> PostgresURL:
@@ -87,7 +82,6 @@ def parse_postgres_url(url: str) -> PostgresURL:
         job_retention_days=_whole(
             ours, "job_retention_days", DEFAULT_JOB_RETENTION_DAYS, minimum=1, maximum=36_500, url=url
         ),
-        bm25_impact_from=_whole(ours, "bm25_impact_from", DEFAULT_BM25_IMPACT_FROM, minimum=0, maximum=2**62, url=url),
     )
 
 
