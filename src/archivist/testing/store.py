@@ -359,18 +359,26 @@ class SearchIndexTests(StoreFixtures):
             w, vecs = _write(d, vecs, seed=len(vecs))
             store.write_documents(MODEL, [w], vecs)
         q = np.ones(DIM, np.float32) / np.sqrt(DIM)
-        chunks = [c for d in store.list_documents() for c in store.document_chunks(d.id)]
-        ids = [c.id for c in chunks] + [10**9]  # and a chunk that does not exist
         analyzer = Analyzer()
-        for query in ("alpha beta", "gamma beta beta unknownword", "notes", "zzz"):
-            scores = store.candidate_scores(MODEL, q, query, ids)
-            if scores.terms_matched is None:
-                continue  # an index that does not count them: learned fusion reads the text instead
-            q_terms = set(analyzer.terms(query))
-            # What learned fusion counted from the text before (title, headings and text): BM25 indexes them all.
-            want = [len(q_terms & analyzer.term_set(" ".join((c.title, *c.heading_path, c.text)))) for c in chunks]
-            want.append(0)
-            assert scores.terms_matched == want, query
+
+        def check() -> None:
+            chunks = [c for d in store.list_documents() for c in store.document_chunks(d.id)]
+            ids = [c.id for c in chunks] + [10**9]  # and a chunk that does not exist
+            for query in ("alpha beta", "gamma beta beta unknownword", "notes", "zzz"):
+                scores = store.candidate_scores(MODEL, q, query, ids)
+                if scores.terms_matched is None:
+                    continue  # an index that does not count them: learned fusion reads the text instead
+                q_terms = set(analyzer.terms(query))
+                # What learned fusion counted from the text (title, headings and text): BM25 indexes them all.
+                want = [len(q_terms & analyzer.term_set(" ".join((c.title, *c.heading_path, c.text)))) for c in chunks]
+                assert scores.terms_matched == [*want, 0], query
+
+        check()
+        # After a delete and another write (an index may renumber or append its rows).
+        store.delete_document(docs[0].id)
+        w, vecs = _write(_doc("c.txt", ["beta alpha", "alpha"], title="Gamma"), vecs, seed=len(vecs))
+        store.write_documents(MODEL, [w], vecs)
+        check()
 
     def test_one_write_that_replaces_a_document_it_added_keeps_the_bm25_statistics_true(self, store: Store) -> None:
         _needs(store, "candidate_scores")
