@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from archivist.retrieve.learned import (
     load_model,
 )
 from archivist.store import open_store
-from archivist.store.records import CandidateScores, StoredChunk
+from archivist.store.records import CandidateScores, ChunkPlace, StoredChunk
 from archivist.text.analyzer import Analyzer
 from archivist.types import UsageError
 from conftest import ingest_corpus
@@ -224,6 +225,14 @@ def test_the_model_orders_documents_and_each_document_keeps_its_chunks_in_zscore
     # The model puts document a first (its chunk 3 matches); a's best chunk by z-score, 1, takes that rank.
     assert [cid for cid, _ in ranked] == [1, 2, 3]
     assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+    # With the index's count of each chunk's query terms (as both stores give it), where each chunk sits is all the
+    # model needs of it: the same ranking, to the last bit, without any chunk's text.
+    counted = replace(scores, terms_matched=[0, 1, 2])
+    places = {c.id: ChunkPlace(c.document_id, c.title, c.ordinal) for c in chunks.values()}
+    assert learned_fusion("descaling kettle", [2, 1, 3], counted, places, model, Analyzer()) == ranked
+    assert learned_fusion("descaling kettle", [2, 1, 3], counted, chunks, model, Analyzer()) == ranked
+    with pytest.raises(ValueError, match="needs the chunks' text"):
+        learned_fusion("descaling kettle", [2, 1, 3], scores, places, model, Analyzer())
 
 
 DOCS = {

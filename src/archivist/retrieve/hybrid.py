@@ -174,13 +174,17 @@ class HybridRetriever:
     def _learned(
         self, query: str, ids: list[int], scores: CandidateScores
     ) -> tuple[list[tuple[int, float]], dict[int, StoredChunk]]:
-        """Return the learned fusion of scored candidates and the chunks it fetched for its features."""
+        """Return the learned fusion of scored candidates and the chunks it fetched for its features (none when the
+        index counted each candidate's query terms: then only where each chunk sits is read, not its text)."""
         model = self.learned_model()
         if self._analyzer is None:
             self._analyzer = Analyzer()
         zf = fused_zscore(scores)
-        head = sorted(range(len(ids)), key=lambda i: (-zf[i], ids[i]))[: model.rerank_depth]
-        chunks = self.store.get_chunks([ids[i] for i in head])
+        head = [ids[i] for i in sorted(range(len(ids)), key=lambda i: (-zf[i], ids[i]))[: model.rerank_depth]]
+        if scores.terms_matched is not None:
+            # A tenth of the cost of the chunks' rows (no text, no metadata); the hits' own rows come afterwards.
+            return learned_fusion(query, ids, scores, self.store.chunk_places(head), model, self._analyzer), {}
+        chunks = self.store.get_chunks(head)
         return learned_fusion(query, ids, scores, chunks, model, self._analyzer), chunks
 
     def scored_candidates(self, query: str, n: int, filters: Filters = Filters()) -> tuple[list[int], CandidateScores]:

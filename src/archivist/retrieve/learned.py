@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from archivist.store.records import CandidateScores, StoredChunk
+from archivist.store.records import CandidateScores, ChunkPlace, StoredChunk
 from archivist.text.analyzer import Analyzer
 from archivist.types import UsageError
 
@@ -335,7 +335,7 @@ def features(
     query: str,
     ids: Sequence[int],
     scores: CandidateScores,
-    chunks: Mapping[int, StoredChunk],
+    chunks: Mapping[int, StoredChunk] | Mapping[int, ChunkPlace],
     analyzer: Analyzer,
 ) -> FloatArray:
     """Return the (candidates, FEATURES) matrix of the given chunks (the ones re-ordered) for a query."""
@@ -347,7 +347,9 @@ def features(
     initials = frozenset(t[0] for t in q_terms)
     nq = max(len(q_terms), 1)
     # The index counted each candidate's query terms in the text it indexes (title, headings and text, through the
-    # same analyzer): the same share, without splitting every chunk's text again here.
+    # same analyzer): the same share, without splitting every chunk's text again here. (It holds a first heading
+    # equal to the title once, compared under Unicode case folding, where the text below read both: "Straße" over
+    # "STRASSE" is the whole difference.)
     matched = scores.terms_matched
     title_cov = np.zeros(n)
     text_cov = np.zeros(n)
@@ -365,9 +367,11 @@ def features(
         title_cov[i] = len(q_terms & title_terms[c.document_id]) / nq
         if matched is not None:
             text_cov[i] = matched[i] / nq
-        else:
+        elif isinstance(c, StoredChunk):
             chunk_terms = analyzer.term_set(" ".join((c.title, *c.heading_path, c.text)), initials)
             text_cov[i] = len(q_terms & chunk_terms) / nq
+        else:
+            raise ValueError("learned fusion needs the chunks' text when the index does not count query terms")
         ordinal[i] = min(c.ordinal, 10)
     _, owner = np.unique(np.asarray(docs, dtype=object).astype(str), return_inverse=True)
     doc_best = np.full(owner.max() + 1 if n else 0, -np.inf)
@@ -398,7 +402,9 @@ def features(
 
 
 def _documents_by_model_chunks_by_zscore(
-    ranked: Sequence[tuple[int, float]], head_ids: Sequence[int], chunks: Mapping[int, StoredChunk]
+    ranked: Sequence[tuple[int, float]],
+    head_ids: Sequence[int],
+    chunks: Mapping[int, StoredChunk] | Mapping[int, ChunkPlace],
 ) -> list[tuple[int, float]]:
     """Return the model's ranking with each document's chunks put back in z-score order on its document's ranks.
 
@@ -421,7 +427,7 @@ def learned_fusion(
     query: str,
     ids: Sequence[int],
     scores: CandidateScores,
-    chunks: Mapping[int, StoredChunk],
+    chunks: Mapping[int, StoredChunk] | Mapping[int, ChunkPlace],
     model: LearnedFusionModel,
     analyzer: Analyzer,
 ) -> list[tuple[int, float]]:

@@ -444,7 +444,7 @@ class LexicalIndex:
             return out
         pos = np.minimum(np.searchsorted(self.chunk_ids, chunk_ids), self.chunk_ids.size - 1)
         found = self.chunk_ids[pos] == chunk_ids
-        rows = np.where(found, pos, -1)
+        rows = np.where(found, pos, -1).astype(self.rows.dtype)  # the postings' dtype: no copy of a list per term
         for t in dict.fromkeys(term_ids):
             if 0 <= t < self.idf.size and self.ptr[t + 1] > self.ptr[t]:
                 # A term's postings are in row order (`_postings`; appends add higher rows at each list's end), so

@@ -19,6 +19,7 @@ from archivist.store.records import (
     ApprovalRecord,
     CandidateScores,
     Changes,
+    ChunkPlace,
     CollectionRecord,
     CorpusMoments,
     DocumentOrder,
@@ -114,6 +115,10 @@ class DocumentStore(Protocol):
 
     def get_chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]:
         """Return the stored chunks with these ids."""
+        ...
+
+    def chunk_places(self, ids: Sequence[int]) -> dict[int, ChunkPlace]:
+        """Return the document, document title and position of the chunks with these ids (no text: cheaper)."""
         ...
 
     def stats(self) -> dict[str, Any]:

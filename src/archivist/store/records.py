@@ -56,6 +56,16 @@ class StoredChunk:
     guard_cleared_at: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ChunkPlace:
+    """Where a chunk sits: its document, the document's title and the chunk's position in it (what learned fusion
+    reads of each candidate it re-orders, without the chunk's text)."""
+
+    document_id: str
+    title: str
+    ordinal: int
+
+
 def flagged_public(chunk: StoredChunk) -> dict[str, Any]:
     """Return a flagged chunk's JSON-ready description for review: id, score, collection, source and its text."""
     return {

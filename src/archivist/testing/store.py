@@ -23,7 +23,7 @@ import pytest
 from archivist.embed.base import Vectors
 from archivist.store.filters import Filters
 from archivist.store.protocols import Store
-from archivist.store.records import ChunkGuard, CorpusMoments, DocumentWrite
+from archivist.store.records import ChunkGuard, ChunkPlace, CorpusMoments, DocumentWrite
 from archivist.types import (
     Block,
     Chunk,
@@ -108,6 +108,17 @@ class DocumentStoreTests(StoreFixtures):
         assert chunks[0].heading_path == ("H",)
         assert store.document_states(["a.txt", "missing.txt"]) == {"a.txt": (doc.content_hash, "chunker-v1")}
         assert store.stats()["documents"] == 1 and store.stats()["chunks"] == 2
+
+    def test_chunk_places_name_each_chunks_document_title_and_position(self, store: Store) -> None:
+        first, second = _doc("a.txt", ["alpha", "beta", "gamma"], title="First"), _doc("b.txt", ["delta"], title="")
+        _put(store, first)
+        _put(store, second, seed=1)
+        chunks = store.get_chunks([c.id for d in (first, second) for c in store.document_chunks(d.id)])
+        ids = [*chunks, 10**9, next(iter(chunks))]  # a chunk that does not exist, and one asked twice
+        places = store.chunk_places(ids)
+        assert places == {c.id: ChunkPlace(c.document_id, c.title, c.ordinal) for c in chunks.values()}
+        assert sorted(p.ordinal for p in places.values() if p.document_id == first.id) == [0, 1, 2]
+        assert store.chunk_places([]) == {}
 
     def test_replacing_a_document_keeps_one_copy_and_bumps_version(self, store: Store) -> None:
         _put(store, _doc("a.txt", ["one", "two", "three"]))
@@ -355,9 +366,6 @@ class SearchIndexTests(StoreFixtures):
             _doc("a.txt", ["alpha beta gamma", "beta beta", "nothing here"], title="Alpha notes"),
             _doc("b.txt", ["Gamma rays and betas", "delta"], title="Other"),
         ]
-        for d in docs:
-            w, vecs = _write(d, vecs, seed=len(vecs))
-            store.write_documents(MODEL, [w], vecs)
         q = np.ones(DIM, np.float32) / np.sqrt(DIM)
         analyzer = Analyzer()
 
@@ -373,8 +381,11 @@ class SearchIndexTests(StoreFixtures):
                 want = [len(q_terms & analyzer.term_set(" ".join((c.title, *c.heading_path, c.text)))) for c in chunks]
                 assert scores.terms_matched == [*want, 0], query
 
-        check()
-        # After a delete and another write (an index may renumber or append its rows).
+        for d in docs:  # checked after each write: an index may append its rows to what it holds
+            w, vecs = _write(d, vecs, seed=len(vecs))
+            store.write_documents(MODEL, [w], vecs)
+            check()
+        # After a delete and another write (an index may renumber its rows).
         store.delete_document(docs[0].id)
         w, vecs = _write(_doc("c.txt", ["beta alpha", "alpha"], title="Gamma"), vecs, seed=len(vecs))
         store.write_documents(MODEL, [w], vecs)
