@@ -107,6 +107,10 @@ class EmbeddingServer(LoopbackServer):
 
         self._listen(Handler, "/v1")
 
+    def env(self) -> dict[str, str]:
+        """Return the settings (environment variables) that point a process's embedder at this server."""
+        return {"ARCHIVIST_EMBEDDER": "openai", "ARCHIVIST_EMBED_URL": self.url, "ARCHIVIST_EMBED_MODEL": "fake"}
+
 
 @dataclass
 class StreamLog:

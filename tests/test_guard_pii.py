@@ -326,9 +326,7 @@ def test_archivist_worker_redacts_the_pii_in_its_log_lines(tmp_path: Path, redac
     with EmbeddingServer(dim=16).running() as emb:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")} | {
             "ARCHIVIST_STORE": url,
-            "ARCHIVIST_EMBEDDER": "openai",
-            "ARCHIVIST_EMBED_URL": emb.url,
-            "ARCHIVIST_EMBED_MODEL": "fake",
+            **emb.env(),
             "ARCHIVIST_PII_REDACT_LOGS": "true" if redact else "false",
         }
         log_path = tmp_path / "worker.log"

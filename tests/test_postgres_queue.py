@@ -255,9 +255,7 @@ def test_archivist_workers_ingest_what_an_api_process_queues_on_postgres(postgre
     with EmbeddingServer(dim=16).running() as emb:
         env = {k: v for k, v in os.environ.items() if not k.startswith("ARCHIVIST_")} | {
             "ARCHIVIST_STORE": postgres_url,
-            "ARCHIVIST_EMBEDDER": "openai",
-            "ARCHIVIST_EMBED_URL": emb.url,
-            "ARCHIVIST_EMBED_MODEL": "fake",
+            **emb.env(),
         }
         port = free_port()
         commands = {

@@ -182,7 +182,8 @@ class HybridRetriever:
         zf = fused_zscore(scores)
         head = [ids[i] for i in sorted(range(len(ids)), key=lambda i: (-zf[i], ids[i]))[: model.rerank_depth]]
         if scores.terms_matched is not None:
-            # A tenth of the cost of the chunks' rows (no text, no metadata); the hits' own rows come afterwards.
+            # About a seventh of the cost of the rows (no text, no metadata: 0.15 against 1.0 ms for 100 on SQLite);
+            # the hits' own rows are read afterwards.
             return learned_fusion(query, ids, scores, self.store.chunk_places(head), model, self._analyzer), {}
         chunks = self.store.get_chunks(head)
         return learned_fusion(query, ids, scores, chunks, model, self._analyzer), chunks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -320,33 +320,24 @@ class SQLiteDocuments(SQLiteDatabase):
 
     def get_chunks(self, ids: Sequence[int]) -> dict[int, StoredChunk]:
         """Return the stored chunks with these ids."""
-        out: dict[int, StoredChunk] = {}
-        unique = list(dict.fromkeys(int(i) for i in ids))
-        for i in range(0, len(unique), 500):
-            part = unique[i : i + 500]
-            marks = ",".join("?" * len(part))
-            for row in self._conn().execute(
-                f"SELECT {CHUNK_SELECT} FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id IN ({marks})",
-                part,
-            ):
-                chunk = stored_chunk(row)
-                out[chunk.id] = chunk
-        return out
+        return {chunk.id: chunk for chunk in map(stored_chunk, self._chunk_rows(CHUNK_SELECT, ids))}
 
     def chunk_places(self, ids: Sequence[int]) -> dict[int, ChunkPlace]:
         """Return the document, document title and position of the chunks with these ids (no text: cheaper)."""
-        out: dict[int, ChunkPlace] = {}
+        rows = self._chunk_rows("c.id, c.document_id, d.title, c.ordinal", ids)
+        return {int(cid): ChunkPlace(str(doc), str(title), int(ordinal)) for cid, doc, title, ordinal in rows}
+
+    def _chunk_rows(self, columns: str, ids: Sequence[int]) -> Iterator[Any]:
+        """Yield `columns` of chunk `c` joined with its document `d` for each of these ids that exists, once each
+        (500 ids a statement: SQLite's limit on bound parameters is lower in old builds)."""
         unique = list(dict.fromkeys(int(i) for i in ids))
         for i in range(0, len(unique), 500):
             part = unique[i : i + 500]
             marks = ",".join("?" * len(part))
-            for cid, document_id, title, ordinal in self._conn().execute(
-                "SELECT c.id, c.document_id, d.title, c.ordinal FROM chunks c JOIN documents d ON d.id = c.document_id"
-                f" WHERE c.id IN ({marks})",
+            yield from self._conn().execute(
+                f"SELECT {columns} FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id IN ({marks})",
                 part,
-            ):
-                out[int(cid)] = ChunkPlace(str(document_id), str(title), int(ordinal))
-        return out
+            )
 
     def stats(self) -> dict[str, Any]:
         """Return counts and sizes: documents, chunks, vectors per model, bytes on disk."""
